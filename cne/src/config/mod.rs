@@ -1,0 +1,1 @@
+//! CNDP's JSON-C configuration.

@@ -1,0 +1,10 @@
+//! `cne`: cloud-native AF_XDP packet I/O in the shape of CNDP.
+//!
+//! The crate owns every piece of `unsafe` the workspace needs above the raw bindings of `cne-sys`:
+//! UMEM mappings, the four AF_XDP rings, the XDP program and the sockets. Network functions built on it
+//! (`nf-echo`, `nf-maglev`) are `#![forbid(unsafe_code)]`.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod frame;
+pub mod wire;

@@ -1,0 +1,2 @@
+//! Zero-copy header views.
+#![forbid(unsafe_code)]

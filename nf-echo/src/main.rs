@@ -1,0 +1,3 @@
+//! nf-echo: the echo network function.
+#![forbid(unsafe_code)]
+fn main() {}

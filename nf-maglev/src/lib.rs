@@ -1,0 +1,2 @@
+//! nf-maglev: Maglev L4 load balancer over AF_XDP.
+#![forbid(unsafe_code)]
