@@ -1,7 +1,7 @@
 //! CNDP's JSON-C configuration: loading, checking, and typed access.
 //!
-//! A configuration file is JSON with `//` and `/* */` comments, laid out as CNDP 25.08's `jcfg`
-//! reads it: `application`, `defaults`, `options`, `umems`, `lports` (`"netdev:tag"` keys),
+//! A configuration file is JSON with `//` and `/* */` comments (trailing commas before `}` and
+//! `]` are tolerated, as json-c does), laid out as CNDP 25.08's `jcfg` reads it: `application`, `defaults`, `options`, `umems`, `lports` (`"netdev:tag"` keys),
 //! `lcore-groups`, `threads` (`"type:id"` keys), `lport-groups` and `users`. Any other top-level
 //! section belongs to the application and is handed out by [`Config::section`].
 //!
@@ -10,8 +10,12 @@
 //! pair and at most one owning thread; UMEM regions add up to the UMEM; lport-groups have been
 //! expanded into lports; declaration order is kept, so workers and queues follow the file.
 //!
-//! Unlike CNDP, which warns about unknown keys and skips entries it cannot use, this loader
-//! refuses them: a misspelt `busy_pol` would otherwise run silently without busy polling. Every
+//! Deliberate differences from CNDP: lport-groups without a `umem` get a UMEM built from
+//! `defaults` with one region per lport (CNDP shares one region), and lport-groups over a UMEM
+//! with several regions hand them out round-robin (CNDP uses region 0), so each worker owns its
+//! frames without locks. CPU ids are not checked against this machine, so configurations can be
+//! prepared elsewhere. Unlike CNDP, which warns about unknown keys and skips entries it cannot
+//! use, this loader refuses them: a misspelt `busy_pol` would otherwise run silently without busy polling. Every
 //! error names the file, the line, the key path and the problem
 //! (`fwd.jsonc:23: lports."eth0:0".umem: umem "umem9" is not defined (known: umem0)`), and
 //! applications get the same quality for their own sections through [`Config::section`] and
@@ -86,7 +90,8 @@ impl Config {
             column: e.column,
             message: e.message,
         };
-        let stripped = source::strip_comments(text).map_err(syntax)?;
+        let stripped =
+            source::strip_trailing_commas(&source::strip_comments(text).map_err(syntax)?);
         let value = source::parse_json(&stripped).map_err(syntax)?;
         let lines = LineMap::scan(&stripped).map_err(|d| ConfigError::Invalid {
             origin: origin.to_owned(),
@@ -335,6 +340,25 @@ mod tests {
     }
 
     #[test]
+    fn trailing_commas_load_like_json_c() {
+        let cfg = parse("{\n\"options\": { \"a\": [1, 2,], },\n\"x\": 1,\n}").unwrap();
+        assert_eq!(cfg.options().len(), 1);
+        assert_eq!(cfg.line_of("x"), Some(3));
+        let e = err("{\n\"options\": { \"a\": [1,, 2] }\n}");
+        assert!(matches!(e, ConfigError::Syntax { line: 2, .. }), "{e}");
+    }
+
+    #[test]
+    fn dangling_names_list_is_abbreviated() {
+        let umems: Vec<String> = (0..20).map(|i| format!("\"u{i}\": {{}}")).collect();
+        let e = err(&format!(
+            r#"{{ "umems": {{ {} }}, "lports": {{ "a:0": {{ "pmd": "net_af_xdp", "qid": 0, "umem": "x" }} }} }}"#,
+            umems.join(", ")
+        ));
+        assert!(e.to_string().ends_with("u10, u11, ... (8 more))"), "{e}");
+    }
+
+    #[test]
     fn empty_document_gets_defaults() {
         let cfg = parse("{}").unwrap();
         assert_eq!(*cfg.defaults(), Defaults::default());
@@ -435,6 +459,15 @@ mod tests {
         );
         assert_eq!(e.key_path(), "lports.\"a:0\".qid");
         assert!(e.to_string().contains("expected u16"), "{e}");
+        let e = err(
+            r#"{ "umems": { "u": {} }, "lports": { "averyveryverylongname:0": { "pmd": "net_af_xdp",
+               "qid": 0, "umem": "u" } } }"#,
+        );
+        assert!(e.to_string().contains("longer than 15 characters"), "{e}");
+        let e = err(
+            r#"{ "umems": { "u": {} }, "lports": { ":0": { "pmd": "net_af_xdp", "qid": 0, "umem": "u" } } }"#,
+        );
+        assert!(e.to_string().contains("the netdev name is empty"), "{e}");
         let e = err(
             r#"{ "umems": {}, "lports": { "a:0": { "pmd": "net_af_xdp", "qid": 0, "umem": "u" } } }"#,
         );

@@ -64,13 +64,41 @@ impl Origin {
     }
 }
 
+/// Most names listed by [`known`] before it abbreviates.
+const KNOWN_LIST_MAX: usize = 12;
+
+/// Longest interface name the kernel accepts (`IFNAMSIZ` - 1).
+const MAX_NETDEV_LEN: usize = 15;
+
 /// "known: a, b" for error messages about dangling names.
 fn known<'a>(names: impl Iterator<Item = &'a str>) -> String {
     let names: Vec<&str> = names.collect();
-    if names.is_empty() {
-        "none is defined".to_owned()
+    match names.len() {
+        0 => "none is defined".to_owned(),
+        n if n <= KNOWN_LIST_MAX => format!("known: {}", names.join(", ")),
+        n => format!(
+            "known: {}, ... ({} more)",
+            names[..KNOWN_LIST_MAX].join(", "),
+            n - KNOWN_LIST_MAX
+        ),
+    }
+}
+
+/// Checks an interface name the way the kernel would.
+fn netdev_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        Some("the netdev name is empty".to_owned())
+    } else if name.len() > MAX_NETDEV_LEN {
+        Some(format!(
+            "netdev \"{name}\" is longer than {MAX_NETDEV_LEN} characters"
+        ))
+    } else if name
+        .bytes()
+        .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace())
+    {
+        Some(format!("\"{name}\" is not a netdev name"))
     } else {
-        format!("known: {}", names.join(", "))
+        None
     }
 }
 
@@ -533,11 +561,8 @@ impl Resolver<'_> {
         for (name, v) in section {
             let path = base.key(name);
             let netdev = name.split_once(':').map_or(name.as_str(), |(n, _)| n);
-            if netdev.is_empty() {
-                return Err(self.err(
-                    &path,
-                    "an lport name is \"netdev:tag\" and its netdev part must not be empty",
-                ));
+            if let Some(problem) = netdev_problem(netdev) {
+                return Err(self.err(&path, format!("an lport name is \"netdev:tag\": {problem}")));
             }
             let raw: RawLport = self.src.decode(&path, v)?;
             if let Some(n) = &raw.netdev {
@@ -612,10 +637,13 @@ impl Resolver<'_> {
             for (i, item) in items.iter().enumerate() {
                 let ipath = path.index(i);
                 let range = match item {
-                    Value::Number(n) => match n.as_u64() {
-                        Some(c) => {
-                            let c = u32::try_from(c).unwrap_or(u32::MAX);
-                            c..=c
+                    Value::Number(n) => match n.as_u64().map(u32::try_from) {
+                        Some(Ok(c)) => c..=c,
+                        Some(Err(_)) => {
+                            return Err(self.err(
+                                &ipath,
+                                format!("CPU {n} is above the largest CPU id {MAX_CPU}"),
+                            ));
                         }
                         None => {
                             return Err(self.err(&ipath, format!("{n} is not a CPU number")));
@@ -845,8 +873,8 @@ impl Resolver<'_> {
             let mut names = Vec::new();
             for (ni, netdev) in raw.netdevs.iter().enumerate() {
                 let npath = path.key("netdevs").index(ni);
-                if netdev.is_empty() || netdev.contains(':') {
-                    return Err(self.err(&npath, format!("\"{netdev}\" is not a netdev name")));
+                if let Some(problem) = netdev_problem(netdev) {
+                    return Err(self.err(&npath, problem));
                 }
                 let qids: Vec<u16> = match &queues {
                     Queues::List(l) => l.clone(),

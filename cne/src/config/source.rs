@@ -1,8 +1,9 @@
 //! JSON-C source text: comment removal, key paths and the key-path-to-line map.
 //!
-//! JSON-C is JSON plus `//` line comments and `/* */` block comments. Comments are blanked out byte
-//! for byte (newlines kept), so every byte of the remaining JSON sits at the line and column it had
-//! in the file: the JSON parser's positions are the file's positions without any translation.
+//! JSON-C is JSON plus `//` line comments and `/* */` block comments (and, as json-c tolerates
+//! them, trailing commas before `}` and `]`). Comments and such commas are blanked out byte for
+//! byte (newlines kept), so every byte of the remaining JSON sits at the line and column it had in
+//! the file: the JSON parser's positions are the file's positions without any translation.
 //!
 //! After the text parses as JSON, [`LineMap::scan`] walks it once more and records, for every key
 //! path, the line where that member's key (or that array element) starts. Every later error,
@@ -256,6 +257,52 @@ pub(crate) fn strip_comments(text: &str) -> Result<String, SyntaxError> {
     })
 }
 
+/// Blanks commas that directly precede `}` or `]` (whitespace between allowed), outside strings.
+/// json-c, which CNDP parses with, tolerates such trailing commas, so files written for CNDP
+/// may have them. Runs on comment-free text; positions stay unchanged.
+pub(crate) fn strip_trailing_commas(text: &str) -> String {
+    let src = text.as_bytes();
+    let mut out = text.to_owned().into_bytes();
+    let mut in_string = false;
+    let mut last_comma: Option<usize> = None;
+    // Last byte outside whitespace: a comma only counts as trailing after a value.
+    let mut prev = b' ';
+    let mut i = 0;
+    while i < src.len() {
+        let b = src[i];
+        if in_string {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        match b {
+            b' ' | b'\t' | b'\r' | b'\n' => {
+                i += 1;
+                continue;
+            }
+            b'"' => {
+                in_string = true;
+                last_comma = None;
+            }
+            b',' if !matches!(prev, b',' | b'[' | b'{' | b':') => last_comma = Some(i),
+            b'}' | b']' => {
+                if let Some(c) = last_comma.take() {
+                    out[c] = b' ';
+                }
+            }
+            _ => last_comma = None,
+        }
+        prev = b;
+        i += 1;
+    }
+    // Only ASCII commas were replaced by ASCII spaces: still UTF-8.
+    String::from_utf8(out).unwrap_or_else(|_| text.to_owned())
+}
+
 /// Parses comment-free JSON text into a value, with the position of the first syntax error.
 pub(crate) fn parse_json(stripped: &str) -> Result<serde_json::Value, SyntaxError> {
     serde_json::from_str(stripped).map_err(|e| {
@@ -487,6 +534,25 @@ mod tests {
         let out = strip_comments(text).unwrap();
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["k"], "ünï");
+    }
+
+    #[test]
+    fn trailing_commas_are_tolerated_like_json_c() {
+        let text = "{\"a\": [1, 2, ],\n \"s\": \",]\", \"o\": {\"x\": 1,\n },\n}";
+        let out = strip_trailing_commas(text);
+        assert_eq!(out.len(), text.len());
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["a"], serde_json::json!([1, 2]));
+        assert_eq!(v["s"], ",]");
+        assert_eq!(v["o"]["x"], 1);
+        // A lone comma is still an error for the parser.
+        for bad in ["[,]", "[1,,]", "{,}", "{\"a\":,}"] {
+            let out = strip_trailing_commas(bad);
+            assert!(
+                serde_json::from_str::<serde_json::Value>(&out).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
