@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: BSD-3-Clause
+// SPDX-License-Identifier: BSD-3-Clause OR GPL-2.0-only
 /*
  * gre_decap: GRE decapsulation in XDP for the backends of a Maglev load balancer.
  *

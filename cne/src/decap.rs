@@ -46,8 +46,8 @@ pub struct DecapStats {
 pub struct DecapProgram {
     // Declared first: dropped (detached) before the map descriptors close.
     attachment: Attachment,
-    addrs: Map,
-    stats: Map,
+    addrs: Map<RuleKey, u32>,
+    stats: Map<u32, u64>,
 }
 
 impl DecapProgram {
@@ -75,8 +75,8 @@ impl DecapProgram {
                 source: io::Error::from_raw_os_error(libc::ENOENT),
             })
         };
-        let addrs = Map::checked::<RuleKey, u32>("decap_addrs", next("decap_addrs")?)?;
-        let stats = Map::checked::<u32, u64>("stats", next("stats")?)?;
+        let addrs = Map::checked("decap_addrs", next("decap_addrs")?)?;
+        let stats = Map::checked("stats", next("stats")?)?;
         for addr in local_addrs {
             addrs.update(&RuleKey::address(*addr), &1u32)?;
         }

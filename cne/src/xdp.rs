@@ -45,9 +45,6 @@ pub(crate) struct Aligned<B: ?Sized>(pub(crate) B);
 static XSK_FILTER_OBJ: &Aligned<[u8]> =
     &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/xsk_filter.o")));
 
-/// Entries of the `xsks_map` XSKMAP: the highest receive queue index a socket can serve, plus one.
-pub const XSKS_MAP_ENTRIES: u32 = 256;
-
 /// Stats map indices, as in `bpf/xsk_filter.bpf.c`.
 const STAT_CLAIMED: u32 = 0;
 const STAT_PASSED: u32 = 1;
@@ -180,6 +177,35 @@ pub struct Rule {
     pub port: Option<u16>,
 }
 
+impl Rule {
+    /// All traffic to `addr` (sets [`AddrFlags::OWN_ALL`] on it).
+    pub fn address(addr: IpAddr) -> Self {
+        Rule {
+            addr,
+            proto: None,
+            port: None,
+        }
+    }
+
+    /// All traffic of protocol `proto` to `addr`.
+    pub fn proto(addr: IpAddr, proto: u8) -> Self {
+        Rule {
+            addr,
+            proto: Some(proto),
+            port: None,
+        }
+    }
+
+    /// Traffic of protocol `proto` to destination port `port` of `addr`.
+    pub fn port(addr: IpAddr, proto: u8, port: u16) -> Self {
+        Rule {
+            addr,
+            proto: Some(proto),
+            port: Some(port),
+        }
+    }
+}
+
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.addr)?;
@@ -290,17 +316,22 @@ impl RuleKey {
     }
 }
 
-/// A BPF map of the loaded object, checked against the key and value types used on it.
+/// A BPF map of the loaded object whose key and value sizes were checked to be those of `K` and `V`
+/// (plain-data types without padding: integers and byte arrays), so every call that hands the kernel a
+/// `&K` or `&V` stays within those objects.
 #[derive(Debug)]
-pub(crate) struct Map {
+pub(crate) struct Map<K, V> {
     name: &'static str,
     fd: OwnedFd,
+    max_entries: u32,
+    /// Per-CPU maps read one `V` per possible CPU: only [`Map::percpu_sum`] may read them.
+    percpu: bool,
+    _kv: PhantomData<fn() -> (K, V)>,
 }
 
-impl Map {
-    /// Checks that the map's key and value sizes are those of `K` and `V`, so that every later call that
-    /// hands the kernel a `&K` / `&V` (or a per-CPU array of `V`) stays within those objects.
-    pub(crate) fn checked<K, V>(name: &'static str, fd: OwnedFd) -> Result<Self, XdpError> {
+impl<K: Copy + Default, V: Copy + Default> Map<K, V> {
+    /// Takes a map descriptor after checking its key and value sizes against `K` and `V`.
+    pub(crate) fn checked(name: &'static str, fd: OwnedFd) -> Result<Self, XdpError> {
         let mut info = sys::bpf_map_info::default();
         let mut len = size_u32::<sys::bpf_map_info>();
         // SAFETY: `info` is a writable bpf_map_info of `len` bytes; the kernel writes at most `len` bytes.
@@ -321,16 +352,29 @@ impl Map {
                 expected,
             });
         }
-        Ok(Map { name, fd })
+        Ok(Map {
+            name,
+            fd,
+            max_entries: info.max_entries,
+            percpu: matches!(
+                info.type_,
+                sys::BPF_MAP_TYPE_PERCPU_HASH
+                    | sys::BPF_MAP_TYPE_PERCPU_ARRAY
+                    | sys::BPF_MAP_TYPE_LRU_PERCPU_HASH
+                    | sys::BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE
+            ),
+            _kv: PhantomData,
+        })
     }
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
 
-    /// Writes `key -> value`. `K` and `V` must be the types checked in [`Map::checked`].
-    pub(crate) fn update<K: Copy, V: Copy>(&self, key: &K, value: &V) -> Result<(), XdpError> {
-        // SAFETY: key and value point to live objects of the map's key and value size (checked at load).
+    /// Writes `key -> value`.
+    pub(crate) fn update(&self, key: &K, value: &V) -> Result<(), XdpError> {
+        // SAFETY: key and value point to live objects of the map's key and value size (checked in
+        // Map::checked).
         let rc = unsafe {
             sys::bpf_map_update_elem(
                 self.fd.as_raw_fd(),
@@ -345,12 +389,17 @@ impl Map {
     }
 
     /// Reads the value at `key`; `None` when absent.
-    pub(crate) fn lookup<K: Copy, V: Copy + Default>(
-        &self,
-        key: &K,
-    ) -> Result<Option<V>, XdpError> {
+    pub(crate) fn lookup(&self, key: &K) -> Result<Option<V>, XdpError> {
+        if self.percpu {
+            return Err(XdpError::bpf(
+                "bpf_map_lookup_elem",
+                self.name,
+                io::Error::from_raw_os_error(libc::EINVAL),
+            ));
+        }
         let mut value = V::default();
-        // SAFETY: key points to a live object of the key size, value to a writable one of the value size.
+        // SAFETY: key points to a live object of the key size, value to a writable one of the value size
+        // (the map is not per-CPU, so the kernel writes exactly one value).
         let rc = unsafe {
             sys::bpf_map_lookup_elem(
                 self.fd.as_raw_fd(),
@@ -366,7 +415,7 @@ impl Map {
     }
 
     /// Deletes `key`; `false` when it was absent.
-    pub(crate) fn delete<K: Copy>(&self, key: &K) -> Result<bool, XdpError> {
+    pub(crate) fn delete(&self, key: &K) -> Result<bool, XdpError> {
         // SAFETY: key points to a live object of the map's key size.
         let rc = unsafe {
             sys::bpf_map_delete_elem(
@@ -382,7 +431,7 @@ impl Map {
     }
 
     /// All keys of a hash map (control path: allocates).
-    pub(crate) fn keys<K: Copy + Default>(&self) -> Result<Vec<K>, XdpError> {
+    pub(crate) fn keys(&self) -> Result<Vec<K>, XdpError> {
         let mut keys = Vec::new();
         let mut prev: Option<K> = None;
         loop {
@@ -408,9 +457,18 @@ impl Map {
             }
         }
     }
+}
 
+impl Map<u32, u64> {
     /// Sum over all possible CPUs of the `u64` at `index` of a per-CPU array.
     pub(crate) fn percpu_sum(&self, index: u32) -> Result<u64, XdpError> {
+        if !self.percpu {
+            return Err(XdpError::bpf(
+                "bpf_map_lookup_elem",
+                self.name,
+                io::Error::from_raw_os_error(libc::EINVAL),
+            ));
+        }
         // SAFETY: libbpf_num_possible_cpus takes no arguments; it reads and caches a sysfs file.
         let ncpus = unsafe { sys::libbpf_num_possible_cpus() };
         let ncpus = check(ncpus).map_err(|e| {
@@ -824,10 +882,10 @@ impl Drop for Attachment {
 pub struct XdpProgram {
     // Declared first: dropped (detached) before the map descriptors close.
     attachment: Attachment,
-    xsks_map: Map,
-    cfg: Map,
-    rules: Map,
-    stats: Map,
+    xsks_map: Map<u32, u32>,
+    cfg: Map<u32, u32>,
+    rules: Map<RuleKey, u32>,
+    stats: Map<u32, u64>,
 }
 
 impl XdpProgram {
@@ -858,10 +916,10 @@ impl XdpProgram {
                 )
             })
         };
-        let xsks_map = Map::checked::<u32, u32>("xsks_map", next("xsks_map")?)?;
-        let cfg = Map::checked::<u32, u32>("cfg", next("cfg")?)?;
-        let rules = Map::checked::<RuleKey, u32>("rules", next("rules")?)?;
-        let stats = Map::checked::<u32, u64>("stats", next("stats")?)?;
+        let xsks_map = Map::checked("xsks_map", next("xsks_map")?)?;
+        let cfg = Map::checked("cfg", next("cfg")?)?;
+        let rules = Map::checked("rules", next("rules")?)?;
+        let stats = Map::checked("stats", next("stats")?)?;
         let attachment = Attachment::attach(ifname, index, mode, force, loaded.prog)?;
         log::info!(
             "{ifname}: attached XDP program xsk_filter id {} in {mode} mode",
@@ -879,6 +937,11 @@ impl XdpProgram {
     /// The XSKMAP: an AF_XDP socket bound to queue `q` goes at index `q`.
     pub fn xsks_map_fd(&self) -> BorrowedFd<'_> {
         self.xsks_map.fd()
+    }
+
+    /// Entries of the XSKMAP: sockets can serve receive queues `0..xsks_map_entries()`.
+    pub fn xsks_map_entries(&self) -> u32 {
+        self.xsks_map.max_entries
     }
 
     /// The interface the program is attached to.
@@ -965,7 +1028,7 @@ impl XdpProgram {
     pub fn address_flags(&self, addr: IpAddr) -> Result<AddrFlags, XdpError> {
         Ok(self
             .rules
-            .lookup::<RuleKey, u32>(&RuleKey::address(addr))?
+            .lookup(&RuleKey::address(addr))?
             .map_or(AddrFlags::NONE, AddrFlags::from_bits_truncate))
     }
 
@@ -980,7 +1043,7 @@ impl XdpProgram {
 
     /// Removes every rule and per-address entry.
     pub fn clear_rules(&self) -> Result<(), XdpError> {
-        for key in self.rules.keys::<RuleKey>()? {
+        for key in self.rules.keys()? {
             self.rules.delete(&key)?;
         }
         Ok(())
@@ -1021,7 +1084,7 @@ impl XdpProgram {
             self.rules.update(key, value)?;
         }
         let keep: HashSet<RuleKey> = wanted.iter().map(|(k, _)| *k).collect();
-        for key in self.rules.keys::<RuleKey>()? {
+        for key in self.rules.keys()? {
             if !keep.contains(&key) {
                 self.rules.delete(&key)?;
             }
@@ -1031,7 +1094,7 @@ impl XdpProgram {
 
     /// The number of rule-map entries (port/protocol rules plus per-address entries).
     pub fn rule_count(&self) -> Result<usize, XdpError> {
-        Ok(self.rules.keys::<RuleKey>()?.len())
+        Ok(self.rules.keys()?.len())
     }
 
     /// The counters, summed over all CPUs.
@@ -1146,5 +1209,27 @@ mod tests {
     #[test]
     fn embedded_object_is_an_elf_file() {
         assert_eq!(&XSK_FILTER_OBJ.0[..4], b"\x7fELF");
+    }
+
+    #[test]
+    fn handles_can_move_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<XdpProgram>();
+        send_sync::<crate::decap::DecapProgram>();
+        send_sync::<crate::afpacket::AfPacket>();
+    }
+
+    #[test]
+    fn rule_constructors_and_display() {
+        let a = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
+        assert_eq!(
+            Rule::port(a, 6, 80).to_string(),
+            "198.18.0.1 proto 6 port 80"
+        );
+        assert_eq!(Rule::proto(a, 1).to_string(), "198.18.0.1 proto 1 any port");
+        assert_eq!(
+            Rule::address(a).to_string(),
+            "198.18.0.1 any proto any port"
+        );
     }
 }

@@ -387,6 +387,7 @@ fn attach_shows_in_ip_link_and_drop_detaches() {
     assert_eq!(prog.ifname(), lab.host);
     assert_eq!(prog.mode(), XdpMode::Native);
     assert!(prog.prog_id() > 0);
+    assert_eq!(prog.xsks_map_entries(), 256);
     let details = lab.link_details();
     assert!(
         details.contains(&format!("prog/xdp id {}", prog.prog_id())),
