@@ -939,6 +939,26 @@ impl XdpProgram {
         self.xsks_map.fd()
     }
 
+    /// Puts the AF_XDP socket `xsk` (bound to `queue` of this interface) into the XSKMAP: claimed packets
+    /// received on `queue` go to it from now on. The map holds its own reference to the socket until
+    /// [`remove_socket`](Self::remove_socket) or until the program is dropped.
+    pub fn insert_socket(&self, queue: u32, xsk: BorrowedFd<'_>) -> Result<(), XdpError> {
+        let fd = u32::try_from(xsk.as_raw_fd()).map_err(|_| {
+            XdpError::bpf(
+                "bpf_map_update_elem",
+                "xsks_map",
+                io::Error::from_raw_os_error(libc::EBADF),
+            )
+        })?;
+        self.xsks_map.update(&queue, &fd)
+    }
+
+    /// Removes the socket at `queue` from the XSKMAP (claimed packets on that queue then fall back to
+    /// the kernel); `false` when there was none.
+    pub fn remove_socket(&self, queue: u32) -> Result<bool, XdpError> {
+        self.xsks_map.delete(&queue)
+    }
+
     /// Entries of the XSKMAP: sockets can serve receive queues `0..xsks_map_entries()`.
     pub fn xsks_map_entries(&self) -> u32 {
         self.xsks_map.max_entries
