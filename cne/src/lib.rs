@@ -5,6 +5,9 @@
 //! (`nf-echo`, `nf-maglev`) are `#![forbid(unsafe_code)]`.
 #![deny(missing_docs)]
 
+pub mod afpacket;
 pub mod config;
+pub mod decap;
 pub mod frame;
 pub mod wire;
+pub mod xdp;
