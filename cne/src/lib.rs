@@ -6,5 +6,6 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod dp;
 pub mod frame;
 pub mod wire;
