@@ -504,8 +504,10 @@ impl DpSession {
             } else {
                 reply.fds.len()
             };
-            // Dropping the reply closes every descriptor it carried.
+            // Dropping the reply closes every descriptor it carried. The plugin broke the protocol, so
+            // nothing more is asked on this connection.
             drop(reply);
+            conn.over = Some("the plugin sent a wrong number of descriptors");
             return Err(DpError::WrongFdCount {
                 path: self.path.clone(),
                 netdev: netdev.to_owned(),
