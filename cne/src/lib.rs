@@ -8,4 +8,5 @@
 pub mod config;
 pub mod dp;
 pub mod frame;
+pub mod privs;
 pub mod wire;
