@@ -8,5 +8,6 @@
 pub mod config;
 pub mod dp;
 pub mod frame;
+pub mod podconfig;
 pub mod privs;
 pub mod wire;
