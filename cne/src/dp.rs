@@ -515,15 +515,9 @@ impl DpSession {
             });
         }
         let map = reply.fds.remove(0);
-        let info = map_info(map.as_fd()).map_err(|e| match e {
-            DpError::Io { call, source, .. } => DpError::Io {
-                call,
-                path: self.path.clone(),
-                source,
-            },
-            other => other,
-        })?;
+        let info = map_info(map.as_fd()).map_err(|e| with_path(e, &self.path))?;
         if info.map_type != XSKMAP_TYPE {
+            conn.over = Some("the plugin sent a descriptor that is not an XSKMAP");
             return Err(DpError::NotXskmap {
                 origin: format!("the descriptor {} sent for {netdev}", self.path.display()),
                 map_type: info.map_type,

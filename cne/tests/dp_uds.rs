@@ -56,6 +56,8 @@ enum Script {
     FdAckTwoFds,
     /// `/config_busy_poll_nak`.
     BusyPollNak,
+    /// `/fd_ack` with a BPF map that is not an XSKMAP.
+    WrongMapType,
 }
 
 /// What the stand-in saw.
@@ -167,6 +169,10 @@ fn serve(listener: &OwnedFd, map: &OwnedFd, script: Script) -> io::Result<Seen> 
                     Script::FdAckNoFd => send_with_fds(conn.as_fd(), "/fd_ack", &[])?,
                     Script::FdAckTwoFds => {
                         send_with_fds(conn.as_fd(), "/fd_ack", &[map_fd, map_fd])?
+                    }
+                    Script::WrongMapType => {
+                        let array = array_map()?;
+                        send_with_fds(conn.as_fd(), "/fd_ack", &[array.as_fd()])?
                     }
                     _ => send_with_fds(conn.as_fd(), "/fd_ack", &[map_fd])?,
                 }
@@ -581,6 +587,21 @@ fn fd_ack_with_two_fds_is_reported_and_both_closed() {
 }
 
 #[test]
+fn map_of_the_wrong_type_is_reported() {
+    require_root!();
+    let dir = TempDir::new("wrongmap");
+    let server = StandIn::start(&dir.0, "ens1", Script::WrongMapType);
+    let session = DpSession::connect(&server.path, HOST, short()).expect("connect");
+    let err = session.xsk_map_fd("ens1").unwrap_err();
+    assert!(
+        matches!(err, DpError::NotXskmap { map_type, .. } if map_type == cne_sys::BPF_MAP_TYPE_ARRAY),
+        "{err}"
+    );
+    drop(session);
+    server.join();
+}
+
+#[test]
 fn busy_poll_request_carries_the_socket() {
     require_root!();
     let dir = TempDir::new("busypoll");
@@ -715,6 +736,26 @@ fn pinned_map_on_bpffs_opens_as_xskmap() {
     assert_eq!(got.map_type, dp::XSKMAP_TYPE);
     assert_eq!(got.id, dp::map_info(map.as_fd()).expect("info").id);
     assert!(sessions.is_empty(), "pinned mode opens no connection");
+}
+
+/// A BPF array map: a valid map descriptor of the wrong type.
+fn array_map() -> io::Result<OwnedFd> {
+    // SAFETY: the name is NUL-terminated; a null opts pointer means no options.
+    let rc = unsafe {
+        cne_sys::bpf_map_create(
+            cne_sys::BPF_MAP_TYPE_ARRAY,
+            c"cne_array".as_ptr(),
+            4,
+            4,
+            1,
+            std::ptr::null(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::from_raw_os_error(-rc));
+    }
+    // SAFETY: rc is a fresh descriptor owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(rc) })
 }
 
 fn af_xdp_socket() -> OwnedFd {
