@@ -8,6 +8,9 @@
 pub mod afpacket;
 pub mod config;
 pub mod decap;
+pub mod dp;
 pub mod frame;
+pub mod podconfig;
+pub mod privs;
 pub mod wire;
 pub mod xdp;

@@ -1,0 +1,1192 @@
+//! Generating a CNDP JSON-C configuration inside a pod (the role of CNDP's `jsonc_gen.sh`).
+//!
+//! A pod does not know its netdevs or CPUs until it starts: the AF_XDP device plugin names the netdevs
+//! in `AFXDP_DEVICES_<POOL>` and mounts one socket (or pinned map) per netdev; the kubelet decides the
+//! CPU set. [`generate`] turns those facts into the `application`, `defaults`, `umems`, `lports`,
+//! `lcore-groups` and `threads` sections and merges in the network function's own sections (e.g.
+//! `maglev`) from a mounted JSON-C file. [`run_gen_config`] is the `gen-config` subcommand the NFs
+//! expose.
+//!
+//! Layout decisions: every queue of every allocated netdev becomes an lport `"<netdev>:<qid>"` (in
+//! primary mode the plugin hands over the whole netdev, and its XDP program redirects each queue to the
+//! XSKMAP slot of the same number, so an unserved queue would lose its traffic to the kernel stack).
+//! One UMEM with one region per lport. The first allowed CPU runs the main thread (`initial` group);
+//! each further CPU gets one worker thread and the lports are spread round-robin over them. With a
+//! single CPU the worker shares it with the main thread. The output is plain JSON (valid JSON-C) with
+//! the sections in CNDP's processing order.
+
+use std::io;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Map, Value};
+
+use crate::dp::{self, DpDevice, DpError, DpLayout, MapSource};
+
+/// Sections this module writes; an NF file's sections of the same names are replaced.
+pub const GENERATED_SECTIONS: [&str; 6] = [
+    "application",
+    "defaults",
+    "umems",
+    "lports",
+    "lcore-groups",
+    "threads",
+];
+/// Default UMEM buffers per lport, in units of 1024 (8192 frames of 2 KiB = 16 MiB per lport).
+pub const DEFAULT_BUFCNT_PER_LPORT: u32 = 8;
+/// Default frame size in KiB (CNDP's `bufsz`).
+pub const DEFAULT_BUFSZ_KIB: u32 = 2;
+/// Default thread type of the worker threads (`"<type>:<n>"`).
+pub const DEFAULT_THREAD_TYPE: &str = "fwd";
+/// Default application name.
+pub const DEFAULT_APP_NAME: &str = "cne";
+/// cgroup v2 file with the CPUs the pod may use.
+const CPUSET_V2: &str = "/sys/fs/cgroup/cpuset.cpus.effective";
+/// cgroup v1 file with the CPUs the pod may use.
+const CPUSET_V1: &str = "/sys/fs/cgroup/cpuset/cpuset.effective_cpus";
+
+/// Usage text of the `gen-config` subcommand.
+pub const USAGE: &str = "\
+gen-config: write a CNDP JSON-C configuration for the netdevs and CPUs of this pod
+
+  --nf-config PATH        JSON-C file with the network function's own sections (e.g. `maglev`)
+  --section NAME          take only this section from --nf-config (repeatable; default: all but the
+                          generated ones: application, defaults, umems, lports, lcore-groups, threads)
+  --output PATH           where to write (default: standard output; `-` also means standard output)
+  --app-name NAME         application name (default: the NF file's, else `cne`)
+  --mode auto|uds|pinned  how lports obtain the XSKMAP (default auto: whichever file the plugin mounted)
+  --queues auto|N         queues per netdev (default auto: /sys/class/net/IF/queues/rx-*, else 1)
+  --thread-type NAME      worker thread type (default `fwd`)
+  --cpus LIST             CPUs to use, e.g. `2-5,8` (default: sched_getaffinity and the cgroup cpuset)
+  --bufcnt N              UMEM buffers per lport in units of 1024 (default 8)
+  --bufsz 2|4             frame size in KiB (default 2)
+  --mtype 4KB|2MB         UMEM page type (default 4KB)
+  --busy-poll US,BUDGET   enable busy polling on every lport with this timeout and budget
+  --dp-dir PATH           device-plugin directory (default /tmp/afxdp_dp)
+  --sys-class-net PATH    sysfs network directory (default /sys/class/net)";
+
+/// Failures while generating a pod configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum PodConfigError {
+    /// No `AFXDP_DEVICES_<POOL>` (or `AFXDP_DEVICES`) variable names a netdev.
+    #[error("no AF_XDP netdevs: AFXDP_DEVICES_<POOL> is not set (does the pod request an afxdp/<pool> resource?)")]
+    NoDevices,
+    /// Device discovery or file detection failed.
+    #[error(transparent)]
+    Dp(#[from] DpError),
+    /// The allowed CPU set is empty.
+    #[error("no CPUs available to this process")]
+    NoCpus,
+    /// A CPU list (`--cpus` or a cpuset file) could not be parsed.
+    #[error("invalid CPU list {text:?}: {reason}")]
+    CpuList {
+        /// The text.
+        text: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `sched_getaffinity` failed.
+    #[error("sched_getaffinity: {0}")]
+    Affinity(#[source] io::Error),
+    /// A file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// The output could not be written.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// The file (`-` for standard output).
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// The NF's JSON-C file is not valid JSON once comments are removed.
+    #[error("{path}:{line}:{column}: {source}")]
+    NfConfig {
+        /// The file.
+        path: PathBuf,
+        /// Line of the error (1-based).
+        line: usize,
+        /// Column of the error (1-based).
+        column: usize,
+        /// The parser's message.
+        source: serde_json::Error,
+    },
+    /// The NF's JSON-C file is not an object at the top level.
+    #[error("{path}: the top level must be an object of sections")]
+    NfConfigNotObject {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A `--section` named a section the NF file does not have.
+    #[error("{path}: no section {section:?}")]
+    MissingSection {
+        /// The file.
+        path: PathBuf,
+        /// The section asked for.
+        section: String,
+    },
+    /// A command-line argument is wrong.
+    #[error("gen-config: {0}\n\n{USAGE}")]
+    Usage(String),
+}
+
+/// How lports obtain their XSKMAP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ModeChoice {
+    /// Whichever file the plugin mounted: the socket, else the pinned map, else the legacy socket.
+    #[default]
+    Auto,
+    /// The UDS handshake (`uds_path`), whether or not the socket exists yet.
+    Uds,
+    /// The pinned map (`xsk_pin_path`), whether or not it exists yet.
+    Pinned,
+}
+
+/// How many queues of each netdev become lports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueChoice {
+    /// The number of `rx-*` queues in sysfs, or 1 when sysfs does not tell.
+    #[default]
+    Auto,
+    /// This many, on every netdev.
+    Fixed(u32),
+}
+
+/// Busy-polling settings written into every lport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BusyPoll {
+    /// `busy_timeout` in microseconds.
+    pub timeout_us: u16,
+    /// `busy_budget` in packets.
+    pub budget: u16,
+}
+
+/// Options of `gen-config`; [`Default`] gives the documented defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenConfig {
+    /// Application name; `None` takes the NF file's, else [`DEFAULT_APP_NAME`].
+    pub app_name: Option<String>,
+    /// The NF's JSON-C file with its own sections.
+    pub nf_config: Option<PathBuf>,
+    /// Sections to take from `nf_config`; empty takes all except [`GENERATED_SECTIONS`].
+    pub sections: Vec<String>,
+    /// Where to write; `None` is standard output.
+    pub output: Option<PathBuf>,
+    /// UDS, pinned map or detect.
+    pub mode: ModeChoice,
+    /// Queues per netdev.
+    pub queues: QueueChoice,
+    /// Worker thread type.
+    pub thread_type: String,
+    /// CPUs to use instead of the discovered ones.
+    pub cpus: Option<Vec<usize>>,
+    /// UMEM buffers per lport, in units of 1024.
+    pub bufcnt_per_lport: u32,
+    /// Frame size in KiB.
+    pub bufsz_kib: u32,
+    /// UMEM page type (`"4KB"`, `"2MB"`).
+    pub mtype: String,
+    /// Busy polling on every lport.
+    pub busy_poll: Option<BusyPoll>,
+    /// Where the device plugin's files are.
+    pub layout: DpLayout,
+    /// Where sysfs lists network devices.
+    pub sys_class_net: PathBuf,
+}
+
+impl Default for GenConfig {
+    fn default() -> Self {
+        Self {
+            app_name: None,
+            nf_config: None,
+            sections: Vec::new(),
+            output: None,
+            mode: ModeChoice::Auto,
+            queues: QueueChoice::Auto,
+            thread_type: DEFAULT_THREAD_TYPE.to_owned(),
+            cpus: None,
+            bufcnt_per_lport: DEFAULT_BUFCNT_PER_LPORT,
+            bufsz_kib: DEFAULT_BUFSZ_KIB,
+            mtype: "4KB".to_owned(),
+            busy_poll: None,
+            layout: DpLayout::default(),
+            sys_class_net: PathBuf::from("/sys/class/net"),
+        }
+    }
+}
+
+impl GenConfig {
+    /// Parses the `gen-config` arguments (without the program or subcommand name).
+    pub fn from_args<I, S>(args: I) -> Result<Self, PodConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut cfg = Self::default();
+        let mut it = args.into_iter().map(Into::into);
+        while let Some(arg) = it.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+                _ => (arg.clone(), None),
+            };
+            let mut value = |name: &str| {
+                inline
+                    .clone()
+                    .or_else(|| it.next())
+                    .ok_or_else(|| PodConfigError::Usage(format!("{name} needs a value")))
+            };
+            match flag.as_str() {
+                "--nf-config" => cfg.nf_config = Some(PathBuf::from(value(&flag)?)),
+                "--section" => cfg.sections.push(value(&flag)?),
+                "--output" | "-o" => {
+                    let v = value(&flag)?;
+                    cfg.output = (v != "-").then(|| PathBuf::from(v));
+                }
+                "--app-name" => cfg.app_name = Some(value(&flag)?),
+                "--mode" => {
+                    cfg.mode = match value(&flag)?.as_str() {
+                        "auto" => ModeChoice::Auto,
+                        "uds" => ModeChoice::Uds,
+                        "pinned" => ModeChoice::Pinned,
+                        other => {
+                            return Err(usage(format!("--mode {other:?}: auto, uds or pinned")))
+                        }
+                    }
+                }
+                "--queues" => {
+                    let v = value(&flag)?;
+                    cfg.queues = if v == "auto" {
+                        QueueChoice::Auto
+                    } else {
+                        match v.parse::<u32>() {
+                            Ok(n) if n > 0 => QueueChoice::Fixed(n),
+                            _ => {
+                                return Err(usage(format!(
+                                    "--queues {v:?}: `auto` or a count >= 1"
+                                )))
+                            }
+                        }
+                    }
+                }
+                "--thread-type" => cfg.thread_type = value(&flag)?,
+                "--cpus" => cfg.cpus = Some(parse_cpu_list(&value(&flag)?)?),
+                "--bufcnt" => cfg.bufcnt_per_lport = parse_num(&flag, &value(&flag)?, 1, 1024)?,
+                "--bufsz" => {
+                    cfg.bufsz_kib = parse_num(&flag, &value(&flag)?, 2, 4)?;
+                    if cfg.bufsz_kib == 3 {
+                        return Err(usage("--bufsz: 2 or 4 (KiB)".into()));
+                    }
+                }
+                "--mtype" => {
+                    let v = value(&flag)?;
+                    if !matches!(v.as_str(), "4KB" | "2MB" | "1GB") {
+                        return Err(usage(format!("--mtype {v:?}: 4KB, 2MB or 1GB")));
+                    }
+                    cfg.mtype = v;
+                }
+                "--busy-poll" => {
+                    let v = value(&flag)?;
+                    let (t, b) = v
+                        .split_once(',')
+                        .ok_or_else(|| usage(format!("--busy-poll {v:?}: TIMEOUT_US,BUDGET")))?;
+                    cfg.busy_poll = Some(BusyPoll {
+                        timeout_us: parse_num(&flag, t, 1, u16::MAX)?,
+                        budget: parse_num(&flag, b, 1, u16::MAX)?,
+                    });
+                }
+                "--dp-dir" => cfg.layout.dir = PathBuf::from(value(&flag)?),
+                "--sys-class-net" => cfg.sys_class_net = PathBuf::from(value(&flag)?),
+                "--help" | "-h" => return Err(PodConfigError::Usage("help".into())),
+                other => return Err(usage(format!("unknown argument {other:?}"))),
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+fn usage(msg: String) -> PodConfigError {
+    PodConfigError::Usage(msg)
+}
+
+fn parse_num<T>(flag: &str, v: &str, min: T, max: T) -> Result<T, PodConfigError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    match v.trim().parse::<T>() {
+        Ok(n) if n >= min && n <= max => Ok(n),
+        _ => Err(usage(format!("{flag} {v:?}: a number from {min} to {max}"))),
+    }
+}
+
+/// The `gen-config` subcommand: parses `args`, reads the pod's environment, CPUs and sysfs, and writes
+/// the configuration to `--output` (atomically, by rename) or standard output.
+pub fn run_gen_config<I, S>(args: I) -> Result<(), PodConfigError>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    let cfg = GenConfig::from_args(args)?;
+    let devices = dp::devices_from_env()?;
+    let cpus = match &cfg.cpus {
+        Some(c) => c.clone(),
+        None => allowed_cpus()?,
+    };
+    let text = generate(&cfg, &devices, &cpus)?;
+    match &cfg.output {
+        None => {
+            let mut out = io::stdout().lock();
+            out.write_all(text.as_bytes())
+                .and_then(|()| out.flush())
+                .map_err(|source| PodConfigError::Write {
+                    path: PathBuf::from("-"),
+                    source,
+                })
+        }
+        Some(path) => write_atomically(path, &text),
+    }
+}
+
+fn write_atomically(path: &Path, text: &str) -> Result<(), PodConfigError> {
+    let err = |source| PodConfigError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, text).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        err(e)
+    })?;
+    log::info!("wrote {}", path.display());
+    Ok(())
+}
+
+/// Builds the configuration text for `devices` on `cpus` as `cfg` says.
+pub fn generate(
+    cfg: &GenConfig,
+    devices: &[DpDevice],
+    cpus: &[usize],
+) -> Result<String, PodConfigError> {
+    if devices.is_empty() {
+        return Err(PodConfigError::NoDevices);
+    }
+    let mut cpus = cpus.to_vec();
+    cpus.sort_unstable();
+    cpus.dedup();
+    let (&main_cpu, rest) = cpus.split_first().ok_or(PodConfigError::NoCpus)?;
+    let worker_cpus: Vec<usize> = if rest.is_empty() {
+        vec![main_cpu]
+    } else {
+        rest.to_vec()
+    };
+
+    let nf = match &cfg.nf_config {
+        Some(path) => Some((path.clone(), read_nf_sections(path)?)),
+        None => None,
+    };
+
+    // lports, in device order then queue order.
+    struct Planned {
+        name: String,
+        body: Map<String, Value>,
+    }
+    let mut lports: Vec<Planned> = Vec::new();
+    for dev in devices {
+        let source = map_source(cfg, &dev.netdev)?;
+        let queues = match cfg.queues {
+            QueueChoice::Fixed(n) => n,
+            QueueChoice::Auto => {
+                sysfs_rx_queues(&cfg.sys_class_net, &dev.netdev).unwrap_or_else(|| {
+                    log::warn!("{}: queue count not readable in sysfs, using 1", dev.netdev);
+                    1
+                })
+            }
+        };
+        for qid in 0..queues {
+            let region = lports.len();
+            let mut body = Map::new();
+            body.insert("pmd".into(), json!("net_af_xdp"));
+            body.insert("qid".into(), json!(qid));
+            body.insert("umem".into(), json!("umem0"));
+            body.insert("region".into(), json!(region));
+            match &source {
+                MapSource::Uds(p) => body.insert("uds_path".into(), json!(p.display().to_string())),
+                MapSource::Pinned(p) => {
+                    body.insert("xsk_pin_path".into(), json!(p.display().to_string()))
+                }
+            };
+            if let Some(bp) = cfg.busy_poll {
+                body.insert("busy_poll".into(), json!(true));
+                body.insert("busy_timeout".into(), json!(bp.timeout_us));
+                body.insert("busy_budget".into(), json!(bp.budget));
+            }
+            let pool = dev.pool.as_deref().unwrap_or("default");
+            body.insert(
+                "description".into(),
+                json!(format!("{} queue {qid} (pool {pool})", dev.netdev)),
+            );
+            lports.push(Planned {
+                name: format!("{}:{qid}", dev.netdev),
+                body,
+            });
+        }
+    }
+
+    let nthreads = worker_cpus.len().min(lports.len()).max(1);
+    let mut groups = Map::new();
+    groups.insert("initial".into(), json!([main_cpu]));
+    let mut threads = Map::new();
+    threads.insert(
+        "main".into(),
+        json!({ "group": "initial", "description": "control, metrics and signals" }),
+    );
+    for (t, cpu) in worker_cpus.iter().take(nthreads).enumerate() {
+        let group = format!("group{t}");
+        groups.insert(group.clone(), json!([cpu]));
+        let mine: Vec<&str> = lports
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| j % nthreads == t)
+            .map(|(_, l)| l.name.as_str())
+            .collect();
+        threads.insert(
+            format!("{}:{t}", cfg.thread_type),
+            json!({ "group": group, "lports": mine, "description": format!("worker on CPU {cpu}") }),
+        );
+    }
+
+    let nlports = u32::try_from(lports.len()).unwrap_or(u32::MAX);
+    let mut umems = Map::new();
+    umems.insert(
+        "umem0".into(),
+        json!({
+            "bufcnt": cfg.bufcnt_per_lport.saturating_mul(nlports),
+            "bufsz": cfg.bufsz_kib,
+            "mtype": cfg.mtype,
+            "regions": vec![cfg.bufcnt_per_lport; lports.len()],
+            "rxdesc": 0,
+            "txdesc": 0,
+            "description": "one region per lport"
+        }),
+    );
+    let mut lport_map = Map::new();
+    for l in lports {
+        lport_map.insert(l.name, Value::Object(l.body));
+    }
+
+    let nf_app = nf
+        .as_ref()
+        .and_then(|(_, s)| s.get("application"))
+        .and_then(Value::as_object);
+    let name = cfg
+        .app_name
+        .clone()
+        .or_else(|| {
+            nf_app
+                .and_then(|a| a.get("name"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| DEFAULT_APP_NAME.to_owned());
+    let description = nf_app
+        .and_then(|a| a.get("description").or_else(|| a.get("desc")))
+        .and_then(Value::as_str)
+        .unwrap_or("generated for this pod by gen-config");
+
+    let mut sections: Vec<(String, Value)> = vec![
+        (
+            "application".into(),
+            json!({ "name": name, "description": description }),
+        ),
+        (
+            "defaults".into(),
+            json!({ "bufcnt": cfg.bufcnt_per_lport, "bufsz": cfg.bufsz_kib, "rxdesc": 2, "txdesc": 2,
+                    "cache": 256, "mtype": cfg.mtype }),
+        ),
+    ];
+    // NF sections: `options` keeps its place in CNDP's order; the NF's own go last.
+    let mut nf_tail: Vec<(String, Value)> = Vec::new();
+    if let Some((path, nf_sections)) = nf {
+        let wanted: Vec<String> = if cfg.sections.is_empty() {
+            nf_sections.keys().cloned().collect()
+        } else {
+            cfg.sections.clone()
+        };
+        for key in wanted {
+            let Some(v) = nf_sections.get(&key) else {
+                return Err(PodConfigError::MissingSection { path, section: key });
+            };
+            if GENERATED_SECTIONS.contains(&key.as_str()) {
+                if !cfg.sections.is_empty() || key != "application" {
+                    log::warn!(
+                        "{}: section {key:?} is replaced by the generated one",
+                        path.display()
+                    );
+                }
+                continue;
+            }
+            if key == "options" {
+                sections.push((key, v.clone()));
+            } else {
+                nf_tail.push((key, v.clone()));
+            }
+        }
+    }
+    sections.push(("umems".into(), Value::Object(umems)));
+    sections.push(("lports".into(), Value::Object(lport_map)));
+    sections.push(("lcore-groups".into(), Value::Object(groups)));
+    sections.push(("threads".into(), Value::Object(threads)));
+    sections.extend(nf_tail);
+    render(&sections)
+}
+
+/// Writes the sections as one pretty JSON object in the given order.
+fn render(sections: &[(String, Value)]) -> Result<String, PodConfigError> {
+    let mut out = String::from("{\n");
+    for (i, (key, value)) in sections.iter().enumerate() {
+        let k = serde_json::to_string(key).map_err(|e| usage(format!("rendering {key}: {e}")))?;
+        let v = serde_json::to_string_pretty(value)
+            .map_err(|e| usage(format!("rendering {key}: {e}")))?;
+        // JSON strings never contain raw newlines, so re-indenting by line is safe.
+        out.push_str("  ");
+        out.push_str(&k);
+        out.push_str(": ");
+        out.push_str(&v.replace('\n', "\n  "));
+        out.push_str(if i + 1 < sections.len() { ",\n" } else { "\n" });
+    }
+    out.push_str("}\n");
+    Ok(out)
+}
+
+fn map_source(cfg: &GenConfig, netdev: &str) -> Result<MapSource, PodConfigError> {
+    dp::validate_netdev(netdev, "device list")?;
+    Ok(match cfg.mode {
+        ModeChoice::Auto => cfg.layout.detect(netdev)?,
+        ModeChoice::Uds => {
+            let per_netdev = cfg.layout.uds_path(netdev);
+            if per_netdev.symlink_metadata().is_err()
+                && cfg.layout.legacy_uds.symlink_metadata().is_ok()
+            {
+                MapSource::Uds(cfg.layout.legacy_uds.clone())
+            } else {
+                MapSource::Uds(per_netdev)
+            }
+        }
+        ModeChoice::Pinned => MapSource::Pinned(cfg.layout.pinned_map_path(netdev)),
+    })
+}
+
+/// Number of `rx-<n>` queue directories of `netdev` under `sys_class_net`, `None` if unreadable or zero.
+pub fn sysfs_rx_queues(sys_class_net: &Path, netdev: &str) -> Option<u32> {
+    let dir = sys_class_net.join(netdev).join("queues");
+    let n = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|s| s.strip_prefix("rx-"))
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .count();
+    u32::try_from(n).ok().filter(|&n| n > 0)
+}
+
+/// Parses a Linux CPU list such as `0-3,8,10-11` (whitespace and a trailing newline allowed).
+pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, PodConfigError> {
+    let bad = |reason: &str| PodConfigError::CpuList {
+        text: text.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let mut cpus = Vec::new();
+    for part in text
+        .trim()
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let lo: usize = lo.parse().map_err(|_| bad("not a number"))?;
+        let hi: usize = hi.parse().map_err(|_| bad("not a number"))?;
+        if lo > hi {
+            return Err(bad("range runs backwards"));
+        }
+        if hi >= 4096 {
+            return Err(bad("CPU number above 4095"));
+        }
+        cpus.extend(lo..=hi);
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
+}
+
+/// The CPUs this process may run on: its affinity mask, narrowed by the cgroup cpuset when one is
+/// readable (cgroup v2 `cpuset.cpus.effective` or v1 `cpuset.effective_cpus`).
+pub fn allowed_cpus() -> Result<Vec<usize>, PodConfigError> {
+    let affinity = affinity_cpus()?;
+    let cgroup = [CPUSET_V2, CPUSET_V1]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| parse_cpu_list(&t).ok())
+        .unwrap_or_default();
+    let both: Vec<usize> = affinity
+        .iter()
+        .copied()
+        .filter(|c| cgroup.contains(c))
+        .collect();
+    // A cpuset file from another cgroup namespace may not overlap at all: the affinity mask is what the
+    // scheduler enforces, so it wins.
+    let cpus = if both.is_empty() { affinity } else { both };
+    if cpus.is_empty() {
+        return Err(PodConfigError::NoCpus);
+    }
+    Ok(cpus)
+}
+
+fn affinity_cpus() -> Result<Vec<usize>, PodConfigError> {
+    // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: set is a writable cpu_set_t of the size passed; pid 0 is the calling thread.
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Err(PodConfigError::Affinity(io::Error::last_os_error()));
+    }
+    let max = usize::try_from(libc::CPU_SETSIZE).unwrap_or(1024);
+    Ok((0..max)
+        .filter(|&c| {
+            // SAFETY: c < CPU_SETSIZE, so the bit test stays inside set.
+            unsafe { libc::CPU_ISSET(c, &set) }
+        })
+        .collect())
+}
+
+/// Reads the NF's JSON-C file into its sections.
+fn read_nf_sections(path: &Path) -> Result<Map<String, Value>, PodConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PodConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let stripped = strip_jsonc_comments(&text);
+    let value: Value =
+        serde_json::from_str(&stripped).map_err(|source| PodConfigError::NfConfig {
+            path: path.to_path_buf(),
+            line: source.line(),
+            column: source.column(),
+            source,
+        })?;
+    match value {
+        Value::Object(m) => Ok(m),
+        _ => Err(PodConfigError::NfConfigNotObject {
+            path: path.to_path_buf(),
+        }),
+    }
+}
+
+/// Replaces `//` and `/* */` comments outside strings by spaces, keeping newlines so that parser
+/// positions still match the file's lines.
+fn strip_jsonc_comments(text: &str) -> String {
+    #[derive(PartialEq)]
+    enum St {
+        Code,
+        Str,
+        StrEsc,
+        Line,
+        Block,
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut st = St::Code;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match st {
+            St::Code => match (c, chars.peek()) {
+                ('"', _) => {
+                    st = St::Str;
+                    out.push(c);
+                }
+                ('/', Some('/')) => {
+                    chars.next();
+                    st = St::Line;
+                    out.push_str("  ");
+                }
+                ('/', Some('*')) => {
+                    chars.next();
+                    st = St::Block;
+                    out.push_str("  ");
+                }
+                _ => out.push(c),
+            },
+            St::Str => {
+                match c {
+                    '\\' => st = St::StrEsc,
+                    '"' => st = St::Code,
+                    _ => {}
+                }
+                out.push(c);
+            }
+            St::StrEsc => {
+                st = St::Str;
+                out.push(c);
+            }
+            St::Line => {
+                if c == '\n' {
+                    st = St::Code;
+                    out.push('\n');
+                } else {
+                    out.push(' ');
+                }
+            }
+            St::Block => {
+                if c == '*' && chars.peek() == Some(&'/') {
+                    chars.next();
+                    st = St::Code;
+                    out.push_str("  ");
+                } else {
+                    out.push(if c == '\n' { '\n' } else { ' ' });
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    /// A fake pod: device-plugin directory and sysfs under one temp directory.
+    struct Pod {
+        root: PathBuf,
+    }
+
+    impl Pod {
+        fn new(tag: &str) -> Self {
+            let root =
+                std::env::temp_dir().join(format!("cne-podcfg-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&root);
+            std::fs::create_dir_all(&root).unwrap();
+            Self { root }
+        }
+        fn netdev(&self, name: &str, rx_queues: u32, file: &str) -> &Self {
+            for q in 0..rx_queues {
+                std::fs::create_dir_all(self.root.join(format!("sys/{name}/queues/rx-{q}")))
+                    .unwrap();
+                std::fs::create_dir_all(self.root.join(format!("sys/{name}/queues/tx-{q}")))
+                    .unwrap();
+            }
+            std::fs::create_dir_all(self.root.join(format!("dp/{name}"))).unwrap();
+            std::fs::write(self.root.join(format!("dp/{name}/{file}")), b"").unwrap();
+            self
+        }
+        fn cfg(&self) -> GenConfig {
+            GenConfig {
+                layout: DpLayout {
+                    dir: self.root.join("dp"),
+                    legacy_uds: self.root.join("afxdp.sock"),
+                },
+                sys_class_net: self.root.join("sys"),
+                ..GenConfig::default()
+            }
+        }
+    }
+
+    impl Drop for Pod {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+
+    const NF_JSONC: &str = r#"{
+        // The NF's own file, as mounted from a ConfigMap.
+        "application": { "name": "nf-maglev", "description": "Maglev L4 load balancer" },
+        "lports": { "stale:0": { "pmd": "net_af_xdp", "qid": 0, "umem": "x", "region": 0 } },
+        "options": { "pkt_api": "xskdev", "no-metrics": false },
+        /* Maglev state */
+        "maglev": { "vips": [ { "address": "198.18.0.10", "port": 80, "pool": "web" } ],
+                    "note": "a // inside a string stays" }
+    }"#;
+
+    fn env() -> Vec<DpDevice> {
+        dp::devices_from_vars([("AFXDP_DEVICES_POOL1", "ens1 ens2"), ("HOME", "/root")]).unwrap()
+    }
+
+    fn parse(text: &str) -> Map<String, Value> {
+        match serde_json::from_str::<Value>(text).unwrap() {
+            Value::Object(m) => m,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    /// The references CNDP resolves must all hold.
+    fn assert_consistent(cfg: &Map<String, Value>) {
+        let umems = cfg["umems"].as_object().unwrap();
+        let groups = cfg["lcore-groups"].as_object().unwrap();
+        let lports = cfg["lports"].as_object().unwrap();
+        for (name, u) in umems {
+            let regions: u64 = u["regions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_u64().unwrap())
+                .sum();
+            assert_eq!(
+                regions,
+                u["bufcnt"].as_u64().unwrap(),
+                "umem {name}: regions sum to bufcnt"
+            );
+        }
+        let mut seen = HashSet::new();
+        for (tname, t) in cfg["threads"].as_object().unwrap() {
+            let g = t["group"].as_str().unwrap();
+            assert!(
+                groups.contains_key(g),
+                "thread {tname} names missing group {g}"
+            );
+            for l in t
+                .get("lports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let l = l.as_str().unwrap();
+                assert!(
+                    lports.contains_key(l),
+                    "thread {tname} names missing lport {l}"
+                );
+                assert!(seen.insert(l.to_owned()), "lport {l} in two threads");
+            }
+        }
+        assert_eq!(seen.len(), lports.len(), "every lport has a thread");
+        for (lname, l) in lports {
+            let u = &umems[l["umem"].as_str().unwrap()];
+            let r = l["region"].as_u64().unwrap() as usize;
+            assert!(
+                r < u["regions"].as_array().unwrap().len(),
+                "{lname}: region out of range"
+            );
+            let netdev = lname.split(':').next().unwrap();
+            assert_eq!(
+                l["qid"].as_u64().unwrap().to_string(),
+                lname.split(':').nth(1).unwrap()
+            );
+            assert!(!netdev.is_empty());
+        }
+    }
+
+    #[test]
+    fn uds_pod_with_four_cpus() {
+        let pod = Pod::new("uds");
+        pod.netdev("ens1", 2, "afxdp.sock")
+            .netdev("ens2", 1, "afxdp.sock");
+        let nf = pod.root.join("maglev.jsonc");
+        std::fs::write(&nf, NF_JSONC).unwrap();
+        let cfg = GenConfig {
+            nf_config: Some(nf),
+            thread_type: "maglev".into(),
+            busy_poll: Some(BusyPoll {
+                timeout_us: 20,
+                budget: 64,
+            }),
+            ..pod.cfg()
+        };
+        let text = generate(&cfg, &env(), &[5, 2, 3, 4]).unwrap();
+        let out = parse(&text);
+        assert_consistent(&out);
+
+        let keys: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("  \"").and_then(|l| l.split('"').next()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "application",
+                "defaults",
+                "options",
+                "umems",
+                "lports",
+                "lcore-groups",
+                "threads",
+                "maglev"
+            ],
+            "sections in CNDP's order, NF sections last"
+        );
+        assert_eq!(out["application"]["name"], "nf-maglev");
+        assert_eq!(out["options"]["pkt_api"], "xskdev");
+        assert_eq!(out["maglev"]["note"], "a // inside a string stays");
+        let lports = out["lports"].as_object().unwrap();
+        let names: Vec<&String> = lports.keys().collect();
+        assert_eq!(
+            names,
+            ["ens1:0", "ens1:1", "ens2:0"],
+            "stale lports from the NF file are replaced"
+        );
+        let l = &lports["ens1:1"];
+        assert_eq!(l["qid"], 1);
+        assert_eq!(l["pmd"], "net_af_xdp");
+        assert_eq!(
+            l["uds_path"],
+            pod.root.join("dp/ens1/afxdp.sock").display().to_string()
+        );
+        assert!(l.get("xsk_pin_path").is_none());
+        assert_eq!(
+            (
+                l["busy_poll"].clone(),
+                l["busy_timeout"].clone(),
+                l["busy_budget"].clone()
+            ),
+            (json!(true), json!(20), json!(64))
+        );
+        assert_eq!(out["lcore-groups"]["initial"], json!([2]));
+        assert_eq!(out["lcore-groups"]["group0"], json!([3]));
+        assert_eq!(out["lcore-groups"]["group2"], json!([5]));
+        assert_eq!(out["threads"]["maglev:0"]["lports"], json!(["ens1:0"]));
+        assert_eq!(out["threads"]["maglev:2"]["lports"], json!(["ens2:0"]));
+        assert_eq!(out["threads"]["main"]["group"], "initial");
+        assert_eq!(out["umems"]["umem0"]["bufcnt"], 24);
+    }
+
+    #[test]
+    fn pinned_pod_with_one_cpu_and_more_lports_than_cpus() {
+        let pod = Pod::new("pinned");
+        pod.netdev("ens1", 3, "xsks_map");
+        let devices = dp::devices_from_vars([("AFXDP_DEVICES_P", "ens1")]).unwrap();
+        let text = generate(&pod.cfg(), &devices, &[7]).unwrap();
+        let out = parse(&text);
+        assert_consistent(&out);
+        assert_eq!(
+            out["lports"]["ens1:2"]["xsk_pin_path"],
+            pod.root.join("dp/ens1/xsks_map").display().to_string()
+        );
+        assert!(out["lports"]["ens1:2"].get("uds_path").is_none());
+        assert!(out["lports"]["ens1:0"].get("busy_poll").is_none());
+        // One CPU: the only worker shares it with the main thread and serves all three lports.
+        assert_eq!(out["lcore-groups"]["group0"], json!([7]));
+        assert_eq!(
+            out["threads"]["fwd:0"]["lports"],
+            json!(["ens1:0", "ens1:1", "ens1:2"])
+        );
+        assert_eq!(out["application"]["name"], DEFAULT_APP_NAME);
+        assert!(out.get("options").is_none());
+    }
+
+    #[test]
+    fn queue_count_defaults_to_one_without_sysfs() {
+        let pod = Pod::new("nosysfs");
+        std::fs::create_dir_all(pod.root.join("dp/ens9")).unwrap();
+        std::fs::write(pod.root.join("dp/ens9/afxdp.sock"), b"").unwrap();
+        let devices = dp::devices_from_vars([("AFXDP_DEVICES_P", "ens9")]).unwrap();
+        let out = parse(&generate(&pod.cfg(), &devices, &[0, 1]).unwrap());
+        assert_eq!(out["lports"].as_object().unwrap().len(), 1);
+        let fixed = GenConfig {
+            queues: QueueChoice::Fixed(4),
+            ..pod.cfg()
+        };
+        let out = parse(&generate(&fixed, &devices, &[0, 1]).unwrap());
+        assert_eq!(out["lports"].as_object().unwrap().len(), 4);
+        assert_consistent(&out);
+    }
+
+    #[test]
+    fn forced_modes_and_missing_files() {
+        let pod = Pod::new("modes");
+        let devices = dp::devices_from_vars([("AFXDP_DEVICES_P", "ens3")]).unwrap();
+        let err = generate(&pod.cfg(), &devices, &[0]).unwrap_err();
+        assert!(
+            matches!(err, PodConfigError::Dp(DpError::NoDeviceFiles { .. })),
+            "{err}"
+        );
+        let pinned = GenConfig {
+            mode: ModeChoice::Pinned,
+            ..pod.cfg()
+        };
+        let out = parse(&generate(&pinned, &devices, &[0]).unwrap());
+        assert!(out["lports"]["ens3:0"]["xsk_pin_path"]
+            .as_str()
+            .unwrap()
+            .ends_with("dp/ens3/xsks_map"));
+        // Forced UDS falls back to the legacy socket when only that one exists.
+        std::fs::write(pod.root.join("afxdp.sock"), b"").unwrap();
+        let uds = GenConfig {
+            mode: ModeChoice::Uds,
+            ..pod.cfg()
+        };
+        let out = parse(&generate(&uds, &devices, &[0]).unwrap());
+        assert_eq!(
+            out["lports"]["ens3:0"]["uds_path"],
+            pod.root.join("afxdp.sock").display().to_string()
+        );
+    }
+
+    #[test]
+    fn no_devices_and_no_cpus_are_errors() {
+        let pod = Pod::new("empty");
+        assert!(matches!(
+            generate(&pod.cfg(), &[], &[0]),
+            Err(PodConfigError::NoDevices)
+        ));
+        pod.netdev("ens1", 1, "afxdp.sock");
+        let devices = dp::devices_from_vars([("AFXDP_DEVICES_P", "ens1")]).unwrap();
+        assert!(matches!(
+            generate(&pod.cfg(), &devices, &[]),
+            Err(PodConfigError::NoCpus)
+        ));
+    }
+
+    #[test]
+    fn selected_sections_and_nf_file_errors() {
+        let pod = Pod::new("sections");
+        pod.netdev("ens1", 1, "afxdp.sock");
+        let devices = dp::devices_from_vars([("AFXDP_DEVICES_P", "ens1")]).unwrap();
+        let nf = pod.root.join("nf.jsonc");
+        std::fs::write(&nf, NF_JSONC).unwrap();
+        let only = GenConfig {
+            nf_config: Some(nf.clone()),
+            sections: vec!["maglev".into()],
+            ..pod.cfg()
+        };
+        let out = parse(&generate(&only, &devices, &[0]).unwrap());
+        assert!(out.contains_key("maglev"));
+        assert!(!out.contains_key("options"));
+        let missing = GenConfig {
+            sections: vec!["katran".into()],
+            ..only.clone()
+        };
+        assert!(matches!(
+            generate(&missing, &devices, &[0]),
+            Err(PodConfigError::MissingSection { section, .. }) if section == "katran"
+        ));
+        std::fs::write(&nf, "{\n  // ok\n  \"maglev\": { \"vips\": [ }\n}").unwrap();
+        match generate(&only, &devices, &[0]).unwrap_err() {
+            PodConfigError::NfConfig { line, .. } => {
+                assert_eq!(line, 3, "positions survive comment removal")
+            }
+            other => panic!("expected NfConfig, got {other}"),
+        }
+        std::fs::write(&nf, "[1, 2]").unwrap();
+        assert!(matches!(
+            generate(&only, &devices, &[0]),
+            Err(PodConfigError::NfConfigNotObject { .. })
+        ));
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(
+            parse_cpu_list("0-3,8,10-11\n").unwrap(),
+            vec![0, 1, 2, 3, 8, 10, 11]
+        );
+        assert_eq!(parse_cpu_list(" 5 ").unwrap(), vec![5]);
+        assert!(parse_cpu_list("").unwrap().is_empty());
+        assert!(parse_cpu_list("3-1").is_err());
+        assert!(parse_cpu_list("a").is_err());
+        assert!(parse_cpu_list("0-99999").is_err());
+        let mine = allowed_cpus().unwrap();
+        let mut sorted = mine.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert!(!mine.is_empty());
+        assert_eq!(mine, sorted, "ascending, no duplicates");
+    }
+
+    #[test]
+    fn args_parse() {
+        let cfg = GenConfig::from_args([
+            "--nf-config",
+            "/etc/cne/maglev.jsonc",
+            "--section",
+            "maglev",
+            "--output=/run/cne/config.jsonc",
+            "--mode",
+            "pinned",
+            "--queues",
+            "2",
+            "--thread-type",
+            "maglev",
+            "--cpus",
+            "1-2",
+            "--busy-poll",
+            "20,64",
+            "--bufcnt",
+            "4",
+            "--mtype",
+            "2MB",
+            "--dp-dir",
+            "/x",
+        ])
+        .unwrap();
+        assert_eq!(
+            cfg.nf_config.as_deref(),
+            Some(Path::new("/etc/cne/maglev.jsonc"))
+        );
+        assert_eq!(cfg.sections, vec!["maglev"]);
+        assert_eq!(
+            cfg.output.as_deref(),
+            Some(Path::new("/run/cne/config.jsonc"))
+        );
+        assert_eq!(cfg.mode, ModeChoice::Pinned);
+        assert_eq!(cfg.queues, QueueChoice::Fixed(2));
+        assert_eq!(cfg.cpus, Some(vec![1, 2]));
+        assert_eq!(
+            cfg.busy_poll,
+            Some(BusyPoll {
+                timeout_us: 20,
+                budget: 64
+            })
+        );
+        assert_eq!((cfg.bufcnt_per_lport, cfg.mtype.as_str()), (4, "2MB"));
+        assert_eq!(cfg.layout.dir, PathBuf::from("/x"));
+        assert_eq!(GenConfig::from_args(["-o", "-"]).unwrap().output, None);
+        for bad in [
+            &["--mode", "x"][..],
+            &["--queues", "0"],
+            &["--bogus"],
+            &["--busy-poll", "20"],
+            &["--output"],
+            &["--bufsz", "3"],
+        ] {
+            assert!(
+                matches!(
+                    GenConfig::from_args(bad.iter().copied()),
+                    Err(PodConfigError::Usage(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn comments_are_blanked_not_removed() {
+        let s = strip_jsonc_comments("{ // c\n \"a\": \"/*x*/\", /* b\n c */ \"d\": 1 }");
+        assert_eq!(s.lines().count(), 3);
+        let v: Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["a"], "/*x*/");
+        assert_eq!(v["d"], 1);
+    }
+
+    #[test]
+    fn atomic_write_replaces_file() {
+        let pod = Pod::new("write");
+        let p = pod.root.join("out.jsonc");
+        std::fs::write(&p, "old").unwrap();
+        write_atomically(&p, "{}\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{}\n");
+        assert_eq!(
+            std::fs::read_dir(&pod.root).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+    }
+}
