@@ -7,4 +7,10 @@
 
 pub mod config;
 pub mod frame;
+pub mod packet;
+pub mod poll;
+pub mod port;
+pub mod ring;
+pub mod stats;
+pub mod umem;
 pub mod wire;
