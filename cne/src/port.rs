@@ -1094,14 +1094,24 @@ fn sockaddr(ifindex: u32, qid: u32, flags: u32, shared_fd: RawFd) -> cne_sys::so
     }
 }
 
+/// How long `bind` keeps retrying a busy queue: the kernel releases a queue asynchronously (deferred
+/// work) after the previous socket on it is closed, so an immediate reopen can see EBUSY briefly.
+const BIND_BUSY_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn bind(fd: RawFd, sa: &cne_sys::sockaddr_xdp) -> io::Result<()> {
     let len = size_of::<cne_sys::sockaddr_xdp>() as libc::socklen_t;
-    // SAFETY: `sa` is a fully initialised sockaddr_xdp (no padding) of `len` bytes.
-    let rc = unsafe { libc::bind(fd, std::ptr::from_ref(sa).cast(), len) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+    let deadline = std::time::Instant::now() + BIND_BUSY_RETRY;
+    loop {
+        // SAFETY: `sa` is a fully initialised sockaddr_xdp (no padding) of `len` bytes.
+        let rc = unsafe { libc::bind(fd, std::ptr::from_ref(sa).cast(), len) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EBUSY) || std::time::Instant::now() >= deadline {
+            return Err(e);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 
