@@ -4,11 +4,25 @@
 //! Everything here is `unsafe` to call. The safe layer is the `cne` crate. The `xsk_ring_*` helpers are
 //! bound too, but they are one FFI call per operation: the packet path does its ring index math in Rust
 //! (`cne::ring`) over the same ring structures.
-#![allow(non_upper_case_globals, non_camel_case_types, non_snake_case, unreachable_pub)]
+#![allow(
+    non_upper_case_globals,
+    non_camel_case_types,
+    non_snake_case,
+    unreachable_pub
+)]
 #![allow(unsafe_op_in_unsafe_fn)]
-#![allow(missing_debug_implementations, clippy::all, clippy::undocumented_unsafe_blocks)]
+#![allow(
+    missing_debug_implementations,
+    clippy::all,
+    clippy::undocumented_unsafe_blocks
+)]
 
-include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
+// Generated code: the workspace's pedantic and restriction lints do not apply to it.
+#[allow(clippy::ptr_as_ptr, clippy::multiple_unsafe_ops_per_block)]
+mod bindings {
+    include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
+}
+pub use bindings::*;
 
 #[cfg(test)]
 mod tests {

@@ -5,7 +5,9 @@
 //! (`nf-echo`, `nf-maglev`) are `#![forbid(unsafe_code)]`.
 #![deny(missing_docs)]
 
+pub mod afpacket;
 pub mod config;
+pub mod decap;
 pub mod frame;
 pub mod packet;
 pub mod poll;
@@ -14,3 +16,4 @@ pub mod ring;
 pub mod stats;
 pub mod umem;
 pub mod wire;
+pub mod xdp;

@@ -1,0 +1,315 @@
+//! An AF_PACKET backend: raw Ethernet frames through the kernel's packet sockets, for comparison runs.
+//!
+//! AF_XDP is measured against this: the same network-function logic (written against [`Frame`]) running on
+//! a plain `SOCK_RAW` packet socket bound to one interface, the way CNDP's Rust echo example runs on
+//! libpnet. Frames are received with `recvmmsg` and sent with `sendmmsg`, up to [`BATCH`] per system call,
+//! straight into and out of the caller's frame buffers: nothing is allocated per batch (the message
+//! headers live on the stack). The socket is non-blocking; [`AfPacket::poll_readable`] waits for input.
+//!
+//! The socket sets `PACKET_IGNORE_OUTGOING`, so frames it (or anyone else on the host) transmits on the
+//! interface are not looped back into its receive queue; an echo function would otherwise see its own
+//! replies. It is created with protocol 0 and only then bound to `ETH_P_ALL` on the interface, so no frame
+//! of another interface is ever queued on it.
+
+use std::ffi::{c_int, c_uint, c_void, CString};
+use std::io;
+use std::mem::{self, size_of};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use crate::frame::Frame;
+
+/// Most frames moved per system call.
+pub const BATCH: usize = 64;
+
+/// `<linux/if_packet.h>`: do not deliver outgoing frames to this socket (Linux 4.20+).
+const PACKET_IGNORE_OUTGOING: c_int = 23;
+
+/// Errors of opening an AF_PACKET socket.
+#[derive(Debug, thiserror::Error)]
+pub enum AfPacketError {
+    /// No interface of that name in this network namespace.
+    #[error("netdev {ifname} not found")]
+    NetdevNotFound {
+        /// The interface name asked for.
+        ifname: String,
+    },
+    /// A socket call failed.
+    #[error("{call} for AF_PACKET socket on {ifname} failed: {source}")]
+    Socket {
+        /// The failing call.
+        call: &'static str,
+        /// The interface.
+        ifname: String,
+        /// The error the kernel reported.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Kernel counters of a packet socket (`PACKET_STATISTICS`; reading them resets them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PacketStats {
+    /// Frames received by the socket since the last read, including dropped ones.
+    pub packets: u32,
+    /// Frames dropped because the receive buffer was full.
+    pub drops: u32,
+}
+
+/// A raw packet socket bound to one interface. See the module docs.
+#[derive(Debug)]
+pub struct AfPacket {
+    fd: OwnedFd,
+    ifname: String,
+    ifindex: c_int,
+    truncated: u64,
+}
+
+impl AfPacket {
+    /// Opens a non-blocking `SOCK_RAW` packet socket receiving every protocol on `ifname` and sending
+    /// through it. Needs `CAP_NET_RAW`.
+    pub fn open(ifname: &str) -> Result<Self, AfPacketError> {
+        let not_found = || AfPacketError::NetdevNotFound {
+            ifname: ifname.to_string(),
+        };
+        let fail = |call, source| AfPacketError::Socket {
+            call,
+            ifname: ifname.to_string(),
+            source,
+        };
+        let name = CString::new(ifname).map_err(|_| not_found())?;
+        // SAFETY: name is NUL-terminated and valid for the call.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        let ifindex = c_int::try_from(index).map_err(|_| not_found())?;
+        if ifindex == 0 {
+            return Err(not_found());
+        }
+
+        // Protocol 0: receive nothing until bound to the interface below.
+        // SAFETY: plain system call with constant arguments.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        };
+        if raw < 0 {
+            return Err(fail(
+                "socket(AF_PACKET, SOCK_RAW)",
+                io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: raw is a fresh descriptor owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+
+        let one: c_int = 1;
+        // SAFETY: the option value is a live c_int of the length given.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_IGNORE_OUTGOING,
+                std::ptr::from_ref(&one).cast::<c_void>(),
+                socklen::<c_int>(),
+            )
+        };
+        if rc < 0 {
+            return Err(fail(
+                "setsockopt(PACKET_IGNORE_OUTGOING)",
+                io::Error::last_os_error(),
+            ));
+        }
+
+        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+        let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+        addr.sll_ifindex = ifindex;
+        // SAFETY: addr is a live sockaddr_ll of the length given.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                std::ptr::from_ref(&addr).cast::<libc::sockaddr>(),
+                socklen::<libc::sockaddr_ll>(),
+            )
+        };
+        if rc < 0 {
+            return Err(fail("bind(ETH_P_ALL)", io::Error::last_os_error()));
+        }
+        Ok(AfPacket {
+            fd,
+            ifname: ifname.to_string(),
+            ifindex,
+            truncated: 0,
+        })
+    }
+
+    /// The interface name.
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    /// The interface index.
+    pub fn ifindex(&self) -> i32 {
+        self.ifindex
+    }
+
+    /// Frames received so far that did not fit their buffer and were cut short.
+    pub fn truncated(&self) -> u64 {
+        self.truncated
+    }
+
+    /// Receives up to `min(frames.len(), BATCH)` frames, one per buffer, each filling the buffer from its
+    /// data start to the end of its tailroom. Returns how many arrived: those frames hold one packet each;
+    /// the rest of the first `BATCH` buffers are left empty. `Ok(0)` when nothing is waiting.
+    pub fn recv_batch<F: Frame>(&mut self, frames: &mut [F]) -> io::Result<usize> {
+        let n = frames.len().min(BATCH);
+        // SAFETY: iovec is plain data; all-zero (null base, zero length) is a valid value.
+        let mut iov: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
+        // SAFETY: mmsghdr is plain data; all-zero (null pointers, zero lengths) is a valid value.
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
+        for (frame, v) in frames[..n].iter_mut().zip(iov.iter_mut()) {
+            // Open the window over the whole tailroom; set_len within len + tailroom always succeeds.
+            let full = frame.len() + frame.tailroom();
+            frame.set_len(full);
+            let buf = frame.data_mut();
+            v.iov_base = buf.as_mut_ptr().cast::<c_void>();
+            v.iov_len = buf.len();
+        }
+        for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
+            m.msg_hdr.msg_iov = v;
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        let vlen = c_uint::try_from(n).unwrap_or(0);
+        // SAFETY: msgs[..n] point to iovecs describing live, writable buffers of the frames, which stay
+        // borrowed (and unmoved) for the call; no address or control buffers are given.
+        let rc = unsafe {
+            libc::recvmmsg(
+                self.fd.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                vlen,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        let got = if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::WouldBlock && err.kind() != io::ErrorKind::Interrupted {
+                for frame in frames[..n].iter_mut() {
+                    frame.set_len(0);
+                }
+                return Err(err);
+            }
+            0
+        } else {
+            usize::try_from(rc).unwrap_or(0)
+        };
+        for (i, (frame, m)) in frames[..n].iter_mut().zip(msgs.iter()).enumerate() {
+            let len = if i < got { m.msg_len as usize } else { 0 };
+            if len > 0 && m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                self.truncated += 1;
+            }
+            frame.set_len(len);
+        }
+        Ok(got)
+    }
+
+    /// Sends up to `min(frames.len(), BATCH)` frames, each as one Ethernet frame out of the interface.
+    /// Returns how many the kernel took (they go in order, so the rest can be retried); `Ok(0)` when
+    /// the socket buffer or the device queue is full.
+    pub fn send_batch<F: Frame>(&mut self, frames: &[F]) -> io::Result<usize> {
+        let n = frames.len().min(BATCH);
+        // SAFETY: iovec is plain data; all-zero (null base, zero length) is a valid value.
+        let mut iov: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
+        // SAFETY: mmsghdr is plain data; all-zero (null pointers, zero lengths) is a valid value.
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
+        for (frame, v) in frames[..n].iter().zip(iov.iter_mut()) {
+            let data = frame.data();
+            // sendmmsg only reads through iov_base; the mutable pointer type is the C struct's.
+            v.iov_base = data.as_ptr().cast_mut().cast::<c_void>();
+            v.iov_len = data.len();
+        }
+        for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
+            m.msg_hdr.msg_iov = v;
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        let vlen = c_uint::try_from(n).unwrap_or(0);
+        // SAFETY: msgs[..n] point to iovecs describing live buffers of the frames, borrowed for the call;
+        // the kernel only reads them. No address: the socket is bound to the interface.
+        let rc = unsafe {
+            libc::sendmmsg(
+                self.fd.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                vlen,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(libc::EAGAIN | libc::ENOBUFS | libc::EINTR) => Ok(0),
+                _ => Err(err),
+            };
+        }
+        Ok(usize::try_from(rc).unwrap_or(0))
+    }
+
+    /// Waits until a frame is ready to be received or `timeout` passes (`None`: no limit). `Ok(false)`
+    /// on timeout or when a signal interrupted the wait.
+    pub fn poll_readable(&self, timeout: Option<Duration>) -> io::Result<bool> {
+        let ms = timeout.map_or(-1, |t| c_int::try_from(t.as_millis()).unwrap_or(c_int::MAX));
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: pfd is one live pollfd for the call.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                return Ok(false);
+            }
+            return Err(err);
+        }
+        Ok(rc > 0 && pfd.revents & libc::POLLIN != 0)
+    }
+
+    /// Reads (and resets) the kernel's counters of this socket.
+    pub fn statistics(&self) -> io::Result<PacketStats> {
+        let mut st = libc::tpacket_stats {
+            tp_packets: 0,
+            tp_drops: 0,
+        };
+        let mut len = socklen::<libc::tpacket_stats>();
+        // SAFETY: st is a writable tpacket_stats of len bytes; the kernel writes at most len bytes.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                std::ptr::from_mut(&mut st).cast::<c_void>(),
+                &mut len,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(PacketStats {
+            packets: st.tp_packets,
+            drops: st.tp_drops,
+        })
+    }
+}
+
+impl AsFd for AfPacket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// `size_of::<T>()` as a `socklen_t` (the structures passed are a few dozen bytes).
+fn socklen<T>() -> libc::socklen_t {
+    libc::socklen_t::try_from(size_of::<T>()).unwrap_or(libc::socklen_t::MAX)
+}

@@ -1,0 +1,1255 @@
+//! The XDP program in front of the AF_XDP sockets: load, attach, configure, detach.
+//!
+//! [`XdpProgram`] loads the embedded `xsk_filter` BPF object (compiled from `bpf/xsk_filter.bpf.c` at build
+//! time) with libbpf and attaches it to one interface. The program redirects to the AF_XDP socket bound at
+//! the packet's receive queue (`xsks_map[rx_queue_index]`) only the traffic the network function claims,
+//! and passes everything else to the kernel, so ARP, SSH and the host stack keep working on the same port.
+//! What is claimed is configured at run time through maps: [`XdpProgram::set_claim_all`], port and
+//! protocol [`Rule`]s, and per-address [`AddrFlags`] (all traffic, neighbour discovery, fragments).
+//!
+//! Invariants:
+//! - Never replace someone else's program silently: an interface that already runs an XDP program is
+//!   refused unless `force` is given, and the error names the program.
+//! - Never leave a program behind: dropping the [`XdpProgram`] detaches it, but only if the interface still
+//!   runs *this* program (it is compared by id first, and the detach itself carries the program as the
+//!   expected old one, so a program attached by someone else in between is never removed). Network
+//!   functions return from `main` on SIGINT/SIGTERM (`ctrlc`) and on errors, so `Drop` runs on every
+//!   orderly exit; only SIGKILL or an abort leaves the program attached, and the next start then refuses
+//!   it by name until `--force` replaces it.
+//! - Native mode is never downgraded silently: asking for [`XdpMode::Native`] on an interface whose driver
+//!   has no XDP support fails with [`XdpError::NativeUnsupported`] instead of falling back to SKB mode,
+//!   because the AF_XDP sockets must then be bound in copy mode too and the operator should choose that
+//!   (`skb_mode: true`) knowingly.
+//!
+//! After loading, the program and map file descriptors are duplicated and the libbpf object is closed:
+//! the handles are plain [`OwnedFd`]s, so the types are `Send + Sync` without any `unsafe impl`, and every
+//! map operation is one `bpf(2)` call on the control path, never per packet.
+
+use std::collections::HashSet;
+use std::ffi::{c_int, c_void, CStr, CString};
+use std::fmt;
+use std::io;
+use std::marker::PhantomData;
+use std::mem::size_of;
+use std::net::IpAddr;
+use std::ops::{BitOr, BitOrAssign};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use cne_sys as sys;
+
+/// A BPF object file embedded in the binary, aligned for libelf.
+#[repr(C, align(8))]
+pub(crate) struct Aligned<B: ?Sized>(pub(crate) B);
+
+/// The compiled `xsk_filter` program (`bpf/xsk_filter.bpf.c`).
+static XSK_FILTER_OBJ: &Aligned<[u8]> =
+    &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/xsk_filter.o")));
+
+/// Stats map indices, as in `bpf/xsk_filter.bpf.c`.
+const STAT_CLAIMED: u32 = 0;
+const STAT_PASSED: u32 = 1;
+const STAT_REDIRECT_FAILED: u32 = 2;
+
+/// Value stored for a port or protocol rule (the program only tests presence).
+const RULE_PRESENT: u32 = 1;
+
+/// How the program is attached to the interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum XdpMode {
+    /// In the driver, before any socket buffer is allocated (`XDP_FLAGS_DRV_MODE`). Needs driver support
+    /// (veth has it).
+    Native,
+    /// Generic XDP on socket buffers (`XDP_FLAGS_SKB_MODE`): works on every interface, slower, copy-mode
+    /// AF_XDP only.
+    Skb,
+}
+
+impl XdpMode {
+    /// The mode bit of the `XDP_FLAGS_*` flags.
+    fn flags(self) -> u32 {
+        match self {
+            XdpMode::Native => sys::XDP_FLAGS_DRV_MODE,
+            XdpMode::Skb => sys::XDP_FLAGS_SKB_MODE,
+        }
+    }
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            XdpMode::Native => "native",
+            XdpMode::Skb => "skb",
+        })
+    }
+}
+
+/// Errors of loading, attaching and configuring XDP programs.
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    /// No interface of that name in this network namespace.
+    #[error("netdev {ifname} not found")]
+    NetdevNotFound {
+        /// The interface name asked for.
+        ifname: String,
+    },
+    /// The interface already runs an XDP program that is not ours.
+    #[error(
+        "{ifname} already has XDP program id {id} ({name}) attached; refusing to replace it without --force"
+    )]
+    AlreadyAttached {
+        /// The interface.
+        ifname: String,
+        /// Kernel id of the program found.
+        id: u32,
+        /// Its name (`?` when it could not be read).
+        name: String,
+    },
+    /// Native mode asked for on an interface whose driver cannot run XDP programs.
+    #[error("netdev {ifname} does not support native XDP; use skb mode (skb_mode: true)")]
+    NativeUnsupported {
+        /// The interface.
+        ifname: String,
+    },
+    /// A libbpf or `bpf(2)` call failed.
+    #[error("{call} on {target} failed: {source}")]
+    Bpf {
+        /// The failing call.
+        call: &'static str,
+        /// What it was called on (object, program, map or interface).
+        target: String,
+        /// The error the kernel or libbpf reported.
+        #[source]
+        source: io::Error,
+    },
+    /// A BPF map does not have the key or value size this crate was built for.
+    #[error("BPF map {map}: key/value size {found:?}, expected {expected:?}")]
+    MapLayout {
+        /// The map.
+        map: &'static str,
+        /// Key and value size of the loaded map.
+        found: (u32, u32),
+        /// Key and value size this crate uses.
+        expected: (u32, u32),
+    },
+    /// A rule that cannot be expressed.
+    #[error("invalid rule {rule}: {reason}")]
+    InvalidRule {
+        /// The rule.
+        rule: Rule,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+}
+
+impl XdpError {
+    fn bpf(call: &'static str, target: impl Into<String>, source: io::Error) -> Self {
+        XdpError::Bpf {
+            call,
+            target: target.into(),
+            source,
+        }
+    }
+}
+
+/// Turns a libbpf return code (a negative errno on failure) into a `Result`.
+fn check(rc: c_int) -> io::Result<c_int> {
+    if rc < 0 {
+        Err(io::Error::from_raw_os_error(-rc))
+    } else {
+        Ok(rc)
+    }
+}
+
+/// `size_of::<T>()` as the `u32` the BPF ABI uses (all sizes here are a few hundred bytes at most).
+fn size_u32<T>() -> u32 {
+    u32::try_from(size_of::<T>()).unwrap_or(u32::MAX)
+}
+
+/// Traffic the filter claims for the AF_XDP socket: packets to `addr`, optionally only of one protocol,
+/// optionally only to one destination port of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Rule {
+    /// Destination address (IPv4 or IPv6).
+    pub addr: IpAddr,
+    /// IP protocol number (6 TCP, 17 UDP, 1 ICMP, ...); `None` claims all traffic to `addr`.
+    pub proto: Option<u8>,
+    /// Destination port (TCP, UDP, SCTP, UDP-Lite, DCCP); `None` claims all ports of `proto`.
+    pub port: Option<u16>,
+}
+
+impl Rule {
+    /// All traffic to `addr` (sets [`AddrFlags::OWN_ALL`] on it).
+    pub fn address(addr: IpAddr) -> Self {
+        Rule {
+            addr,
+            proto: None,
+            port: None,
+        }
+    }
+
+    /// All traffic of protocol `proto` to `addr`.
+    pub fn proto(addr: IpAddr, proto: u8) -> Self {
+        Rule {
+            addr,
+            proto: Some(proto),
+            port: None,
+        }
+    }
+
+    /// Traffic of protocol `proto` to destination port `port` of `addr`.
+    pub fn port(addr: IpAddr, proto: u8, port: u16) -> Self {
+        Rule {
+            addr,
+            proto: Some(proto),
+            port: Some(port),
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.addr)?;
+        match self.proto {
+            Some(p) => write!(f, " proto {p}")?,
+            None => f.write_str(" any proto")?,
+        }
+        match self.port {
+            Some(p) => write!(f, " port {p}"),
+            None => f.write_str(" any port"),
+        }
+    }
+}
+
+/// Whether the transport header of `proto` starts with source and destination ports.
+fn has_ports(proto: u8) -> bool {
+    matches!(proto, 6 | 17 | 33 | 132 | 136)
+}
+
+/// Per-address claims of the filter (the value of the `(addr, 0, 0)` entry of the rules map).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct AddrFlags(u32);
+
+impl AddrFlags {
+    /// No per-address claims.
+    pub const NONE: AddrFlags = AddrFlags(0);
+    /// All traffic to the address, including its neighbour discovery (implies [`AddrFlags::NEIGH`]).
+    pub const OWN_ALL: AddrFlags = AddrFlags(1 << 0);
+    /// ARP requests/replies whose target IP is the address; ICMPv6 neighbour solicitations whose target
+    /// is the address and neighbour advertisements sent to it.
+    pub const NEIGH: AddrFlags = AddrFlags(1 << 1);
+    /// IP fragments to the address (IPv4 with MF or a non-zero offset, IPv6 with a Fragment header):
+    /// non-first fragments carry no ports, so all fragments of a datagram are claimed together.
+    pub const FRAGS: AddrFlags = AddrFlags(1 << 2);
+    const ALL: u32 = 0b111;
+
+    /// The raw bits, as the BPF program sees them.
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+    /// Flags from raw bits; unknown bits are dropped.
+    pub fn from_bits_truncate(bits: u32) -> Self {
+        AddrFlags(bits & Self::ALL)
+    }
+    /// Whether all flags of `other` are set.
+    pub fn contains(self, other: AddrFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+    /// Whether no flag is set.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl BitOr for AddrFlags {
+    type Output = AddrFlags;
+    fn bitor(self, rhs: AddrFlags) -> AddrFlags {
+        AddrFlags(self.0 | rhs.0)
+    }
+}
+
+impl BitOrAssign for AddrFlags {
+    fn bitor_assign(&mut self, rhs: AddrFlags) {
+        self.0 |= rhs.0;
+    }
+}
+
+/// Counters of the filter program, summed over all CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FilterStats {
+    /// Packets a claim matched (including those whose redirect failed).
+    pub claimed: u64,
+    /// Packets nothing claimed, passed to the kernel.
+    pub passed: u64,
+    /// Claimed packets with no socket at their queue: passed to the kernel instead.
+    pub redirect_failed: u64,
+}
+
+/// Key of the filter's `rules` map and the decap program's `decap_addrs` map, laid out like the C
+/// `struct rule_key { __u32 addr[4]; __u8 proto; __u8 pad; __u16 port; }`: the address as 16 bytes in
+/// network order (IPv4 as `::ffff:a.b.c.d`), the port in network order.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub(crate) struct RuleKey {
+    addr: [u8; 16],
+    proto: u8,
+    pad: u8,
+    port: [u8; 2],
+}
+
+impl RuleKey {
+    pub(crate) fn new(addr: IpAddr, proto: u8, port: u16) -> Self {
+        let addr = match addr {
+            IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            IpAddr::V6(a) => a.octets(),
+        };
+        RuleKey {
+            addr,
+            proto,
+            pad: 0,
+            port: port.to_be_bytes(),
+        }
+    }
+
+    /// The per-address entry of `addr`.
+    pub(crate) fn address(addr: IpAddr) -> Self {
+        Self::new(addr, 0, 0)
+    }
+}
+
+/// A BPF map of the loaded object whose key and value sizes were checked to be those of `K` and `V`
+/// (plain-data types without padding: integers and byte arrays), so every call that hands the kernel a
+/// `&K` or `&V` stays within those objects.
+#[derive(Debug)]
+pub(crate) struct Map<K, V> {
+    name: &'static str,
+    fd: OwnedFd,
+    max_entries: u32,
+    /// Per-CPU maps read one `V` per possible CPU: only [`Map::percpu_sum`] may read them.
+    percpu: bool,
+    _kv: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K: Copy + Default, V: Copy + Default> Map<K, V> {
+    /// Takes a map descriptor after checking its key and value sizes against `K` and `V`.
+    pub(crate) fn checked(name: &'static str, fd: OwnedFd) -> Result<Self, XdpError> {
+        let mut info = sys::bpf_map_info::default();
+        let mut len = size_u32::<sys::bpf_map_info>();
+        // SAFETY: `info` is a writable bpf_map_info of `len` bytes; the kernel writes at most `len` bytes.
+        let rc = unsafe {
+            sys::bpf_obj_get_info_by_fd(
+                fd.as_raw_fd(),
+                std::ptr::from_mut(&mut info).cast::<c_void>(),
+                &mut len,
+            )
+        };
+        check(rc).map_err(|e| XdpError::bpf("bpf_obj_get_info_by_fd", name, e))?;
+        let expected = (size_u32::<K>(), size_u32::<V>());
+        let found = (info.key_size, info.value_size);
+        if found != expected {
+            return Err(XdpError::MapLayout {
+                map: name,
+                found,
+                expected,
+            });
+        }
+        Ok(Map {
+            name,
+            fd,
+            max_entries: info.max_entries,
+            percpu: matches!(
+                info.type_,
+                sys::BPF_MAP_TYPE_PERCPU_HASH
+                    | sys::BPF_MAP_TYPE_PERCPU_ARRAY
+                    | sys::BPF_MAP_TYPE_LRU_PERCPU_HASH
+                    | sys::BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE
+            ),
+            _kv: PhantomData,
+        })
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Writes `key -> value`.
+    pub(crate) fn update(&self, key: &K, value: &V) -> Result<(), XdpError> {
+        // SAFETY: key and value point to live objects of the map's key and value size (checked in
+        // Map::checked).
+        let rc = unsafe {
+            sys::bpf_map_update_elem(
+                self.fd.as_raw_fd(),
+                std::ptr::from_ref(key).cast::<c_void>(),
+                std::ptr::from_ref(value).cast::<c_void>(),
+                u64::from(sys::BPF_ANY),
+            )
+        };
+        check(rc)
+            .map(drop)
+            .map_err(|e| XdpError::bpf("bpf_map_update_elem", self.name, e))
+    }
+
+    /// Reads the value at `key`; `None` when absent.
+    pub(crate) fn lookup(&self, key: &K) -> Result<Option<V>, XdpError> {
+        if self.percpu {
+            return Err(XdpError::bpf(
+                "bpf_map_lookup_elem",
+                self.name,
+                io::Error::from_raw_os_error(libc::EINVAL),
+            ));
+        }
+        let mut value = V::default();
+        // SAFETY: key points to a live object of the key size, value to a writable one of the value size
+        // (the map is not per-CPU, so the kernel writes exactly one value).
+        let rc = unsafe {
+            sys::bpf_map_lookup_elem(
+                self.fd.as_raw_fd(),
+                std::ptr::from_ref(key).cast::<c_void>(),
+                std::ptr::from_mut(&mut value).cast::<c_void>(),
+            )
+        };
+        match check(rc) {
+            Ok(_) => Ok(Some(value)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(XdpError::bpf("bpf_map_lookup_elem", self.name, e)),
+        }
+    }
+
+    /// Deletes `key`; `false` when it was absent.
+    pub(crate) fn delete(&self, key: &K) -> Result<bool, XdpError> {
+        // SAFETY: key points to a live object of the map's key size.
+        let rc = unsafe {
+            sys::bpf_map_delete_elem(
+                self.fd.as_raw_fd(),
+                std::ptr::from_ref(key).cast::<c_void>(),
+            )
+        };
+        match check(rc) {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(XdpError::bpf("bpf_map_delete_elem", self.name, e)),
+        }
+    }
+
+    /// All keys of a hash map (control path: allocates).
+    pub(crate) fn keys(&self) -> Result<Vec<K>, XdpError> {
+        let mut keys = Vec::new();
+        let mut prev: Option<K> = None;
+        loop {
+            let mut next = K::default();
+            let prev_ptr = prev
+                .as_ref()
+                .map_or(std::ptr::null(), |k| std::ptr::from_ref(k).cast::<c_void>());
+            // SAFETY: prev_ptr is null (first key) or points to a live key; next is a writable key.
+            let rc = unsafe {
+                sys::bpf_map_get_next_key(
+                    self.fd.as_raw_fd(),
+                    prev_ptr,
+                    std::ptr::from_mut(&mut next).cast::<c_void>(),
+                )
+            };
+            match check(rc) {
+                Ok(_) => {
+                    keys.push(next);
+                    prev = Some(next);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(keys),
+                Err(e) => return Err(XdpError::bpf("bpf_map_get_next_key", self.name, e)),
+            }
+        }
+    }
+}
+
+impl Map<u32, u64> {
+    /// Sum over all possible CPUs of the `u64` at `index` of a per-CPU array.
+    pub(crate) fn percpu_sum(&self, index: u32) -> Result<u64, XdpError> {
+        if !self.percpu {
+            return Err(XdpError::bpf(
+                "bpf_map_lookup_elem",
+                self.name,
+                io::Error::from_raw_os_error(libc::EINVAL),
+            ));
+        }
+        // SAFETY: libbpf_num_possible_cpus takes no arguments; it reads and caches a sysfs file.
+        let ncpus = unsafe { sys::libbpf_num_possible_cpus() };
+        let ncpus = check(ncpus).map_err(|e| {
+            XdpError::bpf(
+                "libbpf_num_possible_cpus",
+                "/sys/devices/system/cpu/possible",
+                e,
+            )
+        })?;
+        // A u64 per-CPU value occupies exactly 8 bytes per CPU (values are rounded up to 8).
+        let mut values = vec![0u64; usize::try_from(ncpus).unwrap_or(1).max(1)];
+        // SAFETY: index is a live u32 key; values holds one 8-byte value per possible CPU, which is what
+        // the kernel writes for a per-CPU map with 8-byte values (checked at load).
+        let rc = unsafe {
+            sys::bpf_map_lookup_elem(
+                self.fd.as_raw_fd(),
+                std::ptr::from_ref(&index).cast::<c_void>(),
+                values.as_mut_ptr().cast::<c_void>(),
+            )
+        };
+        check(rc).map_err(|e| XdpError::bpf("bpf_map_lookup_elem", self.name, e))?;
+        Ok(values.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
+    }
+}
+
+/// A libbpf `*_opts` struct in zeroed memory.
+///
+/// libbpf's `OPTS_VALID` refuses (EINVAL) an opts struct whose bytes past the last field it knows are
+/// not zero, trailing padding included. Rust leaves padding undefined in struct literals and in typed
+/// copies (even of a `MaybeUninit`), so the struct lives in an array of `u64` (which has no padding, so
+/// every move copies every byte) and is only ever written field by field through
+/// [`LibbpfOpts::get_mut`].
+struct LibbpfOpts<T> {
+    buf: [u64; 16],
+    _opts: PhantomData<T>,
+}
+
+impl<T> LibbpfOpts<T> {
+    /// Zeroed opts with `sz` set to the size of `T`.
+    ///
+    /// # Safety
+    /// All-zero bytes must be a valid `T`, and `T` must start with libbpf's `size_t sz` field.
+    unsafe fn new() -> Self {
+        const { assert!(size_of::<T>() <= 16 * 8 && std::mem::align_of::<T>() <= 8) };
+        let mut buf = [0u64; 16];
+        buf[0] = size_of::<T>() as u64;
+        LibbpfOpts {
+            buf,
+            _opts: PhantomData,
+        }
+    }
+
+    /// The struct, for field writes (never assign it whole: that would make its padding undefined).
+    fn get_mut(&mut self) -> &mut T {
+        // SAFETY: buf is 8-aligned and at least size_of::<T>() bytes (asserted in new); it holds a valid
+        // T (zeroes, a valid T by new's contract, then field writes through this reference only).
+        unsafe { &mut *self.buf.as_mut_ptr().cast::<T>() }
+    }
+
+    fn as_ptr(&self) -> *const T {
+        self.buf.as_ptr().cast::<T>()
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut T {
+        self.buf.as_mut_ptr().cast::<T>()
+    }
+}
+
+/// Closes a libbpf object on every path out of [`load_object`].
+struct ObjectGuard(*mut sys::bpf_object);
+
+impl Drop for ObjectGuard {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from a successful bpf_object__open_mem and is closed exactly once.
+        unsafe { sys::bpf_object__close(self.0) };
+    }
+}
+
+/// Duplicates a descriptor owned by libbpf so that it outlives the object.
+fn dup_fd(fd: c_int, call: &'static str, target: &str) -> Result<OwnedFd, XdpError> {
+    let fd = check(fd).map_err(|e| XdpError::bpf(call, target, e))?;
+    // SAFETY: fd is a descriptor libbpf holds open until bpf_object__close, which happens after this.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    borrowed
+        .try_clone_to_owned()
+        .map_err(|e| XdpError::bpf("fcntl(F_DUPFD_CLOEXEC)", target, e))
+}
+
+/// A loaded (not yet attached) program and its maps, in the order asked for.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub(crate) prog: OwnedFd,
+    pub(crate) maps: Vec<OwnedFd>,
+}
+
+/// Opens and loads an embedded BPF object, returning its program and the named maps.
+pub(crate) fn load_object(
+    obj: &'static [u8],
+    obj_name: &'static CStr,
+    prog_name: &'static CStr,
+    map_names: &[&'static CStr],
+) -> Result<Loaded, XdpError> {
+    let target = obj_name.to_string_lossy();
+    // SAFETY: bpf_object_open_opts holds integers, a bool, a bitfield and pointers (all-zero is valid)
+    // and starts with `size_t sz`.
+    let mut opts = unsafe { LibbpfOpts::<sys::bpf_object_open_opts>::new() };
+    opts.get_mut().object_name = obj_name.as_ptr();
+    // SAFETY: obj is a 'static ELF image (libbpf may keep pointing into it while the object lives);
+    // opts and the name it points to are valid for the call.
+    let raw = unsafe {
+        sys::bpf_object__open_mem(obj.as_ptr().cast::<c_void>(), obj.len(), opts.as_ptr())
+    };
+    if raw.is_null() {
+        return Err(XdpError::bpf(
+            "bpf_object__open_mem",
+            target,
+            io::Error::last_os_error(),
+        ));
+    }
+    let object = ObjectGuard(raw);
+    // SAFETY: object.0 is an open, not yet loaded object.
+    let rc = unsafe { sys::bpf_object__load(object.0) };
+    check(rc).map_err(|e| XdpError::bpf("bpf_object__load", target.clone(), e))?;
+
+    // SAFETY: object.0 is a loaded object; prog_name is NUL-terminated.
+    let prog = unsafe { sys::bpf_object__find_program_by_name(object.0, prog_name.as_ptr()) };
+    if prog.is_null() {
+        return Err(XdpError::bpf(
+            "bpf_object__find_program_by_name",
+            prog_name.to_string_lossy(),
+            io::Error::from_raw_os_error(libc::ENOENT),
+        ));
+    }
+    // SAFETY: prog is a program of the loaded object, valid until the object is closed.
+    let prog_fd = unsafe { sys::bpf_program__fd(prog) };
+    let prog = dup_fd(prog_fd, "bpf_program__fd", &prog_name.to_string_lossy())?;
+
+    let mut maps = Vec::with_capacity(map_names.len());
+    for name in map_names {
+        // SAFETY: object.0 is a loaded object; name is NUL-terminated.
+        let map = unsafe { sys::bpf_object__find_map_by_name(object.0, name.as_ptr()) };
+        if map.is_null() {
+            return Err(XdpError::bpf(
+                "bpf_object__find_map_by_name",
+                name.to_string_lossy(),
+                io::Error::from_raw_os_error(libc::ENOENT),
+            ));
+        }
+        // SAFETY: map is a map of the loaded object, valid until the object is closed.
+        let fd = unsafe { sys::bpf_map__fd(map) };
+        maps.push(dup_fd(fd, "bpf_map__fd", &name.to_string_lossy())?);
+    }
+    drop(object);
+    Ok(Loaded { prog, maps })
+}
+
+/// The interface index of `ifname` in the current network namespace.
+pub(crate) fn ifindex(ifname: &str) -> Result<u32, XdpError> {
+    let not_found = || XdpError::NetdevNotFound {
+        ifname: ifname.to_string(),
+    };
+    let name = CString::new(ifname).map_err(|_| not_found())?;
+    // SAFETY: name is a NUL-terminated string valid for the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(not_found());
+    }
+    Ok(index)
+}
+
+/// Kernel id and name of a loaded program.
+fn prog_info(fd: BorrowedFd<'_>) -> io::Result<(u32, String)> {
+    let mut info = sys::bpf_prog_info::default();
+    let mut len = size_u32::<sys::bpf_prog_info>();
+    // SAFETY: info is a writable bpf_prog_info of len bytes; all its pointer fields are zero, so the
+    // kernel writes nothing else.
+    let rc = unsafe {
+        sys::bpf_obj_get_info_by_fd(
+            fd.as_raw_fd(),
+            std::ptr::from_mut(&mut info).cast::<c_void>(),
+            &mut len,
+        )
+    };
+    check(rc)?;
+    let name: Vec<u8> = info
+        .name
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| c.to_ne_bytes()[0])
+        .collect();
+    Ok((info.id, String::from_utf8_lossy(&name).into_owned()))
+}
+
+/// Name of the program with kernel id `id`, `?` if it cannot be read (it may have gone meanwhile).
+fn prog_name_by_id(id: u32) -> String {
+    // SAFETY: plain syscall wrapper; the returned descriptor is owned below.
+    let fd = unsafe { sys::bpf_prog_get_fd_by_id(id) };
+    if fd < 0 {
+        return "?".to_string();
+    }
+    // SAFETY: fd is a fresh descriptor this function owns and nothing else closes.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    prog_info(fd.as_fd()).map_or_else(|_| "?".to_string(), |(_, name)| name)
+}
+
+/// Program ids attached to `ifindex`, per attach mode.
+fn query(ifindex: u32, ifname: &str) -> Result<sys::bpf_xdp_query_opts, XdpError> {
+    // SAFETY: bpf_xdp_query_opts holds integers (all-zero is valid) and starts with `size_t sz`.
+    let mut opts = unsafe { LibbpfOpts::<sys::bpf_xdp_query_opts>::new() };
+    let index = c_int::try_from(ifindex).map_err(|_| XdpError::NetdevNotFound {
+        ifname: ifname.to_string(),
+    })?;
+    // SAFETY: opts is a writable bpf_xdp_query_opts whose sz field is its size.
+    let rc = unsafe { sys::bpf_xdp_query(index, 0, opts.as_mut_ptr()) };
+    check(rc).map_err(|e| XdpError::bpf("bpf_xdp_query", ifname, e))?;
+    Ok(*opts.get_mut())
+}
+
+/// A program attached to one interface; detaches it on drop if it is still the one attached.
+#[derive(Debug)]
+pub(crate) struct Attachment {
+    ifname: String,
+    ifindex: c_int,
+    mode: XdpMode,
+    prog_id: u32,
+    prog: OwnedFd,
+}
+
+impl Attachment {
+    /// Fails with [`XdpError::AlreadyAttached`] if `ifindex` runs a program, unless `force`.
+    pub(crate) fn refuse_foreign(ifname: &str, ifindex: u32, force: bool) -> Result<(), XdpError> {
+        if force {
+            return Ok(());
+        }
+        let q = query(ifindex, ifname)?;
+        match [q.drv_prog_id, q.skb_prog_id, q.hw_prog_id]
+            .into_iter()
+            .find(|id| *id != 0)
+        {
+            Some(id) => Err(XdpError::AlreadyAttached {
+                ifname: ifname.to_string(),
+                id,
+                name: prog_name_by_id(id),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Attaches `prog` to `ifname`. Without `force`, an interface already running a program is refused;
+    /// with it, a program in the same mode is replaced atomically and one in another mode is detached
+    /// first (the kernel allows only one mode at a time).
+    pub(crate) fn attach(
+        ifname: &str,
+        ifindex: u32,
+        mode: XdpMode,
+        force: bool,
+        prog: OwnedFd,
+    ) -> Result<Self, XdpError> {
+        let index = c_int::try_from(ifindex).map_err(|_| XdpError::NetdevNotFound {
+            ifname: ifname.to_string(),
+        })?;
+        Self::refuse_foreign(ifname, ifindex, force)?;
+        let mut flags = mode.flags();
+        if force {
+            let q = query(ifindex, ifname)?;
+            for (id, other) in [
+                (q.drv_prog_id, sys::XDP_FLAGS_DRV_MODE),
+                (q.skb_prog_id, sys::XDP_FLAGS_SKB_MODE),
+                (q.hw_prog_id, sys::XDP_FLAGS_HW_MODE),
+            ] {
+                if id == 0 {
+                    continue;
+                }
+                log::warn!(
+                    "{ifname}: replacing XDP program id {id} ({}) as forced",
+                    prog_name_by_id(id)
+                );
+                if other != flags {
+                    // SAFETY: plain netlink request; a null opts pointer means no options.
+                    let rc = unsafe { sys::bpf_xdp_detach(index, other, std::ptr::null()) };
+                    check(rc).map_err(|e| XdpError::bpf("bpf_xdp_detach", ifname, e))?;
+                }
+            }
+        } else {
+            flags |= sys::XDP_FLAGS_UPDATE_IF_NOEXIST;
+        }
+
+        // SAFETY: plain netlink request on a valid program descriptor; null opts means no options.
+        let rc = unsafe { sys::bpf_xdp_attach(index, prog.as_raw_fd(), flags, std::ptr::null()) };
+        if let Err(e) = check(rc) {
+            return Err(match e.raw_os_error() {
+                Some(libc::EOPNOTSUPP) if mode == XdpMode::Native => XdpError::NativeUnsupported {
+                    ifname: ifname.to_string(),
+                },
+                Some(libc::ENODEV) => XdpError::NetdevNotFound {
+                    ifname: ifname.to_string(),
+                },
+                // Lost a race with another loader: report who won.
+                Some(libc::EBUSY | libc::EEXIST) => {
+                    match Self::refuse_foreign(ifname, ifindex, false) {
+                        Err(found @ XdpError::AlreadyAttached { .. }) => found,
+                        _ => XdpError::bpf("bpf_xdp_attach", ifname, e),
+                    }
+                }
+                _ => XdpError::bpf("bpf_xdp_attach", ifname, e),
+            });
+        }
+        let mut attachment = Attachment {
+            ifname: ifname.to_string(),
+            ifindex: index,
+            mode,
+            prog_id: 0,
+            prog,
+        };
+        // From here on, dropping `attachment` detaches (prog_id 0 matches no program, so a failure to
+        // read the id detaches with the expected-fd guard only).
+        let (prog_id, _) = prog_info(attachment.prog.as_fd())
+            .map_err(|e| XdpError::bpf("bpf_obj_get_info_by_fd", ifname, e))?;
+        attachment.prog_id = prog_id;
+        Ok(attachment)
+    }
+
+    pub(crate) fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    pub(crate) fn mode(&self) -> XdpMode {
+        self.mode
+    }
+
+    pub(crate) fn prog_id(&self) -> u32 {
+        self.prog_id
+    }
+
+    /// Runs the program once on `frame` with `BPF_PROG_RUN`: its return value and the output frame.
+    pub(crate) fn test_run(&self, frame: &[u8]) -> Result<(u32, Vec<u8>), XdpError> {
+        let too_big = || {
+            XdpError::bpf(
+                "bpf_prog_test_run_opts",
+                self.ifname.clone(),
+                io::Error::from_raw_os_error(libc::E2BIG),
+            )
+        };
+        // Head adjustments can grow the frame by the XDP headroom at most (256 bytes).
+        let mut out = vec![0u8; frame.len() + 256];
+        // SAFETY: bpf_test_run_opts holds integers and pointers (all-zero is valid) and starts with
+        // `size_t sz`.
+        let mut opts = unsafe { LibbpfOpts::<sys::bpf_test_run_opts>::new() };
+        let o = opts.get_mut();
+        o.data_in = frame.as_ptr().cast::<c_void>();
+        o.data_size_in = u32::try_from(frame.len()).map_err(|_| too_big())?;
+        o.data_out = out.as_mut_ptr().cast::<c_void>();
+        o.data_size_out = u32::try_from(out.len()).map_err(|_| too_big())?;
+        o.repeat = 1;
+        // SAFETY: data_in/data_out point to buffers of the sizes given in opts, live for the call.
+        let rc = unsafe { sys::bpf_prog_test_run_opts(self.prog.as_raw_fd(), opts.as_mut_ptr()) };
+        check(rc).map_err(|e| XdpError::bpf("bpf_prog_test_run_opts", self.ifname.clone(), e))?;
+        let o = opts.get_mut();
+        out.truncate(o.data_size_out as usize);
+        Ok((o.retval, out))
+    }
+
+    fn detach(&self) {
+        let mut current = 0u32;
+        // SAFETY: current is a writable u32 for the call.
+        let rc = unsafe {
+            sys::bpf_xdp_query_id(self.ifindex, self.mode.flags() as c_int, &mut current)
+        };
+        match check(rc) {
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return, // the interface is gone
+            Err(e) => log::warn!("{}: bpf_xdp_query_id failed: {e}", self.ifname),
+            Ok(_) if self.prog_id != 0 && current != self.prog_id => {
+                log::warn!(
+                    "{}: not detaching XDP: it now runs program id {current}, not ours ({})",
+                    self.ifname,
+                    self.prog_id
+                );
+                return;
+            }
+            Ok(_) => {}
+        }
+        // The expected-fd guard (XDP_FLAGS_REPLACE) makes the kernel refuse with EEXIST if another
+        // program was attached after the query above.
+        // SAFETY: bpf_xdp_attach_opts holds integers (all-zero is valid) and starts with `size_t sz`.
+        let mut opts = unsafe { LibbpfOpts::<sys::bpf_xdp_attach_opts>::new() };
+        opts.get_mut().old_prog_fd = self.prog.as_raw_fd();
+        // SAFETY: opts is a valid bpf_xdp_attach_opts for the call; old_prog_fd is our open program.
+        let rc = unsafe { sys::bpf_xdp_detach(self.ifindex, self.mode.flags(), opts.as_ptr()) };
+        match check(rc) {
+            Ok(_) => log::debug!("{}: detached XDP program id {}", self.ifname, self.prog_id),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
+            Err(e) => log::warn!(
+                "{}: detaching XDP program id {} failed: {e}",
+                self.ifname,
+                self.prog_id
+            ),
+        }
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
+/// The `xsk_filter` XDP program attached to one interface, with its maps. See the module docs.
+///
+/// Dropping it detaches the program (if it is still the one attached).
+#[derive(Debug)]
+pub struct XdpProgram {
+    // Declared first: dropped (detached) before the map descriptors close.
+    attachment: Attachment,
+    xsks_map: Map<u32, u32>,
+    cfg: Map<u32, u32>,
+    rules: Map<RuleKey, u32>,
+    stats: Map<u32, u64>,
+}
+
+impl XdpProgram {
+    /// Loads the filter and attaches it to `ifname` in `mode`. It starts claiming nothing; configure it
+    /// with [`set_claim_all`](Self::set_claim_all), [`add_rule`](Self::add_rule) and
+    /// [`own_address`](Self::own_address), and insert the sockets into
+    /// [`xsks_map_fd`](Self::xsks_map_fd).
+    ///
+    /// Errors: [`XdpError::NetdevNotFound`]; [`XdpError::AlreadyAttached`] when the interface runs an XDP
+    /// program and `force` is false (with `force` it is replaced); [`XdpError::NativeUnsupported`];
+    /// [`XdpError::Bpf`] when loading or attaching fails (libbpf prints the verifier log to stderr).
+    pub fn attach(ifname: &str, mode: XdpMode, force: bool) -> Result<Self, XdpError> {
+        let index = ifindex(ifname)?;
+        Attachment::refuse_foreign(ifname, index, force)?;
+        let loaded = load_object(
+            &XSK_FILTER_OBJ.0,
+            c"xsk_filter",
+            c"xsk_filter",
+            &[c"xsks_map", c"cfg", c"rules", c"stats"],
+        )?;
+        let mut maps = loaded.maps.into_iter();
+        let mut next = |name: &'static str| {
+            maps.next().ok_or_else(|| {
+                XdpError::bpf(
+                    "bpf_object__find_map_by_name",
+                    name,
+                    io::Error::from_raw_os_error(libc::ENOENT),
+                )
+            })
+        };
+        let xsks_map = Map::checked("xsks_map", next("xsks_map")?)?;
+        let cfg = Map::checked("cfg", next("cfg")?)?;
+        let rules = Map::checked("rules", next("rules")?)?;
+        let stats = Map::checked("stats", next("stats")?)?;
+        let attachment = Attachment::attach(ifname, index, mode, force, loaded.prog)?;
+        log::info!(
+            "{ifname}: attached XDP program xsk_filter id {} in {mode} mode",
+            attachment.prog_id()
+        );
+        Ok(XdpProgram {
+            attachment,
+            xsks_map,
+            cfg,
+            rules,
+            stats,
+        })
+    }
+
+    /// The XSKMAP: an AF_XDP socket bound to queue `q` goes at index `q`.
+    pub fn xsks_map_fd(&self) -> BorrowedFd<'_> {
+        self.xsks_map.fd()
+    }
+
+    /// Puts the AF_XDP socket `xsk` (bound to `queue` of this interface) into the XSKMAP: claimed packets
+    /// received on `queue` go to it from now on. The map holds its own reference to the socket until
+    /// [`remove_socket`](Self::remove_socket) or until the program is dropped.
+    pub fn insert_socket(&self, queue: u32, xsk: BorrowedFd<'_>) -> Result<(), XdpError> {
+        let fd = u32::try_from(xsk.as_raw_fd()).map_err(|_| {
+            XdpError::bpf(
+                "bpf_map_update_elem",
+                "xsks_map",
+                io::Error::from_raw_os_error(libc::EBADF),
+            )
+        })?;
+        self.xsks_map.update(&queue, &fd)
+    }
+
+    /// Removes the socket at `queue` from the XSKMAP (claimed packets on that queue then fall back to
+    /// the kernel); `false` when there was none.
+    pub fn remove_socket(&self, queue: u32) -> Result<bool, XdpError> {
+        self.xsks_map.delete(&queue)
+    }
+
+    /// Entries of the XSKMAP: sockets can serve receive queues `0..xsks_map_entries()`.
+    pub fn xsks_map_entries(&self) -> u32 {
+        self.xsks_map.max_entries
+    }
+
+    /// The interface the program is attached to.
+    pub fn ifname(&self) -> &str {
+        self.attachment.ifname()
+    }
+
+    /// The attach mode.
+    pub fn mode(&self) -> XdpMode {
+        self.attachment.mode()
+    }
+
+    /// The kernel id of the program (as `ip link` and `bpftool` show it).
+    pub fn prog_id(&self) -> u32 {
+        self.attachment.prog_id()
+    }
+
+    /// Claims all traffic (like libxdp's default program) or only what the rules claim.
+    pub fn set_claim_all(&self, on: bool) -> Result<(), XdpError> {
+        self.cfg.update(&0u32, &u32::from(on))
+    }
+
+    fn validate(rule: &Rule) -> Result<(), XdpError> {
+        let invalid = |reason| {
+            Err(XdpError::InvalidRule {
+                rule: *rule,
+                reason,
+            })
+        };
+        match (rule.proto, rule.port) {
+            (None, Some(_)) => invalid("a port needs a protocol"),
+            (Some(0), _) => invalid("protocol 0 is reserved for the per-address entry"),
+            (Some(_), Some(0)) => {
+                invalid("port 0 is not a port; leave the port out to claim all ports")
+            }
+            (Some(p), Some(_)) if !has_ports(p) => invalid("this protocol has no ports"),
+            _ => Ok(()),
+        }
+    }
+
+    fn rule_key(rule: &Rule) -> Option<RuleKey> {
+        rule.proto
+            .map(|p| RuleKey::new(rule.addr, p, rule.port.unwrap_or(0)))
+    }
+
+    /// Claims the traffic `rule` describes. A rule without protocol sets [`AddrFlags::OWN_ALL`] on the
+    /// address, keeping its other flags.
+    pub fn add_rule(&self, rule: &Rule) -> Result<(), XdpError> {
+        Self::validate(rule)?;
+        match Self::rule_key(rule) {
+            Some(key) => self.rules.update(&key, &RULE_PRESENT),
+            None => self.own_address(rule.addr, AddrFlags::OWN_ALL),
+        }
+    }
+
+    /// Stops claiming what `rule` describes; `false` when it was not claimed.
+    pub fn remove_rule(&self, rule: &Rule) -> Result<bool, XdpError> {
+        Self::validate(rule)?;
+        match Self::rule_key(rule) {
+            Some(key) => self.rules.delete(&key),
+            None => {
+                let flags = self.address_flags(rule.addr)?;
+                if !flags.contains(AddrFlags::OWN_ALL) {
+                    return Ok(false);
+                }
+                self.set_address_flags(rule.addr, AddrFlags(flags.0 & !AddrFlags::OWN_ALL.0))?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Adds `flags` to the per-address entry of `addr` (flags already set stay set).
+    pub fn own_address(&self, addr: IpAddr, flags: AddrFlags) -> Result<(), XdpError> {
+        let current = self.address_flags(addr)?;
+        self.set_address_flags(addr, current | flags)
+    }
+
+    /// Removes the per-address entry of `addr` (its port and protocol rules stay); `false` if absent.
+    pub fn disown_address(&self, addr: IpAddr) -> Result<bool, XdpError> {
+        self.rules.delete(&RuleKey::address(addr))
+    }
+
+    /// The flags of the per-address entry of `addr` ([`AddrFlags::NONE`] when absent).
+    pub fn address_flags(&self, addr: IpAddr) -> Result<AddrFlags, XdpError> {
+        Ok(self
+            .rules
+            .lookup(&RuleKey::address(addr))?
+            .map_or(AddrFlags::NONE, AddrFlags::from_bits_truncate))
+    }
+
+    fn set_address_flags(&self, addr: IpAddr, flags: AddrFlags) -> Result<(), XdpError> {
+        let key = RuleKey::address(addr);
+        if flags.is_empty() {
+            self.rules.delete(&key).map(drop)
+        } else {
+            self.rules.update(&key, &flags.bits())
+        }
+    }
+
+    /// Removes every rule and per-address entry.
+    pub fn clear_rules(&self) -> Result<(), XdpError> {
+        for key in self.rules.keys()? {
+            self.rules.delete(&key)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the claims exactly `rules` plus `addresses` (for configuration reloads): new entries are
+    /// written before stale ones are removed, so traffic claimed before and after the reload is never
+    /// passed to the kernel in between.
+    pub fn replace_rules(
+        &self,
+        rules: &[Rule],
+        addresses: &[(IpAddr, AddrFlags)],
+    ) -> Result<(), XdpError> {
+        let mut wanted: Vec<(RuleKey, u32)> = Vec::with_capacity(rules.len() + addresses.len());
+        let mut addr_flags: Vec<(IpAddr, AddrFlags)> = addresses.to_vec();
+        for rule in rules {
+            Self::validate(rule)?;
+            match Self::rule_key(rule) {
+                Some(key) => wanted.push((key, RULE_PRESENT)),
+                None => addr_flags.push((rule.addr, AddrFlags::OWN_ALL)),
+            }
+        }
+        let mut merged: Vec<(RuleKey, AddrFlags)> = Vec::new();
+        for (addr, flags) in addr_flags {
+            let key = RuleKey::address(addr);
+            match merged.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, f)) => *f |= flags,
+                None => merged.push((key, flags)),
+            }
+        }
+        wanted.extend(
+            merged
+                .into_iter()
+                .filter(|(_, f)| !f.is_empty())
+                .map(|(k, f)| (k, f.bits())),
+        );
+        for (key, value) in &wanted {
+            self.rules.update(key, value)?;
+        }
+        let keep: HashSet<RuleKey> = wanted.iter().map(|(k, _)| *k).collect();
+        for key in self.rules.keys()? {
+            if !keep.contains(&key) {
+                self.rules.delete(&key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The number of rule-map entries (port/protocol rules plus per-address entries).
+    pub fn rule_count(&self) -> Result<usize, XdpError> {
+        Ok(self.rules.keys()?.len())
+    }
+
+    /// The counters, summed over all CPUs.
+    pub fn stats(&self) -> Result<FilterStats, XdpError> {
+        Ok(FilterStats {
+            claimed: self.stats.percpu_sum(STAT_CLAIMED)?,
+            passed: self.stats.percpu_sum(STAT_PASSED)?,
+            redirect_failed: self.stats.percpu_sum(STAT_REDIRECT_FAILED)?,
+        })
+    }
+
+    /// Runs the program once on `frame` (`BPF_PROG_RUN`, no socket involved): the XDP verdict and the
+    /// frame as the program left it. For tests of the filter logic.
+    #[doc(hidden)]
+    pub fn test_run(&self, frame: &[u8]) -> Result<(u32, Vec<u8>), XdpError> {
+        self.attachment.test_run(frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn rule_key_layout_matches_the_c_struct() {
+        assert_eq!(size_of::<RuleKey>(), 20);
+        let k = RuleKey::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)), 17, 53);
+        let bytes: [u8; 20] = {
+            let mut b = [0u8; 20];
+            b[..16].copy_from_slice(&k.addr);
+            b[16] = k.proto;
+            b[17] = k.pad;
+            b[18..].copy_from_slice(&k.port);
+            b
+        };
+        assert_eq!(
+            bytes,
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 0, 1, 17, 0, 0, 53]
+        );
+        let v6 = RuleKey::address(IpAddr::V6(Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1)));
+        assert_eq!(&v6.addr[..4], &[0x20, 0x01, 0, 2]);
+        assert_eq!((v6.proto, v6.port), (0, [0, 0]));
+    }
+
+    #[test]
+    fn invalid_rules_are_refused() {
+        let addr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
+        let bad = [
+            Rule {
+                addr,
+                proto: None,
+                port: Some(80),
+            },
+            Rule {
+                addr,
+                proto: Some(0),
+                port: None,
+            },
+            Rule {
+                addr,
+                proto: Some(6),
+                port: Some(0),
+            },
+            Rule {
+                addr,
+                proto: Some(1),
+                port: Some(7),
+            },
+        ];
+        for rule in bad {
+            let err = XdpProgram::validate(&rule).expect_err("must be refused");
+            assert!(err.to_string().contains("invalid rule"), "{err}");
+        }
+        for rule in [
+            Rule {
+                addr,
+                proto: None,
+                port: None,
+            },
+            Rule {
+                addr,
+                proto: Some(1),
+                port: None,
+            },
+            Rule {
+                addr,
+                proto: Some(132),
+                port: Some(38412),
+            },
+        ] {
+            XdpProgram::validate(&rule).expect("valid");
+        }
+    }
+
+    #[test]
+    fn addr_flags_combine() {
+        let f = AddrFlags::NEIGH | AddrFlags::FRAGS;
+        assert!(f.contains(AddrFlags::NEIGH));
+        assert!(!f.contains(AddrFlags::OWN_ALL));
+        assert_eq!(AddrFlags::from_bits_truncate(0xff).bits(), 0b111);
+        assert!(AddrFlags::NONE.is_empty());
+    }
+
+    #[test]
+    fn missing_netdev_is_named() {
+        let err =
+            XdpProgram::attach("cne-no-such-if", XdpMode::Skb, false).expect_err("no such netdev");
+        assert_eq!(err.to_string(), "netdev cne-no-such-if not found");
+    }
+
+    #[test]
+    fn embedded_object_is_an_elf_file() {
+        assert_eq!(&XSK_FILTER_OBJ.0[..4], b"\x7fELF");
+    }
+
+    #[test]
+    fn handles_can_move_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<XdpProgram>();
+        send_sync::<crate::decap::DecapProgram>();
+        send_sync::<crate::afpacket::AfPacket>();
+    }
+
+    #[test]
+    fn rule_constructors_and_display() {
+        let a = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
+        assert_eq!(
+            Rule::port(a, 6, 80).to_string(),
+            "198.18.0.1 proto 6 port 80"
+        );
+        assert_eq!(Rule::proto(a, 1).to_string(), "198.18.0.1 proto 1 any port");
+        assert_eq!(
+            Rule::address(a).to_string(),
+            "198.18.0.1 any proto any port"
+        );
+    }
+}

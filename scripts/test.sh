@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite: set-up, static checks, unit tests, root integration tests on veth labs, manifest checks.
+# Run as root on Debian 12 from the repository root: sudo scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "test.sh: run as root (the integration tests build network namespaces)" >&2; exit 1; }
+
+bash scripts/deps.sh
+export CARGO_TERM_COLOR=never RUST_BACKTRACE=1
+
+step() { printf '\n== %s\n' "$*"; }
+before_ns=$(ip netns list | awk '{print $1}' | sort)
+before_links=$(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | sort)
+step "format";  cargo fmt --all --check
+step "clippy";  cargo clippy --workspace --all-targets --locked -- -D warnings
+step "docs";    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked -q
+step "build";   cargo build --workspace --all-targets --locked
+step "tests";   cargo test --workspace --locked --no-fail-fast -- --include-ignored
+if [ -x scripts/k8s-validate.sh ]; then
+  step "kubernetes manifests"; bash scripts/k8s-validate.sh
+fi
+step "leftovers"
+left_ns=$(comm -13 <(echo "$before_ns") <(ip netns list | awk '{print $1}' | sort))
+left_links=$(comm -13 <(echo "$before_links") <(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | sort))
+[ -z "$left_ns$left_links" ] || { echo "left behind: namespaces [$left_ns] links [$left_links]" >&2; exit 1; }
+xdp=$(ip -o link show | grep -E ' xdp(generic|drv)? ' || true)
+[ -z "$xdp" ] || { echo "XDP programs left attached: $xdp" >&2; exit 1; }
+echo "all tests passed"
