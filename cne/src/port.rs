@@ -39,6 +39,7 @@ use crate::packet::Packet;
 use crate::ring::{ConsRing, ProdRing, RingMemory, XdpDesc};
 use crate::stats::{read_xdp_stats, PortStats};
 use crate::umem::{BoundSocket, FramePool, Mmap, Umem};
+use crate::xdp::XdpMode;
 
 /// Default RX ring size (descriptors); the fill ring is twice as large.
 pub const DEFAULT_RX_SIZE: u32 = 2048;
@@ -53,16 +54,6 @@ const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
 /// The kernel's default copy-mode TX budget per `sendto`.
 const DEFAULT_TX_SKB_BUDGET: u32 = 32;
 const IFNAMSIZ: usize = 16;
-
-/// Where the XDP program runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum XdpMode {
-    /// In the driver (veth supports it).
-    #[default]
-    Native,
-    /// Generic XDP on the socket-buffer path (works everywhere, slower).
-    Skb,
-}
 
 /// Which XSKMAP the socket is inserted into.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -183,12 +174,8 @@ pub struct PortMode {
 
 impl fmt::Display for PortMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let xdp = match self.xdp {
-            XdpMode::Native => "native",
-            XdpMode::Skb => "skb",
-        };
         let copy = if self.zero_copy { "zero-copy" } else { "copy" };
-        write!(f, "{xdp}/{copy}")
+        write!(f, "{}/{copy}", self.xdp)
     }
 }
 

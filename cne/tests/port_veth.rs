@@ -10,8 +10,9 @@ use std::time::Duration;
 use cne::frame::Frame;
 use cne::packet::Packet;
 use cne::poll::{AdaptiveWait, Idle, WaitPolicy};
-use cne::port::{Port, PortConfig, PortError, XdpMode, XskMapSource, XskSocket};
+use cne::port::{Port, PortConfig, PortError, XskMapSource, XskSocket};
 use cne::umem::{FramePool, Umem, UmemConfig};
+use cne::xdp::XdpMode;
 use common::{lab_lock, raw_frame, udp_frame, wait_until, VethLab};
 
 const LIMIT: Duration = Duration::from_secs(5);
@@ -407,4 +408,35 @@ fn idle_worker_sleeps_and_wakes_on_traffic() {
     });
     assert_eq!(got.len(), 5);
     assert_eq!(wait.stats().timeouts, 0);
+}
+
+#[test]
+fn our_xdp_program_feeds_a_port_through_its_map() {
+    let Some(_serial) = lab_lock("our_xdp_program_feeds_a_port_through_its_map") else {
+        return;
+    };
+    let lab = VethLab::new(1);
+    let prog = cne::xdp::XdpProgram::attach(&lab.host, XdpMode::Native, false).expect("xsk_filter");
+    prog.set_claim_all(true).expect("claim all");
+    let umem = new_umem(1024, vec![]);
+    let pool = FramePool::new(&umem, 0).expect("pool");
+    let cfg = PortConfig {
+        xsk_map: XskMapSource::Map(std::os::fd::AsRawFd::as_raw_fd(&prog.xsks_map_fd())),
+        ..small_cfg(&lab.host, 0)
+    };
+    let mut port = Port::open(&cfg, &pool).expect("port on our program's map");
+    assert_eq!(port.xsk_map_fd(), None, "no libxdp program involved");
+    assert_eq!(port.mode().xdp, XdpMode::Native);
+    let frames: Vec<Vec<u8>> = (0..10u32)
+        .map(|i| raw_frame(&lab.peer_mac, &lab.host_mac, i, 64))
+        .collect();
+    lab.send(&frames, None);
+    let mut got = Vec::with_capacity(64);
+    assert!(rx_until(&mut port, &mut got, 10), "received {}", got.len());
+    assert_eq!(got.len(), 10);
+    drop(got);
+    drop(port);
+    // The program is ours: the port left it attached.
+    let link = common::run(&["ip", "link", "show", &lab.host]).expect("ip link");
+    assert!(link.contains("prog/xdp"), "{link}");
 }
