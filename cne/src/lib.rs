@@ -10,6 +10,7 @@ pub mod config;
 pub mod decap;
 pub mod dp;
 pub mod frame;
+pub mod instance;
 pub mod packet;
 pub mod podconfig;
 pub mod poll;

@@ -1,0 +1,441 @@
+//! `Instance`: one configured set of UMEMs, XDP programs and AF_XDP sockets, and the workers that own
+//! them.
+//!
+//! This is the glue from a loaded [`Config`] to running workers, in CNDP's order: UMEMs are mapped,
+//! our XDP filter program is attached once per netdev (unless the device plugin owns the program: then
+//! the socket goes into the map it hands over), one socket is bound per lport, and the sockets are
+//! grouped by the `threads` section into [`Worker`]s. A worker is moved to its thread and
+//! [`Worker::run`] pins that thread to its `lcore-groups` CPUs, creates the frame pools (one per lport
+//! region, owned by that thread alone) and the [`Port`]s, and hands them to the network function.
+//!
+//! CNDP allows one instance per process; so does this type (a second [`Instance::open`] fails while the
+//! first is alive). Drop order matters: sockets close when their workers end, and the XDP programs are
+//! detached when the instance is dropped, after the workers have been joined. The network functions
+//! return from `main` on SIGINT and SIGTERM, so this also happens on those signals and on error paths.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::config::{Config, Lport};
+use crate::dp::{self, DpSessions, MapSource};
+use crate::port::{BusyPoll, Port, PortConfig, PortError, XskMapSource, XskSocket};
+use crate::umem::{FramePool, Umem, UmemConfig, UmemError};
+use crate::xdp::{XdpError, XdpMode, XdpProgram};
+
+static INSTANCE_ALIVE: AtomicBool = AtomicBool::new(false);
+
+/// Errors building an [`Instance`] or starting a worker.
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    /// Another instance is alive in this process.
+    #[error("an instance is already open in this process (one instance per process)")]
+    AlreadyOpen,
+    /// A UMEM could not be created.
+    #[error("umem \"{umem}\": {source}")]
+    Umem {
+        /// UMEM name from the config.
+        umem: String,
+        /// What failed.
+        #[source]
+        source: UmemError,
+    },
+    /// The XDP program could not be attached.
+    #[error("netdev {netdev}: {source}")]
+    Xdp {
+        /// Netdev name.
+        netdev: String,
+        /// What failed.
+        #[source]
+        source: XdpError,
+    },
+    /// A socket could not be opened.
+    #[error("lport \"{lport}\": {source}")]
+    Port {
+        /// Lport name from the config.
+        lport: String,
+        /// What failed.
+        #[source]
+        source: PortError,
+    },
+    /// The device-plugin handshake or the pinned map failed.
+    #[error("lport \"{lport}\": {source}")]
+    DevicePlugin {
+        /// Lport name from the config.
+        lport: String,
+        /// What failed.
+        #[source]
+        source: dp::DpError,
+    },
+    /// The config has no lport assigned to a worker thread.
+    #[error("{0}: no thread owns an lport: add \"threads\" entries with \"lports\"")]
+    NoWorkers(String),
+    /// Pinning a worker thread to its CPUs failed.
+    #[error("worker \"{worker}\": cannot pin to CPUs {cpus:?}: {source}")]
+    Affinity {
+        /// Worker (thread) name.
+        worker: String,
+        /// The CPUs of its lcore group.
+        cpus: Vec<usize>,
+        /// The error of `sched_setaffinity`.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Choices the network function makes when opening an instance.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceOptions {
+    /// Replace an XDP program another process left on a netdev (`--force`).
+    pub force: bool,
+    /// Redirect every packet of the configured queues to the sockets (nothing reaches the kernel),
+    /// as in device-plugin mode; otherwise only the traffic the NF claims with rules is redirected.
+    pub claim_all: bool,
+}
+
+/// One lport's socket, on its way to the worker thread that owns it.
+#[derive(Debug)]
+pub struct LportSocket {
+    /// Lport name (`"netdev:tag"`).
+    pub name: String,
+    socket: XskSocket,
+    region: usize,
+}
+
+impl LportSocket {
+    /// The bound socket.
+    pub fn socket(&self) -> &XskSocket {
+        &self.socket
+    }
+}
+
+/// A worker thread's share of the instance: its CPUs and its sockets. `Send`.
+#[derive(Debug)]
+pub struct Worker {
+    /// Thread name from the config (`"type:id"`).
+    pub name: String,
+    /// CPUs of its lcore group.
+    pub cpus: Vec<usize>,
+    /// Its lports, in config order.
+    pub lports: Vec<LportSocket>,
+}
+
+impl Worker {
+    /// Runs `f` on the calling thread (the worker's own): pins the thread to the worker's CPUs,
+    /// creates one frame pool per lport and opens the [`Port`]s, then passes them to `f`. The ports and
+    /// pools are closed when `f` returns.
+    pub fn run<R>(self, f: impl FnOnce(&mut [Port<'_>]) -> R) -> Result<R, InstanceError> {
+        if !self.cpus.is_empty() {
+            pin_current_thread(&self.cpus).map_err(|source| InstanceError::Affinity {
+                worker: self.name.clone(),
+                cpus: self.cpus.clone(),
+                source,
+            })?;
+        }
+        let mut pools = Vec::with_capacity(self.lports.len());
+        for l in &self.lports {
+            let pool = FramePool::new(l.socket.umem(), l.region).map_err(|source| {
+                InstanceError::Umem {
+                    umem: format!("of lport \"{}\"", l.name),
+                    source,
+                }
+            })?;
+            pools.push(pool);
+        }
+        let mut ports = Vec::with_capacity(self.lports.len());
+        for (l, pool) in self.lports.into_iter().zip(&pools) {
+            let port = Port::attach(l.socket, pool)
+                .map_err(|source| InstanceError::Port { lport: l.name, source })?;
+            ports.push(port);
+        }
+        let r = f(&mut ports);
+        drop(ports);
+        Ok(r)
+    }
+}
+
+/// The open instance: config, UMEMs, XDP programs and the workers not yet started.
+#[derive(Debug)]
+pub struct Instance {
+    config: Config,
+    workers: Vec<Worker>,
+    /// Declared after `workers`: programs are detached after any socket still held here is closed.
+    programs: Vec<XdpProgram>,
+    sessions: Option<DpSessions>,
+    umems: HashMap<String, Arc<Umem>>,
+}
+
+impl Instance {
+    /// Maps the UMEMs, attaches the XDP programs and binds one socket per lport of `config`.
+    pub fn open(config: Config, opts: &InstanceOptions) -> Result<Self, InstanceError> {
+        if INSTANCE_ALIVE.swap(true, Ordering::AcqRel) {
+            return Err(InstanceError::AlreadyOpen);
+        }
+        // From here on, Drop of the partly built instance clears the flag and releases what exists.
+        let mut inst = Self {
+            config,
+            workers: Vec::new(),
+            programs: Vec::new(),
+            sessions: None,
+            umems: HashMap::new(),
+        };
+        inst.build(opts)?;
+        Ok(inst)
+    }
+
+    fn build(&mut self, opts: &InstanceOptions) -> Result<(), InstanceError> {
+        let Self {
+            config,
+            workers,
+            programs,
+            sessions,
+            umems,
+        } = self;
+        let config = &*config;
+        for u in config.umems() {
+            let cfg = UmemConfig {
+                frame_count: to_u32(u.frame_count()),
+                frame_size: to_u32(u.frame_size()),
+                headroom: crate::umem::DEFAULT_HEADROOM,
+                huge_pages: u.mtype.page_size() > 4096,
+                regions: u.regions.iter().map(|r| r * 1024).collect(),
+            };
+            let umem = Umem::new(&cfg).map_err(|source| InstanceError::Umem {
+                umem: u.name.clone(),
+                source,
+            })?;
+            umems.insert(u.name.clone(), umem);
+        }
+
+        let mut sockets: HashMap<String, LportSocket> = HashMap::new();
+        for lport in config.lports() {
+            let map = xsk_map_for(programs, sessions, lport, opts)?;
+            let umem = umems.get(&lport.umem).cloned().ok_or_else(|| {
+                InstanceError::Umem {
+                    umem: lport.umem.clone(),
+                    source: UmemError::Config("not defined".into()),
+                }
+            })?;
+            let pc = port_config(lport, map.as_ref().map(|m| m.as_raw_fd()), config);
+            let socket = XskSocket::open(&pc, &umem).map_err(|source| InstanceError::Port {
+                lport: lport.name.clone(),
+                source,
+            })?;
+            if let (Some(uds), Some(bp)) = (&lport.uds_path, pc.busy_poll) {
+                let dp_err = |source| InstanceError::DevicePlugin {
+                    lport: lport.name.clone(),
+                    source,
+                };
+                let session = dp_sessions(sessions)?.session(Path::new(uds)).map_err(dp_err)?;
+                // SAFETY: the socket's fd stays open for the whole call: `socket` is alive here.
+                let fd = unsafe { BorrowedFd::borrow_raw(socket.fd()) };
+                session
+                    .config_busy_poll(fd, bp.timeout_us, bp.budget)
+                    .map_err(dp_err)?;
+            }
+            log::info!(
+                "lport {}: {}:{} bound, mode {}",
+                lport.name,
+                lport.netdev,
+                lport.qid,
+                socket.mode()
+            );
+            sockets.insert(
+                lport.name.clone(),
+                LportSocket {
+                    name: lport.name.clone(),
+                    socket,
+                    region: lport.region,
+                },
+            );
+        }
+        if let Some(sessions) = sessions.as_mut() {
+            sessions.finish().map_err(|source| InstanceError::DevicePlugin {
+                lport: "*".into(),
+                source,
+            })?;
+        }
+
+        for t in config.threads() {
+            if t.is_main() || t.lports.is_empty() {
+                continue;
+            }
+            let lports = t
+                .lports
+                .iter()
+                .filter_map(|name| sockets.remove(name))
+                .collect();
+            workers.push(Worker {
+                name: t.name.clone(),
+                cpus: t.cpus.clone(),
+                lports,
+            });
+        }
+        if workers.is_empty() {
+            return Err(InstanceError::NoWorkers(config.origin().to_string()));
+        }
+        for p in programs.iter() {
+            p.set_claim_all(opts.claim_all)
+                .map_err(|source| InstanceError::Xdp {
+                    netdev: p.ifname().to_string(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The loaded configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Our XDP programs, one per netdev we attached to (none in device-plugin modes). The network
+    /// function adds its claim rules here.
+    pub fn programs(&self) -> &[XdpProgram] {
+        &self.programs
+    }
+
+    /// Takes the workers out, to move each to its own thread.
+    pub fn take_workers(&mut self) -> Vec<Worker> {
+        std::mem::take(&mut self.workers)
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.workers.clear();
+        self.programs.clear();
+        INSTANCE_ALIVE.store(false, Ordering::Release);
+    }
+}
+
+/// The XSKMAP an lport's socket goes into: the device plugin's (UDS or pinned), else our program's,
+/// attached on first use of the netdev.
+fn xsk_map_for(
+    programs: &mut Vec<XdpProgram>,
+    sessions: &mut Option<DpSessions>,
+    lport: &Lport,
+    opts: &InstanceOptions,
+) -> Result<Option<OwnedFd>, InstanceError> {
+    let dp_err = |source| InstanceError::DevicePlugin {
+        lport: lport.name.clone(),
+        source,
+    };
+    let source = match (&lport.xsk_pin_path, &lport.uds_path) {
+        (Some(pin), _) => Some(MapSource::Pinned(pin.into())),
+        (None, Some(uds)) => Some(MapSource::Uds(uds.into())),
+        (None, None) => None,
+    };
+    if let Some(source) = source {
+        let map = dp_sessions(sessions)?.xsk_map(&lport.netdev, &source);
+        return map.map(Some).map_err(dp_err);
+    }
+    if !programs.iter().any(|p| p.ifname() == lport.netdev) {
+        let mode = if lport.skb_mode {
+            XdpMode::Skb
+        } else {
+            XdpMode::Native
+        };
+        let prog =
+            XdpProgram::attach(&lport.netdev, mode, opts.force).map_err(|source| {
+                InstanceError::Xdp {
+                    netdev: lport.netdev.clone(),
+                    source,
+                }
+            })?;
+        log::info!(
+            "netdev {}: XDP filter program id {} attached ({:?})",
+            lport.netdev,
+            prog.prog_id(),
+            mode
+        );
+        programs.push(prog);
+    }
+    let prog = programs
+        .iter()
+        .find(|p| p.ifname() == lport.netdev)
+        .ok_or_else(|| InstanceError::Xdp {
+            netdev: lport.netdev.clone(),
+            source: XdpError::NetdevNotFound {
+                ifname: lport.netdev.clone(),
+            },
+        })?;
+    let fd = prog
+        .xsks_map_fd()
+        .try_clone_to_owned()
+        .map_err(|e| InstanceError::Xdp {
+            netdev: lport.netdev.clone(),
+            source: XdpError::Bpf {
+                call: "dup(xsks_map)",
+                target: lport.netdev.clone(),
+                source: e,
+            },
+        })?;
+    Ok(Some(fd))
+}
+
+/// The device-plugin sessions, created on first use (the hostname is only needed in a pod).
+fn dp_sessions(sessions: &mut Option<DpSessions>) -> Result<&mut DpSessions, InstanceError> {
+    if sessions.is_none() {
+        let s = DpSessions::for_pod().map_err(|source| InstanceError::DevicePlugin {
+            lport: "*".into(),
+            source,
+        })?;
+        *sessions = Some(s);
+    }
+    Ok(sessions.get_or_insert_with(|| DpSessions::new("", dp::DEFAULT_TIMEOUT)))
+}
+
+
+fn port_config(lport: &Lport, map: Option<std::os::fd::RawFd>, config: &Config) -> PortConfig {
+    let mut pc = PortConfig::new(lport.netdev.clone(), u32::from(lport.qid));
+    pc.xdp_mode = if lport.skb_mode {
+        XdpMode::Skb
+    } else {
+        XdpMode::Native
+    };
+    if let Some(u) = config.umem(&lport.umem) {
+        pc.rx_size = u.rx_ring_size();
+        pc.tx_size = u.tx_ring_size();
+    }
+    if lport.busy_poll {
+        pc.busy_poll = Some(BusyPoll {
+            timeout_us: u32::from(lport.busy_timeout.max(1)),
+            budget: u32::from(lport.busy_budget.max(1)),
+        });
+    }
+    pc.xsk_map = match map {
+        Some(fd) => XskMapSource::Map(fd),
+        None => XskMapSource::LibxdpDefault,
+    };
+    pc
+}
+
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Pins the calling thread to `cpus`.
+pub fn pin_current_thread(cpus: &[usize]) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        if c >= libc::CPU_SETSIZE as usize {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("CPU {c} is beyond CPU_SETSIZE"),
+            ));
+        }
+        // SAFETY: c < CPU_SETSIZE, checked above; `set` is a valid cpu_set_t.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size passed.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
