@@ -12,6 +12,7 @@
 
 pub mod addr;
 pub mod bench;
+pub mod capture;
 pub mod cleanup;
 pub mod cmd;
 pub mod config;
@@ -27,6 +28,7 @@ pub mod veth;
 pub mod wait;
 
 pub use addr::Mac;
+pub use capture::{send_frames, Capture};
 pub use counters::{Counters, XdpProg};
 pub use forwarder::{Forwarder, FwdCtx, Measure, Ready};
 pub use gen::{GenLimit, GenReport, GenSpec};

@@ -12,6 +12,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use crate::addr::{self, Mac};
+use crate::capture::{self, Capture};
 use crate::cmd;
 use crate::counters::{self, Counters, XdpProg};
 use crate::names;
@@ -244,6 +245,16 @@ impl VethEnd {
         ])
         .with_context(|| format!("attaching {obj} to {}", self.name))?;
         Ok(())
+    }
+
+    /// Sends raw Ethernet frames out of this end (AF_PACKET; see [`capture::send_frames`]).
+    pub fn send_frames(&self, frames: &[Vec<u8>]) -> Result<()> {
+        capture::send_frames(&self.ns, &self.name, frames)
+    }
+
+    /// Starts a capture of up to `count` frames arriving on this end (see [`Capture`]).
+    pub fn capture(&self, count: u32, filter: Option<&str>) -> Result<Capture> {
+        Capture::start(&self.ns, &self.name, count, filter)
     }
 
     /// Detaches whatever XDP program is attached (native or generic).
