@@ -3,9 +3,9 @@
 //! [`send_frames`] writes raw Ethernet frames on an interface through an AF_PACKET socket
 //! (a short `python3` program run inside the namespace): the peer receives them as ordinary
 //! frames, with or without an XDP program. [`Capture`] runs `tcpdump -w` on an interface and
-//! parses the pcap file it writes; it records arriving frames only (`-Q in`). A capture sees frames that reach the stack: on a veth whose
-//! XDP program drops them (the XDP_DROP sink) it sees nothing, so capture on an end with the
-//! XDP_PASS sink, GRO on, or no program.
+//! parses the pcap file it writes; it records arriving frames only (`-Q in`). A capture sees
+//! frames that reach the stack: on a veth whose XDP program drops them (the XDP_DROP sink) it
+//! sees nothing, so capture on an end with the XDP_PASS sink, GRO on, or no program.
 
 use std::path::PathBuf;
 use std::time::Duration;
