@@ -20,6 +20,7 @@ pub mod counters;
 pub mod forwarder;
 pub mod gen;
 pub mod lab;
+pub mod maglev_lab;
 pub mod names;
 pub mod netns;
 pub mod process;

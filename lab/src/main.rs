@@ -2,7 +2,8 @@
 //!
 //! `lab bench` runs every built-in forwarder (skipping those not built) per queue count,
 //! interleaved run by run, and prints a table (and optionally JSON). `lab cleanup --prefix lab`
-//! removes namespaces and links left by killed runs.
+//! removes namespaces and links left by killed runs. `lab maglev-demo` builds the Maglev lab (client,
+//! nf-maglev, three real backends), makes real TCP connections through it and prints how they spread.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -12,12 +13,13 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use lab::bench::{self, BenchOpts};
+use lab::maglev_lab::{self, DemoOpts, Mode};
 use lab::{cleanup, forwarder, tools};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "lab",
-    about = "veth lab harness: forwarding benchmark and cleanup"
+    about = "veth lab harness: forwarding benchmark, Maglev demo and cleanup"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -61,6 +63,18 @@ enum Cmd {
         /// Also write the report as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+    },
+    /// Build the Maglev lab, run real TCP connections through nf-maglev, print the spread, tear down.
+    MaglevDemo {
+        /// Forwarding mode towards the backends.
+        #[arg(long, default_value = "gre", value_parser = ["gre", "l2dsr"])]
+        mode: String,
+        /// New TCP connections to make (one HTTP request each).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        connections: u32,
+        /// Directory of the nf-maglev binary (default: this binary's directory or target/release).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
     },
     /// Delete namespaces and links whose names start with a prefix.
     Cleanup {
@@ -108,6 +122,31 @@ fn main() -> Result<()> {
                 std::fs::write(&path, text + "\n")
                     .with_context(|| format!("writing {}", path.display()))?;
                 eprintln!("wrote {}", path.display());
+            }
+        }
+        Cmd::MaglevDemo {
+            mode,
+            connections,
+            bin_dir,
+        } => {
+            let mode: Mode = mode.parse()?;
+            let nf_maglev = bin_dir
+                .unwrap_or_else(tools::release_bin_dir)
+                .join("nf-maglev");
+            tools::require_executable(&nf_maglev)
+                .context("build it first: cargo build --release -p nf-maglev")?;
+            println!(
+                "maglev demo: mode {mode}, {connections} connections, {}",
+                nf_maglev.display()
+            );
+            let report = maglev_lab::demo(&DemoOpts {
+                mode,
+                connections,
+                nf_maglev,
+            })?;
+            print!("{report}");
+            if report.spread.failed > 0 || report.weights_ok.is_err() {
+                anyhow::bail!("maglev demo ({mode}): not every connection behaved");
             }
         }
         Cmd::Cleanup { prefix, kill_procs } => {
