@@ -1158,6 +1158,35 @@ impl MaglevLab {
         parse_lines(&self.backends[i].server.stdout())
     }
 
+    /// TCP connections the backends logged as ended: (backend name, peer `ip:port` / `[ip]:port`,
+    /// requests served on the connection).
+    pub fn closed_connections(&self) -> Vec<(String, String, u64)> {
+        self.backends
+            .iter()
+            .flat_map(|b| {
+                parse_lines(&b.server.stdout())
+                    .into_iter()
+                    .filter(|v| v.get("ev").and_then(Value::as_str) == Some("close"))
+                    .filter_map(|v| {
+                        Some((
+                            b.spec.name.clone(),
+                            str_field(&v, "peer")?,
+                            u64_field(&v, "requests"),
+                        ))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// How a backend writes the client's address and source port `sport` of `family`'s family.
+    pub fn client_peer(&self, family: IpAddr, sport: u16) -> String {
+        match family {
+            IpAddr::V4(_) => format!("{}:{sport}", self.client.v4),
+            IpAddr::V6(_) => format!("[{}]:{sport}", self.client.v6),
+        }
+    }
+
     /// Index of the backend named `name`.
     pub fn backend_index(&self, name: &str) -> Option<usize> {
         self.backends.iter().position(|b| b.spec.name == name)
@@ -1365,6 +1394,21 @@ impl Spread {
         s
     }
 
+    /// Counts UDP outcomes the same way (a datagram answered whole counts for its backend).
+    pub fn of_udp<'a>(results: impl IntoIterator<Item = &'a UdpResult>) -> Spread {
+        let conns: Vec<ConnResult> = results
+            .into_iter()
+            .map(|r| ConnResult {
+                sport: r.sport,
+                backend: r.backend.clone().filter(|_| r.whole),
+                error: r.error.clone().or_else(|| {
+                    (!r.whole).then(|| format!("datagram arrived changed ({} bytes)", r.len))
+                }),
+            })
+            .collect();
+        Spread::of(&conns)
+    }
+
     /// Answered connections.
     pub fn answered(&self) -> u64 {
         self.counts.values().sum()
@@ -1539,6 +1583,26 @@ fn parse_labels(text: &str) -> Option<Vec<(String, String)>> {
         rest = after[end + 1..].trim_start_matches(',').trim();
     }
     Some(out)
+}
+
+/// Holds a process-wide lock while alive: tests of one binary that each build a lab take it, so their
+/// labs run one after another instead of competing for the machine's few CPUs.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// True when the effective uid is 0 (read from /proc/self/status).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
 }
 
 /// Options of [`demo`].
