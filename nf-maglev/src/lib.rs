@@ -6,5 +6,6 @@
 //! ([`conntrack`], [`dataplane`], [`counters`]) that fixtures can drive without any socket.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod hash;
 pub mod maglev;
