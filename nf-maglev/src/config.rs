@@ -17,7 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 pub const SECTION: &str = "maglev";
 /// Default connection-table entries per worker.
 pub const DEFAULT_CONNTRACK_SIZE: u32 = 1 << 18;
-/// Most connection-table entries per worker (about 3.4 GiB of table).
+/// Most connection-table entries per worker (72 bytes each: 4.5 GiB).
 pub const MAX_CONNTRACK_SIZE: u32 = 1 << 26;
 /// Default idle timeout of an open TCP connection, seconds (the IPVS default).
 pub const DEFAULT_TCP_TIMEOUT_S: u32 = 900;
@@ -223,7 +223,7 @@ pub struct MaglevSection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConntrackSection {
-    /// Entries per worker (rounded up to a power of two; about 52 bytes each).
+    /// Entries per worker (rounded up to a power of two; 72 bytes each).
     #[serde(default = "default_conntrack_size")]
     pub size: u32,
     /// Idle timeout of an open TCP connection, seconds.
