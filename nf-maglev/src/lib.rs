@@ -8,5 +8,6 @@
 
 pub mod config;
 pub mod conntrack;
+pub mod control;
 pub mod hash;
 pub mod maglev;
