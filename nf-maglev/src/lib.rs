@@ -9,5 +9,6 @@
 pub mod config;
 pub mod conntrack;
 pub mod control;
+pub mod counters;
 pub mod hash;
 pub mod maglev;
