@@ -162,6 +162,16 @@ impl ConnTrack {
         self.entries.len()
     }
 
+    /// Changes the timeouts; entries pick them up when next refreshed.
+    pub fn set_timeouts(&mut self, timeouts: Timeouts) {
+        self.timeouts = timeouts;
+    }
+
+    /// Changes the flood guard's budget (0: no limit).
+    pub fn set_max_new_per_sec(&mut self, max_new_per_sec: u32) {
+        self.max_new_per_sec = max_new_per_sec;
+    }
+
     /// Event counts.
     pub fn stats(&self) -> ConnTrackStats {
         self.stats

@@ -10,5 +10,6 @@ pub mod config;
 pub mod conntrack;
 pub mod control;
 pub mod counters;
+pub mod dataplane;
 pub mod hash;
 pub mod maglev;
