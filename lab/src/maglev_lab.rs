@@ -1187,6 +1187,16 @@ impl MaglevLab {
         }
     }
 
+    /// GRE packets backend `i` decapsulated so far, from the counters `nf-maglev decap` prints every
+    /// second (`None` in l2dsr mode, or before the first report).
+    pub fn decapped(&self, i: usize) -> Option<u64> {
+        let out = self.backends[i].decap.as_ref()?.stdout();
+        out.lines().rev().find_map(|l| {
+            let rest = l.split_once("decapped ")?.1;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+    }
+
     /// Index of the backend named `name`.
     pub fn backend_index(&self, name: &str) -> Option<usize> {
         self.backends.iter().position(|b| b.spec.name == name)
