@@ -2,7 +2,7 @@
 # The Maglev demo: builds the release binaries, then for each forwarding mode (gre, l2dsr) builds a lab of
 # network namespaces (a client, nf-maglev on a 2-queue veth, three HTTP backends with weights 1/1/2 on one
 # bridged segment), makes real TCP connections to the VIP 198.18.100.1:80 through nf-maglev, prints how
-# they spread over the backends and a few /metrics lines, and tears the lab down.
+# they spread over the backends and a few /metrics lines, and tears the lab down (also on Ctrl-C).
 # Run as root on Debian 12 from anywhere in the repository: sudo scripts/demo.sh [--connections N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,25 +13,21 @@ export CARGO_TERM_COLOR=never
 cargo build --release --locked -p nf-maglev -p lab
 lab=target/release/lab
 
-pid=""
-# An interrupted run cannot unwind: remove whatever it left, found by its process id in the names.
-cleanup() {
-  if [ -n "$pid" ]; then
-    "$lab" cleanup --prefix "lab${pid}_" --kill-procs >/dev/null 2>&1 || true
-  fi
-}
-trap 'cleanup; exit 130' INT TERM
-
+# The demo runs in the foreground: Ctrl-C reaches it, it removes its lab and exits with 130; the shell
+# then stops too instead of starting the next mode.
+trap 'exit 130' INT TERM
 status=0
 for mode in gre l2dsr; do
   printf '\n== maglev demo, mode %s\n' "$mode"
-  "$lab" maglev-demo --mode "$mode" "$@" &
-  pid=$!
-  if ! wait "$pid"; then
+  rc=0
+  "$lab" maglev-demo --mode "$mode" "$@" || rc=$?
+  if [ "$rc" -ge 128 ]; then
+    echo "demo.sh: interrupted" >&2
+    exit "$rc"
+  fi
+  if [ "$rc" -ne 0 ]; then
     status=1
     echo "demo.sh: the $mode demo failed" >&2
   fi
-  cleanup
-  pid=""
 done
 exit "$status"

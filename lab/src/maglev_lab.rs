@@ -39,7 +39,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -93,6 +93,23 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const ADMIN_TIMEOUT_S: &str = "10";
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Asks every wait of every lab in this process to give up with an error, so the labs unwind and `Drop`
+/// removes them (what a SIGINT handler calls). Returns whether an interruption was already pending.
+pub fn interrupt() -> bool {
+    INTERRUPTED.swap(true, Ordering::SeqCst)
+}
+
+/// True once [`interrupt`] was called.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+fn check_interrupt() -> Result<()> {
+    ensure!(!interrupted(), "interrupted");
+    Ok(())
+}
 
 /// How the load balancer reaches the backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -589,8 +606,11 @@ impl MaglevLab {
                 ],
             )?;
             let ready = wait_for(START_TIMEOUT, || {
-                server.stdout().contains("\"ev\": \"ready\"") || !server.is_running()
+                server.stdout().contains("\"ev\": \"ready\"")
+                    || !server.is_running()
+                    || interrupted()
             });
+            check_interrupt()?;
             if !ready || !server.is_running() {
                 bail!(
                     "backend server {} did not start: {}",
@@ -645,8 +665,9 @@ impl MaglevLab {
         let mut p = spawn_logged(&format!("decap-{}", b.spec.name), cmd)?;
         let ns = &b.host.ns;
         let attached = wait_for(START_TIMEOUT, || {
-            matches!(ns.xdp_prog(BACKEND_IF), Ok(Some(_))) || !p.is_running()
+            matches!(ns.xdp_prog(BACKEND_IF), Ok(Some(_))) || !p.is_running() || interrupted()
         });
+        check_interrupt()?;
         if !attached || !p.is_running() {
             bail!(
                 "`nf-maglev decap` on backend {} did not attach: {}",
@@ -820,6 +841,7 @@ impl MaglevLab {
                     tail(&self.lb_log(i), 30)
                 );
             }
+            check_interrupt()?;
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -1001,9 +1023,16 @@ impl MaglevLab {
         ];
         argv.extend_from_slice(args);
         let mut p = self.client.ns.spawn(name, &argv)?;
-        let Some(st) = p.wait_timeout(bound)? else {
-            p.stop(Duration::from_secs(2))?;
-            bail!("client `{}` still running after {bound:?}", args.join(" "));
+        let deadline = Instant::now() + bound;
+        let st = loop {
+            if let Some(st) = p.wait_timeout(Duration::from_millis(100))? {
+                break st;
+            }
+            if interrupted() || Instant::now() >= deadline {
+                p.stop(Duration::from_millis(500))?;
+                check_interrupt()?;
+                bail!("client `{}` still running after {bound:?}", args.join(" "));
+            }
         };
         ensure!(
             st.success(),
@@ -1251,6 +1280,8 @@ impl Hold {
         }
         let deadline = Instant::now() + timeout;
         loop {
+            // Checked before reading, so everything written before an exit is seen.
+            let ended = !self.proc.is_running();
             for v in parse_lines(&self.proc.stdout()) {
                 if v.get("step").and_then(Value::as_u64) == Some(u64::from(k)) {
                     if let Some(e) = v.get("error") {
@@ -1263,7 +1294,7 @@ impl Hold {
                     return results.iter().map(ConnResult::from_json).collect();
                 }
             }
-            if !self.proc.is_running() && Instant::now() >= deadline {
+            if ended {
                 bail!(
                     "hold client ended before step {k}: {}",
                     tail(&self.proc.stderr(), 20)
@@ -1272,6 +1303,7 @@ impl Hold {
             if Instant::now() >= deadline {
                 bail!("hold client: no step {k} after {timeout:?}");
             }
+            check_interrupt()?;
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -1639,6 +1671,8 @@ pub struct DemoReport {
     pub elapsed: Duration,
     /// Key lines of `/metrics` after the run.
     pub metrics: Vec<String>,
+    /// GRE packets each backend decapsulated (GRE mode only).
+    pub decapped: Vec<(String, u64)>,
     /// Whether the spread matches the weights (see [`Spread::check_weights`]); the error otherwise.
     pub weights_ok: Result<(), String>,
 }
@@ -1685,7 +1719,19 @@ impl fmt::Display for DemoReport {
             )?,
             Err(e) => writeln!(f, "spread check FAILED: {e}")?,
         }
-        writeln!(f, "metrics (non-zero, selected):")?;
+        if !self.decapped.is_empty() {
+            let list: Vec<String> = self
+                .decapped
+                .iter()
+                .map(|(b, n)| format!("{b} {n}"))
+                .collect();
+            writeln!(
+                f,
+                "GRE packets decapsulated by the backends: {}",
+                list.join(", ")
+            )?;
+        }
+        writeln!(f, "metrics (selected, VIP web4):")?;
         for l in &self.metrics {
             writeln!(f, "  {l}")?;
         }
@@ -1693,8 +1739,38 @@ impl fmt::Display for DemoReport {
     }
 }
 
-/// Metric name fragments the demo shows.
-const DEMO_METRICS: &[&str] = &["packets", "drop", "backend", "conn"];
+/// Metrics the demo shows (samples of other VIPs than `web4` are left out).
+const DEMO_METRICS: &[&str] = &[
+    "nf_maglev_vip_new_connections_total",
+    "nf_maglev_backend_new_connections_total",
+    "nf_maglev_backend_packets_total",
+    "nf_maglev_port_rx_packets_total",
+    "nf_maglev_port_tx_packets_total",
+    "nf_maglev_xdp_filter_claimed_packets_total",
+    "nf_maglev_xdp_filter_passed_packets_total",
+    "nf_maglev_conntrack_entries",
+];
+
+/// The demo's selection of `/metrics`: [`DEMO_METRICS`] for the `web4` VIP, and the drops (non-zero
+/// reasons, or one line saying there were none).
+fn demo_lines(m: &Metrics) -> Vec<String> {
+    let mut lines: Vec<String> = DEMO_METRICS
+        .iter()
+        .flat_map(|name| m.samples.iter().filter(move |s| s.name == *name))
+        .filter(|s| s.labels.iter().all(|(k, v)| k != "vip" || v == "web4"))
+        .map(|s| s.line.clone())
+        .collect();
+    let drops: Vec<&Sample> = m
+        .matching("nf_maglev_dropped_packets_total")
+        .filter(|s| s.value != 0.0)
+        .collect();
+    if drops.is_empty() {
+        lines.push("nf_maglev_dropped_packets_total 0 (every reason)".into());
+    } else {
+        lines.extend(drops.iter().map(|s| s.line.clone()));
+    }
+    lines
+}
 
 /// Builds the lab (three backends, weights 1/1/2), starts nf-maglev, makes `connections` real TCP
 /// connections to the IPv4 VIP, reads `/metrics`, tears everything down, and reports.
@@ -1709,21 +1785,44 @@ pub fn demo(opts: &DemoOpts) -> Result<DemoReport> {
     let weights_ok = spread
         .check_weights(&spec.backends, 5.0)
         .map_err(|e| e.to_string());
-    let metrics = lab.metrics(0)?;
-    let lines: Vec<String> = metrics
-        .samples
-        .iter()
-        .filter(|s| s.value != 0.0 && DEMO_METRICS.iter().any(|m| s.name.contains(m)))
-        .take(40)
-        .map(|s| s.line.clone())
-        .collect();
+    // Workers publish their counters every 250 ms: wait until the load balancer has counted every
+    // connection the client made (bounded; a shortfall shows in the printed numbers).
+    #[allow(clippy::cast_precision_loss)]
+    let made = (spread.answered() + spread.failed) as f64;
+    let mut metrics = lab.metrics(0)?;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while metrics.sum("nf_maglev_vip_new_connections_total", &[("vip", "web4")]) < made
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        metrics = lab.metrics(0)?;
+    }
+    // `nf-maglev decap` prints its counters once a second: wait for them to cover what the load
+    // balancer sent (bounded, as above).
+    let forwarded = metrics.sum("nf_maglev_backend_packets_total", &[]);
+    let decap_counts = |lab: &MaglevLab| -> Vec<(String, u64)> {
+        (0..spec.backends.len())
+            .filter_map(|i| Some((spec.backends[i].name.clone(), lab.decapped(i)?)))
+            .collect()
+    };
+    let mut decapped = decap_counts(&lab);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    #[allow(clippy::cast_precision_loss)]
+    while opts.mode == Mode::Gre
+        && (decapped.iter().map(|(_, n)| n).sum::<u64>() as f64) < forwarded
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        decapped = decap_counts(&lab);
+    }
     lab.stop_lb(0).context("stopping nf-maglev")?;
     Ok(DemoReport {
         mode: opts.mode,
         backends: spec.backends,
         spread,
         elapsed,
-        metrics: lines,
+        metrics: demo_lines(&metrics),
+        decapped,
         weights_ok,
     })
 }

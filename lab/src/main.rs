@@ -130,6 +130,14 @@ fn main() -> Result<()> {
             bin_dir,
         } => {
             let mode: Mode = mode.parse()?;
+            // Ctrl-C unwinds the lab (every wait gives up), so `Drop` removes it; a second one exits.
+            ctrlc::set_handler(|| {
+                if maglev_lab::interrupt() {
+                    std::process::exit(130);
+                }
+                eprintln!("interrupted: tearing the lab down");
+            })
+            .context("installing the SIGINT/SIGTERM handler")?;
             let nf_maglev = bin_dir
                 .unwrap_or_else(tools::release_bin_dir)
                 .join("nf-maglev");
@@ -139,11 +147,19 @@ fn main() -> Result<()> {
                 "maglev demo: mode {mode}, {connections} connections, {}",
                 nf_maglev.display()
             );
-            let report = maglev_lab::demo(&DemoOpts {
+            let report = match maglev_lab::demo(&DemoOpts {
                 mode,
                 connections,
                 nf_maglev,
-            })?;
+            }) {
+                Ok(r) => r,
+                Err(e) if maglev_lab::interrupted() => {
+                    log::debug!("{e:#}");
+                    eprintln!("maglev demo interrupted; the lab is removed");
+                    std::process::exit(130);
+                }
+                Err(e) => return Err(e),
+            };
             print!("{report}");
             if report.spread.failed > 0 || report.weights_ok.is_err() {
                 anyhow::bail!("maglev demo ({mode}): not every connection behaved");
