@@ -22,7 +22,9 @@
 //! GRE) or 44 (IPv6), so a full-size client packet still fits towards the backends once encapsulated, and
 //! the load balancer never has to answer "fragmentation needed". The client sends with transmit checksum
 //! offload off, so frames the load balancer takes through AF_XDP carry complete checksums (a veth passes
-//! partially-checksummed packets on, and AF_XDP cannot finish them).
+//! partially-checksummed packets on, and AF_XDP cannot finish them). nf-maglev transmits through AF_XDP
+//! in copy mode, which takes the kernel's skb path, so the bridge-side veth accepts its frames without an
+//! XDP program or GRO of its own (frames sent by XDP_TX or redirect would need one).
 //!
 //! The bridge never drops or floods lab frames: STP off, forwarding delay 0, multicast snooping off (NDP
 //! reaches everybody), bridge netfilter hooks off (the kernel here has br_netfilter built in, and it would
