@@ -200,7 +200,7 @@ impl Forwarder {
         Path::new(self.argv.first().map(String::as_str).unwrap_or(""))
     }
 
-    /// Ok when the program exists and is executable; the error reads "<path> not built".
+    /// Ok when the program exists and is executable; the error reads "`<path>` not built".
     pub fn available(&self) -> Result<()> {
         tools::require_executable(self.program())
     }

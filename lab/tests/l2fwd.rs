@@ -42,24 +42,6 @@ fn run_l2fwd(name: &str, queues: u32, gen_cpus: Vec<usize>) -> (u64, serde_json:
     spec.cpus = gen_cpus;
     spec.flows = 16;
     spec.run(&lab.gen).unwrap();
-    let mut returned = 0;
-    if name == C_L2FWD {
-        wait_for(Duration::from_secs(5), || {
-            returned = lab
-                .gen_if()
-                .stats()
-                .unwrap()
-                .delta(&before)
-                .get("rx_packets");
-            returned > 0
-        });
-    }
-    returned = lab
-        .gen_if()
-        .stats()
-        .unwrap()
-        .delta(&before)
-        .get("rx_packets");
 
     run.proc.signal(Signal::Int).unwrap();
     let st = run
@@ -73,7 +55,20 @@ fn run_l2fwd(name: &str, queues: u32, gen_cpus: Vec<usize>) -> (u64, serde_json:
         None,
         "l2fwd left its XDP program attached"
     );
-    (returned, totals(&run.proc.stdout()))
+    let t = totals(&run.proc.stdout());
+    // Everything l2fwd transmitted is on its way to the generator end: wait for it to land.
+    let sent = t["tx"].as_u64().unwrap();
+    let mut returned = 0;
+    wait_for(Duration::from_secs(5), || {
+        returned = lab
+            .gen_if()
+            .stats()
+            .unwrap()
+            .delta(&before)
+            .get("rx_packets");
+        returned >= sent
+    });
+    (returned, t)
 }
 
 #[test]
