@@ -596,8 +596,11 @@ mod tests {
         Control::new(s.validate().expect("valid")).expect("builds")
     }
 
+    /// One sample: name, labels, value.
+    type Sample = (String, Vec<(String, String)>, f64);
+
     /// A sample line: `name{l="v",...} value` -> (name, labels, value).
-    fn parse_sample(line: &str) -> (String, Vec<(String, String)>, f64) {
+    fn parse_sample(line: &str) -> Sample {
         let (head, value) = line.rsplit_once(' ').expect("value");
         let value: f64 = value.parse().expect("numeric value");
         let (name, labels) = match head.split_once('{') {
@@ -619,7 +622,7 @@ mod tests {
     }
 
     /// Checks the exposition format's rules that matter to a scraper and returns the samples.
-    fn check_format(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+    fn check_format(text: &str) -> Vec<Sample> {
         let mut types: HashMap<String, String> = HashMap::new();
         let mut samples = Vec::new();
         for line in text.lines() {
@@ -652,7 +655,7 @@ mod tests {
     }
 
     fn find<'a>(
-        samples: &'a [(String, Vec<(String, String)>, f64)],
+        samples: &'a [Sample],
         name: &str,
         labels: &[(&str, &str)],
     ) -> Option<&'a f64> {
@@ -672,15 +675,17 @@ mod tests {
         let c = control();
         let state = c.state();
         let web = state.vip_by_name("web").expect("vip");
-        let (a, b) = (web.backends()[0].id, web.backends()[1].id);
+        let a = web.backends()[0].id;
         let mut counters = Counters::new(state.vip_id_bound, state.backend_id_bound);
         counters.forwarded(web.id, a, 100, true);
         counters.forwarded(web.id, a, 60, false);
         counters.drop(DropReason::NoVip);
         counters.arp_replies = 2;
         counters.conntrack.evicted = 7;
-        let mut stats = PortStats::default();
-        stats.rx_packets = 11;
+        let mut stats = PortStats {
+            rx_packets: 11,
+            ..PortStats::default()
+        };
         stats.kernel.rx_ring_full = 3;
         let slot = crate::worker::new_slot();
         slot.store(Arc::new(vec![PortReport {
@@ -720,12 +725,28 @@ mod tests {
         for (name, labels, want) in [
             ("nf_maglev_port_rx_packets_total", &pq[..], 11.0),
             ("nf_maglev_port_xdp_rx_ring_full_total", &pq[..], 3.0),
-            ("nf_maglev_port_info", &[("lport", "eth9:0"), ("mode", "native/copy")][..], 1.0),
+            (
+                "nf_maglev_port_info",
+                &[("lport", "eth9:0"), ("mode", "native/copy")][..],
+                1.0,
+            ),
             ("nf_maglev_conntrack_entries", &pq[..], 5.0),
             ("nf_maglev_conntrack_evictions_total", &pq[..], 7.0),
-            ("nf_maglev_xdp_filter_claimed_packets_total", &[("port", "eth9")][..], 9.0),
-            ("nf_maglev_dropped_packets_total", &[("reason", "no_vip")][..], 1.0),
-            ("nf_maglev_dropped_packets_total", &[("reason", "malformed")][..], 0.0),
+            (
+                "nf_maglev_xdp_filter_claimed_packets_total",
+                &[("port", "eth9")][..],
+                9.0,
+            ),
+            (
+                "nf_maglev_dropped_packets_total",
+                &[("reason", "no_vip")][..],
+                1.0,
+            ),
+            (
+                "nf_maglev_dropped_packets_total",
+                &[("reason", "malformed")][..],
+                0.0,
+            ),
             ("nf_maglev_replies_total", &[("kind", "arp")][..], 2.0),
             ("nf_maglev_vip_packets_total", &[("vip", "web")][..], 2.0),
             ("nf_maglev_vip_bytes_total", &[("vip", "web")][..], 160.0),
@@ -735,9 +756,17 @@ mod tests {
             ("nf_maglev_backend_table_share", &wa[..], 1.0),
             ("nf_maglev_backend_table_share", &wb[..], 0.0),
             ("nf_maglev_table_rebuilds_total", &[][..], 1.0),
-            ("nf_maglev_reloads_total", &[("result", "rejected")][..], 2.0),
+            (
+                "nf_maglev_reloads_total",
+                &[("result", "rejected")][..],
+                2.0,
+            ),
             ("nf_maglev_state_generation", &[][..], 1.0),
-            ("nf_maglev_build_info", &[("version", env!("CARGO_PKG_VERSION"))][..], 1.0),
+            (
+                "nf_maglev_build_info",
+                &[("version", env!("CARGO_PKG_VERSION"))][..],
+                1.0,
+            ),
         ] {
             assert_eq!(
                 find(&s, name, labels),

@@ -108,6 +108,8 @@ pub(crate) fn run(w: cne::instance::Worker, setup: Setup) -> anyhow::Result<()> 
         let mut rx = Vec::with_capacity(BURST);
         let mut tx = Vec::with_capacity(BURST);
         let mut entries = vec![0u64; ports.len()];
+        // Reports exist from the start, so metrics list every queue before its first packet.
+        publish(ports, &lports, &mut dps, &entries, &slot);
         let mut last_publish = Instant::now();
         let mut last_count: Option<Instant> = None;
         while !stop.load(Ordering::Relaxed) {
