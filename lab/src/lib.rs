@@ -1,2 +1,39 @@
 //! Lab harness: network namespaces, veth pairs, processes and traffic for tests and benchmarks.
+//!
+//! Everything the harness creates lives inside network namespaces it made itself, carries a unique
+//! name (prefix [`names::PREFIX`], the process id and a counter) and is removed by `Drop`, so a
+//! failing or panicking test leaves nothing behind; `lab cleanup --prefix` removes what a killed
+//! process could not. Traffic comes from `xdpgen` (BPF_PROG_RUN with live frames, a C program built
+//! by `build.rs`), the reference forwarder is `l2fwd` (C on libxdp), and network functions under
+//! test are plugged in as command templates ([`forwarder::Forwarder`]). The crate shells out to
+//! `ip`, `ethtool` and `kill` instead of calling the kernel directly: it forbids `unsafe`, and the
+//! exact commands it runs are what an operator would type to reproduce a result.
 #![forbid(unsafe_code)]
+
+pub mod addr;
+pub mod bench;
+pub mod capture;
+pub mod cleanup;
+pub mod cmd;
+pub mod config;
+pub mod counters;
+pub mod forwarder;
+pub mod gen;
+pub mod lab;
+pub mod names;
+pub mod netns;
+pub mod process;
+pub mod tools;
+pub mod veth;
+pub mod wait;
+
+pub use addr::Mac;
+pub use capture::{send_frames, Capture};
+pub use counters::{Counters, XdpProg};
+pub use forwarder::{Forwarder, FwdCtx, Measure, Ready};
+pub use gen::{GenLimit, GenReport, GenSpec};
+pub use lab::Lab;
+pub use netns::Netns;
+pub use process::{Proc, Signal};
+pub use veth::{VethEnd, VethPair};
+pub use wait::{wait_for, wait_idle, IdleOutcome};

@@ -1,0 +1,575 @@
+//! The forwarding benchmark: every forwarder on the same lab, interleaved run by run.
+//!
+//! Per queue count N: one [`Lab`] with N queues, the XDP_DROP sink on the generator end (frames
+//! coming back are accepted and counted, at the least cost) and GRO on the dut end (so forwarders
+//! without XDP still receive). Per run, per forwarder (A B C A B C ...): wait for idle CPUs, start
+//! the forwarder, wait until it is ready, run the generator at full rate for warm-up + window,
+//! read counters at both ends of the window, stop the forwarder with SIGINT and check it left no
+//! XDP program. The result is a rate per run; the report gives median, min, max and the ratio of
+//! medians against the C reference measured the same way.
+//!
+//! Pinning (identical for every forwarder): generator thread i on CPU i (i < N), which also
+//! makes the kernel deliver its frames to rx queue i; queue i's worker on CPU (N + i) mod #CPUs.
+//! On this 2-CPU machine: 1 queue = generator on CPU 0, worker on CPU 1; 2 queues = generator
+//! threads and workers share CPUs 0 and 1 (the scheduler splits each CPU between them).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::counters::Counters;
+use crate::forwarder::{tail, Forwarder, FwdCtx, Measure};
+use crate::gen::{GenLimit, GenReport};
+use crate::lab::Lab;
+use crate::wait::wait_idle;
+
+/// Benchmark settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchOpts {
+    /// Queue counts to measure.
+    pub queues: Vec<u32>,
+    /// Runs per forwarder and queue count.
+    pub runs: u32,
+    /// Measurement window in seconds.
+    pub seconds: f64,
+    /// Warm-up before the window in seconds.
+    pub warmup: f64,
+    /// Frame size in bytes.
+    pub size: u16,
+    /// Distinct UDP source ports the generator cycles through.
+    pub flows: u16,
+    /// Required idle fraction of all CPUs before a window (0..1).
+    pub idle_threshold: f64,
+    /// Longest wait for that idleness; the run proceeds afterwards and is marked.
+    pub idle_max_wait: Duration,
+    /// Only forwarders with these names (all when empty).
+    pub only: Vec<String>,
+}
+
+impl Default for BenchOpts {
+    fn default() -> BenchOpts {
+        BenchOpts {
+            queues: vec![1, 2],
+            runs: 5,
+            seconds: 3.0,
+            warmup: 1.0,
+            size: 64,
+            flows: 64,
+            idle_threshold: 0.9,
+            idle_max_wait: Duration::from_secs(30),
+            only: Vec::new(),
+        }
+    }
+}
+
+/// CPUs for the generator threads and the forwarder's queue workers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pinning {
+    /// Generator thread i's CPU (feeds rx queue i).
+    pub gen_cpus: Vec<usize>,
+    /// Queue i's worker CPU.
+    pub fwd_cpus: Vec<usize>,
+}
+
+/// The pinning for `queues` queues on `ncpus` CPUs (see the module docs).
+pub fn pinning(queues: u32, ncpus: usize) -> Result<Pinning> {
+    let n = usize::try_from(queues).context("queue count")?;
+    if n == 0 || n > ncpus {
+        bail!("{queues} queues need 1..={ncpus} CPUs: one generator thread per queue, each on its own CPU");
+    }
+    Ok(Pinning {
+        gen_cpus: (0..n).collect(),
+        fwd_cpus: (0..n).map(|i| (n + i) % ncpus).collect(),
+    })
+}
+
+/// One measurement window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunResult {
+    /// Run number (1-based).
+    pub run: u32,
+    /// The forwarder's rate by its measure, in Mpps (None when the run failed).
+    pub mpps: Option<f64>,
+    /// Generator rate over its whole run.
+    pub offered_mpps: Option<f64>,
+    /// Frames back at the generator end, Mpps.
+    pub returned_mpps: Option<f64>,
+    /// Frames redirected into AF_XDP sockets on the dut end, Mpps.
+    pub consumed_mpps: Option<f64>,
+    /// Whether the machine was idle before the window.
+    pub idle_ok: bool,
+    /// Idle fraction measured just before the window.
+    pub idle_fraction: f64,
+    /// Why the run failed.
+    pub error: Option<String>,
+    /// Something worth knowing that did not fail the run.
+    pub note: Option<String>,
+}
+
+/// All runs of one forwarder at one queue count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FwdResult {
+    /// Queue count.
+    pub queues: u32,
+    /// Forwarder name.
+    pub name: String,
+    /// What was counted.
+    pub measure: Measure,
+    /// Why the forwarder was not run (e.g. binary not built).
+    pub skipped: Option<String>,
+    /// Runs in order.
+    pub runs: Vec<RunResult>,
+}
+
+impl FwdResult {
+    /// Rates of the successful runs.
+    pub fn samples(&self) -> Vec<f64> {
+        self.runs.iter().filter_map(|r| r.mpps).collect()
+    }
+
+    /// Median rate (mean of the middle two for an even count).
+    pub fn median(&self) -> Option<f64> {
+        median(&self.samples())
+    }
+
+    /// Lowest rate.
+    pub fn min(&self) -> Option<f64> {
+        self.samples().into_iter().reduce(f64::min)
+    }
+
+    /// Highest rate.
+    pub fn max(&self) -> Option<f64> {
+        self.samples().into_iter().reduce(f64::max)
+    }
+}
+
+/// Median of `v` (None when empty).
+pub fn median(v: &[f64]) -> Option<f64> {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(s[n / 2]),
+        _ => Some((s[n / 2 - 1] + s[n / 2]) / 2.0),
+    }
+}
+
+/// Everything a bench produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchReport {
+    /// Settings used.
+    pub opts: BenchOpts,
+    /// CPUs available.
+    pub ncpus: usize,
+    /// Per queue count and forwarder.
+    pub results: Vec<FwdResult>,
+}
+
+impl BenchReport {
+    /// Ratio of `r`'s median to the median of the C reference measured the same way at the same
+    /// queue count.
+    pub fn ratio(&self, r: &FwdResult) -> Option<f64> {
+        let reference = self
+            .results
+            .iter()
+            .find(|x| x.queues == r.queues && x.name == r.measure.reference())?
+            .median()?;
+        (reference > 0.0)
+            .then(|| r.median().map(|m| m / reference))
+            .flatten()
+    }
+
+    /// A plain-text table, one row per queue count and forwarder.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "{:<7}{:<20}{:<10}{:>9}{:>9}{:>9}{:>8}{:>7}\n",
+            "queues", "forwarder", "measure", "median", "min", "max", "ratio", "runs"
+        );
+        let f =
+            |v: Option<f64>, p: usize| v.map_or_else(|| "-".to_string(), |x| format!("{x:.p$}"));
+        for r in &self.results {
+            if let Some(why) = &r.skipped {
+                s.push_str(&format!("{:<7}{:<20}skipped: {why}\n", r.queues, r.name));
+                continue;
+            }
+            s.push_str(&format!(
+                "{:<7}{:<20}{:<10}{:>9}{:>9}{:>9}{:>8}{:>7}\n",
+                r.queues,
+                r.name,
+                r.measure.as_str(),
+                f(r.median(), 3),
+                f(r.min(), 3),
+                f(r.max(), 3),
+                f(self.ratio(r), 2),
+                format!("{}/{}", r.samples().len(), r.runs.len())
+            ));
+        }
+        s.push_str(
+            "rates in Mpps; ratio = median / median of the C reference with the same measure\n",
+        );
+        s
+    }
+
+    /// The report as JSON.
+    pub fn to_json(&self) -> Value {
+        let results: Vec<Value> = self
+            .results
+            .iter()
+            .map(|r| {
+                json!({
+                    "queues": r.queues,
+                    "forwarder": r.name,
+                    "measure": r.measure.as_str(),
+                    "reference": r.measure.reference(),
+                    "skipped": r.skipped,
+                    "median_mpps": r.median(),
+                    "min_mpps": r.min(),
+                    "max_mpps": r.max(),
+                    "ratio": self.ratio(r),
+                    "runs": r.runs.iter().map(|x| json!({
+                        "run": x.run,
+                        "mpps": x.mpps,
+                        "offered_mpps": x.offered_mpps,
+                        "returned_mpps": x.returned_mpps,
+                        "consumed_mpps": x.consumed_mpps,
+                        "idle_ok": x.idle_ok,
+                        "idle_fraction": x.idle_fraction,
+                        "error": x.error,
+                        "note": x.note,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let pin: Vec<Value> = self
+            .opts
+            .queues
+            .iter()
+            .filter_map(|&q| pinning(q, self.ncpus).ok().map(|p| json!({"queues": q, "generator_cpus": p.gen_cpus, "worker_cpus": p.fwd_cpus})))
+            .collect();
+        json!({
+            "machine": {
+                "cpus": self.ncpus,
+                "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+            },
+            "settings": {
+                "queues": self.opts.queues,
+                "runs": self.opts.runs,
+                "seconds": self.opts.seconds,
+                "warmup": self.opts.warmup,
+                "frame_size": self.opts.size,
+                "flows": self.opts.flows,
+                "idle_threshold": self.opts.idle_threshold,
+                "idle_max_wait_s": self.opts.idle_max_wait.as_secs_f64(),
+                "pinning": pin,
+            },
+            "results": results,
+        })
+    }
+}
+
+/// Runs the benchmark over `forwarders` (those absent or filtered out are reported as skipped).
+pub fn run(opts: &BenchOpts, forwarders: &[Forwarder]) -> Result<BenchReport> {
+    if opts.runs == 0 || opts.seconds <= 0.0 || opts.warmup < 0.0 {
+        bail!("runs must be >= 1, seconds > 0 and warm-up >= 0");
+    }
+    let ncpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut report = BenchReport {
+        opts: opts.clone(),
+        ncpus,
+        results: Vec::new(),
+    };
+    let selected: Vec<&Forwarder> = forwarders
+        .iter()
+        .filter(|f| opts.only.is_empty() || opts.only.iter().any(|o| o == &f.name))
+        .collect();
+    if selected.is_empty() {
+        bail!("no forwarder matches {:?}", opts.only);
+    }
+    for &q in &opts.queues {
+        let pin = pinning(q, ncpus)?;
+        eprintln!(
+            "== {q} queue(s): generator on CPUs {:?}, forwarder workers on CPUs {:?}",
+            pin.gen_cpus, pin.fwd_cpus
+        );
+        let first = report.results.len();
+        let mut runnable = Vec::new();
+        for f in &selected {
+            let skipped = f.available().err().map(|e| format!("{e:#}"));
+            if let Some(why) = &skipped {
+                eprintln!("skip {}: {why}", f.name);
+            } else {
+                runnable.push(*f);
+            }
+            report.results.push(FwdResult {
+                queues: q,
+                name: f.name.clone(),
+                measure: f.measure,
+                skipped,
+                runs: Vec::new(),
+            });
+        }
+        if runnable.is_empty() {
+            continue;
+        }
+        let lab = Lab::new(q)?;
+        lab.sink_returns()?;
+        lab.dut_if().set_gro(true)?;
+        let ctx = FwdCtx {
+            ifname: lab.dut_if().name().to_string(),
+            queues: q,
+            cpus: pin.fwd_cpus.clone(),
+        };
+        for run_no in 1..=opts.runs {
+            for f in &runnable {
+                let r = measure_once(opts, &lab, &pin, &ctx, f, run_no);
+                let shown = r.mpps.map_or_else(
+                    || format!("failed: {}", r.error.as_deref().unwrap_or("?")),
+                    |m| format!("{m:.3} Mpps"),
+                );
+                eprintln!(
+                    "q={q} run {run_no}/{} {:<18} {shown} (offered {}, idle {:.0}%{}){}",
+                    opts.runs,
+                    f.name,
+                    r.offered_mpps
+                        .map_or_else(|| "-".into(), |o| format!("{o:.2}")),
+                    r.idle_fraction * 100.0,
+                    if r.idle_ok { "" } else { ", NOT IDLE" },
+                    r.note
+                        .as_deref()
+                        .map(|n| format!(" [{n}]"))
+                        .unwrap_or_default()
+                );
+                if let Some(res) = report.results[first..]
+                    .iter_mut()
+                    .find(|x| x.name == f.name)
+                {
+                    res.runs.push(r);
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}
+
+fn snapshot(lab: &Lab) -> Result<(Counters, Instant, Counters, Instant)> {
+    let a = lab.gen_if().stats()?;
+    let ta = Instant::now();
+    let b = lab.dut_if().ethtool_stats()?;
+    let tb = Instant::now();
+    Ok((a, ta, b, tb))
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn rate(delta: u64, dt: Duration) -> f64 {
+    delta as f64 / dt.as_secs_f64().max(1e-9) / 1e6
+}
+
+fn measure_once(
+    opts: &BenchOpts,
+    lab: &Lab,
+    pin: &Pinning,
+    ctx: &FwdCtx,
+    f: &Forwarder,
+    run: u32,
+) -> RunResult {
+    let mut r = RunResult {
+        run,
+        mpps: None,
+        offered_mpps: None,
+        returned_mpps: None,
+        consumed_mpps: None,
+        idle_ok: false,
+        idle_fraction: 0.0,
+        error: None,
+        note: None,
+    };
+    match wait_idle(
+        opts.idle_threshold,
+        Duration::from_secs(1),
+        opts.idle_max_wait,
+    ) {
+        Ok(idle) => {
+            r.idle_ok = idle.idle;
+            r.idle_fraction = idle.last_idle_fraction;
+        }
+        Err(e) => r.note = Some(format!("idle check failed: {e:#}")),
+    }
+    if let Err(e) = window(opts, lab, pin, ctx, f, &mut r) {
+        r.mpps = None;
+        r.error = Some(format!("{e:#}"));
+    }
+    // Whatever happened, leave the dut end as we found it.
+    match lab.dut_if().xdp_prog() {
+        Ok(Some(p)) => {
+            let msg = format!(
+                "left XDP program {} (id {}) attached; detached it",
+                p.name, p.id
+            );
+            r.error.get_or_insert(msg);
+            let _ = lab.dut_if().detach_xdp();
+        }
+        Ok(None) => {}
+        Err(e) => r.note = Some(format!("XDP check failed: {e:#}")),
+    }
+    r
+}
+
+fn window(
+    opts: &BenchOpts,
+    lab: &Lab,
+    pin: &Pinning,
+    ctx: &FwdCtx,
+    f: &Forwarder,
+    r: &mut RunResult,
+) -> Result<()> {
+    let mut fwd = f.start(&lab.dut, ctx)?;
+    f.wait_ready(&mut fwd, lab.dut_if(), Duration::from_secs(10))?;
+
+    let mut spec = lab.gen_spec_v4(GenLimit::Duration(secs(opts.warmup + opts.seconds + 0.3)));
+    spec.cpus = pin.gen_cpus.clone();
+    spec.flows = opts.flows;
+    spec.size = opts.size;
+    let mut gen = spec.spawn(&lab.gen)?;
+
+    std::thread::sleep(secs(opts.warmup));
+    let (a0, ta0, b0, tb0) = snapshot(lab)?;
+    std::thread::sleep(secs(opts.seconds));
+    let (a1, ta1, b1, tb1) = snapshot(lab)?;
+
+    let gen_report = GenReport::from_proc(&mut gen);
+    if let Some(st) = fwd.proc.try_wait()? {
+        bail!(
+            "{} exited during the run ({st}): {}",
+            f.name,
+            tail(&fwd.proc.stderr(), 5)
+        );
+    }
+    let st = fwd.proc.stop(Duration::from_secs(3))?;
+    if !st.success() {
+        r.note = Some(format!(
+            "{} exited with {st} after SIGINT: {}",
+            f.name,
+            tail(&fwd.proc.stderr(), 3)
+        ));
+    }
+    let gen_report = gen_report?;
+    r.offered_mpps = Some(gen_report.pps / 1e6);
+    let returned = rate(
+        a1.get("rx_packets").saturating_sub(a0.get("rx_packets")),
+        ta1 - ta0,
+    );
+    let consumed = rate(b1.delta(&b0).sum_suffix("_xdp_redirect"), tb1 - tb0);
+    r.returned_mpps = Some(returned);
+    r.consumed_mpps = Some(consumed);
+    r.mpps = Some(match f.measure {
+        Measure::Returned => returned,
+        Measure::Consumed => consumed,
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinning_on_two_cpus() {
+        assert_eq!(
+            pinning(1, 2).unwrap(),
+            Pinning {
+                gen_cpus: vec![0],
+                fwd_cpus: vec![1]
+            }
+        );
+        assert_eq!(
+            pinning(2, 2).unwrap(),
+            Pinning {
+                gen_cpus: vec![0, 1],
+                fwd_cpus: vec![0, 1]
+            }
+        );
+        assert_eq!(
+            pinning(2, 4).unwrap(),
+            Pinning {
+                gen_cpus: vec![0, 1],
+                fwd_cpus: vec![2, 3]
+            }
+        );
+        assert!(pinning(3, 2).is_err());
+        assert!(pinning(0, 2).is_err());
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+    }
+
+    fn res(name: &str, measure: Measure, rates: &[Option<f64>]) -> FwdResult {
+        FwdResult {
+            queues: 1,
+            name: name.into(),
+            measure,
+            skipped: None,
+            runs: rates
+                .iter()
+                .enumerate()
+                .map(|(i, m)| RunResult {
+                    run: u32::try_from(i).unwrap() + 1,
+                    mpps: *m,
+                    offered_mpps: None,
+                    returned_mpps: None,
+                    consumed_mpps: None,
+                    idle_ok: true,
+                    idle_fraction: 1.0,
+                    error: m.is_none().then(|| "x".to_string()),
+                    note: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn ratios_use_the_reference_with_the_same_measure() {
+        let report = BenchReport {
+            opts: BenchOpts::default(),
+            ncpus: 2,
+            results: vec![
+                res(
+                    "c-l2fwd",
+                    Measure::Returned,
+                    &[Some(0.5), Some(0.4), Some(0.6)],
+                ),
+                res("c-l2fwd-drop", Measure::Consumed, &[Some(2.0)]),
+                res(
+                    "nf-echo mac-swap",
+                    Measure::Returned,
+                    &[Some(0.25), None, Some(0.25)],
+                ),
+                res("nf-echo drop", Measure::Consumed, &[Some(3.0)]),
+            ],
+        };
+        let r = &report.results;
+        assert_eq!(report.ratio(&r[0]), Some(1.0));
+        assert_eq!(report.ratio(&r[2]), Some(0.5));
+        assert_eq!(report.ratio(&r[3]), Some(1.5));
+        assert_eq!(r[2].samples().len(), 2);
+        assert_eq!(r[0].min(), Some(0.4));
+        assert_eq!(r[0].max(), Some(0.6));
+        let table = report.table();
+        assert!(table.contains("nf-echo mac-swap"), "{table}");
+        assert!(table.contains("2/3"), "{table}");
+        let j = report.to_json();
+        assert_eq!(j["results"][2]["ratio"], 0.5);
+        assert_eq!(j["settings"]["pinning"][0]["worker_cpus"], json!([1]));
+    }
+}

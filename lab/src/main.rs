@@ -1,0 +1,130 @@
+//! `lab`: benchmark forwarders on a veth lab, or clean up leftovers.
+//!
+//! `lab bench` runs every built-in forwarder (skipping those not built) per queue count,
+//! interleaved run by run, and prints a table (and optionally JSON). `lab cleanup --prefix lab`
+//! removes namespaces and links left by killed runs.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use lab::bench::{self, BenchOpts};
+use lab::{cleanup, forwarder, tools};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lab",
+    about = "veth lab harness: forwarding benchmark and cleanup"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Measure forwarders (median of interleaved runs, ratio against the C reference).
+    Bench {
+        /// Queue counts to measure.
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        queues: Vec<u32>,
+        /// Runs per forwarder and queue count.
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// Measurement window in seconds.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Warm-up before each window in seconds.
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        /// Frame size in bytes (>= 64).
+        #[arg(long, default_value_t = 64)]
+        size: u16,
+        /// Distinct UDP source ports in the generated traffic.
+        #[arg(long, default_value_t = 64)]
+        flows: u16,
+        /// Idle fraction of all CPUs required before each window.
+        #[arg(long, default_value_t = 0.9)]
+        idle_threshold: f64,
+        /// Longest wait for an idle machine, in seconds.
+        #[arg(long, default_value_t = 30)]
+        idle_wait: u64,
+        /// Only these forwarders (comma-separated names, e.g. "c-l2fwd,nf-echo mac-swap").
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Directory of the nf-* release binaries (default: this binary's directory or target/release).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Delete namespaces and links whose names start with a prefix.
+    Cleanup {
+        /// Name prefix (at least 3 characters).
+        #[arg(long, default_value = lab::names::PREFIX)]
+        prefix: String,
+        /// Also terminate processes still running inside those namespaces (by PID).
+        #[arg(long)]
+        kill_procs: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match Cli::parse().cmd {
+        Cmd::Bench {
+            queues,
+            runs,
+            seconds,
+            warmup,
+            size,
+            flows,
+            idle_threshold,
+            idle_wait,
+            only,
+            bin_dir,
+            json,
+        } => {
+            let opts = BenchOpts {
+                queues,
+                runs,
+                seconds,
+                warmup,
+                size,
+                flows,
+                idle_threshold,
+                idle_max_wait: Duration::from_secs(idle_wait),
+                only,
+            };
+            let bin_dir = bin_dir.unwrap_or_else(tools::release_bin_dir);
+            let report = bench::run(&opts, &forwarder::builtin(&bin_dir))?;
+            print!("{}", report.table());
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&report.to_json())?;
+                std::fs::write(&path, text + "\n")
+                    .with_context(|| format!("writing {}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
+        }
+        Cmd::Cleanup { prefix, kill_procs } => {
+            let r = cleanup::cleanup(&prefix, kill_procs)?;
+            for n in &r.netns {
+                println!("deleted namespace {n}");
+            }
+            for l in &r.links {
+                println!("deleted link {l}");
+            }
+            for p in &r.killed {
+                println!("terminated pid {p}");
+            }
+            if r.netns.is_empty() && r.links.is_empty() {
+                println!("nothing left with prefix {prefix}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,285 @@
+//! veth pairs between lab namespaces.
+//!
+//! Both ends are created at once, directly inside their namespaces, with the same number of rx
+//! and tx queues (`numrxqueues N numtxqueues N`): a veth delivers frames sent from CPU c to the
+//! peer's rx queue c, so N queues let N CPUs feed N AF_XDP sockets. Deleting one end deletes the
+//! pair; `Drop` does that (a namespace already gone took the pair with it). Addresses are checked
+//! against the test ranges; IPv6 ones are added `nodad` so they are usable at once.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use crate::addr::{self, Mac};
+use crate::capture::{self, Capture};
+use crate::cmd;
+use crate::counters::{self, Counters, XdpProg};
+use crate::names;
+use crate::netns::Netns;
+
+/// One end of a veth pair: an interface name inside a namespace.
+#[derive(Debug, Clone)]
+pub struct VethEnd {
+    ns: String,
+    name: String,
+}
+
+/// A veth pair; `Drop` deletes it.
+#[derive(Debug)]
+pub struct VethPair {
+    a: VethEnd,
+    b: VethEnd,
+}
+
+impl VethPair {
+    /// Creates end `a` in `ns_a` and end `b` in `ns_b` (may be the same namespace), each with
+    /// `queues` rx and tx queues. Both ends start down.
+    pub fn new(ns_a: &Netns, ns_b: &Netns, queues: u32) -> Result<VethPair> {
+        if queues == 0 || queues > 64 {
+            bail!("veth queue count {queues} out of range 1..=64");
+        }
+        let (name_a, name_b) = names::unique_pair()?;
+        let q = queues.to_string();
+        cmd::ip(
+            None,
+            &[
+                "link",
+                "add",
+                &name_a,
+                "netns",
+                ns_a.name(),
+                "numtxqueues",
+                &q,
+                "numrxqueues",
+                &q,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &name_b,
+                "netns",
+                ns_b.name(),
+                "numtxqueues",
+                &q,
+                "numrxqueues",
+                &q,
+            ],
+        )
+        .with_context(|| format!("creating veth pair {name_a}/{name_b}"))?;
+        let pair = VethPair {
+            a: VethEnd {
+                ns: ns_a.name().to_string(),
+                name: name_a,
+            },
+            b: VethEnd {
+                ns: ns_b.name().to_string(),
+                name: name_b,
+            },
+        };
+        // A veth hands its peer packets whose TCP/UDP checksums are left partial for "hardware" to
+        // finish. XDP and AF_XDP see those frames as they are, so an NF that forwards or echoes them
+        // would send bad checksums. Real NICs complete the checksum before the wire: do it in
+        // software here too.
+        pair.a.set_tx_checksum(false)?;
+        pair.b.set_tx_checksum(false)?;
+        Ok(pair)
+    }
+
+    /// End `a` (in the first namespace).
+    pub fn a(&self) -> &VethEnd {
+        &self.a
+    }
+
+    /// End `b` (in the second namespace).
+    pub fn b(&self) -> &VethEnd {
+        &self.b
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        // Absent already when its namespace was deleted first: nothing to do then.
+        if self.a.ip(&["link", "show", "dev", &self.a.name]).is_err() {
+            return;
+        }
+        if let Err(e) = self.a.ip(&["link", "del", "dev", &self.a.name]) {
+            log::warn!("deleting veth {}: {e:#}", self.a.name);
+        }
+    }
+}
+
+impl VethEnd {
+    /// Interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Name of the namespace holding this end.
+    pub fn ns(&self) -> &str {
+        &self.ns
+    }
+
+    fn ip(&self, args: &[&str]) -> Result<String> {
+        cmd::ip(Some(&self.ns), args)
+    }
+
+    fn exec(&self, argv: &[&str]) -> Result<String> {
+        cmd::run(&mut cmd::in_netns(&self.ns, argv))
+    }
+
+    /// Sets the Ethernet address.
+    pub fn set_mac(&self, mac: Mac) -> Result<()> {
+        self.ip(&[
+            "link",
+            "set",
+            "dev",
+            &self.name,
+            "address",
+            &mac.to_string(),
+        ])?;
+        Ok(())
+    }
+
+    /// Reads the Ethernet address.
+    pub fn mac(&self) -> Result<Mac> {
+        let v = self.link_json()?;
+        v.get("address")
+            .and_then(|a| a.as_str())
+            .with_context(|| format!("{} has no address", self.name))?
+            .parse()
+    }
+
+    /// The interface index (inside its namespace).
+    pub fn ifindex(&self) -> Result<u32> {
+        let v = self.link_json()?;
+        v.get("ifindex")
+            .and_then(|i| i.as_u64())
+            .and_then(|i| u32::try_from(i).ok())
+            .with_context(|| format!("{} has no ifindex", self.name))
+    }
+
+    fn link_json(&self) -> Result<serde_json::Value> {
+        let out = self.ip(&["-j", "link", "show", "dev", &self.name])?;
+        let mut v: serde_json::Value =
+            serde_json::from_str(&out).context("parsing `ip -j link show`")?;
+        Ok(v.get_mut(0)
+            .map(serde_json::Value::take)
+            .unwrap_or_default())
+    }
+
+    /// Sets the MTU.
+    pub fn set_mtu(&self, mtu: u32) -> Result<()> {
+        self.ip(&["link", "set", "dev", &self.name, "mtu", &mtu.to_string()])?;
+        Ok(())
+    }
+
+    /// Adds `addr/prefix_len` (test ranges only; IPv6 with `nodad`).
+    pub fn add_addr(&self, addr: IpAddr, prefix_len: u8) -> Result<()> {
+        addr::require_test_addr(addr, "interface address")?;
+        let cidr = format!("{addr}/{prefix_len}");
+        match addr {
+            IpAddr::V4(_) => self.ip(&["addr", "add", &cidr, "dev", &self.name])?,
+            IpAddr::V6(_) => self.ip(&["-6", "addr", "add", &cidr, "dev", &self.name, "nodad"])?,
+        };
+        Ok(())
+    }
+
+    /// Brings the interface up.
+    pub fn up(&self) -> Result<()> {
+        self.ip(&["link", "set", "dev", &self.name, "up"])?;
+        Ok(())
+    }
+
+    /// Brings the interface down.
+    pub fn down(&self) -> Result<()> {
+        self.ip(&["link", "set", "dev", &self.name, "down"])?;
+        Ok(())
+    }
+
+    /// Turns GRO on or off (`ethtool -K IF gro on|off`). A veth with GRO on accepts frames that
+    /// arrive by XDP_TX/redirect even without an XDP program of its own.
+    pub fn set_gro(&self, on: bool) -> Result<()> {
+        self.exec(&[
+            "ethtool",
+            "-K",
+            &self.name,
+            "gro",
+            if on { "on" } else { "off" },
+        ])?;
+        Ok(())
+    }
+
+    /// Turns TX checksum offload on or off (`ethtool -K IF tx on|off`).
+    pub fn set_tx_checksum(&self, on: bool) -> Result<()> {
+        self.exec(&[
+            "ethtool",
+            "-K",
+            &self.name,
+            "tx",
+            if on { "on" } else { "off" },
+        ])?;
+        Ok(())
+    }
+
+    /// Adds (or replaces) a permanent neighbour entry `addr -> mac` on this interface.
+    pub fn add_neigh(&self, addr: IpAddr, mac: Mac) -> Result<()> {
+        addr::require_test_addr(addr, "neighbour address")?;
+        self.ip(&[
+            "neigh",
+            "replace",
+            &addr.to_string(),
+            "lladdr",
+            &mac.to_string(),
+            "dev",
+            &self.name,
+            "nud",
+            "permanent",
+        ])?;
+        Ok(())
+    }
+
+    /// `/sys/class/net/IF/statistics/*`.
+    pub fn stats(&self) -> Result<Counters> {
+        counters::if_stats(&self.ns, &self.name)
+    }
+
+    /// `ethtool -S IF` (per-queue counters).
+    pub fn ethtool_stats(&self) -> Result<Counters> {
+        counters::ethtool_stats(&self.ns, &self.name)
+    }
+
+    /// The attached XDP program, if any.
+    pub fn xdp_prog(&self) -> Result<Option<XdpProg>> {
+        counters::xdp_prog(&self.ns, &self.name)
+    }
+
+    /// Attaches program section `section` of BPF object `obj` in native (driver) mode.
+    pub fn attach_xdp(&self, obj: &Path, section: &str) -> Result<()> {
+        let obj = obj
+            .to_str()
+            .with_context(|| format!("non-UTF-8 path {}", obj.display()))?;
+        self.ip(&[
+            "link", "set", "dev", &self.name, "xdpdrv", "obj", obj, "sec", section,
+        ])
+        .with_context(|| format!("attaching {obj} to {}", self.name))?;
+        Ok(())
+    }
+
+    /// Sends raw Ethernet frames out of this end (AF_PACKET; see [`capture::send_frames`]).
+    pub fn send_frames(&self, frames: &[Vec<u8>]) -> Result<()> {
+        capture::send_frames(&self.ns, &self.name, frames)
+    }
+
+    /// Starts a capture of up to `count` frames arriving on this end (see [`Capture`]).
+    pub fn capture(&self, count: u32, filter: Option<&str>) -> Result<Capture> {
+        Capture::start(&self.ns, &self.name, count, filter)
+    }
+
+    /// Detaches whatever XDP program is attached (native or generic).
+    pub fn detach_xdp(&self) -> Result<()> {
+        self.ip(&["link", "set", "dev", &self.name, "xdpdrv", "off"])?;
+        self.ip(&["link", "set", "dev", &self.name, "xdpgeneric", "off"])?;
+        Ok(())
+    }
+}

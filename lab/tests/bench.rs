@@ -1,0 +1,49 @@
+//! The bench end to end, kept short: one tiny window of the C reference, and skipping of
+//! forwarders that are not built.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use lab::bench::{self, BenchOpts};
+use lab::forwarder;
+
+fn quick(only: &[&str]) -> BenchOpts {
+    BenchOpts {
+        queues: vec![1],
+        runs: 1,
+        seconds: 0.5,
+        warmup: 0.2,
+        idle_threshold: 0.0,
+        idle_max_wait: Duration::ZERO,
+        only: only.iter().map(|s| s.to_string()).collect(),
+        ..BenchOpts::default()
+    }
+}
+
+#[test]
+fn absent_binaries_are_skipped_with_a_reason() {
+    let fws = forwarder::builtin(Path::new("/nonexistent"));
+    let report = bench::run(&quick(&["nf-echo mac-swap", "nf-maglev gre"]), &fws).unwrap();
+    assert_eq!(report.results.len(), 2);
+    for r in &report.results {
+        let why = r.skipped.as_deref().unwrap_or("");
+        assert!(why.contains("not built"), "{}: {why:?}", r.name);
+        assert!(r.runs.is_empty());
+    }
+    assert!(report.table().contains("skipped"));
+    assert!(bench::run(&quick(&["no-such-forwarder"]), &fws).is_err());
+}
+
+#[test]
+fn c_reference_produces_a_rate() {
+    require_root!();
+    let fws = forwarder::builtin(Path::new("/nonexistent"));
+    let report = bench::run(&quick(&["c-l2fwd"]), &fws).unwrap();
+    let r = &report.results[0];
+    assert_eq!(r.runs.len(), 1);
+    assert_eq!(r.runs[0].error, None, "{:?}", r.runs[0]);
+    assert!(r.median().unwrap() > 0.0, "{:?}", r.runs[0]);
+    assert_eq!(report.ratio(r), Some(1.0));
+}
