@@ -654,11 +654,7 @@ mod tests {
         samples
     }
 
-    fn find<'a>(
-        samples: &'a [Sample],
-        name: &str,
-        labels: &[(&str, &str)],
-    ) -> Option<&'a f64> {
+    fn find<'a>(samples: &'a [Sample], name: &str, labels: &[(&str, &str)]) -> Option<&'a f64> {
         samples
             .iter()
             .find(|(n, l, _)| {
