@@ -310,11 +310,17 @@ struct Lb {
 
 impl Lb {
     fn start(config: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .arg("-c")
+        let mut cmd = Command::new(BIN);
+        cmd.arg("-c")
             .arg(config)
             .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
+            .args(extra);
+        Self::spawn(cmd)
+    }
+
+    /// Starts `cmd` (which runs nf-maglev in the end) and waits for the admin address in its log.
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -647,4 +653,69 @@ fn decap_attaches_and_detaches() {
     wait_for("the detach line", || has("detached").then_some(()));
     assert!(!veth.has_xdp(), "decap left its program on {}", veth.a);
     drop(guard);
+}
+
+/// The capability bits of `/proc/<pid>/task/*/status` lines starting with `field`, one per thread.
+fn thread_caps(pid: u32, field: &str) -> Vec<u64> {
+    let mut caps = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir") {
+        let status =
+            std::fs::read_to_string(t.expect("task").path().join("status")).unwrap_or_default();
+        if let Some(hex) = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .map(str::trim)
+        {
+            caps.push(u64::from_str_radix(hex, 16).expect("hex capabilities"));
+        }
+    }
+    caps
+}
+
+#[test]
+fn device_plugin_mode_drops_capabilities() {
+    require_root!();
+    let veth = Veth::new("p");
+    let dir = TempDir::new("dp");
+    let bpffs = dir.0.join("bpffs");
+    std::fs::create_dir_all(&bpffs).expect("mkdir");
+    let pin = bpffs.join("xsks_map");
+    // A pinned XSKMAP as the device plugin hands it over, on a bpffs mounted in a private mount
+    // namespace that ends with the process.
+    let text = config_text(&veth.a, 0, &maglev("")).replace(
+        r#""region": 0 }"#,
+        &format!(r#""region": 0, "xsk_pin_path": "{}" }}"#, pin.display()),
+    );
+    assert!(text.contains("xsk_pin_path"));
+    let file = dir.write("lb.jsonc", &text);
+    let script = format!(
+        "mount -t bpf bpf '{fs}' && bpftool map create '{pin}' type xskmap key 4 value 4 entries 4 \
+         name xsks_map && exec '{BIN}' -c '{file}' --listen 127.0.0.1:0",
+        fs = bpffs.display(),
+        pin = pin.display(),
+        file = file.display(),
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    let mut lb = Lb::spawn(cmd);
+    assert!(!veth.has_xdp(), "device-plugin mode loads no XDP program");
+    assert!(
+        lb.log()
+            .contains("kept [CAP_NET_RAW, CAP_IPC_LOCK, CAP_BPF]"),
+        "{}",
+        lb.log()
+    );
+    // CAP_NET_RAW (13), CAP_IPC_LOCK (14), CAP_BPF (39), in every thread (workers and the admin server
+    // started after the drop).
+    let want = (1u64 << 13) | (1 << 14) | (1 << 39);
+    let pid = lb.child.id();
+    for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        let caps = thread_caps(pid, field);
+        assert!(caps.len() >= 3, "{field} {caps:?}");
+        assert!(caps.iter().all(|&c| c == want), "{field} {caps:x?}");
+    }
+    assert_eq!(lb.state()["generation"], 1);
+    lb.signal("TERM");
+    let status = lb.wait();
+    assert!(status.success(), "exit {status}:\n{}", lb.log());
 }
