@@ -570,7 +570,10 @@ fn admin_api_round_trip_and_reloads() {
     lb.signal("TERM");
     let status = lb.wait();
     assert!(status.success(), "exit {status}:\n{}", lb.log());
-    assert!(lb.log().contains("SIGTERM: shutting down"), "{}", lb.log());
+    // The reader thread may still be collecting the last lines after the exit.
+    wait_for("the shutdown line", || {
+        lb.log().contains("SIGTERM: shutting down").then_some(())
+    });
     assert!(!veth.has_xdp(), "SIGTERM left an XDP program on {}", veth.a);
 }
 
