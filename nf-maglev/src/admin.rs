@@ -35,8 +35,13 @@
 //! 400 for a malformed request or a configuration that does not validate, 403 for changes when the API is
 //! read-only (`--read-only-admin`; `GET` still works and `SIGHUP` still reloads), 404 for an unknown
 //! path, VIP or backend, 405 for a wrong method, 409 for a backend name that already exists or a reload
-//! that changes sections needing a restart (`umems`, `lports`, `threads`, `lcore-groups`), 500 when the
-//! XDP rules could not be updated.
+//! that changes sections needing a restart (`umems`, `lports`, `threads`, `lcore-groups`), 413 for a body
+//! over 64 KiB, 500 when the XDP claims could not be updated (the new state is published then), 503 while
+//! shutting down.
+//!
+//! Threads: the server thread reads each request (body included) and writes the reply; only routing runs
+//! on the control thread, so a slow client can delay other admin requests but never signal handling or
+//! reloads.
 
 use std::io::Read;
 use std::sync::Arc;
