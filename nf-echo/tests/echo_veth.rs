@@ -301,7 +301,10 @@ fn mac_swap_mode_reflects_every_frame() {
     };
     let cap = lab.link.a().capture(1, Some("ether proto 0x88b5")).unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    lab.link.a().send_frames(std::slice::from_ref(&frame)).unwrap();
+    lab.link
+        .a()
+        .send_frames(std::slice::from_ref(&frame))
+        .unwrap();
     let got = cap.finish(Duration::from_secs(5)).unwrap();
     let summary = stop(&mut nf, Signal::Int);
     assert_eq!(got.len(), 1, "no reflected frame; nf-echo:\n{summary}");
