@@ -419,6 +419,30 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     (status, body.to_owned())
 }
 
+/// Runs `promtool check metrics` on `text` when promtool is installed (Debian's `prometheus` package).
+fn promtool_check(text: &str) {
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("promtool not installed: exposition format checked by the unit tests only");
+        return;
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(text.as_bytes()).expect("write to promtool");
+    }
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn backend<'a>(state: &'a Value, vip: &str, name: &str) -> Option<&'a Value> {
     state["vips"]
         .as_array()?
@@ -456,6 +480,8 @@ fn admin_api_round_trip_and_reloads() {
     ] {
         assert!(metrics.contains(family), "{family} missing in:\n{metrics}");
     }
+
+    promtool_check(&metrics);
 
     let s = lb.state();
     assert_eq!(s["generation"], 1);
