@@ -239,6 +239,21 @@ fn run_af_xdp(
             }
         }
     }
+    let device_plugin = instance
+        .config()
+        .lports()
+        .iter()
+        .any(|l| l.uds_path.is_some() || l.xsk_pin_path.is_some());
+    if device_plugin && instance.programs().is_empty() {
+        // Sockets are set up and no thread has started yet: every worker inherits the reduced set.
+        let report = cne::privs::drop_to_device_plugin_caps()
+            .context("dropping capabilities in device-plugin mode")?;
+        log::info!(
+            "capabilities: kept {:?}, missing {:?}",
+            report.kept,
+            report.missing
+        );
+    }
     let workers = instance.take_workers();
     let reports: Reports = Arc::new(Mutex::new(Vec::new()));
     let mut handles = Vec::new();
