@@ -146,8 +146,10 @@ impl Worker {
         }
         let mut ports = Vec::with_capacity(self.lports.len());
         for (l, pool) in self.lports.into_iter().zip(&pools) {
-            let port = Port::attach(l.socket, pool)
-                .map_err(|source| InstanceError::Port { lport: l.name, source })?;
+            let port = Port::attach(l.socket, pool).map_err(|source| InstanceError::Port {
+                lport: l.name,
+                source,
+            })?;
             ports.push(port);
         }
         let r = f(&mut ports);
@@ -212,12 +214,13 @@ impl Instance {
         let mut sockets: HashMap<String, LportSocket> = HashMap::new();
         for lport in config.lports() {
             let map = xsk_map_for(programs, sessions, lport, opts)?;
-            let umem = umems.get(&lport.umem).cloned().ok_or_else(|| {
-                InstanceError::Umem {
+            let umem = umems
+                .get(&lport.umem)
+                .cloned()
+                .ok_or_else(|| InstanceError::Umem {
                     umem: lport.umem.clone(),
                     source: UmemError::Config("not defined".into()),
-                }
-            })?;
+                })?;
             let pc = port_config(lport, map.as_ref().map(|m| m.as_raw_fd()), config);
             let socket = XskSocket::open(&pc, &umem).map_err(|source| InstanceError::Port {
                 lport: lport.name.clone(),
@@ -228,7 +231,9 @@ impl Instance {
                     lport: lport.name.clone(),
                     source,
                 };
-                let session = dp_sessions(sessions)?.session(Path::new(uds)).map_err(dp_err)?;
+                let session = dp_sessions(sessions)?
+                    .session(Path::new(uds))
+                    .map_err(dp_err)?;
                 // SAFETY: the socket's fd stays open for the whole call: `socket` is alive here.
                 let fd = unsafe { BorrowedFd::borrow_raw(socket.fd()) };
                 session
@@ -252,10 +257,12 @@ impl Instance {
             );
         }
         if let Some(sessions) = sessions.as_mut() {
-            sessions.finish().map_err(|source| InstanceError::DevicePlugin {
-                lport: "*".into(),
-                source,
-            })?;
+            sessions
+                .finish()
+                .map_err(|source| InstanceError::DevicePlugin {
+                    lport: "*".into(),
+                    source,
+                })?;
         }
 
         for t in config.threads() {
@@ -338,13 +345,12 @@ fn xsk_map_for(
         } else {
             XdpMode::Native
         };
-        let prog =
-            XdpProgram::attach(&lport.netdev, mode, opts.force).map_err(|source| {
-                InstanceError::Xdp {
-                    netdev: lport.netdev.clone(),
-                    source,
-                }
-            })?;
+        let prog = XdpProgram::attach(&lport.netdev, mode, opts.force).map_err(|source| {
+            InstanceError::Xdp {
+                netdev: lport.netdev.clone(),
+                source,
+            }
+        })?;
         log::info!(
             "netdev {}: XDP filter program id {} attached ({:?})",
             lport.netdev,
@@ -387,7 +393,6 @@ fn dp_sessions(sessions: &mut Option<DpSessions>) -> Result<&mut DpSessions, Ins
     }
     Ok(sessions.get_or_insert_with(|| DpSessions::new("", dp::DEFAULT_TIMEOUT)))
 }
-
 
 fn port_config(lport: &Lport, map: Option<std::os::fd::RawFd>, config: &Config) -> PortConfig {
     let mut pc = PortConfig::new(lport.netdev.clone(), u32::from(lport.qid));
@@ -438,4 +443,3 @@ pub fn pin_current_thread(cpus: &[usize]) -> std::io::Result<()> {
     }
     Ok(())
 }
-

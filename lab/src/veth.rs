@@ -67,7 +67,7 @@ impl VethPair {
             ],
         )
         .with_context(|| format!("creating veth pair {name_a}/{name_b}"))?;
-        Ok(VethPair {
+        let pair = VethPair {
             a: VethEnd {
                 ns: ns_a.name().to_string(),
                 name: name_a,
@@ -76,7 +76,14 @@ impl VethPair {
                 ns: ns_b.name().to_string(),
                 name: name_b,
             },
-        })
+        };
+        // A veth hands its peer packets whose TCP/UDP checksums are left partial for "hardware" to
+        // finish. XDP and AF_XDP see those frames as they are, so an NF that forwards or echoes them
+        // would send bad checksums. Real NICs complete the checksum before the wire: do it in
+        // software here too.
+        pair.a.set_tx_checksum(false)?;
+        pair.b.set_tx_checksum(false)?;
+        Ok(pair)
     }
 
     /// End `a` (in the first namespace).
@@ -198,6 +205,18 @@ impl VethEnd {
             "-K",
             &self.name,
             "gro",
+            if on { "on" } else { "off" },
+        ])?;
+        Ok(())
+    }
+
+    /// Turns TX checksum offload on or off (`ethtool -K IF tx on|off`).
+    pub fn set_tx_checksum(&self, on: bool) -> Result<()> {
+        self.exec(&[
+            "ethtool",
+            "-K",
+            &self.name,
+            "tx",
             if on { "on" } else { "off" },
         ])?;
         Ok(())

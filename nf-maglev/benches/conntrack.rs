@@ -69,6 +69,27 @@ fn conntrack(c: &mut Criterion) {
                 acc
             })
         });
+        let mut at = 0;
+        g.bench_function(BenchmarkId::new("lookup_hit_prefetched", n), |b| {
+            b.iter(|| {
+                let mut acc = 0u32;
+                for burst in visits[at..at + BATCH].chunks(32) {
+                    for (_, h) in burst {
+                        ct.prefetch_bucket(*h);
+                    }
+                    for (_, h) in burst {
+                        ct.prefetch_entry(*h);
+                    }
+                    for (k, h) in burst {
+                        acc ^= ct
+                            .lookup(black_box(k), *h, 2, false)
+                            .map_or(0, |c| c.backend);
+                    }
+                }
+                at = (at + BATCH) % visits.len();
+                acc
+            })
+        });
         let fresh: Vec<(FlowKey, u64)> = (0..1u64 << 16)
             .map(|i| flow(n + i))
             .map(|k| (k, k.hash(1)))

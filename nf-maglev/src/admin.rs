@@ -35,8 +35,13 @@
 //! 400 for a malformed request or a configuration that does not validate, 403 for changes when the API is
 //! read-only (`--read-only-admin`; `GET` still works and `SIGHUP` still reloads), 404 for an unknown
 //! path, VIP or backend, 405 for a wrong method, 409 for a backend name that already exists or a reload
-//! that changes sections needing a restart (`umems`, `lports`, `threads`, `lcore-groups`), 500 when the
-//! XDP rules could not be updated.
+//! that changes sections needing a restart (`umems`, `lports`, `threads`, `lcore-groups`), 413 for a body
+//! over 64 KiB, 500 when the XDP claims could not be updated (the new state is published then), 503 while
+//! shutting down.
+//!
+//! Threads: the server thread reads each request (body included) and writes the reply; only routing runs
+//! on the control thread, so a slow client can delay other admin requests but never signal handling or
+//! reloads.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -445,34 +450,60 @@ fn state_json(api: &dyn Api) -> Value {
     doc
 }
 
-/// Reads the body of `req` (at most [`MAX_BODY`] bytes), routes it and sends the reply.
-pub(crate) fn serve(api: &mut dyn Api, read_only: bool, mut req: tiny_http::Request) {
+/// A request read off the connection, for the control thread to route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Incoming {
+    pub(crate) method: String,
+    pub(crate) url: String,
+    pub(crate) body: Vec<u8>,
+}
+
+/// Reads the method, URL and body (at most [`MAX_BODY`] bytes) of `req`, or the error reply to send.
+/// Runs on the server thread, so a client that is slow to send its body never holds up the control
+/// thread.
+pub(crate) fn read_request(req: &mut tiny_http::Request) -> Result<Incoming, Reply> {
     let mut body = Vec::new();
-    let reply = match req.as_reader().take(MAX_BODY + 1).read_to_end(&mut body) {
-        Err(e) => Reply::error(&ApiError::new(
+    match req.as_reader().take(MAX_BODY + 1).read_to_end(&mut body) {
+        Err(e) => Err(Reply::error(&ApiError::new(
             400,
             format!("cannot read the request body: {e}"),
-        )),
-        Ok(_) if body.len() as u64 > MAX_BODY => Reply::error(&ApiError::new(
+        ))),
+        Ok(_) if body.len() as u64 > MAX_BODY => Err(Reply::error(&ApiError::new(
             413,
             format!("request body exceeds {MAX_BODY} bytes"),
-        )),
-        Ok(_) => {
-            let method = req.method().to_string();
-            route(api, read_only, &method, req.url(), &body)
-        }
-    };
+        ))),
+        Ok(_) => Ok(Incoming {
+            method: req.method().to_string(),
+            url: req.url().to_owned(),
+            body,
+        }),
+    }
+}
+
+/// Routes a request on the control thread and logs changes and failures.
+pub(crate) fn handle_request(api: &mut dyn Api, read_only: bool, req: &Incoming) -> Reply {
+    let reply = route(api, read_only, &req.method, &req.url, &req.body);
     if reply.status >= 400 {
         log::info!(
             "admin: {} {} -> {} {}",
-            req.method(),
-            req.url(),
+            req.method,
+            req.url,
             reply.status,
             reply.body.trim()
         );
-    } else if req.method() != &tiny_http::Method::Get {
-        log::info!("admin: {} {} -> {}", req.method(), req.url(), reply.status);
+    } else if req.method != "GET" && req.method != "HEAD" {
+        log::info!("admin: {} {} -> {}", req.method, req.url, reply.status);
     }
+    reply
+}
+
+/// The reply when the control thread is gone (shutting down).
+pub(crate) fn unavailable() -> Reply {
+    Reply::error(&ApiError::new(503, "nf-maglev is shutting down"))
+}
+
+/// Sends `reply` on the server thread.
+pub(crate) fn respond(req: tiny_http::Request, reply: Reply) {
     let mut response = tiny_http::Response::from_string(reply.body).with_status_code(reply.status);
     if let Ok(h) =
         tiny_http::Header::from_bytes(&b"Content-Type"[..], reply.content_type.as_bytes())

@@ -5,8 +5,10 @@
 //! unique names and VIPs, address families, MAC addresses, and reports *every* problem with the key path it
 //! concerns (`maglev.vips[0].backends[1].name`), so one run of the validator fixes a whole file. The result,
 //! [`Validated`], is what the control plane builds state from: it cannot hold an inconsistent setting.
+//! [`from_config`] does both on a loaded `cne::config::Config`, with file and line in every message.
 
 use crate::maglev::{is_prime, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_TABLE_SIZE};
+use cne::config::{Config, ConfigError};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -333,6 +335,26 @@ fn default_weight() -> u32 {
 
 /// Validation problems: `(key path, message)` pairs, e.g. `("maglev.vips[0].port", "...")`.
 pub type Issues = Vec<(String, String)>;
+
+/// Reads and validates the `maglev` section of a loaded configuration. Every problem comes back as a
+/// [`ConfigError`] naming the file, the line and the key path (`maglev.vips[0].backends[1].name`).
+pub fn from_config(config: &Config) -> Result<Validated, Vec<ConfigError>> {
+    let section: MaglevSection = match config.section(SECTION) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            return Err(vec![
+                config.error_at(SECTION, "the configuration has no maglev section")
+            ])
+        }
+        Err(e) => return Err(vec![e]),
+    };
+    section.validate().map_err(|issues| {
+        issues
+            .iter()
+            .map(|(path, msg)| config.error_at(path, msg))
+            .collect()
+    })
+}
 
 /// Formats validation problems one per line, `path: message`.
 pub fn format_issues(issues: &[(String, String)]) -> String {
@@ -729,39 +751,8 @@ impl Validated {
 mod tests {
     use super::*;
 
-    /// Removes `//` and `/* */` comments outside strings (the full JSON-C reader lives in `cne::config`).
-    fn strip_comments(src: &str) -> String {
-        let (mut out, mut chars) = (String::new(), src.chars().peekable());
-        let mut in_str = false;
-        while let Some(c) = chars.next() {
-            if in_str {
-                out.push(c);
-                if c == '\\' {
-                    out.extend(chars.next());
-                } else if c == '"' {
-                    in_str = false;
-                }
-            } else if c == '/' && chars.peek() == Some(&'/') {
-                while chars.next_if(|&c| c != '\n').is_some() {}
-            } else if c == '/' && chars.peek() == Some(&'*') {
-                chars.next();
-                let mut prev = ' ';
-                for c in chars.by_ref() {
-                    if prev == '*' && c == '/' {
-                        break;
-                    }
-                    prev = c;
-                }
-            } else {
-                in_str = c == '"';
-                out.push(c);
-            }
-        }
-        out
-    }
-
     fn section(json: &str) -> Result<MaglevSection, serde_json::Error> {
-        serde_json::from_str(&strip_comments(json))
+        serde_json::from_str(json)
     }
 
     fn paths(issues: &Issues) -> Vec<&str> {
@@ -777,29 +768,10 @@ mod tests {
 
     #[test]
     fn shipped_file_parses_and_validates() {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../jsonc/maglev.jsonc"
-        ))
-        .expect("jsonc/maglev.jsonc is readable");
-        let all: serde_json::Value =
-            serde_json::from_str(&strip_comments(&text)).expect("valid JSON-C");
-        for key in [
-            "application",
-            "defaults",
-            "umems",
-            "lports",
-            "lcore-groups",
-            "options",
-            "threads",
-        ] {
-            assert!(all.get(key).is_some(), "CNDP section {key} present");
-        }
-        let s: MaglevSection =
-            serde_json::from_value(all[SECTION].clone()).expect("maglev section parses");
-        let v = s
-            .validate()
-            .unwrap_or_else(|e| panic!("{}", format_issues(&e)));
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../jsonc/maglev.jsonc");
+        let config = Config::load(path).expect("jsonc/maglev.jsonc loads as a CNDP configuration");
+        assert_eq!(config.lports().len(), 2);
+        let v = from_config(&config).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(v.vips.len(), 2);
         assert_eq!(
             (v.vips[0].name.as_str(), v.vips[0].mode),
@@ -816,6 +788,37 @@ mod tests {
             "2001:2::100".parse::<IpAddr>().expect("addr")
         );
         assert_eq!(v.local_v6, Some("2001:2::1".parse().expect("addr")));
+    }
+
+    #[test]
+    fn errors_from_a_file_name_file_line_and_key() {
+        let text = "{\n\"maglev\": {\n  \"table_size\": 65536,\n  \"vips\": [ { \"addr\": \"198.18.100.1\",\n    \"proto\": \"tcp\", \"port\": 80, \"mode\": \"l2dsr\",\n    \"backends\": [ { \"name\": \"a\", \"addr\": \"198.18.1.1\" } ] } ]\n}\n}\n";
+        let config = Config::parse(text, "lb.jsonc").expect("valid JSON-C");
+        let errors: Vec<String> = from_config(&config)
+            .expect_err("invalid")
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].starts_with("lb.jsonc:3: maglev.table_size: 65536 is not a prime"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].starts_with("lb.jsonc:6: maglev.vips[0].backends[0].mac"),
+            "{errors:?}"
+        );
+        let typo =
+            Config::parse("{ \"maglev\": { \"mtu\": \"big\" } }", "t.jsonc").expect("valid JSON-C");
+        let e = from_config(&typo).expect_err("wrong type")[0].to_string();
+        assert!(
+            e.contains("maglev.mtu") && e.contains("invalid type"),
+            "{e}"
+        );
+        let none = Config::parse("{}", "t.jsonc").expect("valid JSON-C");
+        assert!(from_config(&none).expect_err("no section")[0]
+            .to_string()
+            .contains("no maglev section"));
     }
 
     #[test]

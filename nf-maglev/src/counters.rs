@@ -22,7 +22,8 @@ pub enum DropReason {
     FragmentAmbiguous,
     /// The VIP has no backend with a positive weight.
     NoBackend,
-    /// After encapsulation the packet would exceed the MTU (an ICMP error goes back when allowed).
+    /// After encapsulation the packet would exceed the MTU. Counted also when an ICMP error is sent back in
+    /// its place (then the verdict is `Tx` and [`Counters::icmp_too_big`] counts the reply).
     TooBig,
     /// The frame has too little headroom for the encapsulation headers.
     NoHeadroom,

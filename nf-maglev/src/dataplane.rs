@@ -86,6 +86,16 @@ impl Worker {
         &self.counters
     }
 
+    /// Counts a frame and its verdict.
+    #[inline(always)]
+    fn count(&mut self, verdict: Verdict) {
+        self.counters.rx_packets += 1;
+        match verdict {
+            Verdict::Tx => self.counters.tx_packets += 1,
+            Verdict::Drop(reason) => self.counters.drop(reason),
+        }
+    }
+
     /// Takes over settings of a newly published state: counter room for new ids, timeouts, flood guard.
     /// Runs once per state change, not per packet.
     fn adopt(&mut self, state: &State) {
@@ -99,51 +109,122 @@ impl Worker {
 }
 
 /// Decides what to do with one frame and rewrites it for transmission. `now` is a monotonic clock in
-/// seconds, read once per burst.
+/// seconds, read once per burst. [`process_burst`] does the same for many frames, faster.
 #[inline]
 pub fn process<F: Frame>(frame: &mut F, state: &State, worker: &mut Worker, now: u32) -> Verdict {
     if worker.generation != state.generation {
         worker.adopt(state);
     }
-    worker.counters.rx_packets += 1;
-    let verdict = handle(frame, state, worker, now);
-    match verdict {
-        Verdict::Tx => worker.counters.tx_packets += 1,
-        Verdict::Drop(reason) => worker.counters.drop(reason),
-    }
+    let verdict = match classify(frame, state, worker) {
+        Step::Done(v) => v,
+        Step::Flow(flow) => finish(frame, &flow, state, worker, now),
+    };
+    worker.count(verdict);
     verdict
 }
 
+/// Frames handled per pipeline pass of [`process_burst`]: enough to overlap many cache misses, few enough that
+/// the per-frame state stays in L1.
+pub const PIPELINE: usize = 32;
+
+/// [`process`] for a burst: `verdicts[i]` receives the verdict of `frames[i]`, for the first
+/// `min(frames.len(), verdicts.len())` frames.
+///
+/// The frames go through in groups of [`PIPELINE`], in three passes: parse and hash every frame, then touch
+/// the connection-table bucket of every flow, then look up and forward. With a table much larger than the
+/// caches (a million flows), the bucket and entry loads of a whole group are then in flight together instead
+/// of one after another, which is most of the cost per packet. Results are the same as [`process`] frame by
+/// frame.
+pub fn process_burst<F: Frame>(
+    frames: &mut [F],
+    verdicts: &mut [Verdict],
+    state: &State,
+    worker: &mut Worker,
+    now: u32,
+) {
+    if worker.generation != state.generation {
+        worker.adopt(state);
+    }
+    let n = frames.len().min(verdicts.len());
+    for (frames, verdicts) in frames[..n]
+        .chunks_mut(PIPELINE)
+        .zip(verdicts[..n].chunks_mut(PIPELINE))
+    {
+        let mut steps = [Step::Done(Verdict::Tx); PIPELINE];
+        for (step, frame) in steps.iter_mut().zip(frames.iter_mut()) {
+            *step = classify(frame, state, worker);
+        }
+        let flows = || {
+            steps[..frames.len()].iter().filter_map(|s| match s {
+                Step::Flow(f) if !f.info.is_fragment => Some(f.hash),
+                _ => None,
+            })
+        };
+        for hash in flows() {
+            worker.conntrack.prefetch_bucket(hash);
+        }
+        for hash in flows() {
+            worker.conntrack.prefetch_entry(hash);
+        }
+        for ((step, frame), verdict) in steps.iter().zip(frames.iter_mut()).zip(verdicts.iter_mut())
+        {
+            *verdict = match step {
+                Step::Done(v) => *v,
+                Step::Flow(flow) => finish(frame, flow, state, worker, now),
+            };
+            worker.count(*verdict);
+        }
+    }
+}
+
+/// A frame after the first pass: decided, or a VIP packet with its flow.
+#[derive(Clone, Copy)]
+enum Step<'s> {
+    Done(Verdict),
+    Flow(Flow<'s>),
+}
+
+/// A packet for a VIP.
+#[derive(Clone, Copy)]
+struct Flow<'s> {
+    info: FrameInfo,
+    vip: &'s VipState,
+    key: FlowKey,
+    hash: u64,
+}
+
+/// Parses the frame and finds its VIP and flow; answers ARP and neighbour solicitations on the way.
 #[inline(always)]
-fn handle<F: Frame>(frame: &mut F, state: &State, worker: &mut Worker, now: u32) -> Verdict {
+fn classify<'s, F: Frame>(frame: &mut F, state: &'s State, worker: &mut Worker) -> Step<'s> {
     let Ok(info) = wire::parse_frame(frame.data()) else {
-        return Verdict::Drop(DropReason::Malformed);
+        return Step::Done(Verdict::Drop(DropReason::Malformed));
     };
     let Some(version) = info.ip_version else {
         if info.ethertype == EtherType::Arp && state.claim_all {
-            return answer_arp(frame, &info, state, worker);
+            return Step::Done(answer_arp(frame, &info, state, worker));
         }
-        return Verdict::Drop(DropReason::NotIp);
+        return Step::Done(Verdict::Drop(DropReason::NotIp));
     };
     let proto = u8::from(info.l4_protocol);
     let (src, dst) = (Addr::from(info.src), Addr::from(info.dst));
     if version == IpVersion::V6 && info.l4_protocol == IpProtocol::Icmpv6 && state.claim_all {
         if let Some(v) = answer_neighbor_solicitation(frame, &info, state, worker) {
-            return v;
+            return Step::Done(v);
         }
     }
-
     // Fragments carry no ports past the first: they match by address and protocol and hash on the 3-tuple.
     let (vip, sport, dport) = if info.is_fragment {
         match state.vip_for_fragment(dst, proto) {
             FragmentVip::Vip(v) => (v, 0, 0),
-            FragmentVip::Ambiguous => return Verdict::Drop(DropReason::FragmentAmbiguous),
-            FragmentVip::None => return Verdict::Drop(DropReason::NoVip),
+            FragmentVip::Ambiguous => {
+                return Step::Done(Verdict::Drop(DropReason::FragmentAmbiguous))
+            }
+            FragmentVip::None => return Step::Done(Verdict::Drop(DropReason::NoVip)),
         }
     } else {
         match state.vip(dst, proto, info.dst_port) {
             Some(v) => (v, info.src_port, info.dst_port),
-            None => return Verdict::Drop(DropReason::NoVip),
+            None => return Step::Done(Verdict::Drop(DropReason::NoVip)),
         }
     };
     let key = FlowKey {
@@ -153,17 +234,38 @@ fn handle<F: Frame>(frame: &mut F, state: &State, worker: &mut Worker, now: u32)
         dport,
         proto,
     };
-    let hash = key.hash(state.hash_seed);
+    Step::Flow(Flow {
+        info,
+        vip,
+        key,
+        hash: key.hash(state.hash_seed),
+    })
+}
+
+/// Chooses the backend of a VIP packet and rewrites the frame for it.
+#[inline(always)]
+fn finish<F: Frame>(
+    frame: &mut F,
+    flow: &Flow<'_>,
+    state: &State,
+    worker: &mut Worker,
+    now: u32,
+) -> Verdict {
+    let Flow {
+        info,
+        vip,
+        key,
+        hash,
+    } = flow;
     let picked = if info.is_fragment {
         worker.counters.fragments += 1;
-        vip.pick(hash).map(|(_, b)| (b, false))
+        vip.pick(*hash).map(|(_, b)| (b, false))
     } else {
-        select(vip, &key, hash, info.tcp_flags, worker, now)
+        select(vip, key, *hash, info.tcp_flags, worker, now)
     };
     let Some((backend, new_conn)) = picked else {
         return Verdict::Drop(DropReason::NoBackend);
     };
-
     let bytes = frame.len();
     let outcome = match vip.mode {
         Mode::L2dsr => {
@@ -172,7 +274,7 @@ fn handle<F: Frame>(frame: &mut F, state: &State, worker: &mut Worker, now: u32)
             d[6..12].copy_from_slice(&worker.mac);
             Outcome::Forwarded
         }
-        Mode::Gre => encap_gre(frame, &info, state, worker.mac, backend, hash),
+        Mode::Gre => encap_gre(frame, info, state, worker.mac, backend, *hash),
     };
     match outcome {
         Outcome::Forwarded => {
@@ -1247,6 +1349,50 @@ mod tests {
         // Nearly every new flow goes to the heavy new backend, and its counters exist.
         backends_of(&state, &mut w, &flows(100), SYN, 1);
         assert!(w.counters().backends[id as usize].packets > 90);
+    }
+
+    #[test]
+    fn burst_equals_one_by_one() {
+        let c = control();
+        let state = c.state();
+        let mut inputs: Vec<Vec<u8>> = vec![
+            bytes(GRE4_IN, None),
+            bytes(GRE6_IN, None),
+            bytes(MIXED_IN, None),
+            bytes(DSR_IN, None),
+            bytes(VLAN_IN, None),
+            bytes(BIG4_IN, Some(BIG4_IN_TAIL)),
+            bytes(ARP_IN, None),
+            bytes(NS_IN, None),
+            vec![1, 2, 3],
+            frag4([198, 18, 50, 1], POOL, 6, 1, 8, false, &[0; 8]),
+        ];
+        // 70 frames: more than two pipeline groups, with repeated flows inside one group.
+        for i in 0..60u32 {
+            let flags = if i % 3 == 0 { SYN } else { ACK };
+            inputs.push(tcp4(
+                [198, 18, 60, (i % 20) as u8],
+                2000 + (i % 25) as u16,
+                POOL,
+                443,
+                flags,
+            ));
+        }
+        let mut one = Worker::new(LB_MAC, &state);
+        let expected: Vec<(Verdict, Vec<u8>)> =
+            inputs.iter().map(|f| run(&state, &mut one, f, 5)).collect();
+        let mut burst = Worker::new(LB_MAC, &state);
+        let mut frames: Vec<VecFrame> = inputs.iter().map(|f| VecFrame::from_bytes(f)).collect();
+        let mut verdicts = vec![Verdict::Drop(DropReason::Malformed); frames.len()];
+        process_burst(&mut frames, &mut verdicts, &state, &mut burst, 5);
+        for (i, ((v, out), f)) in expected.iter().zip(&frames).enumerate() {
+            assert_eq!((verdicts[i], f.data()), (*v, &out[..]), "frame {i}");
+        }
+        assert_eq!(one.counters(), burst.counters());
+        // A shorter verdict slice limits the burst instead of panicking.
+        let mut two = [Verdict::Tx; 2];
+        process_burst(&mut frames, &mut two, &state, &mut burst, 5);
+        assert_eq!(burst.counters().rx_packets, inputs.len() as u64 + 2);
     }
 
     fn state_and_worker() -> (std::sync::Arc<State>, Worker) {

@@ -23,7 +23,7 @@ pub const DEFAULT_TABLE_SIZE: u32 = 65537;
 /// The largest table size accepted (a prime just above 2^24 would still fit; this bounds memory to 32 MiB).
 pub const MAX_TABLE_SIZE: u32 = 16_777_213;
 
-/// The most backends one table can hold: slots are `u16` and [`EMPTY`] is reserved.
+/// The most backends one table can hold: slots are `u16` and `u16::MAX` marks a free slot while building.
 pub const MAX_BACKENDS: usize = u16::MAX as usize;
 
 /// Slot value that never names a backend.
@@ -55,7 +55,7 @@ pub struct Member<'a> {
 /// A built Maglev table: `M` slots, each the index of a backend in the slice given to [`Table::build`].
 #[derive(Clone, PartialEq, Eq)]
 pub struct Table {
-    /// Empty when no backend has a positive weight, otherwise `M` entries, none [`EMPTY`].
+    /// Empty when no backend has a positive weight, otherwise `M` entries, none `EMPTY`.
     slots: Box<[u16]>,
 }
 

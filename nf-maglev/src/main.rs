@@ -45,7 +45,7 @@ use cne::config::Config;
 use cne::instance::{Instance, InstanceOptions};
 use cne::xdp::{AddrFlags, Rule};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use nf_maglev::config::{Mac, MaglevSection, Validated, SECTION};
+use nf_maglev::config::{Mac, Validated};
 use nf_maglev::control::{Control, ControlError, State};
 use serde_json::{json, Value};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -159,43 +159,26 @@ struct LoadError {
     issues: Vec<(String, String)>,
 }
 
-impl From<cne::config::ConfigError> for LoadError {
-    fn from(e: cne::config::ConfigError) -> Self {
-        Self {
-            message: e.to_string(),
-            issues: Vec::new(),
-        }
-    }
-}
-
 /// Reads the `maglev` section of `config` and validates it. `claim_all` (the `--claim-all` flag) makes
 /// the data plane answer ARP and neighbour discovery whatever the section says: every frame reaches it
 /// and nothing else could answer.
-fn maglev_section(
-    config: &Config,
-    claim_all: bool,
-) -> Result<(MaglevSection, Validated), LoadError> {
-    let mut section: MaglevSection = config.section(SECTION)?.ok_or_else(|| {
-        config.error_at(
-            "",
-            format!("no \"{SECTION}\" section: the load balancer needs its VIPs"),
-        )
+fn maglev_section(config: &Config, claim_all: bool) -> Result<Validated, LoadError> {
+    let mut v = nf_maglev::config::from_config(config).map_err(|errors| LoadError {
+        message: errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        issues: errors
+            .iter()
+            .map(|e| (e.key_path().to_owned(), e.to_string()))
+            .collect(),
     })?;
-    if claim_all && !section.claim_all {
+    if claim_all && !v.claim_all {
         log::info!("--claim-all: the data plane answers ARP and neighbour discovery for the VIPs");
-        section.claim_all = true;
+        v.claim_all = true;
     }
-    match section.validate() {
-        Ok(v) => Ok((section, v)),
-        Err(issues) => Err(LoadError {
-            message: issues
-                .iter()
-                .map(|(p, m)| config.error_at(p, m).to_string())
-                .collect::<Vec<_>>()
-                .join("\n"),
-            issues,
-        }),
-    }
+    Ok(v)
 }
 
 /// The sections a running instance cannot change (they shaped its UMEMs, sockets and threads), with free
@@ -319,12 +302,12 @@ impl Runtime {
                 ),
             ));
         }
-        let (section, _) = maglev_section(&config, self.claim_all).map_err(|e| ApiError {
+        let validated = maglev_section(&config, self.claim_all).map_err(|e| ApiError {
             status: 400,
             message: e.message,
             issues: e.issues,
         })?;
-        self.control.reload(&section)?;
+        self.control.reload(&validated.to_section())?;
         self.apply_claims()
     }
 }
@@ -417,8 +400,8 @@ enum Event {
     Stop(&'static str),
     /// SIGHUP.
     Reload,
-    /// An admin or metrics request.
-    Http(tiny_http::Request),
+    /// An admin or metrics request, and where its reply goes.
+    Http(admin::Incoming, Sender<admin::Reply>),
 }
 
 fn run_lb(cli: &Cli) -> Result<()> {
@@ -430,7 +413,7 @@ fn run_lb(cli: &Cli) -> Result<()> {
     // killing a process that may already hold XDP programs.
     let signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).context("registering signal handlers")?;
     let config = Config::load(&path)?;
-    let (_, validated) = maglev_section(&config, cli.claim_all).map_err(|e| anyhow!(e.message))?;
+    let validated = maglev_section(&config, cli.claim_all).map_err(|e| anyhow!(e.message))?;
     let control = Control::new(validated).context("building the Maglev tables")?;
     let listener = TcpListener::bind(cli.listen)
         .with_context(|| format!("binding the admin/metrics address {}", cli.listen))?;
@@ -601,18 +584,27 @@ fn serve(
             .name("admin".into())
             .spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
-                    match server.recv() {
-                        Ok(rq) => {
-                            if tx.send(Event::Http(rq)).is_err() {
-                                break;
-                            }
-                        }
+                    let mut rq = match server.recv() {
+                        Ok(rq) => rq,
                         Err(e) if !stop.load(Ordering::SeqCst) => {
                             log::warn!("admin server: {e}");
                             thread::sleep(Duration::from_millis(100));
+                            continue;
                         }
                         Err(_) => break,
-                    }
+                    };
+                    let reply = match admin::read_request(&mut rq) {
+                        Err(reply) => reply,
+                        Ok(incoming) => {
+                            let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+                            if tx.send(Event::Http(incoming, reply_tx)).is_err() {
+                                admin::respond(rq, admin::unavailable());
+                                break;
+                            }
+                            reply_rx.recv().unwrap_or_else(|_| admin::unavailable())
+                        }
+                    };
+                    admin::respond(rq, reply);
                 }
             })
             .context("spawning the admin server thread")?
@@ -632,6 +624,8 @@ fn serve(
     signal_handle.close();
     http_stop.store(true, Ordering::SeqCst);
     server.unblock();
+    // Dropping the queue drops the reply senders of requests still in it: their clients get a 503.
+    drop(rx);
     let _ = signal_thread.join();
     let _ = http_thread.join();
     result
@@ -657,7 +651,10 @@ fn control_loop(
                 // The outcome is logged and counted by `reload`.
                 let _ = rt.reload();
             }
-            Ok(Event::Http(req)) => admin::serve(rt, read_only, req),
+            Ok(Event::Http(req, reply)) => {
+                // The server thread may have given up on the client; nothing to do then.
+                let _ = reply.send(admin::handle_request(rt, read_only, &req));
+            }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
         }
@@ -712,7 +709,7 @@ mod tests {
 
     #[test]
     fn claims_cover_ports_all_ports_fragments_and_neighbours() {
-        let (_, v) = maglev_section(&config(MAGLEV, "x", 0), false).expect("valid");
+        let v = maglev_section(&config(MAGLEV, "x", 0), false).expect("valid");
         let state = Control::new(v).expect("builds").state();
         let (rules, addrs) = claims(&state);
         let vip: IpAddr = "198.18.100.1".parse().expect("ip");
@@ -727,7 +724,7 @@ mod tests {
         );
         assert_eq!(addrs, [(vip, AddrFlags::FRAGS), (v6, AddrFlags::FRAGS)]);
         // --claim-all makes the data plane answer ARP / ND, so the filter claims them in rule mode too.
-        let (_, v) = maglev_section(&config(MAGLEV, "x", 0), true).expect("valid");
+        let v = maglev_section(&config(MAGLEV, "x", 0), true).expect("valid");
         assert!(v.claim_all);
         let (_, addrs) = claims(&Control::new(v).expect("builds").state());
         assert!(addrs
@@ -757,7 +754,7 @@ mod tests {
         let text = format!("{{ {CNE} }}").replace("DESC", "x");
         let e = maglev_section(&Config::parse(&text, "t.jsonc").expect("parses"), false)
             .expect_err("no section");
-        assert!(e.message.contains("no \"maglev\" section"), "{}", e.message);
+        assert!(e.message.contains("no maglev section"), "{}", e.message);
     }
 
     #[test]

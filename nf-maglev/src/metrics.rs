@@ -575,3 +575,225 @@ pub(crate) fn render(registry: &Registry) -> prometheus::Result<String> {
 
 /// The content type of [`render`]'s output.
 pub(crate) const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::PortReport;
+    use cne::stats::PortStats;
+    use nf_maglev::config::MaglevSection;
+    use nf_maglev::control::Control;
+    use nf_maglev::counters::Counters;
+
+    fn control() -> Control {
+        let s: MaglevSection = serde_json::from_str(
+            r#"{ "table_size": 251, "local_addrs": ["198.18.0.1"], "gateway_mac": "02:00:00:00:00:fe",
+                 "vips": [ { "name": "web", "addr": "198.18.100.1", "proto": "tcp", "port": 80, "mode": "gre",
+                             "backends": [ { "name": "a", "addr": "198.18.1.1" },
+                                           { "name": "b", "addr": "198.18.1.2", "weight": 0 } ] } ] }"#,
+        )
+        .expect("parses");
+        Control::new(s.validate().expect("valid")).expect("builds")
+    }
+
+    /// One sample: name, labels, value.
+    type Sample = (String, Vec<(String, String)>, f64);
+
+    /// A sample line: `name{l="v",...} value` -> (name, labels, value).
+    fn parse_sample(line: &str) -> Sample {
+        let (head, value) = line.rsplit_once(' ').expect("value");
+        let value: f64 = value.parse().expect("numeric value");
+        let (name, labels) = match head.split_once('{') {
+            None => (head.to_owned(), Vec::new()),
+            Some((n, rest)) => {
+                let body = rest.strip_suffix('}').expect("closing brace");
+                let labels = body
+                    .split("\",")
+                    .filter(|s| !s.is_empty())
+                    .map(|kv| {
+                        let (k, v) = kv.split_once("=\"").expect("label=\"value\"");
+                        (k.to_owned(), v.trim_end_matches('"').to_owned())
+                    })
+                    .collect();
+                (n.to_owned(), labels)
+            }
+        };
+        (name, labels, value)
+    }
+
+    /// Checks the exposition format's rules that matter to a scraper and returns the samples.
+    fn check_format(text: &str) -> Vec<Sample> {
+        let mut types: HashMap<String, String> = HashMap::new();
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("type");
+                assert!(
+                    types.insert(name.to_owned(), kind.to_owned()).is_none(),
+                    "{name} typed twice"
+                );
+                assert_eq!(
+                    name.ends_with("_total"),
+                    kind == "counter",
+                    "{name}: counters and only counters end in _total"
+                );
+            } else if line.starts_with("# HELP ") {
+                continue;
+            } else {
+                let (name, labels, value) = parse_sample(line);
+                assert!(types.contains_key(&name), "{name} sampled before its TYPE");
+                assert!(name.starts_with("nf_maglev_"), "{name}");
+                assert!(
+                    name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                    "{name}"
+                );
+                assert!(value.is_finite() && value >= 0.0, "{line}");
+                samples.push((name, labels, value));
+            }
+        }
+        samples
+    }
+
+    fn find<'a>(samples: &'a [Sample], name: &str, labels: &[(&str, &str)]) -> Option<&'a f64> {
+        samples
+            .iter()
+            .find(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|(_, _, v)| v)
+    }
+
+    #[test]
+    fn families_are_built_from_the_snapshots() {
+        let c = control();
+        let state = c.state();
+        let web = state.vip_by_name("web").expect("vip");
+        let a = web.backends()[0].id;
+        let mut counters = Counters::new(state.vip_id_bound, state.backend_id_bound);
+        counters.forwarded(web.id, a, 100, true);
+        counters.forwarded(web.id, a, 60, false);
+        counters.drop(DropReason::NoVip);
+        counters.arp_replies = 2;
+        counters.conntrack.evicted = 7;
+        let mut stats = PortStats {
+            rx_packets: 11,
+            ..PortStats::default()
+        };
+        stats.kernel.rx_ring_full = 3;
+        let slot = crate::worker::new_slot();
+        slot.store(Arc::new(vec![PortReport {
+            lport: "eth9:0".into(),
+            netdev: "eth9".into(),
+            queue: 1,
+            mode: "native/copy".into(),
+            stats,
+            counters,
+            conntrack_entries: 5,
+            conntrack_capacity: 64,
+        }]));
+        let control_stats = Arc::new(Mutex::new(ControlStats {
+            rebuilds: c.rebuilds(),
+            reloads_applied: 1,
+            reloads_rejected: 2,
+            filters: vec![(
+                "eth9".into(),
+                FilterStats {
+                    claimed: 9,
+                    passed: 4,
+                    redirect_failed: 0,
+                },
+            )],
+        }));
+        let reg = registry(Sources {
+            state: c.shared(),
+            workers: vec![slot],
+            control: control_stats,
+        })
+        .expect("registers");
+        let text = render(&reg).expect("renders");
+        let s = check_format(&text);
+        let pq = [("port", "eth9"), ("queue", "1")];
+        let wa = [("vip", "web"), ("backend", "a")];
+        let wb = [("vip", "web"), ("backend", "b")];
+        for (name, labels, want) in [
+            ("nf_maglev_port_rx_packets_total", &pq[..], 11.0),
+            ("nf_maglev_port_xdp_rx_ring_full_total", &pq[..], 3.0),
+            (
+                "nf_maglev_port_info",
+                &[("lport", "eth9:0"), ("mode", "native/copy")][..],
+                1.0,
+            ),
+            ("nf_maglev_conntrack_entries", &pq[..], 5.0),
+            ("nf_maglev_conntrack_evictions_total", &pq[..], 7.0),
+            (
+                "nf_maglev_xdp_filter_claimed_packets_total",
+                &[("port", "eth9")][..],
+                9.0,
+            ),
+            (
+                "nf_maglev_dropped_packets_total",
+                &[("reason", "no_vip")][..],
+                1.0,
+            ),
+            (
+                "nf_maglev_dropped_packets_total",
+                &[("reason", "malformed")][..],
+                0.0,
+            ),
+            ("nf_maglev_replies_total", &[("kind", "arp")][..], 2.0),
+            ("nf_maglev_vip_packets_total", &[("vip", "web")][..], 2.0),
+            ("nf_maglev_vip_bytes_total", &[("vip", "web")][..], 160.0),
+            ("nf_maglev_backend_new_connections_total", &wa[..], 1.0),
+            ("nf_maglev_backend_weight", &wb[..], 0.0),
+            ("nf_maglev_backend_table_entries", &wa[..], 251.0),
+            ("nf_maglev_backend_table_share", &wa[..], 1.0),
+            ("nf_maglev_backend_table_share", &wb[..], 0.0),
+            ("nf_maglev_table_rebuilds_total", &[][..], 1.0),
+            (
+                "nf_maglev_reloads_total",
+                &[("result", "rejected")][..],
+                2.0,
+            ),
+            ("nf_maglev_state_generation", &[][..], 1.0),
+            (
+                "nf_maglev_build_info",
+                &[("version", env!("CARGO_PKG_VERSION"))][..],
+                1.0,
+            ),
+        ] {
+            assert_eq!(
+                find(&s, name, labels),
+                Some(&want),
+                "{name} {labels:?} in:\n{text}"
+            );
+        }
+        for def in ALL {
+            assert!(
+                text.contains(&format!("# TYPE {} ", def.name)),
+                "{} missing",
+                def.name
+            );
+        }
+    }
+
+    #[test]
+    fn a_change_shows_at_the_next_scrape() {
+        let mut c = control();
+        let reg = registry(Sources {
+            state: c.shared(),
+            workers: Vec::new(),
+            control: Arc::default(),
+        })
+        .expect("registers");
+        c.set_weight("web", "b", 1).expect("sets");
+        let s = check_format(&render(&reg).expect("renders"));
+        let wb = [("vip", "web"), ("backend", "b")];
+        assert_eq!(find(&s, "nf_maglev_backend_weight", &wb), Some(&1.0));
+        let share = find(&s, "nf_maglev_backend_table_share", &wb).expect("share");
+        assert!((share - 0.5).abs() < 0.01, "{share}");
+        assert_eq!(find(&s, "nf_maglev_state_generation", &[]), Some(&2.0));
+    }
+}

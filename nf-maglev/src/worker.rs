@@ -4,9 +4,9 @@
 //! connection table, counters and source MAC of that port. Flows of a queue always arrive on that queue,
 //! so a table per port is a table per flow set, as Maglev's per-thread tables are.
 //!
-//! Loop: receive a burst, load the published [`State`] once for it (arc-swap guard: no lock, no reference
-//! count), run [`dataplane::process`] on each packet, send the packets it rewrote on the same port in one
-//! `tx_burst`, then let [`AdaptiveWait`] spin or sleep when there was nothing to do. Nothing in the loop
+//! Loop: receive a burst, load the published [`State`](nf_maglev::control::State) once for it (arc-swap guard: no lock, no reference
+//! count), run [`dataplane::process_burst`] over it (which overlaps the connection-table cache misses of
+//! the burst's flows), send the packets it rewrote on the same port in one `tx_burst`, then let [`AdaptiveWait`] spin or sleep when there was nothing to do. Nothing in the loop
 //! allocates, locks or makes a system call per packet: the receive and transmit vectors are reserved once,
 //! and the rings are driven by index arithmetic in `cne`.
 //!
@@ -107,7 +107,10 @@ pub(crate) fn run(w: cne::instance::Worker, setup: Setup) -> anyhow::Result<()> 
         }
         let mut rx = Vec::with_capacity(BURST);
         let mut tx = Vec::with_capacity(BURST);
+        let mut verdicts = [Verdict::Tx; BURST];
         let mut entries = vec![0u64; ports.len()];
+        // Reports exist from the start, so metrics list every queue before its first packet.
+        publish(ports, &lports, &mut dps, &entries, &slot);
         let mut last_publish = Instant::now();
         let mut last_count: Option<Instant> = None;
         while !stop.load(Ordering::Relaxed) {
@@ -121,8 +124,10 @@ pub(crate) fn run(w: cne::instance::Worker, setup: Setup) -> anyhow::Result<()> 
                         continue;
                     }
                     work += rx.len();
-                    for mut pkt in rx.drain(..) {
-                        if dataplane::process(&mut pkt, &state, dp, now) == Verdict::Tx {
+                    dataplane::process_burst(&mut rx, &mut verdicts, &state, dp, now);
+                    for (pkt, v) in rx.drain(..).zip(&verdicts) {
+                        // A dropped packet's frame goes back to the pool here.
+                        if *v == Verdict::Tx {
                             tx.push(pkt);
                         }
                     }
