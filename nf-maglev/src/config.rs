@@ -19,7 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 pub const SECTION: &str = "maglev";
 /// Default connection-table entries per worker.
 pub const DEFAULT_CONNTRACK_SIZE: u32 = 1 << 18;
-/// Most connection-table entries per worker (72 bytes each: 4.5 GiB).
+/// Most connection-table entries per worker (73 bytes each: 4.6 GiB).
 pub const MAX_CONNTRACK_SIZE: u32 = 1 << 26;
 /// Default idle timeout of an open TCP connection, seconds (the IPVS default).
 pub const DEFAULT_TCP_TIMEOUT_S: u32 = 900;
@@ -225,7 +225,7 @@ pub struct MaglevSection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConntrackSection {
-    /// Entries per worker (rounded up to a power of two; 72 bytes each).
+    /// Entries per worker (rounded up to a multiple of 7; 73 bytes each).
     #[serde(default = "default_conntrack_size")]
     pub size: u32,
     /// Idle timeout of an open TCP connection, seconds.
