@@ -7,9 +7,10 @@
 //! Layout: 7-way set-associative. A flow hash picks a bucket of 512 bytes, aligned: a header cache line with a
 //! 32-bit tag and an expiry time per way, then the seven entries (key, backend), one cache line each. A lookup
 //! reads the header and, on a tag match, one entry: two cache lines in one page, so a table far larger than
-//! the TLB's reach costs one page walk per lookup, not two (73 bytes per entry). Storing the *expiry* rather than the last-seen time lets a
-//! full bucket pick its victim from the header alone: an expired way if any, otherwise the way closest to
-//! expiry, which is the least recently used among flows of one kind and prefers closing TCP connections.
+//! the TLB's reach costs one page walk per lookup, not two (73 bytes per entry). Storing the *expiry* rather
+//! than the last-seen time lets a full bucket pick its victim from the header alone: an expired way if any,
+//! otherwise the way closest to expiry, which is the least recently used among flows of one kind and prefers
+//! closing TCP connections.
 //!
 //! Time is a monotonic clock in whole seconds (read once per burst): timeouts have one-second granularity.
 //!
