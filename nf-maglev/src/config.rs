@@ -7,6 +7,7 @@
 //! [`Validated`], is what the control plane builds state from: it cannot hold an inconsistent setting.
 //! [`from_config`] does both on a loaded `cne::config::Config`, with file and line in every message.
 
+pub use crate::maglev::MAX_WEIGHT;
 use crate::maglev::{is_prime, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_TABLE_SIZE};
 use cne::config::{Config, ConfigError};
 use serde::de::{self, Deserializer, Visitor};
@@ -37,8 +38,6 @@ pub const MIN_MTU: u16 = 1280;
 pub const MAX_MTU: u16 = 9216;
 /// Default backend weight.
 pub const DEFAULT_WEIGHT: u32 = 1;
-/// Largest backend weight: weights are relative, and the table builder's rounds grow with the weight spread.
-pub const MAX_WEIGHT: u32 = 1_000_000;
 /// Longest name of a VIP or backend (names label metrics and are hashed into the table).
 pub const MAX_NAME_LEN: usize = 128;
 
