@@ -203,7 +203,8 @@ impl ConnTrack {
 
     /// Starts loading the bucket header of `hash` into the cache, so that a lookup a few packets later finds
     /// it there. Issuing this for a whole burst before the lookups overlaps the cache misses of a large table
-    /// instead of paying them one after another. (A plain load: prefetch instructions need `unsafe`.)
+    /// instead of paying them one after another. It is a plain load: this crate forbids the intrinsics that
+    /// would issue a true prefetch.
     #[inline]
     pub fn prefetch_bucket(&self, hash: u64) {
         let (b, _) = self.place(hash);
