@@ -95,6 +95,29 @@ fn traffic(mode: Mode) {
     spread_check(&lab, &spec, IpAddr::V6(VIP6), 400);
     check_affinity(&lab, IpAddr::V6(VIP6), 20, 30);
 
+    // The client found the load balancer by ARP and neighbour discovery (no static entries): the XDP
+    // filter passed those to the load balancer's kernel, which answered for its own addresses.
+    let lb_mac = lab.lb(0).mac().to_string();
+    for addr in [lab.lb(0).v4().to_string(), lab.lb(0).v6().to_string()] {
+        let neigh = lab
+            .client()
+            .ns()
+            .ip(&["neigh", "show", &addr, "dev", maglev_lab::CLIENT_IF])
+            .unwrap();
+        assert!(
+            neigh.contains(&lb_mac) && !neigh.contains("PERMANENT"),
+            "client's neighbour entry for {addr}: {neigh:?}"
+        );
+    }
+    let passed = lab
+        .metrics(0)
+        .unwrap()
+        .sum("nf_maglev_xdp_filter_passed_packets_total", &[]);
+    assert!(
+        passed >= 2.0,
+        "the XDP filter passed {passed} frames to the kernel"
+    );
+
     let frags_before = lab
         .metrics(0)
         .unwrap()
