@@ -21,8 +21,10 @@
 //! MTU: the client's link is 1400 bytes, every other link 1500. GRE adds 24 bytes (IPv4 outer header +
 //! GRE) or 44 (IPv6), so a full-size client packet still fits towards the backends once encapsulated, and
 //! the load balancer never has to answer "fragmentation needed". The client sends with transmit checksum
-//! offload off, so frames the load balancer takes through AF_XDP carry complete checksums (a veth passes
-//! partially-checksummed packets on, and AF_XDP cannot finish them). nf-maglev transmits through AF_XDP
+//! offload off, so frames the load balancer takes through AF_XDP carry complete checksums: a veth hands
+//! partially-checksummed packets (CHECKSUM_PARTIAL) on as they are, AF_XDP copies them without finishing
+//! the checksum, and the backends then drop every forwarded segment (measured: with offload on, no
+//! connection gets through). nf-maglev transmits through AF_XDP
 //! in copy mode, which takes the kernel's skb path, so the bridge-side veth accepts its frames without an
 //! XDP program or GRO of its own (frames sent by XDP_TX or redirect would need one).
 //!
@@ -30,8 +32,9 @@
 //! reaches everybody), bridge netfilter hooks off (the kernel here has br_netfilter built in, and it would
 //! validate and drop the malformed frames the robustness test sends), and one static FDB entry per host MAC.
 //!
-//! Every namespace comes from [`Netns`] (unique `lab<pid>_...` names); the links inside have fixed, readable
-//! names since a namespace is a private name space. Processes are [`Proc`]s. `Drop` asks every process to
+//! Every namespace comes from [`Netns`]: the names above are roles, the real names are unique
+//! (`lab<pid>_<n>sw`, `..c`, `..lb`, `..b`), so labs of concurrent processes never meet. The links inside
+//! have the fixed, readable names shown, since each namespace is a name space of its own. Processes are [`Proc`]s. `Drop` asks every process to
 //! stop at once, then reaps them, then deletes the namespaces (which removes links and XDP programs) and
 //! the working directory (configuration files, the Python programs).
 
