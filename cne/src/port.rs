@@ -1119,8 +1119,10 @@ pub struct Port<'pool> {
     lent_tx: u32,
     /// Every TX needs a `sendto` (copy mode, busy polling, or need-wakeup off).
     kick_always: bool,
-    /// Empty RX polls call `recvfrom` (zero-copy with need-wakeup, busy polling).
+    /// Empty RX polls call `recvfrom` when the fill ring asks (zero-copy with need-wakeup).
     rx_wakeup: bool,
+    /// Empty RX polls always call `recvfrom`, which runs the kernel's busy-poll loop.
+    busy_poll: bool,
     /// TX kicks per burst while the kernel answers EAGAIN.
     max_kicks: u32,
 }
@@ -1143,7 +1145,8 @@ impl<'pool> Port<'pool> {
         let mode = sock.mode;
         let mut port = Self {
             kick_always: !mode.zero_copy || mode.busy_poll || !mode.need_wakeup,
-            rx_wakeup: mode.busy_poll || (mode.zero_copy && mode.need_wakeup),
+            rx_wakeup: mode.zero_copy && mode.need_wakeup,
+            busy_poll: mode.busy_poll,
             max_kicks: if sock.tx_budget_raised { 1 } else { 4 },
             sock,
             pool,
@@ -1158,6 +1161,9 @@ impl<'pool> Port<'pool> {
     /// Receives up to `max` packets, appending them to `out` (reserve `max` in `out` once and reuse
     /// it: then no burst allocates), and refills the fill ring. Returns the number received.
     pub fn rx_burst(&mut self, out: &mut Vec<Packet<'pool>>, max: usize) -> usize {
+        if max == 0 {
+            return 0;
+        }
         let pool = self.pool;
         let frame_size = pool.frame_size();
         let want = u32::try_from(max).unwrap_or(u32::MAX);
@@ -1166,7 +1172,9 @@ impl<'pool> Port<'pool> {
         if n == 0 {
             let _ = rx.release();
             self.stats.rx_ring_empty += 1;
-            if self.rx_wakeup {
+            // Busy polling is driven by this syscall; zero-copy drivers with need-wakeup only need it
+            // when they say so.
+            if self.busy_poll || (self.rx_wakeup && self.sock.rings.fill.needs_wakeup()) {
                 self.sock.wake_rx();
             }
             // Idle: give completed TX frames back so the pool and fill ring stay full.
@@ -1198,7 +1206,7 @@ impl<'pool> Port<'pool> {
             }
         }
         let _ = rx.release();
-        self.lent_rx -= n;
+        self.lent_rx = self.lent_rx.saturating_sub(n);
         self.stats.rx_packets += got as u64;
         self.stats.rx_bytes += bytes;
         self.stats.rx_errors += errors;
