@@ -1426,3 +1426,51 @@ impl Drop for Port<'_> {
         self.lent_tx = 0;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>() {}
+
+    #[test]
+    fn sockets_and_pools_move_to_workers() {
+        assert_send::<XskSocket>();
+        assert_send::<FramePool>();
+        assert_send::<Arc<Umem>>();
+        assert_send::<PortConfig>();
+    }
+
+    #[test]
+    fn config_checks_name_the_field() {
+        let err = |c: PortConfig| c.validate().expect_err("invalid").to_string();
+        assert!(err(PortConfig::new("", 0)).contains("interface name"));
+        assert!(err(PortConfig::new("a-very-long-ifname", 0)).contains("1 to 15 bytes"));
+        assert!(err(PortConfig {
+            tx_size: 4,
+            ..PortConfig::new("eth0", 0)
+        })
+        .contains("tx_size 4"));
+        assert!(err(PortConfig {
+            busy_poll: Some(BusyPoll {
+                timeout_us: 20,
+                budget: 70000
+            }),
+            ..PortConfig::new("eth0", 0)
+        })
+        .contains("budget"));
+        assert!(PortConfig::new("eth0", 3).validate().is_ok());
+    }
+
+    #[test]
+    fn mode_displays_as_xdp_and_copy_mode() {
+        let m = PortMode {
+            xdp: XdpMode::Skb,
+            zero_copy: false,
+            need_wakeup: true,
+            busy_poll: false,
+            shared_umem: false,
+        };
+        assert_eq!(m.to_string(), "skb/copy");
+    }
+}
