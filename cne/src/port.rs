@@ -59,8 +59,9 @@ const IFNAMSIZ: usize = 16;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum XskMapSource {
     /// Load libxdp's default redirect program on the netdev if none is there, and use its map.
-    /// The program is detached again when the last port using it is dropped, if this process
-    /// attached it.
+    /// Ports of this process on other queues of the same netdev share it; it is detached again when
+    /// the last of them is dropped, if this process attached it. (Sockets inserted into its map with
+    /// [`XskMapSource::Map`] do not keep it attached: open them with `LibxdpDefault` too.)
     #[default]
     LibxdpDefault,
     /// Insert the socket at index `qid` of this XSKMAP and load no program. The fd is borrowed: it
@@ -636,31 +637,33 @@ struct Rings {
     tx: ProdRing<XdpDesc>,
 }
 
-/// Pointers into one mapped ring.
-struct RingParts {
+/// Pointers into one mapped ring whose entries are `T`.
+struct RingParts<T> {
     memory: Arc<dyn RingMemory>,
     producer: NonNull<AtomicU32>,
     consumer: NonNull<AtomicU32>,
     flags: NonNull<AtomicU32>,
-    slots: NonNull<u8>,
+    slots: NonNull<T>,
+    size: u32,
 }
 
-fn map_ring(
+/// Maps the ring at page offset `pgoff` of socket `fd`, with `size` entries of `T` (u64 for the fill
+/// and completion rings, [`XdpDesc`] for RX and TX), and checks the kernel's offsets against it.
+fn map_ring<T>(
     fd: RawFd,
     off: &cne_sys::xdp_ring_offset,
-    count: u32,
-    entry: usize,
+    size: u32,
     pgoff: u64,
-) -> io::Result<RingParts> {
+) -> io::Result<RingParts<T>> {
     let desc = usize::try_from(off.desc).map_err(io::Error::other)?;
-    let len = desc + count as usize * entry;
+    let len = desc + size as usize * size_of::<T>();
     let map = Mmap::socket_ring(fd, len, pgoff)?;
     let base = map.as_ptr();
     let word = |o: u64| -> io::Result<NonNull<AtomicU32>> {
         let o = usize::try_from(o).map_err(io::Error::other)?;
-        if o + 4 > map.len() || o % 4 != 0 {
+        if o + 4 > desc || o % 4 != 0 {
             return Err(io::Error::other(format!(
-                "ring offset {o} outside the ring mapping"
+                "ring word offset {o} overlaps the descriptors or is misaligned"
             )));
         }
         NonNull::new(base.wrapping_add(o).cast::<AtomicU32>())
@@ -669,45 +672,48 @@ fn map_ring(
     let producer = word(off.producer)?;
     let consumer = word(off.consumer)?;
     let flags = word(off.flags)?;
-    if desc % 8 != 0 {
+    if desc % std::mem::align_of::<T>() != 0 {
         return Err(io::Error::other("misaligned ring descriptors"));
     }
-    let slots = NonNull::new(base.wrapping_add(desc)).ok_or_else(|| io::Error::other("null"))?;
+    let slots = NonNull::new(base.wrapping_add(desc).cast::<T>())
+        .ok_or_else(|| io::Error::other("null ring pointer"))?;
     Ok(RingParts {
         memory: Arc::new(map),
         producer,
         consumer,
         flags,
         slots,
+        size,
     })
 }
 
-impl RingParts {
-    fn producer<T: Copy>(self, size: u32) -> ProdRing<T> {
-        // SAFETY: map_ring checked the three words are aligned u32s inside the mapping and the slot
-        // array of `size` entries of T (u64 or xdp_desc, 8-byte aligned) fits in it; the mapping is
-        // owned by `memory`. The kernel only consumes this ring, and each ring side is created once.
+impl<T: Copy> RingParts<T> {
+    fn producer(self) -> ProdRing<T> {
+        // SAFETY: map_ring checked that the three words are aligned u32s inside the mapping, before
+        // the slot array, and that the array of `size` entries of T is aligned and fits in it; the
+        // mapping is owned by `memory`. The kernel only consumes this ring, and each ring is mapped
+        // and wrapped once.
         unsafe {
             ProdRing::from_raw(
                 self.producer,
                 self.consumer,
                 self.flags,
-                self.slots.cast(),
-                size,
+                self.slots,
+                self.size,
                 self.memory,
             )
         }
     }
 
-    fn consumer<T: Copy>(self, size: u32) -> ConsRing<T> {
+    fn consumer(self) -> ConsRing<T> {
         // SAFETY: as in `producer`, with the kernel only producing into this ring.
         unsafe {
             ConsRing::from_raw(
                 self.producer,
                 self.consumer,
                 self.flags,
-                self.slots.cast(),
-                size,
+                self.slots,
+                self.size,
                 self.memory,
             )
         }
@@ -810,44 +816,24 @@ impl XskSocket {
                 "kernel older than 5.4 (no ring flags)",
             )));
         }
-        let desc = size_of::<XdpDesc>();
         let rings = Rings {
-            fill: map_ring(
-                sfd,
-                &off.fr,
-                fill_size,
-                8,
-                cne_sys::XDP_UMEM_PGOFF_FILL_RING,
-            )
-            .map_err(fail("mmap(fill ring)"))?
-            .producer(fill_size),
-            comp: map_ring(
+            fill: map_ring::<u64>(sfd, &off.fr, fill_size, cne_sys::XDP_UMEM_PGOFF_FILL_RING)
+                .map_err(fail("mmap(fill ring)"))?
+                .producer(),
+            comp: map_ring::<u64>(
                 sfd,
                 &off.cr,
                 comp_size,
-                8,
                 cne_sys::XDP_UMEM_PGOFF_COMPLETION_RING,
             )
             .map_err(fail("mmap(completion ring)"))?
-            .consumer(comp_size),
-            rx: map_ring(
-                sfd,
-                &off.rx,
-                cfg.rx_size,
-                desc,
-                u64::from(cne_sys::XDP_PGOFF_RX_RING),
-            )
-            .map_err(fail("mmap(RX ring)"))?
-            .consumer(cfg.rx_size),
-            tx: map_ring(
-                sfd,
-                &off.tx,
-                cfg.tx_size,
-                desc,
-                u64::from(cne_sys::XDP_PGOFF_TX_RING),
-            )
-            .map_err(fail("mmap(TX ring)"))?
-            .producer(cfg.tx_size),
+            .consumer(),
+            rx: map_ring::<XdpDesc>(sfd, &off.rx, cfg.rx_size, cne_sys::XDP_PGOFF_RX_RING.into())
+                .map_err(fail("mmap(RX ring)"))?
+                .consumer(),
+            tx: map_ring::<XdpDesc>(sfd, &off.tx, cfg.tx_size, cne_sys::XDP_PGOFF_TX_RING.into())
+                .map_err(fail("mmap(TX ring)"))?
+                .producer(),
         };
         // Let one copy-mode sendto drain the whole TX ring instead of 32 descriptors (Linux 6.17+;
         // older kernels keep 32 and the port kicks again while the kernel answers EAGAIN).
