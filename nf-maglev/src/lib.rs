@@ -1,2 +1,15 @@
-//! nf-maglev: Maglev L4 load balancer over AF_XDP.
+//! nf-maglev: a one-armed Maglev L4 load balancer over AF_XDP.
+//!
+//! The crate is split the way Katran splits its library from its BPF program: pure table building
+//! ([`maglev`], [`hash`]), configuration ([`config`]), a control plane that builds immutable state off the
+//! packet path and publishes it with one atomic swap ([`control`]), and the per-worker data plane
+//! ([`conntrack`], [`dataplane`], [`counters`]) that fixtures can drive without any socket.
 #![forbid(unsafe_code)]
+
+pub mod config;
+pub mod conntrack;
+pub mod control;
+pub mod counters;
+pub mod dataplane;
+pub mod hash;
+pub mod maglev;

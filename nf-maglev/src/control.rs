@@ -1,0 +1,791 @@
+//! The control plane: builds the immutable [`State`] the workers read, off the packet path, and publishes it
+//! with one atomic pointer swap.
+//!
+//! Workers call `shared.load()` once per burst and read the state through that guard: no lock, no reference
+//! count traffic on the fast path (arc-swap's RCU-style guards). The control thread owns a [`Control`], applies
+//! operations (weights, drain, add, remove, reload) to the validated configuration, validates the result again,
+//! rebuilds only the Maglev tables whose VIP changed, and stores the new state. A change that fails validation
+//! returns every reason and leaves the published state untouched.
+//!
+//! Backend identity: every (VIP name, backend name) pair gets a [`BackendId`] the first time it is seen and keeps
+//! it for the life of the process, across rebuilds, removals and reloads (ids are never reused). Connection
+//! tables store that id, not a table index, so after a rebuild the data plane finds the flow's backend again
+//! if it still exists: drained backends (weight 0) keep their flows and get no new ones; a removed backend's
+//! flows, and only those, move to the backend the new table gives them.
+
+use crate::config::{
+    format_issues, BackendSection, Issues, Mac, MaglevSection, Mode, Port, Proto, Validated, Vip,
+};
+use crate::conntrack::Timeouts;
+use crate::maglev::{MaglevError, Member, Table};
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+/// Stable identity of a backend of a VIP; never reused within a process.
+pub type BackendId = u32;
+/// Stable identity of a VIP (by name); never reused within a process.
+pub type VipId = u32;
+/// The published state, shared by the control thread and the workers.
+pub type SharedState = Arc<ArcSwap<State>>;
+
+/// Control-plane failures. The published state is unchanged after any of them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// The resulting configuration does not validate.
+    #[error("invalid maglev configuration:\n{}", format_issues(.0))]
+    Invalid(Issues),
+    /// No VIP has this name.
+    #[error("no VIP named {0:?}")]
+    NoSuchVip(String),
+    /// The VIP has no backend of this name.
+    #[error("VIP {vip:?} has no backend named {backend:?}")]
+    NoSuchBackend {
+        /// VIP name.
+        vip: String,
+        /// Backend name.
+        backend: String,
+    },
+    /// Building a table failed (validation rules this out; kept for completeness).
+    #[error("building the Maglev table of VIP {vip:?}: {source}")]
+    Table {
+        /// VIP name.
+        vip: String,
+        /// The builder's error.
+        source: MaglevError,
+    },
+}
+
+/// An address in the form the data plane compares: IPv4 mapped into IPv6 (`::ffff:a.b.c.d`) plus the family,
+/// so an IPv6 packet to `::ffff:198.18.100.1` never matches an IPv4 VIP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Addr {
+    /// Whether this is an IPv6 address.
+    pub v6: bool,
+    /// The address bits (IPv4-mapped for IPv4).
+    pub bits: u128,
+}
+
+impl From<IpAddr> for Addr {
+    fn from(a: IpAddr) -> Self {
+        match a {
+            IpAddr::V4(v4) => Addr {
+                v6: false,
+                bits: u128::from(v4.to_ipv6_mapped()),
+            },
+            IpAddr::V6(v6) => Addr {
+                v6: true,
+                bits: u128::from(v6),
+            },
+        }
+    }
+}
+
+impl Addr {
+    /// An IPv4 address from its four bytes.
+    #[inline]
+    pub fn v4(octets: [u8; 4]) -> Self {
+        Addr {
+            v6: false,
+            bits: 0xffff_0000_0000 | u128::from(u32::from_be_bytes(octets)),
+        }
+    }
+    /// An IPv6 address from its sixteen bytes.
+    #[inline]
+    pub fn v6(octets: [u8; 16]) -> Self {
+        Addr {
+            v6: true,
+            bits: u128::from_be_bytes(octets),
+        }
+    }
+}
+
+/// Key of the exact VIP index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct VipKey {
+    addr: Addr,
+    proto: u8,
+    port: u16,
+}
+
+/// A backend as the data plane uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendState {
+    /// Stable identity.
+    pub id: BackendId,
+    /// Name (unique within the VIP).
+    pub name: String,
+    /// Address: the GRE outer destination.
+    pub addr: IpAddr,
+    /// Destination MAC of frames to it.
+    pub mac: Mac,
+    /// Weight; 0 = draining (keeps its connections, gets no new ones).
+    pub weight: u32,
+}
+
+/// A VIP with its backends and Maglev table.
+#[derive(Debug)]
+pub struct VipState {
+    /// Stable identity.
+    pub id: VipId,
+    /// Name.
+    pub name: String,
+    /// Virtual address.
+    pub addr: IpAddr,
+    /// Protocol.
+    pub proto: Proto,
+    /// Port, or [`Port::ALL`].
+    pub port: Port,
+    /// Forwarding mode.
+    pub mode: Mode,
+    /// Backends in configuration order; table slots index this list.
+    backends: Vec<BackendState>,
+    /// `(id, index into backends)`, sorted by id.
+    by_id: Vec<(BackendId, u16)>,
+    table: Table,
+    /// The configuration this was built from, to reuse the state when a change leaves the VIP alone.
+    source: Vip,
+}
+
+impl VipState {
+    /// The backends, in configuration order.
+    pub fn backends(&self) -> &[BackendState] {
+        &self.backends
+    }
+
+    /// The Maglev table (slots index [`VipState::backends`]).
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+
+    /// The backend a new flow with this hash goes to: `(index, backend)`; `None` when no backend has weight.
+    #[inline]
+    pub fn pick(&self, hash: u64) -> Option<(u16, &BackendState)> {
+        let i = self.table.lookup(hash)?;
+        self.backends.get(usize::from(i)).map(|b| (i, b))
+    }
+
+    /// The backend with this id if the VIP still has it (weight 0 included): `(index, backend)`. `hint` is
+    /// where it was last seen; it is checked first, so the usual case costs one comparison.
+    #[inline]
+    pub fn backend(&self, id: BackendId, hint: u16) -> Option<(u16, &BackendState)> {
+        if let Some(b) = self.backends.get(usize::from(hint)) {
+            if b.id == id {
+                return Some((hint, b));
+            }
+        }
+        let pos = self.by_id.binary_search_by_key(&id, |&(id, _)| id).ok()?;
+        let i = self.by_id[pos].1;
+        self.backends.get(usize::from(i)).map(|b| (i, b))
+    }
+}
+
+/// Result of [`State::vip_for_fragment`].
+#[derive(Debug, Clone, Copy)]
+pub enum FragmentVip<'a> {
+    /// No VIP has this address and protocol.
+    None,
+    /// Several port VIPs share the address and protocol and none covers all ports.
+    Ambiguous,
+    /// The VIP.
+    Vip(&'a VipState),
+}
+
+/// Everything the workers read: immutable once published.
+#[derive(Debug)]
+pub struct State {
+    /// Increases with every publication.
+    pub generation: u64,
+    /// Seed of the flow hash.
+    pub hash_seed: u64,
+    /// Largest IP packet sent to a backend.
+    pub mtu: u16,
+    /// GRE outer source for IPv4 backends.
+    pub local_v4: Option<Ipv4Addr>,
+    /// GRE outer source for IPv6 backends.
+    pub local_v6: Option<Ipv6Addr>,
+    /// Whether to answer ARP / neighbour solicitations for VIP addresses.
+    pub claim_all: bool,
+    /// Connection-table size per worker (applies when a worker creates its table).
+    pub conntrack_size: u32,
+    /// Connection timeouts.
+    pub timeouts: Timeouts,
+    /// New connections recorded per second per worker (0 = no limit).
+    pub max_new_conns_per_sec: u32,
+    /// One more than the largest VIP id ever assigned (sizes per-id counter arrays).
+    pub vip_id_bound: u32,
+    /// One more than the largest backend id ever assigned.
+    pub backend_id_bound: u32,
+    vips: Vec<Arc<VipState>>,
+    /// Exact (address, protocol, port) index; all-ports VIPs have port 0.
+    index: Vec<(VipKey, u32)>,
+    /// (address, protocol) -> the VIP fragments go to: the all-ports VIP, else the only VIP of that address and
+    /// protocol; `None` when several port VIPs share it (fragments lack ports, so the choice is ambiguous).
+    frag_index: Vec<((Addr, u8), Option<u32>)>,
+    /// Sorted distinct VIP addresses, for ARP and neighbour discovery.
+    addrs: Vec<Addr>,
+}
+
+impl State {
+    /// All VIPs, in configuration order.
+    pub fn vips(&self) -> &[Arc<VipState>] {
+        &self.vips
+    }
+
+    /// The VIP for a packet to `dst`, protocol number `proto`, destination port `port`: the exact match, else
+    /// the address's all-ports VIP for that protocol.
+    #[inline]
+    pub fn vip(&self, dst: Addr, proto: u8, port: u16) -> Option<&VipState> {
+        let find = |port| {
+            let key = VipKey {
+                addr: dst,
+                proto,
+                port,
+            };
+            self.index
+                .binary_search_by_key(&key, |&(k, _)| k)
+                .ok()
+                .map(|i| self.index[i].1)
+        };
+        let i = find(port).or_else(|| if port != 0 { find(0) } else { None })?;
+        self.vips.get(i as usize).map(|v| &**v)
+    }
+
+    /// The VIP an IP fragment to `dst` with protocol `proto` belongs to. Fragments carry no ports (only the
+    /// first has the transport header), so they match by address and protocol: the all-ports VIP, else the
+    /// only VIP of that address and protocol.
+    #[inline]
+    pub fn vip_for_fragment(&self, dst: Addr, proto: u8) -> FragmentVip<'_> {
+        let Ok(pos) = self
+            .frag_index
+            .binary_search_by_key(&(dst, proto), |&(k, _)| k)
+        else {
+            return FragmentVip::None;
+        };
+        match self.frag_index[pos]
+            .1
+            .and_then(|i| self.vips.get(i as usize))
+        {
+            Some(v) => FragmentVip::Vip(v),
+            None => FragmentVip::Ambiguous,
+        }
+    }
+
+    /// Whether `addr` is the address of some VIP (any protocol and port).
+    #[inline]
+    pub fn is_vip_addr(&self, addr: Addr) -> bool {
+        self.addrs.binary_search(&addr).is_ok()
+    }
+
+    /// The VIP with this name.
+    pub fn vip_by_name(&self, name: &str) -> Option<&VipState> {
+        self.vips.iter().find(|v| v.name == name).map(|v| &**v)
+    }
+}
+
+/// Id assignment that outlives every state.
+#[derive(Debug, Default)]
+struct Registry {
+    vips: HashMap<String, VipId>,
+    backends: HashMap<(VipId, String), BackendId>,
+}
+
+impl Registry {
+    fn vip(&mut self, name: &str) -> VipId {
+        let next = u32::try_from(self.vips.len()).unwrap_or(u32::MAX);
+        *self.vips.entry(name.to_owned()).or_insert(next)
+    }
+    fn backend(&mut self, vip: VipId, name: &str) -> BackendId {
+        let next = u32::try_from(self.backends.len()).unwrap_or(u32::MAX);
+        *self.backends.entry((vip, name.to_owned())).or_insert(next)
+    }
+}
+
+/// The control plane: owns the configuration and publishes states.
+#[derive(Debug)]
+pub struct Control {
+    config: Validated,
+    registry: Registry,
+    shared: SharedState,
+    rebuilds: u64,
+}
+
+impl Control {
+    /// Builds and publishes the first state.
+    pub fn new(config: Validated) -> Result<Self, ControlError> {
+        let mut registry = Registry::default();
+        let mut rebuilds = 0;
+        let state = build_state(&config, &mut registry, None, 1, &mut rebuilds)?;
+        Ok(Self {
+            config,
+            registry,
+            shared: Arc::new(ArcSwap::from_pointee(state)),
+            rebuilds,
+        })
+    }
+
+    /// The handle workers load the current state from (`shared.load()` per burst).
+    pub fn shared(&self) -> SharedState {
+        Arc::clone(&self.shared)
+    }
+
+    /// The current state.
+    pub fn state(&self) -> Arc<State> {
+        self.shared.load_full()
+    }
+
+    /// The configuration the current state was built from.
+    pub fn config(&self) -> &Validated {
+        &self.config
+    }
+
+    /// Maglev tables built since start (the first state's included).
+    pub fn rebuilds(&self) -> u64 {
+        self.rebuilds
+    }
+
+    /// Sets a backend's weight (0 drains it).
+    pub fn set_weight(
+        &mut self,
+        vip: &str,
+        backend: &str,
+        weight: u32,
+    ) -> Result<(), ControlError> {
+        self.change(vip, |v| {
+            let b = find_backend(v, backend)?;
+            v.backends[b].weight = weight;
+            Ok(())
+        })
+    }
+
+    /// Drains a backend: weight 0, so it keeps its connections and gets no new ones.
+    pub fn drain(&mut self, vip: &str, backend: &str) -> Result<(), ControlError> {
+        self.set_weight(vip, backend, 0)
+    }
+
+    /// Removes a backend: its connections move to other backends, nobody else's do.
+    pub fn remove_backend(&mut self, vip: &str, backend: &str) -> Result<(), ControlError> {
+        self.change(vip, |v| {
+            let b = find_backend(v, backend)?;
+            v.backends.remove(b);
+            Ok(())
+        })
+    }
+
+    /// Adds a backend to a VIP (validated like the configuration file: unique name, family, MAC).
+    pub fn add_backend(&mut self, vip: &str, backend: BackendSection) -> Result<(), ControlError> {
+        self.change(vip, |v| {
+            v.backends.push(backend);
+            Ok(())
+        })
+    }
+
+    /// Replaces the whole configuration. On failure the old state stays published.
+    pub fn reload(&mut self, section: &MaglevSection) -> Result<(), ControlError> {
+        let config = section.validate().map_err(ControlError::Invalid)?;
+        self.publish(config)
+    }
+
+    /// Applies `f` to the section form of the VIP named `vip`, then validates and publishes.
+    fn change(
+        &mut self,
+        vip: &str,
+        f: impl FnOnce(&mut crate::config::VipSection) -> Result<(), ControlError>,
+    ) -> Result<(), ControlError> {
+        let mut section = self.config.to_section();
+        let v = section
+            .vips
+            .iter_mut()
+            .find(|v| v.name.as_deref() == Some(vip))
+            .ok_or_else(|| ControlError::NoSuchVip(vip.to_owned()))?;
+        f(v)?;
+        self.reload(&section)
+    }
+
+    fn publish(&mut self, config: Validated) -> Result<(), ControlError> {
+        let old = self.shared.load_full();
+        let reuse = (config.table_size == self.config.table_size
+            && config.hash_seed == self.config.hash_seed)
+            .then_some(&*old);
+        let state = build_state(
+            &config,
+            &mut self.registry,
+            reuse,
+            old.generation + 1,
+            &mut self.rebuilds,
+        )?;
+        self.shared.store(Arc::new(state));
+        self.config = config;
+        Ok(())
+    }
+}
+
+fn find_backend(v: &crate::config::VipSection, name: &str) -> Result<usize, ControlError> {
+    v.backends
+        .iter()
+        .position(|b| b.name == name)
+        .ok_or_else(|| ControlError::NoSuchBackend {
+            vip: v.name.clone().unwrap_or_default(),
+            backend: name.to_owned(),
+        })
+}
+
+/// Builds a state from `config`; VIPs identical to one in `reuse` (same ids, same table parameters) share
+/// its `VipState` instead of rebuilding the table.
+fn build_state(
+    config: &Validated,
+    registry: &mut Registry,
+    reuse: Option<&State>,
+    generation: u64,
+    rebuilds: &mut u64,
+) -> Result<State, ControlError> {
+    let mut vips = Vec::with_capacity(config.vips.len());
+    for v in &config.vips {
+        let id = registry.vip(&v.name);
+        let same = reuse.and_then(|s| s.vips.iter().find(|old| old.id == id && old.source == *v));
+        if let Some(old) = same {
+            vips.push(Arc::clone(old));
+            continue;
+        }
+        let backends: Vec<BackendState> = v
+            .backends
+            .iter()
+            .map(|b| BackendState {
+                id: registry.backend(id, &b.name),
+                name: b.name.clone(),
+                addr: b.addr,
+                mac: b.mac,
+                weight: b.weight,
+            })
+            .collect();
+        let members: Vec<Member<'_>> = backends
+            .iter()
+            .map(|b| Member {
+                name: &b.name,
+                weight: b.weight,
+            })
+            .collect();
+        let table =
+            Table::build(&members, config.table_size, config.hash_seed).map_err(|source| {
+                ControlError::Table {
+                    vip: v.name.clone(),
+                    source,
+                }
+            })?;
+        *rebuilds += 1;
+        let mut by_id: Vec<(BackendId, u16)> = backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.id, u16::try_from(i).unwrap_or(u16::MAX)))
+            .collect();
+        by_id.sort_unstable();
+        vips.push(Arc::new(VipState {
+            id,
+            name: v.name.clone(),
+            addr: v.addr,
+            proto: v.proto,
+            port: v.port,
+            mode: v.mode,
+            backends,
+            by_id,
+            table,
+            source: v.clone(),
+        }));
+    }
+
+    let mut index: Vec<(VipKey, u32)> = Vec::with_capacity(vips.len());
+    let mut frag: HashMap<(Addr, u8), Vec<(u16, u32)>> = HashMap::new();
+    for (i, v) in vips.iter().enumerate() {
+        let i = u32::try_from(i).unwrap_or(u32::MAX);
+        let (addr, proto) = (Addr::from(v.addr), v.proto.number());
+        index.push((
+            VipKey {
+                addr,
+                proto,
+                port: v.port.0,
+            },
+            i,
+        ));
+        frag.entry((addr, proto)).or_default().push((v.port.0, i));
+    }
+    index.sort_unstable();
+    let mut frag_index: Vec<((Addr, u8), Option<u32>)> = frag
+        .into_iter()
+        .map(|(k, ports)| {
+            let all = ports.iter().find(|(p, _)| *p == 0).map(|&(_, i)| i);
+            (
+                k,
+                all.or(if ports.len() == 1 {
+                    Some(ports[0].1)
+                } else {
+                    None
+                }),
+            )
+        })
+        .collect();
+    frag_index.sort_unstable();
+    let mut addrs: Vec<Addr> = vips.iter().map(|v| Addr::from(v.addr)).collect();
+    addrs.sort_unstable();
+    addrs.dedup();
+
+    Ok(State {
+        generation,
+        hash_seed: config.hash_seed,
+        mtu: config.mtu,
+        local_v4: config.local_v4,
+        local_v6: config.local_v6,
+        claim_all: config.claim_all,
+        conntrack_size: config.conntrack.size,
+        timeouts: Timeouts {
+            tcp: config.conntrack.tcp_timeout_s,
+            udp: config.conntrack.udp_timeout_s,
+            tcp_fin: config.conntrack.tcp_fin_timeout_s,
+        },
+        max_new_conns_per_sec: config.max_new_conns_per_sec,
+        vip_id_bound: u32::try_from(registry.vips.len()).unwrap_or(u32::MAX),
+        backend_id_bound: u32::try_from(registry.backends.len()).unwrap_or(u32::MAX),
+        vips,
+        index,
+        frag_index,
+        addrs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MaglevSection;
+
+    fn config() -> Validated {
+        let s: MaglevSection = serde_json::from_str(
+            r#"{
+            "local_addrs": ["198.18.0.1", "2001:2::1"],
+            "gateway_mac": "02:00:00:00:00:fe",
+            "vips": [
+              { "name": "web", "addr": "198.18.100.1", "proto": "tcp", "port": 80, "mode": "gre",
+                "backends": [ { "name": "a", "addr": "198.18.1.1" }, { "name": "b", "addr": "198.18.1.2" },
+                              { "name": "c", "addr": "2001:2:1::3" } ] },
+              { "name": "any", "addr": "198.18.100.1", "proto": "tcp", "port": "all", "mode": "gre",
+                "backends": [ { "name": "a", "addr": "198.18.1.1" } ] },
+              { "name": "dns", "addr": "198.18.100.2", "proto": "udp", "port": 53, "mode": "gre",
+                "backends": [ { "name": "a", "addr": "198.18.1.1" } ] },
+              { "name": "dns2", "addr": "198.18.100.2", "proto": "udp", "port": 5353, "mode": "gre",
+                "backends": [ { "name": "a", "addr": "198.18.1.1" } ] },
+              { "name": "v6", "addr": "2001:2::100", "proto": "udp", "port": 443, "mode": "gre",
+                "backends": [ { "name": "a", "addr": "2001:2:1::1" } ] }
+            ] }"#,
+        )
+        .expect("parses");
+        s.validate().expect("valid")
+    }
+
+    fn v4(s: &str) -> Addr {
+        Addr::from(s.parse::<IpAddr>().expect("address"))
+    }
+
+    fn ids(state: &State, vip: &str) -> Vec<(String, BackendId)> {
+        let v = state.vip_by_name(vip).expect("vip");
+        v.backends()
+            .iter()
+            .map(|b| (b.name.clone(), b.id))
+            .collect()
+    }
+
+    #[test]
+    fn vip_lookup_exact_then_all_ports() {
+        let c = Control::new(config()).expect("builds");
+        let s = c.state();
+        let vip = v4("198.18.100.1");
+        assert_eq!(s.vip(vip, 6, 80).map(|v| v.name.as_str()), Some("web"));
+        assert_eq!(s.vip(vip, 6, 22).map(|v| v.name.as_str()), Some("any"));
+        assert!(s.vip(vip, 17, 80).is_none(), "no UDP VIP on that address");
+        assert!(s.vip(v4("198.18.100.9"), 6, 80).is_none());
+        assert_eq!(
+            s.vip(v4("2001:2::100"), 17, 443).map(|v| v.name.as_str()),
+            Some("v6")
+        );
+        // The same 32 bits in an IPv4-mapped IPv6 address are a different address.
+        assert!(s.vip(v4("::ffff:198.18.100.1"), 6, 80).is_none());
+        assert!(
+            s.is_vip_addr(vip)
+                && s.is_vip_addr(v4("2001:2::100"))
+                && !s.is_vip_addr(v4("198.18.1.1"))
+        );
+    }
+
+    #[test]
+    fn fragments_match_by_address_and_protocol() {
+        let s = Control::new(config()).expect("builds").state();
+        let name = |f: FragmentVip<'_>| match f {
+            FragmentVip::Vip(v) => v.name.clone(),
+            FragmentVip::Ambiguous => "ambiguous".into(),
+            FragmentVip::None => "none".into(),
+        };
+        assert_eq!(
+            name(s.vip_for_fragment(v4("198.18.100.1"), 6)),
+            "any",
+            "all-ports VIP wins"
+        );
+        assert_eq!(
+            name(s.vip_for_fragment(v4("2001:2::100"), 17)),
+            "v6",
+            "the only VIP"
+        );
+        assert_eq!(
+            name(s.vip_for_fragment(v4("198.18.100.2"), 17)),
+            "ambiguous"
+        );
+        assert_eq!(name(s.vip_for_fragment(v4("198.18.100.2"), 6)), "none");
+    }
+
+    #[test]
+    fn backend_ids_are_stable_and_per_vip() {
+        let mut c = Control::new(config()).expect("builds");
+        let before = ids(&c.state(), "web");
+        assert_ne!(
+            ids(&c.state(), "any")[0].1,
+            before[0].1,
+            "same name in another VIP is another backend"
+        );
+        c.remove_backend("web", "a").expect("removes");
+        c.add_backend(
+            "web",
+            BackendSection {
+                name: "d".into(),
+                addr: "198.18.1.4".parse().expect("ip"),
+                weight: 1,
+                mac: None,
+            },
+        )
+        .expect("adds");
+        c.add_backend(
+            "web",
+            BackendSection {
+                name: "a".into(),
+                addr: "198.18.1.1".parse().expect("ip"),
+                weight: 1,
+                mac: None,
+            },
+        )
+        .expect("adds back");
+        let after: HashMap<String, BackendId> = ids(&c.state(), "web").into_iter().collect();
+        for (name, id) in &before {
+            assert_eq!(after[name], *id, "{name} keeps its id");
+        }
+        assert!(
+            !before.iter().any(|(_, id)| *id == after["d"]),
+            "a new backend gets a new id"
+        );
+        assert_eq!(c.state().generation, 4);
+        assert!(c.state().backend_id_bound > after["d"]);
+    }
+
+    #[test]
+    fn only_the_changed_vip_is_rebuilt() {
+        let mut c = Control::new(config()).expect("builds");
+        assert_eq!(c.rebuilds(), 5);
+        let old = c.state();
+        c.set_weight("web", "b", 5).expect("sets");
+        let new = c.state();
+        assert_eq!(c.rebuilds(), 6);
+        assert_eq!(new.generation, old.generation + 1);
+        assert!(!Arc::ptr_eq(&old.vips()[0], &new.vips()[0]));
+        for i in 1..5 {
+            assert!(
+                Arc::ptr_eq(&old.vips()[i], &new.vips()[i]),
+                "vip {i} reused"
+            );
+        }
+        // A new seed changes every table.
+        let mut s = c.config().to_section();
+        s.hash_seed = 99;
+        c.reload(&s).expect("reloads");
+        assert_eq!(c.rebuilds(), 11);
+    }
+
+    #[test]
+    fn drained_backend_keeps_flows_but_gets_no_new_ones() {
+        let mut c = Control::new(config()).expect("builds");
+        let b_id = ids(&c.state(), "web")[1].1;
+        c.drain("web", "b").expect("drains");
+        let s = c.state();
+        let web = s.vip_by_name("web").expect("vip");
+        assert_eq!(
+            web.backend(b_id, 1).map(|(i, b)| (i, b.weight)),
+            Some((1, 0)),
+            "still present"
+        );
+        assert!((0..10_000u64).all(|h| web
+            .pick(h.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .is_some_and(|(_, b)| b.name != "b")));
+    }
+
+    #[test]
+    fn removed_backend_is_gone_and_stale_hints_still_resolve() {
+        let mut c = Control::new(config()).expect("builds");
+        let web_ids = ids(&c.state(), "web");
+        c.remove_backend("web", "a").expect("removes");
+        let s = c.state();
+        let web = s.vip_by_name("web").expect("vip");
+        assert!(web.backend(web_ids[0].1, 0).is_none(), "removed");
+        // "c" was at index 2, now at 1: the stale hint falls back to the id index.
+        assert_eq!(
+            web.backend(web_ids[2].1, 2)
+                .map(|(i, b)| (i, b.name.as_str())),
+            Some((1, "c"))
+        );
+        assert_eq!(web.backend(web_ids[2].1, 7).map(|(i, _)| i), Some(1));
+    }
+
+    #[test]
+    fn failed_changes_keep_the_published_state() {
+        let mut c = Control::new(config()).expect("builds");
+        let old = c.state();
+        let dup = BackendSection {
+            name: "b".into(),
+            addr: "198.18.1.9".parse().expect("ip"),
+            weight: 1,
+            mac: None,
+        };
+        match c.add_backend("web", dup) {
+            Err(ControlError::Invalid(issues)) => {
+                assert_eq!(issues[0].0, "maglev.vips[0].backends[3].name", "{issues:?}");
+            }
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+        assert_eq!(
+            c.set_weight("nope", "a", 1),
+            Err(ControlError::NoSuchVip("nope".into()))
+        );
+        assert!(matches!(
+            c.drain("web", "zz"),
+            Err(ControlError::NoSuchBackend { .. })
+        ));
+        let mut bad = c.config().to_section();
+        bad.table_size = 100;
+        assert!(matches!(c.reload(&bad), Err(ControlError::Invalid(_))));
+        let mut too_heavy = c.config().to_section();
+        too_heavy.vips[0].backends[0].weight = u32::MAX;
+        assert!(c.reload(&too_heavy).is_err());
+        assert!(Arc::ptr_eq(&old, &c.state()), "nothing was published");
+        assert_eq!(c.rebuilds(), 5);
+    }
+
+    #[test]
+    fn workers_see_a_change_on_their_next_load() {
+        let mut c = Control::new(config()).expect("builds");
+        let shared = c.shared();
+        let guard = shared.load();
+        c.set_weight("web", "a", 3).expect("sets");
+        // A guard taken before the swap keeps the state it had; the next load sees the new one.
+        assert_eq!(
+            guard.vip_by_name("web").expect("vip").backends()[0].weight,
+            1
+        );
+        assert_eq!(
+            shared.load().vip_by_name("web").expect("vip").backends()[0].weight,
+            3
+        );
+    }
+}

@@ -1,0 +1,1437 @@
+//! The packet path: one frame in, a [`Verdict`] out, the frame rewritten in place for transmission on the
+//! port it came from (one-armed, like Maglev and Katran).
+//!
+//! Per packet: parse once (`cne::wire::parse_frame`), find the VIP, hash the flow, ask the worker's connection
+//! table, else the VIP's Maglev table, then forward: GRE encapsulation (RFC 2784) in an outer IPv4 or IPv6
+//! header of the backend's family, written into the frame's headroom, or L2 direct server return (only the
+//! MAC addresses change). Fragments have no ports past the first, so every fragment is hashed on (source,
+//! destination, protocol) and skips the connection table: all fragments of a datagram reach one backend.
+//!
+//! The function never panics on any input (a property test feeds it arbitrary bytes), never allocates, and
+//! never blocks: the state is an immutable snapshot the caller loaded for the burst, everything mutable is the
+//! caller's [`Worker`]. Anything that is not VIP traffic is counted by reason and dropped, except ARP requests
+//! and IPv6 neighbour solicitations for VIP addresses, answered in place when the configuration says the
+//! data plane sees all traffic (`claim_all`).
+
+use crate::config::{Mac, Mode};
+use crate::conntrack::{Conn, ConnTrack, FlowKey};
+use crate::control::{Addr, BackendState, FragmentVip, State, VipState};
+use crate::counters::{Counters, DropReason};
+use cne::frame::Frame;
+use cne::wire::{
+    self, checksum, ArpOperation, ArpPacket, EtherType, FrameInfo, GreRepr, Icmpv6Packet,
+    Icmpv6Type, IpProtocol, IpVersion, Ipv4Repr, Ipv6Repr, MacAddr, NdpFlags, NdpNeighbor,
+    NeighborAdvertRepr, TcpFlags,
+};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// GRE header without options.
+const GRE_LEN: usize = 4;
+/// TTL / hop limit of packets the load balancer originates.
+const HOP_LIMIT: u8 = 64;
+/// Largest Ethernet + VLAN header (two tags).
+const MAX_L2: usize = 14 + 4 * wire::vlan::MAX_TAGS;
+/// IPv6's minimum MTU: the largest ICMPv6 error, and the smallest MTU a packet-too-big may report.
+const IPV6_MIN_MTU: usize = 1280;
+
+/// What to do with the frame after [`process`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Transmit the (rewritten) frame on the port it came from.
+    Tx,
+    /// Drop it (already counted).
+    Drop(DropReason),
+}
+
+/// Everything a worker thread owns for the packet path: its connection table, counters and MAC address.
+#[derive(Debug)]
+pub struct Worker {
+    mac: [u8; 6],
+    conntrack: ConnTrack,
+    counters: Counters,
+    generation: u64,
+}
+
+impl Worker {
+    /// A worker whose port has the MAC address `mac` (source of every frame it sends), with a connection
+    /// table sized by `state`. Allocates the table: call at start-up.
+    pub fn new(mac: Mac, state: &State) -> Self {
+        let mut w = Self {
+            mac: mac.0,
+            conntrack: ConnTrack::new(
+                state.conntrack_size,
+                state.timeouts,
+                state.max_new_conns_per_sec,
+            ),
+            counters: Counters::default(),
+            generation: 0,
+        };
+        w.adopt(state);
+        w
+    }
+
+    /// The port's MAC address.
+    pub fn mac(&self) -> Mac {
+        Mac(self.mac)
+    }
+
+    /// The connection table.
+    pub fn conntrack(&self) -> &ConnTrack {
+        &self.conntrack
+    }
+
+    /// The counters, with the connection table's events brought up to date.
+    pub fn counters(&mut self) -> &Counters {
+        self.counters.conntrack = self.conntrack.stats();
+        &self.counters
+    }
+
+    /// Counts a frame and its verdict.
+    #[inline(always)]
+    fn count(&mut self, verdict: Verdict) {
+        self.counters.rx_packets += 1;
+        match verdict {
+            Verdict::Tx => self.counters.tx_packets += 1,
+            Verdict::Drop(reason) => self.counters.drop(reason),
+        }
+    }
+
+    /// Takes over settings of a newly published state: counter room for new ids, timeouts, flood guard.
+    /// Runs once per state change, not per packet.
+    fn adopt(&mut self, state: &State) {
+        self.counters
+            .grow(state.vip_id_bound, state.backend_id_bound);
+        self.conntrack.set_timeouts(state.timeouts);
+        self.conntrack
+            .set_max_new_per_sec(state.max_new_conns_per_sec);
+        self.generation = state.generation;
+    }
+}
+
+/// Decides what to do with one frame and rewrites it for transmission. `now` is a monotonic clock in
+/// seconds, read once per burst. [`process_burst`] does the same for many frames, faster.
+#[inline]
+pub fn process<F: Frame>(frame: &mut F, state: &State, worker: &mut Worker, now: u32) -> Verdict {
+    if worker.generation != state.generation {
+        worker.adopt(state);
+    }
+    let verdict = match classify(frame, state, worker) {
+        Step::Done(v) => v,
+        Step::Flow(flow) => finish(frame, &flow, state, worker, now),
+    };
+    worker.count(verdict);
+    verdict
+}
+
+/// Frames handled per pipeline pass of [`process_burst`]: enough to overlap many cache misses, few enough that
+/// the per-frame state stays in L1.
+pub const PIPELINE: usize = 32;
+
+/// [`process`] for a burst: `verdicts[i]` receives the verdict of `frames[i]`, for the first
+/// `min(frames.len(), verdicts.len())` frames.
+///
+/// The frames go through in groups of [`PIPELINE`], in three passes: parse and hash every frame, then touch
+/// the connection-table bucket of every flow, then look up and forward. With a table much larger than the
+/// caches (a million flows), the bucket and entry loads of a whole group are then in flight together instead
+/// of one after another, which is most of the cost per packet. Results are the same as [`process`] frame by
+/// frame.
+pub fn process_burst<F: Frame>(
+    frames: &mut [F],
+    verdicts: &mut [Verdict],
+    state: &State,
+    worker: &mut Worker,
+    now: u32,
+) {
+    if worker.generation != state.generation {
+        worker.adopt(state);
+    }
+    let n = frames.len().min(verdicts.len());
+    for (frames, verdicts) in frames[..n]
+        .chunks_mut(PIPELINE)
+        .zip(verdicts[..n].chunks_mut(PIPELINE))
+    {
+        let mut steps = [Step::Done(Verdict::Tx); PIPELINE];
+        for (step, frame) in steps.iter_mut().zip(frames.iter_mut()) {
+            *step = classify(frame, state, worker);
+        }
+        let flows = || {
+            steps[..frames.len()].iter().filter_map(|s| match s {
+                Step::Flow(f) if !f.info.is_fragment => Some(f.hash),
+                _ => None,
+            })
+        };
+        for hash in flows() {
+            worker.conntrack.prefetch_bucket(hash);
+        }
+        for hash in flows() {
+            worker.conntrack.prefetch_entry(hash);
+        }
+        for ((step, frame), verdict) in steps.iter().zip(frames.iter_mut()).zip(verdicts.iter_mut())
+        {
+            *verdict = match step {
+                Step::Done(v) => *v,
+                Step::Flow(flow) => finish(frame, flow, state, worker, now),
+            };
+            worker.count(*verdict);
+        }
+    }
+}
+
+/// A frame after the first pass: decided, or a VIP packet with its flow.
+#[derive(Clone, Copy)]
+enum Step<'s> {
+    Done(Verdict),
+    Flow(Flow<'s>),
+}
+
+/// A packet for a VIP.
+#[derive(Clone, Copy)]
+struct Flow<'s> {
+    info: FrameInfo,
+    vip: &'s VipState,
+    key: FlowKey,
+    hash: u64,
+}
+
+/// Parses the frame and finds its VIP and flow; answers ARP and neighbour solicitations on the way.
+#[inline(always)]
+fn classify<'s, F: Frame>(frame: &mut F, state: &'s State, worker: &mut Worker) -> Step<'s> {
+    let Ok(info) = wire::parse_frame(frame.data()) else {
+        return Step::Done(Verdict::Drop(DropReason::Malformed));
+    };
+    let Some(version) = info.ip_version else {
+        if info.ethertype == EtherType::Arp && state.claim_all {
+            return Step::Done(answer_arp(frame, &info, state, worker));
+        }
+        return Step::Done(Verdict::Drop(DropReason::NotIp));
+    };
+    let proto = u8::from(info.l4_protocol);
+    let (src, dst) = (Addr::from(info.src), Addr::from(info.dst));
+    if version == IpVersion::V6 && info.l4_protocol == IpProtocol::Icmpv6 && state.claim_all {
+        if let Some(v) = answer_neighbor_solicitation(frame, &info, state, worker) {
+            return Step::Done(v);
+        }
+    }
+    // Fragments carry no ports past the first: they match by address and protocol and hash on the 3-tuple.
+    let (vip, sport, dport) = if info.is_fragment {
+        match state.vip_for_fragment(dst, proto) {
+            FragmentVip::Vip(v) => (v, 0, 0),
+            FragmentVip::Ambiguous => {
+                return Step::Done(Verdict::Drop(DropReason::FragmentAmbiguous))
+            }
+            FragmentVip::None => return Step::Done(Verdict::Drop(DropReason::NoVip)),
+        }
+    } else {
+        match state.vip(dst, proto, info.dst_port) {
+            Some(v) => (v, info.src_port, info.dst_port),
+            None => return Step::Done(Verdict::Drop(DropReason::NoVip)),
+        }
+    };
+    let key = FlowKey {
+        src: src.bits,
+        dst: dst.bits,
+        sport,
+        dport,
+        proto,
+    };
+    Step::Flow(Flow {
+        info,
+        vip,
+        key,
+        hash: key.hash(state.hash_seed),
+    })
+}
+
+/// Chooses the backend of a VIP packet and rewrites the frame for it.
+#[inline(always)]
+fn finish<F: Frame>(
+    frame: &mut F,
+    flow: &Flow<'_>,
+    state: &State,
+    worker: &mut Worker,
+    now: u32,
+) -> Verdict {
+    let Flow {
+        info,
+        vip,
+        key,
+        hash,
+    } = flow;
+    let picked = if info.is_fragment {
+        worker.counters.fragments += 1;
+        vip.pick(*hash).map(|(_, b)| (b, false))
+    } else {
+        select(vip, key, *hash, info.tcp_flags, worker, now)
+    };
+    let Some((backend, new_conn)) = picked else {
+        return Verdict::Drop(DropReason::NoBackend);
+    };
+    let bytes = frame.len();
+    let outcome = match vip.mode {
+        Mode::L2dsr => {
+            let d = frame.data_mut();
+            d[0..6].copy_from_slice(&backend.mac.0);
+            d[6..12].copy_from_slice(&worker.mac);
+            Outcome::Forwarded
+        }
+        Mode::Gre => encap_gre(frame, info, state, worker.mac, backend, *hash),
+    };
+    match outcome {
+        Outcome::Forwarded => {
+            worker
+                .counters
+                .forwarded(vip.id, backend.id, bytes, new_conn);
+            Verdict::Tx
+        }
+        Outcome::Replied => {
+            // The packet itself is dropped as too big; the port sends the ICMP error in its place.
+            worker.counters.drop(DropReason::TooBig);
+            worker.counters.icmp_too_big += 1;
+            Verdict::Tx
+        }
+        Outcome::Dropped(reason) => Verdict::Drop(reason),
+    }
+}
+
+/// How forwarding ended.
+enum Outcome {
+    /// The frame now carries the packet to its backend.
+    Forwarded,
+    /// The frame now carries an ICMP error back to the client.
+    Replied,
+    /// Nothing to send.
+    Dropped(DropReason),
+}
+
+/// The backend of a non-fragment packet: the connection table's if it still exists, else the Maglev
+/// table's (recorded for the next packets). `(backend, new_conn)`; `None` when the VIP has no backend.
+#[inline(always)]
+fn select<'s>(
+    vip: &'s VipState,
+    key: &FlowKey,
+    hash: u64,
+    flags: TcpFlags,
+    worker: &mut Worker,
+    now: u32,
+) -> Option<(&'s BackendState, bool)> {
+    let tcp = key.proto == u8::from(IpProtocol::Tcp);
+    let syn = tcp && flags.contains(TcpFlags::SYN) && !flags.contains(TcpFlags::ACK);
+    let closing = tcp && (flags.contains(TcpFlags::FIN) || flags.contains(TcpFlags::RST));
+    if let Some(conn) = worker.conntrack.lookup(key, hash, now, closing) {
+        match vip.backend(conn.backend, conn.hint) {
+            // A SYN opens a new connection: a draining backend gets none, even on a reused 5-tuple.
+            Some((index, b)) if !(syn && b.weight == 0) => {
+                if index != conn.hint {
+                    // The backend list changed under the entry: remember the new position.
+                    worker.conntrack.insert(
+                        key,
+                        hash,
+                        Conn {
+                            hint: index,
+                            ..conn
+                        },
+                        now,
+                    );
+                }
+                return Some((b, false));
+            }
+            Some(_) => {}
+            None => worker.counters.rerouted += 1,
+        }
+    }
+    let (index, b) = vip.pick(hash)?;
+    // A full table evicts, the flood guard may refuse: either way the Maglev table keeps the flow on `b`.
+    worker.conntrack.insert(
+        key,
+        hash,
+        Conn {
+            backend: b.id,
+            hint: index,
+            closing,
+        },
+        now,
+    );
+    Some((b, true))
+}
+
+/// Wraps the IP datagram in Ethernet / outer IP / GRE for `backend`, in place.
+#[inline(always)]
+fn encap_gre<F: Frame>(
+    frame: &mut F,
+    info: &FrameInfo,
+    state: &State,
+    mac: [u8; 6],
+    backend: &BackendState,
+    hash: u64,
+) -> Outcome {
+    let l3 = info.l3_offset;
+    let inner_len = info.ip_len;
+    let outer_ip = if backend.addr.is_ipv4() {
+        Ipv4Repr::HEADER_LEN
+    } else {
+        Ipv6Repr::HEADER_LEN
+    };
+    let overhead = outer_ip + GRE_LEN;
+    if inner_len + overhead > usize::from(state.mtu) {
+        return too_big(frame, info, state, mac, overhead);
+    }
+    let inner_type = match info.ip_version {
+        Some(IpVersion::V6) => EtherType::Ipv6,
+        _ => EtherType::Ipv4,
+    };
+    // VLAN tags (bytes 12..l3-2) stay in the outer frame; they are moved forward with the new header.
+    let mut l2 = [0u8; MAX_L2];
+    l2[..l3].copy_from_slice(&frame.data()[..l3]);
+    let Some(data) = frame.push_head(overhead) else {
+        return Outcome::Dropped(DropReason::NoHeadroom);
+    };
+    let payload_len = u16::try_from(GRE_LEN + inner_len).unwrap_or(u16::MAX);
+    let outer_type = match (backend.addr, state.local_v4, state.local_v6) {
+        (IpAddr::V4(dst), Some(src), _) => {
+            let ip = Ipv4Repr {
+                src,
+                dst,
+                protocol: IpProtocol::Gre,
+                payload_len,
+                ttl: HOP_LIMIT,
+                tos: info.traffic_class,
+                ident: 0,
+                dont_frag: true,
+            };
+            if ip.emit(&mut data[l3..]).is_err() {
+                return Outcome::Dropped(DropReason::Malformed);
+            }
+            EtherType::Ipv4
+        }
+        (IpAddr::V6(dst), _, Some(src)) => {
+            let ip = Ipv6Repr {
+                src,
+                dst,
+                next_header: IpProtocol::Gre,
+                payload_len,
+                hop_limit: HOP_LIMIT,
+                traffic_class: info.traffic_class,
+                // RFC 6438: the flow label of a tunnel carries the inner flow's entropy for ECMP.
+                flow_label: (hash as u32) & 0x000f_ffff,
+            };
+            if ip.emit(&mut data[l3..]).is_err() {
+                return Outcome::Dropped(DropReason::Malformed);
+            }
+            EtherType::Ipv6
+        }
+        _ => return Outcome::Dropped(DropReason::NoLocalAddr),
+    };
+    let gre = GreRepr {
+        protocol: inner_type,
+        checksum: false,
+        key: None,
+        seq: None,
+    };
+    if gre.emit(&mut data[l3 + outer_ip..]).is_err() {
+        return Outcome::Dropped(DropReason::Malformed);
+    }
+    write_l2(data, &l2[..l3], backend.mac.0, mac, outer_type);
+    // Ethernet padding of short frames is not part of the datagram: the new frame ends with it.
+    if !frame.set_len(l3 + overhead + inner_len) {
+        return Outcome::Dropped(DropReason::Malformed);
+    }
+    Outcome::Forwarded
+}
+
+/// Writes destination and source MAC, the VLAN tags of `old_l2` (the original header) and `ethertype`.
+#[inline(always)]
+fn write_l2(data: &mut [u8], old_l2: &[u8], dst: [u8; 6], src: [u8; 6], ethertype: EtherType) {
+    let l3 = old_l2.len();
+    data[0..6].copy_from_slice(&dst);
+    data[6..12].copy_from_slice(&src);
+    data[12..l3 - 2].copy_from_slice(&old_l2[12..l3 - 2]);
+    data[l3 - 2..l3].copy_from_slice(&u16::from(ethertype).to_be_bytes());
+}
+
+/// The packet would exceed the MTU once encapsulated: answer with ICMP "fragmentation needed" (IPv4 with DF)
+/// or ICMPv6 "packet too big", rewriting the frame in place; otherwise drop.
+#[cold]
+fn too_big<F: Frame>(
+    frame: &mut F,
+    info: &FrameInfo,
+    state: &State,
+    mac: [u8; 6],
+    overhead: usize,
+) -> Outcome {
+    let l3 = info.l3_offset;
+    // RFC 1122 / 4443: errors only about first fragments; TCP and UDP (VIP traffic) are never ICMP errors.
+    if info.fragment_offset != 0 {
+        return Outcome::Dropped(DropReason::TooBig);
+    }
+    let mut l2 = [0u8; MAX_L2];
+    l2[..l3].copy_from_slice(&frame.data()[..l3]);
+    let client_mac: [u8; 6] = {
+        let mut m = [0u8; 6];
+        m.copy_from_slice(&l2[6..12]);
+        m
+    };
+    let room = usize::from(state.mtu).saturating_sub(overhead);
+    let sent = match (info.src, info.dst) {
+        (IpAddr::V4(client), IpAddr::V4(vip)) => {
+            let dont_frag = frame.data().get(l3 + 6).is_some_and(|b| b & 0x40 != 0);
+            if !dont_frag {
+                // The sender allows fragmentation, which a load balancer does not do: drop.
+                return Outcome::Dropped(DropReason::TooBig);
+            }
+            let ihl = info.l4_offset - l3;
+            let quote = (ihl + 8).min(info.ip_len);
+            icmpv4_frag_needed(frame, &l2[..l3], client_mac, mac, vip, client, quote, room)
+        }
+        (IpAddr::V6(client), IpAddr::V6(vip)) => {
+            let quote = info.ip_len.min(IPV6_MIN_MTU - Ipv6Repr::HEADER_LEN - 8);
+            icmpv6_packet_too_big(
+                frame,
+                &l2[..l3],
+                client_mac,
+                mac,
+                vip,
+                client,
+                quote,
+                room.max(IPV6_MIN_MTU),
+            )
+        }
+        _ => false,
+    };
+    if sent {
+        Outcome::Replied
+    } else {
+        Outcome::Dropped(DropReason::TooBig)
+    }
+}
+
+/// Rewrites the frame into ICMP type 3 code 4 quoting the first `quote` bytes of the datagram.
+#[allow(clippy::too_many_arguments)]
+fn icmpv4_frag_needed<F: Frame>(
+    frame: &mut F,
+    old_l2: &[u8],
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    vip: Ipv4Addr,
+    client: Ipv4Addr,
+    quote: usize,
+    mtu: usize,
+) -> bool {
+    const ICMP_LEN: usize = 8;
+    let l3 = old_l2.len();
+    let fresh = Ipv4Repr::HEADER_LEN + ICMP_LEN;
+    // The quoted datagram stays where it is; the new headers go in front of it.
+    if frame.push_head(fresh).is_none() || !frame.set_len(l3 + fresh + quote) {
+        return false;
+    }
+    let data = frame.data_mut();
+    let ip = Ipv4Repr {
+        src: vip,
+        dst: client,
+        protocol: IpProtocol::Icmp,
+        payload_len: u16::try_from(ICMP_LEN + quote).unwrap_or(u16::MAX),
+        ttl: HOP_LIMIT,
+        tos: 0,
+        ident: 0,
+        dont_frag: false,
+    };
+    if ip.emit(&mut data[l3..]).is_err() {
+        return false;
+    }
+    let icmp = &mut data[l3 + Ipv4Repr::HEADER_LEN..];
+    let mtu = u16::try_from(mtu).unwrap_or(u16::MAX).to_be_bytes();
+    icmp[..ICMP_LEN].copy_from_slice(&[3, 4, 0, 0, 0, 0, mtu[0], mtu[1]]);
+    let sum = checksum::internet(&icmp[..ICMP_LEN + quote]);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    write_l2(data, old_l2, dst_mac, src_mac, EtherType::Ipv4);
+    true
+}
+
+/// Rewrites the frame into ICMPv6 packet too big quoting the first `quote` bytes of the datagram.
+#[allow(clippy::too_many_arguments)]
+fn icmpv6_packet_too_big<F: Frame>(
+    frame: &mut F,
+    old_l2: &[u8],
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    vip: Ipv6Addr,
+    client: Ipv6Addr,
+    quote: usize,
+    mtu: usize,
+) -> bool {
+    const ICMP_LEN: usize = 8;
+    let l3 = old_l2.len();
+    let fresh = Ipv6Repr::HEADER_LEN + ICMP_LEN;
+    if frame.push_head(fresh).is_none() || !frame.set_len(l3 + fresh + quote) {
+        return false;
+    }
+    let data = frame.data_mut();
+    let ip = Ipv6Repr {
+        src: vip,
+        dst: client,
+        next_header: IpProtocol::Icmpv6,
+        payload_len: u16::try_from(ICMP_LEN + quote).unwrap_or(u16::MAX),
+        hop_limit: HOP_LIMIT,
+        traffic_class: 0,
+        flow_label: 0,
+    };
+    if ip.emit(&mut data[l3..]).is_err() {
+        return false;
+    }
+    let msg = &mut data[l3 + Ipv6Repr::HEADER_LEN..];
+    msg[..4].copy_from_slice(&[u8::from(Icmpv6Type::PacketTooBig), 0, 0, 0]);
+    let Ok(mut icmp) = Icmpv6Packet::new_checked(msg) else {
+        return false;
+    };
+    icmp.set_mtu(u32::try_from(mtu).unwrap_or(u32::MAX));
+    icmp.fill_checksum(&vip, &client);
+    write_l2(data, old_l2, dst_mac, src_mac, EtherType::Ipv6);
+    true
+}
+
+/// Answers an ARP request for a VIP address in place.
+#[cold]
+fn answer_arp<F: Frame>(
+    frame: &mut F,
+    info: &FrameInfo,
+    state: &State,
+    worker: &mut Worker,
+) -> Verdict {
+    let l3 = info.l3_offset;
+    let mac = MacAddr(worker.mac);
+    let data = frame.data_mut();
+    let Ok(mut arp) = ArpPacket::new_checked(&mut data[l3..]) else {
+        return Verdict::Drop(DropReason::Malformed);
+    };
+    let target = arp.target_protocol_addr();
+    if arp.operation() != ArpOperation::Request || !state.is_vip_addr(Addr::v4(target.octets())) {
+        return Verdict::Drop(DropReason::NotIp);
+    }
+    let (asker_mac, asker_ip) = (arp.sender_hardware_addr(), arp.sender_protocol_addr());
+    arp.set_operation(ArpOperation::Reply);
+    arp.set_target_hardware_addr(asker_mac);
+    arp.set_target_protocol_addr(asker_ip);
+    arp.set_sender_hardware_addr(mac);
+    arp.set_sender_protocol_addr(target);
+    data[0..6].copy_from_slice(&asker_mac.0);
+    data[6..12].copy_from_slice(&worker.mac);
+    worker.counters.arp_replies += 1;
+    Verdict::Tx
+}
+
+/// Answers a neighbour solicitation for a VIP address with a neighbour advertisement, in place. `None` when
+/// the packet is some other ICMPv6 message (it then goes through the VIP lookup like any packet).
+#[cold]
+fn answer_neighbor_solicitation<F: Frame>(
+    frame: &mut F,
+    info: &FrameInfo,
+    state: &State,
+    worker: &mut Worker,
+) -> Option<Verdict> {
+    let (IpAddr::V6(asker), l3, l4) = (info.src, info.l3_offset, info.l4_offset) else {
+        return None;
+    };
+    let ns = NdpNeighbor::new_checked(frame.data().get(l4..info.l3_end())?).ok()?;
+    // RFC 4861 7.1.1: a valid solicitation has hop limit 255 (it cannot have been forwarded).
+    if ns.msg_type() != Icmpv6Type::NeighborSolicit || ns.code() != 0 || info.hop_limit != 255 {
+        return None;
+    }
+    let target = ns.target_addr();
+    if !state.is_vip_addr(Addr::v6(target.octets())) {
+        return Some(Verdict::Drop(DropReason::NoVip));
+    }
+    let mut l2 = [0u8; MAX_L2];
+    l2[..l3].copy_from_slice(&frame.data()[..l3]);
+    // Duplicate address detection comes from `::` and is answered to all nodes, unsolicited (RFC 4861 7.2.4).
+    let dad = asker.is_unspecified();
+    let (dst, dst_mac, flags) = if dad {
+        (
+            Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1),
+            MacAddr::ipv6_multicast(&Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1)).0,
+            NdpFlags::OVERRIDE,
+        )
+    } else {
+        let mut m = [0u8; 6];
+        m.copy_from_slice(&l2[6..12]);
+        (asker, m, NdpFlags::SOLICITED | NdpFlags::OVERRIDE)
+    };
+    let na = NeighborAdvertRepr {
+        flags,
+        target,
+        target_link_addr: Some(MacAddr(worker.mac)),
+    };
+    let len = na.buffer_len();
+    if !frame.set_len(l3 + Ipv6Repr::HEADER_LEN + len) {
+        return Some(Verdict::Drop(DropReason::NoHeadroom));
+    }
+    let data = frame.data_mut();
+    let ip = Ipv6Repr {
+        src: target,
+        dst,
+        next_header: IpProtocol::Icmpv6,
+        payload_len: u16::try_from(len).unwrap_or(u16::MAX),
+        hop_limit: 255,
+        traffic_class: 0,
+        flow_label: 0,
+    };
+    if ip.emit(&mut data[l3..]).is_err()
+        || na
+            .emit(&mut data[l3 + Ipv6Repr::HEADER_LEN..], &target, &dst)
+            .is_err()
+    {
+        return Some(Verdict::Drop(DropReason::Malformed));
+    }
+    write_l2(data, &l2[..l3], dst_mac, worker.mac, EtherType::Ipv6);
+    worker.counters.nd_replies += 1;
+    Some(Verdict::Tx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MaglevSection;
+    use crate::control::Control;
+    use cne::frame::VecFrame;
+    use proptest::prelude::*;
+
+    const LB_MAC: Mac = Mac([2, 0, 0, 0, 0, 0xaa]);
+
+    const CONFIG: &str = r#"{
+        "hash_seed": 7,
+        "conntrack": { "size": 16384 },
+        "local_addrs": ["198.18.0.1", "2001:2::1"],
+        "gateway_mac": "02:00:00:00:00:fe",
+        "vips": [
+          { "name": "web4", "addr": "198.18.100.1", "proto": "tcp", "port": 80, "mode": "gre",
+            "backends": [ { "name": "b1", "addr": "198.18.1.1", "mac": "02:00:00:00:01:01" } ] },
+          { "name": "web6", "addr": "2001:2::100", "proto": "tcp", "port": 80, "mode": "gre",
+            "backends": [ { "name": "b1", "addr": "2001:2:1::1", "mac": "02:00:00:00:01:02" } ] },
+          { "name": "mixed", "addr": "198.18.100.2", "proto": "udp", "port": 53, "mode": "gre",
+            "backends": [ { "name": "b", "addr": "2001:2:1::2" } ] },
+          { "name": "dsr", "addr": "198.18.100.3", "proto": "udp", "port": 443, "mode": "l2dsr",
+            "backends": [ { "name": "b", "addr": "198.18.1.3", "mac": "02:00:00:00:01:03" } ] },
+          { "name": "pool", "addr": "198.18.100.4", "proto": "tcp", "port": "all", "mode": "gre",
+            "backends": [ { "name": "p0", "addr": "198.18.2.1" }, { "name": "p1", "addr": "198.18.2.2" },
+                          { "name": "p2", "addr": "198.18.2.3" }, { "name": "p3", "addr": "198.18.2.4" } ] },
+          { "name": "udp-a", "addr": "198.18.100.5", "proto": "udp", "port": 1000, "mode": "gre",
+            "backends": [ { "name": "b", "addr": "198.18.1.5" } ] },
+          { "name": "udp-b", "addr": "198.18.100.5", "proto": "udp", "port": 2000, "mode": "gre",
+            "backends": [ { "name": "b", "addr": "198.18.1.6" } ] },
+          { "name": "empty", "addr": "198.18.100.6", "proto": "tcp", "port": 80, "mode": "gre", "backends": [] }
+        ] }"#;
+
+    // Fixtures generated with scapy 2.8.0 (the input frame, and the frame the load balancer must send).
+    // Client 198.18.50.1 / 2001:2:50::1 behind MAC 02:00:00:00:00:cc; load balancer MAC 02:00:00:00:00:aa.
+    // `_TAIL` = (byte, count) repeated after the listed bytes.
+
+    /// Ether / IP / TCP 198.18.50.1:40000 > 198.18.100.1:http S
+    const GRE4_IN: &str = "
+        02 00 00 00 00 aa 02 00 00 00 00 cc 08 00 45 28
+        00 28 00 01 40 00 40 06 18 80 c6 12 32 01 c6 12
+        64 01 9c 40 00 50 00 00 00 01 00 00 00 00 50 02
+        20 00 d1 29 00 00";
+    /// Ether / IP / GRE / IP / TCP 198.18.50.1:40000 > 198.18.100.1:http S
+    const GRE4_OUT: &str = "
+        02 00 00 00 01 01 02 00 00 00 00 aa 08 00 45 28
+        00 40 00 00 40 00 40 2f ad 40 c6 12 00 01 c6 12
+        01 01 00 00 08 00 45 28 00 28 00 01 40 00 40 06
+        18 80 c6 12 32 01 c6 12 64 01 9c 40 00 50 00 00
+        00 01 00 00 00 00 50 02 20 00 d1 29 00 00";
+    const GRE6_IN: &str = "
+        02 00 00 00 00 aa 02 00 00 00 00 cc 86 dd 62 80
+        00 00 00 19 06 40 20 01 00 02 00 50 00 00 00 00
+        00 00 00 00 00 01 20 01 00 02 00 00 00 00 00 00
+        00 00 00 00 01 00 9c 41 00 50 00 00 00 05 00 00
+        00 07 50 10 20 00 6e 09 00 00 68 65 6c 6c 6f";
+    /// Ether / IPv6 / GRE / IPv6 / TCP 2001:2:50::1:40001 > 2001:2::100:http A / Raw
+    const GRE6_OUT: &str = "
+        02 00 00 00 01 02 02 00 00 00 00 aa 86 dd 62 80
+        00 00 00 45 2f 40 20 01 00 02 00 00 00 00 00 00
+        00 00 00 00 00 01 20 01 00 02 00 01 00 00 00 00
+        00 00 00 00 00 01 00 00 86 dd 62 80 00 00 00 19
+        06 40 20 01 00 02 00 50 00 00 00 00 00 00 00 00
+        00 01 20 01 00 02 00 00 00 00 00 00 00 00 00 00
+        01 00 9c 41 00 50 00 00 00 05 00 00 00 07 50 10
+        20 00 6e 09 00 00 68 65 6c 6c 6f";
+    /// Ether / IP / UDP, padded to 60 bytes
+    const MIXED_IN: &str = "
+        02 00 00 00 00 aa 02 00 00 00 00 cc 08 00 45 00
+        00 1e 00 02 00 00 40 11 58 a5 c6 12 32 01 c6 12
+        64 02 13 88 00 35 00 0a 58 b5 71 3f 00 00 00 00
+        00 00 00 00 00 00 00 00 00 00 00 00";
+    /// Ether / IPv6 / GRE / IP / UDP 198.18.50.1:5000 > 198.18.100.2:domain / Raw
+    const MIXED_OUT: &str = "
+        02 00 00 00 00 fe 02 00 00 00 00 aa 86 dd 60 00
+        00 00 00 22 2f 40 20 01 00 02 00 00 00 00 00 00
+        00 00 00 00 00 01 20 01 00 02 00 01 00 00 00 00
+        00 00 00 00 00 02 00 00 08 00 45 00 00 1e 00 02
+        00 00 40 11 58 a5 c6 12 32 01 c6 12 64 02 13 88
+        00 35 00 0a 58 b5 71 3f";
+    /// Ether / IP / UDP 198.18.50.1:5001 > 198.18.100.3:https / Raw
+    const DSR_IN: &str = "
+        02 00 00 00 00 aa 02 00 00 00 00 cc 08 00 45 00
+        00 1f 00 03 00 00 40 11 58 a2 c6 12 32 01 c6 12
+        64 03 13 89 01 bb 00 0b f1 f6 64 73 72";
+    /// Ether / IP / UDP 198.18.50.1:5001 > 198.18.100.3:https / Raw
+    const DSR_OUT: &str = "
+        02 00 00 00 01 03 02 00 00 00 00 aa 08 00 45 00
+        00 1f 00 03 00 00 40 11 58 a2 c6 12 32 01 c6 12
+        64 03 13 89 01 bb 00 0b f1 f6 64 73 72";
+    /// Ether / Dot1Q / IP / TCP 198.18.50.1:40000 > 198.18.100.1:http S
+    const VLAN_IN: &str = "
+        02 00 00 00 00 aa 02 00 00 00 00 cc 81 00 00 64
+        08 00 45 28 00 28 00 01 40 00 40 06 18 80 c6 12
+        32 01 c6 12 64 01 9c 40 00 50 00 00 00 01 00 00
+        00 00 50 02 20 00 d1 29 00 00";
+    /// Ether / Dot1Q / IP / GRE / IP / TCP 198.18.50.1:40000 > 198.18.100.1:http S
+    const VLAN_OUT: &str = "
+        02 00 00 00 01 01 02 00 00 00 00 aa 81 00 00 64
+        08 00 45 28 00 40 00 00 40 00 40 2f ad 40 c6 12
+        00 01 c6 12 01 01 00 00 08 00 45 28 00 28 00 01
+        40 00 40 06 18 80 c6 12 32 01 c6 12 64 01 9c 40
+        00 50 00 00 00 01 00 00 00 00 50 02 20 00 d1 29
+        00 00";
+    /// Ether / IP / TCP 198.18.50.1:40002 > 198.18.100.1:http A / Raw
+    const BIG4_IN: &str = "
+        02 00 00 00 00 aa 02 00 00 00 00 cc 08 00 45 00
+        05 c8 00 04 40 00 40 06 13 05 c6 12 32 01 c6 12
+        64 01 9c 42 00 50 00 00 00 00 00 00 00 00 50 10
+        20 00 f8 a7 00 00";
+    const BIG4_IN_TAIL: (u8, usize) = (0x78, 1440);
+    /// Ether / IP / ICMP 198.18.100.1 > 198.18.50.1 dest-unreach fragmentation-needed / Raw
+    const BIG4_OUT: &str = "
+        02 00 00 00 00 cc 02 00 00 00 00 aa 08 00 45 00
+        00 38 00 00 00 00 40 01 58 9e c6 12 64 01 c6 12
+        32 01 03 04 5a a5 00 00 05 c4 45 00 05 c8 00 04
+        40 00 40 06 13 05 c6 12 32 01 c6 12 64 01 9c 42
+        00 50 00 00 00 00";
+    /// Ether / IPv6 / TCP 2001:2:50::1:40003 > 2001:2::100:http A / Raw
+    const BIG6_IN: &str = "
+        02 00 00 00 00 aa 02 00 00 00 00 cc 86 dd 60 00
+        00 00 05 8c 06 40 20 01 00 02 00 50 00 00 00 00
+        00 00 00 00 00 01 20 01 00 02 00 00 00 00 00 00
+        00 00 00 00 01 00 9c 43 00 50 00 00 00 00 00 00
+        00 00 50 10 20 00 84 4a 00 00";
+    const BIG6_IN_TAIL: (u8, usize) = (0x79, 1400);
+    /// Ether / 2001:2::100 > 2001:2:50::1 (58) / ICMPv6PacketTooBig / Raw
+    const BIG6_OUT: &str = "
+        02 00 00 00 00 cc 02 00 00 00 00 aa 86 dd 60 00
+        00 00 04 d8 3a 40 20 01 00 02 00 00 00 00 00 00
+        00 00 00 00 01 00 20 01 00 02 00 50 00 00 00 00
+        00 00 00 00 00 01 02 00 63 c4 00 00 05 b0 60 00
+        00 00 05 8c 06 40 20 01 00 02 00 50 00 00 00 00
+        00 00 00 00 00 01 20 01 00 02 00 00 00 00 00 00
+        00 00 00 00 01 00 9c 43 00 50 00 00 00 00 00 00
+        00 00 50 10 20 00 84 4a 00 00";
+    const BIG6_OUT_TAIL: (u8, usize) = (0x79, 1172);
+    /// Ether / ARP who has 198.18.100.1 says 198.18.50.1
+    const ARP_IN: &str = "
+        ff ff ff ff ff ff 02 00 00 00 00 cc 08 06 00 01
+        08 00 06 04 00 01 02 00 00 00 00 cc c6 12 32 01
+        00 00 00 00 00 00 c6 12 64 01";
+    /// Ether / ARP is at 02:00:00:00:00:aa says 198.18.100.1
+    const ARP_OUT: &str = "
+        02 00 00 00 00 cc 02 00 00 00 00 aa 08 06 00 01
+        08 00 06 04 00 02 02 00 00 00 00 aa c6 12 64 01
+        02 00 00 00 00 cc c6 12 32 01";
+    /// Ether / IPv6 / ICMPv6ND_NS / ICMPv6 Neighbor Discovery Option - Source Link-Layer Address 02:00:00:00:00:cc
+    const NS_IN: &str = "
+        33 33 ff 00 01 00 02 00 00 00 00 cc 86 dd 60 00
+        00 00 00 20 3a ff 20 01 00 02 00 50 00 00 00 00
+        00 00 00 00 00 01 ff 02 00 00 00 00 00 00 00 00
+        00 01 ff 00 01 00 87 00 34 7c 00 00 00 00 20 01
+        00 02 00 00 00 00 00 00 00 00 00 00 01 00 01 01
+        02 00 00 00 00 cc";
+    /// Ether / IPv6 / ICMPv6ND_NA / ICMPv6 Neighbor Discovery Option - Destination Link-Layer Address 02:00:00:00:00:aa
+    const NS_OUT: &str = "
+        02 00 00 00 00 cc 02 00 00 00 00 aa 86 dd 60 00
+        00 00 00 20 3a ff 20 01 00 02 00 00 00 00 00 00
+        00 00 00 00 01 00 20 01 00 02 00 50 00 00 00 00
+        00 00 00 00 00 01 88 00 b0 9f 60 00 00 00 20 01
+        00 02 00 00 00 00 00 00 00 00 00 00 01 00 02 01
+        02 00 00 00 00 aa";
+
+    fn bytes(hex: &str, tail: Option<(u8, usize)>) -> Vec<u8> {
+        let mut b: Vec<u8> = hex
+            .split_whitespace()
+            .map(|h| u8::from_str_radix(h, 16).expect("hex byte"))
+            .collect();
+        if let Some((byte, n)) = tail {
+            b.resize(b.len() + n, byte);
+        }
+        b
+    }
+
+    fn control() -> Control {
+        let s: MaglevSection = serde_json::from_str(CONFIG).expect("parses");
+        Control::new(s.validate().expect("valid")).expect("builds")
+    }
+
+    fn run(state: &State, worker: &mut Worker, input: &[u8], now: u32) -> (Verdict, Vec<u8>) {
+        let mut f = VecFrame::from_bytes(input);
+        let v = process(&mut f, state, worker, now);
+        (v, f.data().to_vec())
+    }
+
+    /// Input, expected verdict and output, Katran-fixture style.
+    fn check(name: &str, input: Vec<u8>, want: Vec<u8>) {
+        let c = control();
+        let state = c.state();
+        let mut w = Worker::new(LB_MAC, &state);
+        let (v, out) = run(&state, &mut w, &input, 1);
+        assert_eq!(v, Verdict::Tx, "{name}");
+        assert_eq!(hex(&out), hex(&want), "{name}");
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.chunks(16)
+            .map(|c| {
+                c.iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Sets the 20-bit IPv6 flow label at `l3` to the flow hash's low bits, as the encapsulation does.
+    fn with_flow_label(mut frame: Vec<u8>, l3: usize, key: FlowKey) -> Vec<u8> {
+        let label = (key.hash(7) as u32) & 0xf_ffff;
+        let word = u32::from_be_bytes([frame[l3], frame[l3 + 1], frame[l3 + 2], frame[l3 + 3]])
+            & 0xfff0_0000
+            | label;
+        frame[l3..l3 + 4].copy_from_slice(&word.to_be_bytes());
+        frame
+    }
+
+    fn v4(s: &str) -> u128 {
+        Addr::from(s.parse::<IpAddr>().expect("ip")).bits
+    }
+
+    #[test]
+    fn fixture_gre_ipv4() {
+        check("gre4", bytes(GRE4_IN, None), bytes(GRE4_OUT, None));
+    }
+
+    #[test]
+    fn fixture_gre_ipv6() {
+        let key = FlowKey {
+            src: v4("2001:2:50::1"),
+            dst: v4("2001:2::100"),
+            sport: 40001,
+            dport: 80,
+            proto: 6,
+        };
+        check(
+            "gre6",
+            bytes(GRE6_IN, None),
+            with_flow_label(bytes(GRE6_OUT, None), 14, key),
+        );
+    }
+
+    #[test]
+    fn fixture_gre_ipv6_outer_for_ipv4_client_drops_padding() {
+        let key = FlowKey {
+            src: v4("198.18.50.1"),
+            dst: v4("198.18.100.2"),
+            sport: 5000,
+            dport: 53,
+            proto: 17,
+        };
+        let input = bytes(MIXED_IN, None);
+        assert_eq!(input.len(), 60, "padded to the Ethernet minimum");
+        check(
+            "mixed",
+            input,
+            with_flow_label(bytes(MIXED_OUT, None), 14, key),
+        );
+    }
+
+    #[test]
+    fn fixture_l2_dsr() {
+        check("dsr", bytes(DSR_IN, None), bytes(DSR_OUT, None));
+    }
+
+    #[test]
+    fn fixture_vlan_tag_is_kept() {
+        check("vlan", bytes(VLAN_IN, None), bytes(VLAN_OUT, None));
+    }
+
+    #[test]
+    fn fixture_too_big_ipv4_gets_fragmentation_needed() {
+        check(
+            "big4",
+            bytes(BIG4_IN, Some(BIG4_IN_TAIL)),
+            bytes(BIG4_OUT, None),
+        );
+    }
+
+    #[test]
+    fn fixture_too_big_ipv6_gets_packet_too_big() {
+        check(
+            "big6",
+            bytes(BIG6_IN, Some(BIG6_IN_TAIL)),
+            bytes(BIG6_OUT, Some(BIG6_OUT_TAIL)),
+        );
+    }
+
+    #[test]
+    fn fixture_arp_reply() {
+        check("arp", bytes(ARP_IN, None), bytes(ARP_OUT, None));
+    }
+
+    #[test]
+    fn fixture_neighbor_advertisement() {
+        check("ns", bytes(NS_IN, None), bytes(NS_OUT, None));
+    }
+
+    /// An Ethernet/IPv4/TCP frame (checksums are not checked on this path, so they stay zero).
+    fn tcp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, flags: u8) -> Vec<u8> {
+        let mut f = vec![2, 0, 0, 0, 0, 0xaa, 2, 0, 0, 0, 0, 0xcc, 8, 0];
+        f.extend_from_slice(&[0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0]);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&sport.to_be_bytes());
+        f.extend_from_slice(&dport.to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0x20, 0, 0, 0, 0, 0]);
+        f
+    }
+
+    /// An IPv4 fragment of protocol `proto` at byte `offset` with `more` fragments, carrying `payload`.
+    fn frag4(
+        src: [u8; 4],
+        dst: [u8; 4],
+        proto: u8,
+        id: u16,
+        offset: u16,
+        more: bool,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut f = vec![2, 0, 0, 0, 0, 0xaa, 2, 0, 0, 0, 0, 0xcc, 8, 0];
+        let total = (20 + payload.len()) as u16;
+        let fo = (offset / 8) | if more { 0x2000 } else { 0 };
+        f.extend_from_slice(&[0x45, 0]);
+        f.extend_from_slice(&total.to_be_bytes());
+        f.extend_from_slice(&id.to_be_bytes());
+        f.extend_from_slice(&fo.to_be_bytes());
+        f.extend_from_slice(&[64, proto, 0, 0]);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    const FIN_ACK: u8 = 0x11;
+    const POOL: [u8; 4] = [198, 18, 100, 4];
+
+    /// The backend (outer IPv4 destination) a GRE frame goes to.
+    fn outer_dst(out: &[u8]) -> [u8; 4] {
+        [out[30], out[31], out[32], out[33]]
+    }
+
+    #[test]
+    fn drops_are_counted_by_reason() {
+        let c = control();
+        let state = c.state();
+        let mut w = Worker::new(LB_MAC, &state);
+        let cases: Vec<(Vec<u8>, DropReason)> = vec![
+            (
+                tcp4([198, 18, 50, 1], 1, [198, 18, 100, 9], 80, SYN),
+                DropReason::NoVip,
+            ),
+            (
+                tcp4([198, 18, 50, 1], 1, [198, 18, 100, 1], 81, SYN),
+                DropReason::NoVip,
+            ),
+            (
+                tcp4([198, 18, 50, 1], 1, [198, 18, 100, 6], 80, SYN),
+                DropReason::NoBackend,
+            ),
+            (
+                tcp4([198, 18, 50, 1], 1, [198, 18, 100, 1], 80, SYN)[..40].to_vec(),
+                DropReason::Malformed,
+            ),
+            (vec![0; 10], DropReason::Malformed),
+            (
+                {
+                    let mut lldp = bytes(GRE4_IN, None);
+                    lldp[12..14].copy_from_slice(&[0x88, 0xcc]);
+                    lldp
+                },
+                DropReason::NotIp,
+            ),
+            (
+                {
+                    let mut arp = bytes(ARP_IN, None);
+                    arp[41] = 9; // who-has 198.18.100.9: not ours
+                    arp
+                },
+                DropReason::NotIp,
+            ),
+            (
+                frag4(
+                    [198, 18, 50, 1],
+                    [198, 18, 100, 5],
+                    17,
+                    9,
+                    8,
+                    false,
+                    &[0; 8],
+                ),
+                DropReason::FragmentAmbiguous,
+            ),
+        ];
+        for (i, (frame, reason)) in cases.iter().enumerate() {
+            let (v, out) = run(&state, &mut w, frame, 1);
+            assert_eq!(v, Verdict::Drop(*reason), "case {i}");
+            assert_eq!(&out, frame, "case {i}: a dropped frame is not modified");
+        }
+        let counters = w.counters();
+        assert_eq!(counters.rx_packets, cases.len() as u64);
+        assert_eq!(counters.tx_packets, 0);
+        assert_eq!(counters.drops_for(DropReason::NoVip), 2);
+        assert_eq!(counters.drops_for(DropReason::Malformed), 2);
+        assert_eq!(counters.drops_for(DropReason::NotIp), 2);
+    }
+
+    #[test]
+    fn claim_all_off_leaves_arp_and_nd_unanswered() {
+        let s: MaglevSection =
+            serde_json::from_str(&CONFIG.replacen("{", r#"{ "claim_all": false,"#, 1))
+                .expect("parses");
+        let c = Control::new(s.validate().expect("valid")).expect("builds");
+        let state = c.state();
+        let mut w = Worker::new(LB_MAC, &state);
+        assert_eq!(
+            run(&state, &mut w, &bytes(ARP_IN, None), 1).0,
+            Verdict::Drop(DropReason::NotIp)
+        );
+        assert_eq!(
+            run(&state, &mut w, &bytes(NS_IN, None), 1).0,
+            Verdict::Drop(DropReason::NoVip)
+        );
+    }
+
+    #[test]
+    fn counters_per_vip_and_backend() {
+        let c = control();
+        let state = c.state();
+        let mut w = Worker::new(LB_MAC, &state);
+        let input = bytes(GRE4_IN, None);
+        for now in 1..=3 {
+            assert_eq!(run(&state, &mut w, &input, now).0, Verdict::Tx);
+        }
+        let web4 = state.vip_by_name("web4").expect("vip");
+        let b1 = web4.backends()[0].id;
+        let counters = w.counters().clone();
+        assert_eq!(counters.vips[web4.id as usize].packets, 3);
+        assert_eq!(
+            counters.vips[web4.id as usize].bytes,
+            3 * input.len() as u64
+        );
+        assert_eq!(
+            counters.vips[web4.id as usize].new_conns, 1,
+            "then found in the connection table"
+        );
+        assert_eq!(
+            counters.backends[b1 as usize],
+            counters.vips[web4.id as usize]
+        );
+        assert_eq!((counters.tx_packets, counters.conntrack.inserted), (3, 1));
+    }
+
+    /// Sends a non-SYN packet of each flow and returns the backend it went to.
+    fn backends_of(
+        state: &State,
+        w: &mut Worker,
+        flows: &[([u8; 4], u16)],
+        flags: u8,
+        now: u32,
+    ) -> Vec<[u8; 4]> {
+        flows
+            .iter()
+            .map(|&(src, sport)| {
+                let (v, out) = run(state, w, &tcp4(src, sport, POOL, 8080, flags), now);
+                assert_eq!(v, Verdict::Tx);
+                outer_dst(&out)
+            })
+            .collect()
+    }
+
+    fn flows(n: u32) -> Vec<([u8; 4], u16)> {
+        (0..n)
+            .map(|i| {
+                (
+                    [198, 18, 60 + (i % 7) as u8, (i % 251) as u8],
+                    1024 + i as u16,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn flows_spread_over_the_pool_and_stay_put() {
+        let c = control();
+        let state = c.state();
+        let mut w = Worker::new(LB_MAC, &state);
+        let f = flows(4000);
+        let first = backends_of(&state, &mut w, &f, SYN, 1);
+        for b in 1..=4u8 {
+            let n = first.iter().filter(|d| **d == [198, 18, 2, b]).count();
+            assert!(
+                (800..1200).contains(&n),
+                "backend {b} got {n} of 4000 flows"
+            );
+        }
+        assert_eq!(backends_of(&state, &mut w, &f, ACK, 2), first);
+        // A second worker (another queue, another instance) with an empty table picks the same backends.
+        let mut other = Worker::new(LB_MAC, &state);
+        assert_eq!(backends_of(&state, &mut other, &f, ACK, 2), first);
+    }
+
+    #[test]
+    fn removing_a_backend_moves_only_its_flows() {
+        let mut c = control();
+        let mut w = Worker::new(LB_MAC, &c.state());
+        let f = flows(2000);
+        let before = backends_of(&c.state(), &mut w, &f, SYN, 1);
+        c.remove_backend("pool", "p1").expect("removes");
+        let after = backends_of(&c.state(), &mut w, &f, ACK, 2);
+        let gone = [198, 18, 2, 2];
+        let mut moved = 0;
+        for (b, a) in before.iter().zip(&after) {
+            if *b == gone {
+                assert_ne!(*a, gone);
+                moved += 1;
+            } else {
+                assert_eq!(a, b, "a flow of a remaining backend moved");
+            }
+        }
+        assert!(moved > 300);
+        assert_eq!(w.counters().rerouted, moved);
+    }
+
+    #[test]
+    fn adding_a_backend_keeps_established_flows() {
+        let mut c = control();
+        let mut w = Worker::new(LB_MAC, &c.state());
+        let f = flows(2000);
+        let before = backends_of(&c.state(), &mut w, &f, SYN, 1);
+        let extra = crate::config::BackendSection {
+            name: "p4".into(),
+            addr: "198.18.2.5".parse().expect("ip"),
+            weight: 1,
+            mac: None,
+        };
+        c.add_backend("pool", extra).expect("adds");
+        assert_eq!(
+            backends_of(&c.state(), &mut w, &f, ACK, 2),
+            before,
+            "the connection table holds them"
+        );
+        // New flows do reach the new backend.
+        let fresh: Vec<([u8; 4], u16)> = (0..2000)
+            .map(|i| ([198, 18, 70, (i % 251) as u8], 20000 + i as u16))
+            .collect();
+        let to_new = backends_of(&c.state(), &mut w, &fresh, SYN, 2)
+            .iter()
+            .filter(|d| **d == [198, 18, 2, 5])
+            .count();
+        assert!(
+            (300..500).contains(&to_new),
+            "{to_new} of 2000 new flows on the new backend"
+        );
+    }
+
+    #[test]
+    fn draining_keeps_flows_and_turns_new_connections_away() {
+        let mut c = control();
+        let mut w = Worker::new(LB_MAC, &c.state());
+        let f = flows(2000);
+        let before = backends_of(&c.state(), &mut w, &f, SYN, 1);
+        c.drain("pool", "p2").expect("drains");
+        let drained = [198, 18, 2, 3];
+        assert_eq!(
+            backends_of(&c.state(), &mut w, &f, ACK, 2),
+            before,
+            "established flows stay, drained or not"
+        );
+        // A FIN keeps going to the drained backend too.
+        assert_eq!(backends_of(&c.state(), &mut w, &f, FIN_ACK, 3), before);
+        // A new SYN on the same 5-tuple is a new connection: never to the drained backend.
+        let again = backends_of(&c.state(), &mut w, &f, SYN, 4);
+        assert!(again.iter().all(|d| *d != drained));
+        for (b, a) in before.iter().zip(&again) {
+            if *b != drained {
+                assert_eq!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn fin_shortens_the_timeout_and_flows_expire() {
+        let mut c = control();
+        let mut w = Worker::new(LB_MAC, &c.state());
+        let f = flows(500);
+        let before = backends_of(&c.state(), &mut w, &f, SYN, 1);
+        backends_of(&c.state(), &mut w, &f, FIN_ACK, 2);
+        // Past the FIN timeout (30 s) the entries are gone: after a table change the flows follow the table.
+        c.remove_backend("pool", "p0").expect("removes");
+        let later = backends_of(&c.state(), &mut w, &f, ACK, 2 + 31);
+        assert!(w.conntrack().stats().expired > 0);
+        let kept = before.iter().zip(&later).filter(|(b, a)| b == a).count();
+        assert!(kept < 500 && kept > 200, "{kept}");
+    }
+
+    #[test]
+    fn fragments_of_a_datagram_reach_one_backend() {
+        let c = control();
+        let state = c.state();
+        let mut w = Worker::new(LB_MAC, &state);
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..200u16 {
+            let src = [198, 18, 61, (i % 200) as u8];
+            // First fragment: the TCP header with the ports, then a later fragment without.
+            let mut tcp = tcp4(src, 1000 + i, POOL, 8080, ACK)[34..].to_vec();
+            tcp.extend_from_slice(&[0xab; 4]);
+            let first = frag4(src, POOL, 6, i, 0, true, &tcp);
+            let second = frag4(src, POOL, 6, i, 24, false, &[0xcd; 40]);
+            let (v1, o1) = run(&state, &mut w, &first, 1);
+            let (v2, o2) = run(&state, &mut w, &second, 1);
+            assert_eq!((v1, v2), (Verdict::Tx, Verdict::Tx));
+            assert_eq!(outer_dst(&o1), outer_dst(&o2), "datagram {i}");
+            seen.insert(outer_dst(&o1));
+        }
+        assert_eq!(seen.len(), 4, "different clients spread over the pool");
+        assert_eq!(w.counters().fragments, 400);
+        assert_eq!(
+            w.conntrack().stats().inserted,
+            0,
+            "fragments are not connections"
+        );
+    }
+
+    #[test]
+    fn flood_guard_forwards_unrecorded_flows() {
+        let s: MaglevSection = serde_json::from_str(&CONFIG.replacen(
+            "{",
+            r#"{ "flood_guard": { "max_new_conns_per_sec": 10 },"#,
+            1,
+        ))
+        .expect("parses");
+        let c = Control::new(s.validate().expect("valid")).expect("builds");
+        let state = c.state();
+        let mut w = Worker::new(LB_MAC, &state);
+        let f = flows(50);
+        let first = backends_of(&state, &mut w, &f, SYN, 1);
+        assert_eq!(w.conntrack().stats().inserted, 10);
+        assert_eq!(w.conntrack().stats().limited, 40);
+        // Unrecorded flows still go where the Maglev table says, which is where they went.
+        assert_eq!(backends_of(&state, &mut w, &f, ACK, 1), first);
+        assert_eq!(w.counters().tx_packets, 100);
+    }
+
+    #[test]
+    fn worker_adopts_new_settings_and_ids() {
+        let mut c = control();
+        let mut w = Worker::new(LB_MAC, &c.state());
+        let extra = crate::config::BackendSection {
+            name: "p9".into(),
+            addr: "198.18.2.9".parse().expect("ip"),
+            weight: 1000,
+            mac: None,
+        };
+        c.add_backend("pool", extra).expect("adds");
+        let state = c.state();
+        let id = state.vip_by_name("pool").expect("vip").backends()[4].id;
+        // Nearly every new flow goes to the heavy new backend, and its counters exist.
+        backends_of(&state, &mut w, &flows(100), SYN, 1);
+        assert!(w.counters().backends[id as usize].packets > 90);
+    }
+
+    #[test]
+    fn burst_equals_one_by_one() {
+        let c = control();
+        let state = c.state();
+        let mut inputs: Vec<Vec<u8>> = vec![
+            bytes(GRE4_IN, None),
+            bytes(GRE6_IN, None),
+            bytes(MIXED_IN, None),
+            bytes(DSR_IN, None),
+            bytes(VLAN_IN, None),
+            bytes(BIG4_IN, Some(BIG4_IN_TAIL)),
+            bytes(ARP_IN, None),
+            bytes(NS_IN, None),
+            vec![1, 2, 3],
+            frag4([198, 18, 50, 1], POOL, 6, 1, 8, false, &[0; 8]),
+        ];
+        // 70 frames: more than two pipeline groups, with repeated flows inside one group.
+        for i in 0..60u32 {
+            let flags = if i % 3 == 0 { SYN } else { ACK };
+            inputs.push(tcp4(
+                [198, 18, 60, (i % 20) as u8],
+                2000 + (i % 25) as u16,
+                POOL,
+                443,
+                flags,
+            ));
+        }
+        let mut one = Worker::new(LB_MAC, &state);
+        let expected: Vec<(Verdict, Vec<u8>)> =
+            inputs.iter().map(|f| run(&state, &mut one, f, 5)).collect();
+        let mut burst = Worker::new(LB_MAC, &state);
+        let mut frames: Vec<VecFrame> = inputs.iter().map(|f| VecFrame::from_bytes(f)).collect();
+        let mut verdicts = vec![Verdict::Drop(DropReason::Malformed); frames.len()];
+        process_burst(&mut frames, &mut verdicts, &state, &mut burst, 5);
+        for (i, ((v, out), f)) in expected.iter().zip(&frames).enumerate() {
+            assert_eq!((verdicts[i], f.data()), (*v, &out[..]), "frame {i}");
+        }
+        assert_eq!(one.counters(), burst.counters());
+        // A shorter verdict slice limits the burst instead of panicking.
+        let mut two = [Verdict::Tx; 2];
+        process_burst(&mut frames, &mut two, &state, &mut burst, 5);
+        assert_eq!(burst.counters().rx_packets, inputs.len() as u64 + 2);
+    }
+
+    fn state_and_worker() -> (std::sync::Arc<State>, Worker) {
+        static STATE: std::sync::OnceLock<std::sync::Arc<State>> = std::sync::OnceLock::new();
+        let state = STATE.get_or_init(|| control().state()).clone();
+        let w = Worker::new(LB_MAC, &state);
+        (state, w)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..200), headroom in 0usize..80) {
+            let (state, mut w) = state_and_worker();
+            let mut f = VecFrame::new(&data, headroom, 256);
+            let _ = process(&mut f, &state, &mut w, 1);
+        }
+
+        #[test]
+        fn mutated_fixtures_never_panic_and_tx_frames_parse(
+            which in 0usize..9,
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+            cut in any::<prop::sample::Index>(),
+            headroom in 0usize..64,
+        ) {
+            let inputs = [GRE4_IN, GRE6_IN, MIXED_IN, DSR_IN, VLAN_IN, BIG4_IN, BIG6_IN, ARP_IN, NS_IN];
+            let tails = [None, None, None, None, None, Some(BIG4_IN_TAIL), Some(BIG6_IN_TAIL), None, None];
+            let mut frame = bytes(inputs[which], tails[which]);
+            for (at, value) in flips {
+                let i = at.index(frame.len());
+                frame[i] = value;
+            }
+            frame.truncate(cut.index(frame.len() + 1).max(1));
+            let (state, mut w) = state_and_worker();
+            let mut f = VecFrame::new(&frame, headroom, 2048);
+            if process(&mut f, &state, &mut w, 1) == Verdict::Tx {
+                prop_assert!(wire::parse_frame(f.data()).is_ok(), "sent an unparsable frame");
+            }
+        }
+    }
+}

@@ -1,0 +1,769 @@
+//! `nf-maglev`: the Maglev load balancer over AF_XDP, and the `decap` step its GRE backends run.
+//!
+//! ```text
+//! nf-maglev -c FILE.jsonc [--force] [--listen ADDR] [--read-only-admin] [--claim-all]
+//! nf-maglev decap --dev IF [--addr IP]... [--skb] [--force]
+//! nf-maglev gen-config ARGS...
+//! ```
+//!
+//! Start-up: the configuration is loaded and the `maglev` section validated (every problem reported as
+//! `file:line: key.path: message`) before anything touches the network; then the control plane builds the
+//! first state, the cne instance maps the UMEMs, attaches the XDP filter per netdev and binds one AF_XDP
+//! socket per lport, the filter is told which traffic to claim (each VIP's protocol and port, its
+//! fragments, and its ARP / neighbour discovery when the data plane answers them), capabilities are dropped
+//! in device-plugin mode, and one worker thread per `threads` entry runs the packet loop.
+//!
+//! The main thread is the control thread: it serves the admin API and metrics ([`admin`]), reloads on
+//! `SIGHUP`, and on `SIGINT` / `SIGTERM` stops the workers, joins them and returns from `main`, so the
+//! instance is dropped and every XDP program detached. Signals are registered before the instance exists,
+//! so a signal during start-up is handled the same way once the main loop runs.
+//!
+//! Reload: the file is read again; a change to the sections that shaped the sockets (`umems`, `lports`,
+//! `threads`, `lcore-groups`) is refused (it needs a restart), a `maglev` section that does not validate
+//! is refused with its reasons, and the old state keeps serving in both cases. A good one is published with
+//! one atomic swap, then the filter's claims are replaced (new entries are written before stale ones are
+//! removed), so no packet reaches the data plane before the state that handles it.
+#![forbid(unsafe_code)]
+
+mod admin;
+mod decap_cmd;
+mod metrics;
+mod worker;
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Parser, Subcommand};
+use cne::config::Config;
+use cne::instance::{Instance, InstanceOptions};
+use cne::xdp::{AddrFlags, Rule};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use nf_maglev::config::{Mac, Validated};
+use nf_maglev::control::{Control, ControlError, State};
+use serde_json::{json, Value};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use admin::{Api, ApiError, Change};
+use metrics::{ControlStats, Sources};
+use worker::{PortReport, Slot};
+
+/// How often the control thread checks that the workers are alive when nothing else happens.
+const TICK: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Maglev L4 load balancer over AF_XDP (GRE or L2 direct server return)",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    /// JSON-C config file: CNDP's sections plus a `maglev` section.
+    #[arg(short = 'c', long = "config", value_name = "FILE.jsonc")]
+    config: Option<PathBuf>,
+    /// Replace an XDP program another process left on an interface.
+    #[arg(long)]
+    force: bool,
+    /// Address of the admin API and metrics endpoint (port 0 picks a free port; the log names it).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9100")]
+    listen: SocketAddr,
+    /// Refuse every change through the admin API (GET requests still work; SIGHUP still reloads).
+    #[arg(long)]
+    read_only_admin: bool,
+    /// Claim every packet of the configured queues, as in device-plugin mode (nothing reaches the kernel
+    /// on them); the data plane then answers ARP and neighbour discovery for the VIPs.
+    #[arg(long)]
+    claim_all: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Attach the GRE decapsulation program to a backend's interface, print its counters every second,
+    /// detach on SIGINT/SIGTERM.
+    Decap {
+        /// The backend's interface.
+        #[arg(long, value_name = "IF")]
+        dev: String,
+        /// Decapsulate GRE packets to this local address (repeat; default: every address of IF).
+        #[arg(long = "addr", value_name = "IP")]
+        addrs: Vec<IpAddr>,
+        /// Attach in SKB (generic) mode instead of native.
+        #[arg(long)]
+        skb: bool,
+        /// Replace an XDP program already attached to IF.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write a config for this pod from the device plugin's environment (AFXDP_DEVICES_*);
+    /// `nf-maglev gen-config --help` lists its flags.
+    #[command(disable_help_flag = true)]
+    GenConfig {
+        /// Flags of gen-config.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nf-maglev: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Some(Command::GenConfig { args }) => {
+            if args.iter().any(|a| a == "--help" || a == "-h") {
+                print!("{}", cne::podconfig::USAGE);
+                return Ok(());
+            }
+            cne::podconfig::run_gen_config(args.iter().cloned()).context("gen-config")
+        }
+        Some(Command::Decap {
+            dev,
+            addrs,
+            skb,
+            force,
+        }) => decap_cmd::run(&decap_cmd::DecapArgs {
+            dev: dev.clone(),
+            addrs: addrs.clone(),
+            skb: *skb,
+            force: *force,
+            interval: Duration::from_secs(1),
+        }),
+        None => run_lb(&cli),
+    }
+}
+
+/// A configuration that cannot be used, with the validation problems when there are some.
+#[derive(Debug)]
+struct LoadError {
+    /// One line per problem, `file:line: key.path: message`.
+    message: String,
+    /// `(key path, message)` pairs.
+    issues: Vec<(String, String)>,
+}
+
+/// Reads the `maglev` section of `config` and validates it. `claim_all` (the `--claim-all` flag) makes
+/// the data plane answer ARP and neighbour discovery whatever the section says: every frame reaches it
+/// and nothing else could answer.
+fn maglev_section(config: &Config, claim_all: bool) -> Result<Validated, LoadError> {
+    let mut v = nf_maglev::config::from_config(config).map_err(|errors| LoadError {
+        message: errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        issues: errors
+            .iter()
+            .map(|e| (e.key_path().to_owned(), e.to_string()))
+            .collect(),
+    })?;
+    if claim_all && !v.claim_all {
+        log::info!("--claim-all: the data plane answers ARP and neighbour discovery for the VIPs");
+        v.claim_all = true;
+    }
+    Ok(v)
+}
+
+/// The sections a running instance cannot change (they shaped its UMEMs, sockets and threads), with free
+/// text left out. Returns the names of those that differ.
+fn restart_sections_changed(old: &Config, new: &Config) -> Vec<&'static str> {
+    let umems = |c: &Config| {
+        let mut v = c.umems().to_vec();
+        v.iter_mut().for_each(|u| u.description = None);
+        v
+    };
+    let lports = |c: &Config| {
+        let mut v = c.lports().to_vec();
+        v.iter_mut().for_each(|l| l.description = None);
+        v
+    };
+    let threads = |c: &Config| {
+        let mut v = c.threads().to_vec();
+        v.iter_mut().for_each(|t| t.description = None);
+        v
+    };
+    let mut changed = Vec::new();
+    if umems(old) != umems(new) {
+        changed.push("umems");
+    }
+    if lports(old) != lports(new) {
+        changed.push("lports");
+    }
+    if threads(old) != threads(new) {
+        changed.push("threads");
+    }
+    if old.lcore_groups() != new.lcore_groups() {
+        changed.push("lcore-groups");
+    }
+    changed
+}
+
+/// What the XDP filter must claim for `state`: each VIP's protocol and port (or all its ports), and per
+/// VIP address its fragments (non-first fragments carry no ports) plus ARP / neighbour discovery when the
+/// data plane answers them.
+fn claims(state: &State) -> (Vec<Rule>, Vec<(IpAddr, AddrFlags)>) {
+    let mut rules = Vec::with_capacity(state.vips().len());
+    let mut addrs = BTreeSet::new();
+    for v in state.vips() {
+        let proto = v.proto.number();
+        rules.push(if v.port.is_all() {
+            Rule::proto(v.addr, proto)
+        } else {
+            Rule::port(v.addr, proto, v.port.0)
+        });
+        addrs.insert(v.addr);
+    }
+    let flags = if state.claim_all {
+        AddrFlags::FRAGS | AddrFlags::NEIGH
+    } else {
+        AddrFlags::FRAGS
+    };
+    (rules, addrs.into_iter().map(|a| (a, flags)).collect())
+}
+
+/// Reads a netdev's MAC address from sysfs.
+fn read_mac(netdev: &str) -> Result<Mac> {
+    let p = format!("/sys/class/net/{netdev}/address");
+    let text =
+        std::fs::read_to_string(&p).with_context(|| format!("netdev {netdev} not found ({p})"))?;
+    text.trim().parse().map_err(|e| anyhow!("{p}: {e}"))
+}
+
+/// The running load balancer, owned by the control thread.
+struct Runtime {
+    path: PathBuf,
+    claim_all: bool,
+    read_only: bool,
+    instance: Instance,
+    control: Control,
+    stats: Arc<Mutex<ControlStats>>,
+    slots: Vec<Arc<Slot>>,
+    registry: prometheus::Registry,
+    last_reload_error: Option<String>,
+}
+
+impl Runtime {
+    /// Writes the filter claims of the current state into every XDP program we own.
+    fn apply_claims(&self) -> Result<(), ApiError> {
+        let (rules, addrs) = claims(&self.control.state());
+        for p in self.instance.programs() {
+            p.replace_rules(&rules, &addrs).map_err(|e| {
+                ApiError::new(
+                    500,
+                    format!(
+                        "the new state is published but updating the XDP claims on {} failed: {e}",
+                        p.ifname()
+                    ),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    fn update_stats(&self, reload: Option<bool>) {
+        if let Ok(mut s) = self.stats.lock() {
+            s.rebuilds = self.control.rebuilds();
+            match reload {
+                Some(true) => s.reloads_applied += 1,
+                Some(false) => s.reloads_rejected += 1,
+                None => {}
+            }
+        }
+    }
+
+    fn try_reload(&mut self) -> Result<(), ApiError> {
+        let origin = self.path.display().to_string();
+        let config = Config::load(&self.path).map_err(|e| ApiError::new(400, e.to_string()))?;
+        let changed = restart_sections_changed(self.instance.config(), &config);
+        if !changed.is_empty() {
+            return Err(ApiError::new(
+                409,
+                format!(
+                    "{origin}: {} changed; these sections need a restart of nf-maglev (the running \
+                     configuration stays)",
+                    changed.join(", ")
+                ),
+            ));
+        }
+        let validated = maglev_section(&config, self.claim_all).map_err(|e| ApiError {
+            status: 400,
+            message: e.message,
+            issues: e.issues,
+        })?;
+        self.control.reload(&validated.to_section())?;
+        self.apply_claims()
+    }
+}
+
+impl Api for Runtime {
+    fn state(&self) -> Arc<State> {
+        self.control.state()
+    }
+
+    fn change(&mut self, change: Change) -> Result<(), ControlError> {
+        let r = match change {
+            Change::Weight {
+                vip,
+                backend,
+                weight,
+            } => self.control.set_weight(&vip, &backend, weight),
+            Change::Drain { vip, backend } => self.control.drain(&vip, &backend),
+            Change::Remove { vip, backend } => self.control.remove_backend(&vip, &backend),
+            Change::Add { vip, backend } => self.control.add_backend(&vip, backend),
+        };
+        self.update_stats(None);
+        r
+    }
+
+    fn reload(&mut self) -> Result<(), ApiError> {
+        let r = self.try_reload();
+        match &r {
+            Ok(()) => {
+                log::info!(
+                    "reload of {}: applied, generation {}",
+                    self.path.display(),
+                    self.control.state().generation
+                );
+                self.last_reload_error = None;
+            }
+            Err(e) => {
+                log::warn!(
+                    "reload of {} rejected, the running state stays:\n{}",
+                    self.path.display(),
+                    e.message
+                );
+                self.last_reload_error = Some(e.message.clone());
+            }
+        }
+        self.update_stats(Some(r.is_ok()));
+        r
+    }
+
+    fn metrics(&mut self) -> Result<String, ApiError> {
+        let filters = self
+            .instance
+            .programs()
+            .iter()
+            .filter_map(|p| match p.stats() {
+                Ok(s) => Some((p.ifname().to_owned(), s)),
+                Err(e) => {
+                    log::warn!("reading the XDP filter counters of {}: {e}", p.ifname());
+                    None
+                }
+            })
+            .collect();
+        if let Ok(mut s) = self.stats.lock() {
+            s.filters = filters;
+            s.rebuilds = self.control.rebuilds();
+        }
+        metrics::render(&self.registry).map_err(|e| ApiError::new(500, e.to_string()))
+    }
+
+    fn reports(&self) -> Vec<PortReport> {
+        worker::all_reports(&self.slots)
+    }
+
+    fn info(&self) -> Value {
+        let s = self.stats.lock().map(|s| s.clone()).unwrap_or_default();
+        json!({
+            "config": self.path.display().to_string(),
+            "read_only": self.read_only,
+            "reloads": {
+                "applied": s.reloads_applied,
+                "rejected": s.reloads_rejected,
+                "last_error": self.last_reload_error,
+            },
+        })
+    }
+}
+
+/// What wakes the control thread.
+enum Event {
+    /// SIGINT or SIGTERM.
+    Stop(&'static str),
+    /// SIGHUP.
+    Reload,
+    /// An admin or metrics request, and where its reply goes.
+    Http(admin::Incoming, Sender<admin::Reply>),
+}
+
+fn run_lb(cli: &Cli) -> Result<()> {
+    let path = cli
+        .config
+        .clone()
+        .context("no config: pass -c FILE.jsonc (or a subcommand: decap, gen-config)")?;
+    // Registered first: from here on SIGINT/SIGTERM/SIGHUP wait in the queue for the main loop instead of
+    // killing a process that may already hold XDP programs.
+    let signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).context("registering signal handlers")?;
+    let config = Config::load(&path)?;
+    let validated = maglev_section(&config, cli.claim_all).map_err(|e| anyhow!(e.message))?;
+    let control = Control::new(validated).context("building the Maglev tables")?;
+    let listener = TcpListener::bind(cli.listen)
+        .with_context(|| format!("binding the admin/metrics address {}", cli.listen))?;
+    let listen = listener.local_addr().unwrap_or(cli.listen);
+    let device_plugin = config
+        .lports()
+        .iter()
+        .any(|l| l.uds_path.is_some() || l.xsk_pin_path.is_some());
+
+    let opts = InstanceOptions {
+        force: cli.force,
+        claim_all: cli.claim_all,
+    };
+    let mut instance = Instance::open(config, &opts)?;
+    let (rules, addrs) = claims(&control.state());
+    for p in instance.programs() {
+        p.replace_rules(&rules, &addrs)
+            .with_context(|| format!("installing the XDP claims on {}", p.ifname()))?;
+        log::info!(
+            "{}: claiming {} VIP rules{}",
+            p.ifname(),
+            rules.len(),
+            if cli.claim_all {
+                " (and every other packet: --claim-all)"
+            } else {
+                ""
+            }
+        );
+    }
+    if device_plugin {
+        if instance.programs().is_empty() {
+            // Still single-threaded: every thread started from here on inherits the reduced set.
+            let report = cne::privs::drop_to_device_plugin_caps()
+                .context("dropping capabilities in device-plugin mode")?;
+            log::info!(
+                "capabilities: kept {:?}, missing {:?}",
+                report.kept,
+                report.missing
+            );
+        } else {
+            log::warn!(
+                "some lports use our own XDP program: keeping CAP_NET_ADMIN (and the other \
+                 capabilities) to detach it on exit"
+            );
+        }
+    }
+
+    let workers = instance.take_workers();
+    let mut setups = Vec::with_capacity(workers.len());
+    for w in &workers {
+        let lports = w
+            .lports
+            .iter()
+            .map(|l| Ok((l.name.clone(), read_mac(l.socket().ifname())?)))
+            .collect::<Result<Vec<_>>>()?;
+        setups.push(lports);
+    }
+    let slots: Vec<Arc<Slot>> = workers.iter().map(|_| worker::new_slot()).collect();
+    let stats = Arc::new(Mutex::new(ControlStats {
+        rebuilds: control.rebuilds(),
+        ..ControlStats::default()
+    }));
+    let registry = metrics::registry(Sources {
+        state: control.shared(),
+        workers: slots.clone(),
+        control: Arc::clone(&stats),
+    })
+    .context("creating the metrics registry")?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let epoch = Instant::now();
+    let mut handles = Vec::with_capacity(workers.len());
+    let mut spawn_error = None;
+    for ((w, lports), slot) in workers.into_iter().zip(setups).zip(&slots) {
+        let name = w.name.clone();
+        let setup = worker::Setup {
+            lports,
+            shared: control.shared(),
+            slot: Arc::clone(slot),
+            stop: Arc::clone(&stop),
+            epoch,
+        };
+        match thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || worker::run(w, setup))
+        {
+            Ok(h) => handles.push((name, h)),
+            Err(e) => {
+                spawn_error = Some(anyhow!(e).context(format!("spawning worker {name}")));
+                break;
+            }
+        }
+    }
+
+    let mut rt = Runtime {
+        path,
+        claim_all: cli.claim_all,
+        read_only: cli.read_only_admin,
+        instance,
+        control,
+        stats,
+        slots,
+        registry,
+        last_reload_error: None,
+    };
+    let result = match spawn_error {
+        Some(e) => Err(e),
+        None => serve(&mut rt, cli, listener, listen, signals, &handles),
+    };
+
+    stop.store(true, Ordering::SeqCst);
+    let mut first_err = result.err();
+    for (name, h) in handles {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e.context(format!("worker {name}")));
+            }
+            Err(_) => {
+                first_err.get_or_insert(anyhow!("worker {name} panicked"));
+            }
+        }
+    }
+    log_summary(&rt);
+    // Dropping the instance detaches the XDP programs (the workers' sockets are closed by now).
+    drop(rt);
+    log::info!("stopped");
+    first_err.map_or(Ok(()), Err)
+}
+
+/// Runs the control loop until a stop signal or a worker's end.
+fn serve(
+    rt: &mut Runtime,
+    cli: &Cli,
+    listener: TcpListener,
+    listen: SocketAddr,
+    mut signals: Signals,
+    handles: &[(String, thread::JoinHandle<Result<()>>)],
+) -> Result<()> {
+    let (tx, rx): (Sender<Event>, Receiver<Event>) = crossbeam_channel::unbounded();
+    let signal_handle = signals.handle();
+    let signal_thread = {
+        let tx = tx.clone();
+        thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    let ev = match sig {
+                        SIGHUP => Event::Reload,
+                        SIGINT => Event::Stop("SIGINT"),
+                        _ => Event::Stop("SIGTERM"),
+                    };
+                    if tx.send(ev).is_err() {
+                        break;
+                    }
+                }
+            })
+            .context("spawning the signal thread")?
+    };
+    let server = Arc::new(
+        tiny_http::Server::from_listener(listener, None)
+            .map_err(|e| anyhow!("starting the admin server on {listen}: {e}"))?,
+    );
+    let http_stop = Arc::new(AtomicBool::new(false));
+    let http_thread = {
+        let (server, stop) = (Arc::clone(&server), Arc::clone(&http_stop));
+        thread::Builder::new()
+            .name("admin".into())
+            .spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let mut rq = match server.recv() {
+                        Ok(rq) => rq,
+                        Err(e) if !stop.load(Ordering::SeqCst) => {
+                            log::warn!("admin server: {e}");
+                            thread::sleep(Duration::from_millis(100));
+                            continue;
+                        }
+                        Err(_) => break,
+                    };
+                    let reply = match admin::read_request(&mut rq) {
+                        Err(reply) => reply,
+                        Ok(incoming) => {
+                            let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+                            if tx.send(Event::Http(incoming, reply_tx)).is_err() {
+                                admin::respond(rq, admin::unavailable());
+                                break;
+                            }
+                            reply_rx.recv().unwrap_or_else(|_| admin::unavailable())
+                        }
+                    };
+                    admin::respond(rq, reply);
+                }
+            })
+            .context("spawning the admin server thread")?
+    };
+    log::info!(
+        "running: {} worker(s); admin API and metrics listening on http://{listen}{}",
+        handles.len(),
+        if cli.read_only_admin {
+            " (read-only)"
+        } else {
+            ""
+        }
+    );
+
+    let result = control_loop(rt, cli.read_only_admin, &rx, handles);
+
+    signal_handle.close();
+    http_stop.store(true, Ordering::SeqCst);
+    server.unblock();
+    // Dropping the queue drops the reply senders of requests still in it: their clients get a 503.
+    drop(rx);
+    let _ = signal_thread.join();
+    let _ = http_thread.join();
+    result
+}
+
+fn control_loop(
+    rt: &mut Runtime,
+    read_only: bool,
+    rx: &Receiver<Event>,
+    handles: &[(String, thread::JoinHandle<Result<()>>)],
+) -> Result<()> {
+    loop {
+        if let Some((name, _)) = handles.iter().find(|(_, h)| h.is_finished()) {
+            return Err(anyhow!("worker {name} stopped; shutting down"));
+        }
+        match rx.recv_timeout(TICK) {
+            Ok(Event::Stop(sig)) => {
+                log::info!("{sig}: shutting down");
+                return Ok(());
+            }
+            Ok(Event::Reload) => {
+                log::info!("SIGHUP: reloading {}", rt.path.display());
+                // The outcome is logged and counted by `reload`.
+                let _ = rt.reload();
+            }
+            Ok(Event::Http(req, reply)) => {
+                // The server thread may have given up on the client; nothing to do then.
+                let _ = reply.send(admin::handle_request(rt, read_only, &req));
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        }
+    }
+}
+
+fn log_summary(rt: &Runtime) {
+    for r in rt.reports() {
+        log::info!(
+            "{} ({}): rx {} packets {} bytes, tx {} packets {} bytes, tx-dropped {}, lb drops {}",
+            r.lport,
+            r.mode,
+            r.stats.rx_packets,
+            r.stats.rx_bytes,
+            r.stats.tx_packets,
+            r.stats.tx_bytes,
+            r.stats.tx_dropped,
+            r.counters.drops.iter().sum::<u64>()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CNE: &str = r#"
+        "umems": { "umem0": { "bufcnt": 1, "bufsz": 2, "mtype": "4KB", "regions": [1] } },
+        "lports": { "eth9:0": { "pmd": "net_af_xdp", "qid": 0, "umem": "umem0", "region": 0,
+                                "description": "DESC" } },
+        "lcore-groups": { "initial": [0], "g": [0] },
+        "threads": { "main": { "group": "initial" }, "lb:0": { "group": "g", "lports": ["eth9:0"] } }"#;
+
+    fn config(maglev: &str, desc: &str, qid: u16) -> Config {
+        let text = format!(
+            "{{ {} ,\n \"maglev\": {maglev} }}",
+            CNE.replace("DESC", desc)
+                .replace("\"qid\": 0", &format!("\"qid\": {qid}"))
+        );
+        Config::parse(&text, "t.jsonc").expect("cne sections parse")
+    }
+
+    const MAGLEV: &str = r#"{
+        "local_addrs": ["198.18.0.1"], "gateway_mac": "02:00:00:00:00:fe", "claim_all": false,
+        "vips": [
+          { "name": "web", "addr": "198.18.100.1", "proto": "tcp", "port": 80, "mode": "gre",
+            "backends": [ { "name": "a", "addr": "198.18.1.1" } ] },
+          { "name": "dns", "addr": "198.18.100.1", "proto": "udp", "port": "all", "mode": "gre",
+            "backends": [ { "name": "a", "addr": "198.18.1.1" } ] },
+          { "name": "v6", "addr": "2001:2::100", "proto": "udp", "port": 53, "mode": "gre",
+            "backends": [] } ] }"#;
+
+    #[test]
+    fn claims_cover_ports_all_ports_fragments_and_neighbours() {
+        let v = maglev_section(&config(MAGLEV, "x", 0), false).expect("valid");
+        let state = Control::new(v).expect("builds").state();
+        let (rules, addrs) = claims(&state);
+        let vip: IpAddr = "198.18.100.1".parse().expect("ip");
+        let v6: IpAddr = "2001:2::100".parse().expect("ip");
+        assert_eq!(
+            rules,
+            [
+                Rule::port(vip, 6, 80),
+                Rule::proto(vip, 17),
+                Rule::port(v6, 17, 53)
+            ]
+        );
+        assert_eq!(addrs, [(vip, AddrFlags::FRAGS), (v6, AddrFlags::FRAGS)]);
+        // --claim-all makes the data plane answer ARP / ND, so the filter claims them in rule mode too.
+        let v = maglev_section(&config(MAGLEV, "x", 0), true).expect("valid");
+        assert!(v.claim_all);
+        let (_, addrs) = claims(&Control::new(v).expect("builds").state());
+        assert!(addrs
+            .iter()
+            .all(|(_, f)| *f == AddrFlags::FRAGS | AddrFlags::NEIGH));
+    }
+
+    #[test]
+    fn validation_problems_name_file_line_and_path() {
+        let bad = MAGLEV.replace(r#""local_addrs""#, r#""table_size": 100, "local_addrs""#);
+        let e = maglev_section(&config(&bad, "x", 0), false).expect_err("not prime");
+        assert!(e.message.starts_with("t.jsonc:"), "{}", e.message);
+        assert!(
+            e.message
+                .contains(": maglev.table_size: 100 is not a prime"),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.issues[0].0, "maglev.table_size");
+        let e = maglev_section(&config(r#"{ "vips": [], "tabel_size": 7 }"#, "x", 0), false)
+            .expect_err("unknown key");
+        assert!(
+            e.message.contains("unknown field `tabel_size`"),
+            "{}",
+            e.message
+        );
+        let text = format!("{{ {CNE} }}").replace("DESC", "x");
+        let e = maglev_section(&Config::parse(&text, "t.jsonc").expect("parses"), false)
+            .expect_err("no section");
+        assert!(e.message.contains("no maglev section"), "{}", e.message);
+    }
+
+    #[test]
+    fn restart_sections_ignore_descriptions() {
+        let a = config(MAGLEV, "one", 0);
+        assert!(restart_sections_changed(&a, &config("{}", "two", 0)).is_empty());
+        assert_eq!(
+            restart_sections_changed(&a, &config(MAGLEV, "one", 1)),
+            ["lports"]
+        );
+    }
+}

@@ -1,0 +1,248 @@
+//! Worker threads: the packet loop of one `threads` entry and the reports it publishes.
+//!
+//! A worker owns its ports (one AF_XDP socket per lport) and, per port, a [`dataplane::Worker`]: the
+//! connection table, counters and source MAC of that port. Flows of a queue always arrive on that queue,
+//! so a table per port is a table per flow set, as Maglev's per-thread tables are.
+//!
+//! Loop: receive a burst, load the published [`State`](nf_maglev::control::State) once for it (arc-swap guard: no lock, no reference
+//! count), run [`dataplane::process_burst`] over it (which overlaps the connection-table cache misses of
+//! the burst's flows), send the packets it rewrote on the same port in one `tx_burst`, then let [`AdaptiveWait`] spin or sleep when there was nothing to do. Nothing in the loop
+//! allocates, locks or makes a system call per packet: the receive and transmit vectors are reserved once,
+//! and the rings are driven by index arithmetic in `cne`.
+//!
+//! Reports: a few times per second (never per packet) the worker copies its counters and the ports'
+//! statistics (one `getsockopt(XDP_STATISTICS)` per port) into a fresh [`PortReport`] list and publishes it
+//! with one pointer swap into its [`Slot`]; the metrics and admin handlers read the latest list at request
+//! time. Counting live connection-table entries scans the table, so that happens once per second.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use cne::poll::{AdaptiveWait, WaitPolicy};
+use cne::port::Port;
+use cne::stats::PortStats;
+use nf_maglev::config::Mac;
+use nf_maglev::control::SharedState;
+use nf_maglev::counters::Counters;
+use nf_maglev::dataplane::{self, Verdict};
+
+/// Packets per receive burst.
+pub(crate) const BURST: usize = 64;
+/// How often a worker publishes its reports.
+pub(crate) const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+/// How often a worker counts its live connection-table entries (a full table scan).
+pub(crate) const COUNT_ENTRIES_EVERY: Duration = Duration::from_secs(1);
+
+/// What a worker publishes about one of its ports.
+#[derive(Debug, Clone)]
+pub(crate) struct PortReport {
+    /// Lport name (`"netdev:tag"`).
+    pub(crate) lport: String,
+    /// Interface.
+    pub(crate) netdev: String,
+    /// Queue id.
+    pub(crate) queue: u32,
+    /// The socket's negotiated mode (`native/copy`, ...).
+    pub(crate) mode: String,
+    /// Port counters, kernel `XDP_STATISTICS` included.
+    pub(crate) stats: PortStats,
+    /// Load-balancer counters of the port's data plane.
+    pub(crate) counters: Counters,
+    /// Live connection-table entries at the last count.
+    pub(crate) conntrack_entries: u64,
+    /// Connection-table capacity.
+    pub(crate) conntrack_capacity: u64,
+}
+
+/// Where a worker publishes its reports: replaced whole, read without locking.
+pub(crate) type Slot = ArcSwap<Vec<PortReport>>;
+
+/// A new, empty slot.
+pub(crate) fn new_slot() -> Arc<Slot> {
+    Arc::new(ArcSwap::from_pointee(Vec::new()))
+}
+
+/// Seconds since `epoch`, the connection tables' clock (one-second granularity is all they need).
+fn clock(epoch: Instant, now: Instant) -> u32 {
+    u32::try_from(now.saturating_duration_since(epoch).as_secs()).unwrap_or(u32::MAX)
+}
+
+/// Everything a worker thread needs besides its cne worker.
+#[derive(Debug)]
+pub(crate) struct Setup {
+    /// Name and source MAC of each lport, in the order of the worker's lports.
+    pub(crate) lports: Vec<(String, Mac)>,
+    /// The published state.
+    pub(crate) shared: SharedState,
+    /// Where to publish reports.
+    pub(crate) slot: Arc<Slot>,
+    /// Set by the main thread to end the loop.
+    pub(crate) stop: Arc<AtomicBool>,
+    /// Start of the connection-table clock (shared by all workers).
+    pub(crate) epoch: Instant,
+}
+
+/// Runs the packet loop of `w` on the calling thread until `setup.stop` is set.
+pub(crate) fn run(w: cne::instance::Worker, setup: Setup) -> anyhow::Result<()> {
+    let Setup {
+        lports,
+        shared,
+        slot,
+        stop,
+        epoch,
+    } = setup;
+    w.run(|ports: &mut [Port<'_>]| {
+        let mut dps: Vec<dataplane::Worker> = {
+            let state = shared.load();
+            lports
+                .iter()
+                .map(|&(_, mac)| dataplane::Worker::new(mac, &state))
+                .collect()
+        };
+        let mut wait = AdaptiveWait::new(WaitPolicy::default());
+        for p in ports.iter() {
+            wait.watch(p);
+        }
+        let mut rx = Vec::with_capacity(BURST);
+        let mut tx = Vec::with_capacity(BURST);
+        let mut verdicts = [Verdict::Tx; BURST];
+        let mut entries = vec![0u64; ports.len()];
+        // Reports exist from the start, so metrics list every queue before its first packet.
+        publish(ports, &lports, &mut dps, &entries, &slot);
+        let mut last_publish = Instant::now();
+        let mut last_count: Option<Instant> = None;
+        while !stop.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            let now = clock(epoch, t);
+            let mut work = 0;
+            {
+                let state = shared.load();
+                for (port, dp) in ports.iter_mut().zip(dps.iter_mut()) {
+                    if port.rx_burst(&mut rx, BURST) == 0 {
+                        continue;
+                    }
+                    work += rx.len();
+                    dataplane::process_burst(&mut rx, &mut verdicts, &state, dp, now);
+                    for (pkt, v) in rx.drain(..).zip(&verdicts) {
+                        // A dropped packet's frame goes back to the pool here.
+                        if *v == Verdict::Tx {
+                            tx.push(pkt);
+                        }
+                    }
+                    if !tx.is_empty() {
+                        port.tx_burst(&mut tx);
+                    }
+                }
+            }
+            if work == 0 {
+                // Idle: reap completions and kick a TX ring the kernel left undrained.
+                for port in ports.iter_mut() {
+                    port.tx_burst(&mut tx);
+                }
+            }
+            wait.idle(work);
+            if t.saturating_duration_since(last_publish) >= PUBLISH_EVERY {
+                if last_count.is_none_or(|c| t.saturating_duration_since(c) >= COUNT_ENTRIES_EVERY)
+                {
+                    for (e, dp) in entries.iter_mut().zip(&dps) {
+                        *e = dp.conntrack().live(now) as u64;
+                    }
+                    last_count = Some(t);
+                }
+                publish(ports, &lports, &mut dps, &entries, &slot);
+                last_publish = t;
+            }
+        }
+        let now = clock(epoch, Instant::now());
+        for (e, dp) in entries.iter_mut().zip(&dps) {
+            *e = dp.conntrack().live(now) as u64;
+        }
+        publish(ports, &lports, &mut dps, &entries, &slot);
+    })?;
+    Ok(())
+}
+
+/// Copies the ports' statistics and the data planes' counters into a new report list and publishes it.
+fn publish(
+    ports: &[Port<'_>],
+    lports: &[(String, Mac)],
+    dps: &mut [dataplane::Worker],
+    entries: &[u64],
+    slot: &Slot,
+) {
+    let reports = ports
+        .iter()
+        .zip(lports)
+        .zip(dps.iter_mut())
+        .zip(entries)
+        .map(|(((p, (lport, _)), dp), &e)| PortReport {
+            lport: lport.clone(),
+            netdev: p.ifname().to_owned(),
+            queue: p.qid(),
+            mode: p.mode().to_string(),
+            stats: p.stats().unwrap_or_else(|_| *p.sw_stats()),
+            conntrack_capacity: dp.conntrack().capacity() as u64,
+            counters: dp.counters().clone(),
+            conntrack_entries: e,
+        })
+        .collect();
+    slot.store(Arc::new(reports));
+}
+
+/// The latest reports of all workers, concatenated.
+pub(crate) fn all_reports(slots: &[Arc<Slot>]) -> Vec<PortReport> {
+    slots.iter().flat_map(|s| s.load_full().to_vec()).collect()
+}
+
+/// The load-balancer counters of all ports, summed.
+pub(crate) fn merged_counters(reports: &[PortReport]) -> Counters {
+    let mut c = Counters::default();
+    for r in reports {
+        c.merge(&r.counters);
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_counts_whole_seconds_and_saturates() {
+        let epoch = Instant::now();
+        assert_eq!(clock(epoch, epoch), 0);
+        assert_eq!(clock(epoch, epoch + Duration::from_millis(2500)), 2);
+        // A time before the epoch (cannot happen with a monotonic clock) reads as 0, not a wrap.
+        assert_eq!(clock(epoch + Duration::from_secs(5), epoch), 0);
+    }
+
+    #[test]
+    fn merged_counters_sum_all_ports() {
+        let report = |rx: u64| {
+            let mut counters = Counters::new(1, 1);
+            counters.rx_packets = rx;
+            counters.forwarded(0, 0, 100, true);
+            PortReport {
+                lport: "x:0".into(),
+                netdev: "x".into(),
+                queue: 0,
+                mode: "native/copy".into(),
+                stats: PortStats::default(),
+                counters,
+                conntrack_entries: 0,
+                conntrack_capacity: 8,
+            }
+        };
+        let slot_a = new_slot();
+        let slot_b = new_slot();
+        slot_a.store(Arc::new(vec![report(3)]));
+        slot_b.store(Arc::new(vec![report(4), report(5)]));
+        let all = all_reports(&[slot_a, slot_b]);
+        assert_eq!(all.len(), 3);
+        let c = merged_counters(&all);
+        assert_eq!(c.rx_packets, 12);
+        assert_eq!((c.vips[0].packets, c.backends[0].new_conns), (3, 3));
+    }
+}

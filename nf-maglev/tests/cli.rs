@@ -1,0 +1,750 @@
+//! The `nf-maglev` binary end to end: configuration errors, start-up on a veth pair, the admin API and
+//! metrics, reloads by API and SIGHUP, clean shutdown on SIGINT and SIGTERM, and the `decap` subcommand.
+//!
+//! Tests that attach XDP programs need root; they print a note and pass when run without it. Each builds
+//! its own veth pair with names that include the process id and a per-test tag, assigns no addresses
+//! unless a test needs one (from 198.18.0.0/15), and deletes the pair in `Drop`, after the load balancer
+//! child (killed in its own `Drop` if a test fails) has gone. Waits are bounded polls for a condition,
+//! never timing assertions.
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_nf-maglev");
+/// Upper bound of every wait: start-up, a reload, a shutdown.
+const WAIT: Duration = Duration::from_secs(20);
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root (XDP programs, veth pairs)");
+            return;
+        }
+    };
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, for at most [`WAIT`].
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "gave up waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A scratch directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("nf-maglev-cli-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        Self(p)
+    }
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).expect("write file");
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A veth pair `nfm<pid><tag>a` / `...b`, both up; deleted on drop.
+struct Veth {
+    a: String,
+    b: String,
+}
+
+impl Veth {
+    fn new(tag: &str) -> Self {
+        let base = format!("nfm{}{tag}", std::process::id() % 100_000);
+        let (a, b) = (format!("{base}a"), format!("{base}b"));
+        assert!(a.len() <= 15, "interface name {a} too long");
+        let _ = Command::new("ip").args(["link", "del", &a]).output();
+        run(
+            "ip",
+            &["link", "add", &a, "type", "veth", "peer", "name", &b],
+        );
+        let v = Self { a, b };
+        run("ip", &["link", "set", &v.a, "up"]);
+        run("ip", &["link", "set", &v.b, "up"]);
+        v
+    }
+
+    /// Whether an XDP program is attached to the `a` side.
+    fn has_xdp(&self) -> bool {
+        let out = run("ip", &["-details", "link", "show", "dev", &self.a]);
+        out.contains("prog/xdp")
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.a]).output();
+    }
+}
+
+/// The CNDP sections for one queue of `netdev`, plus `maglev`.
+fn config_text(netdev: &str, qid: u16, maglev: &str) -> String {
+    format!(
+        r#"// test configuration
+{{
+    "application": {{ "name": "nf-maglev-test" }},
+    "umems": {{
+        "umem0": {{ "bufcnt": 2, "bufsz": 2, "mtype": "4KB", "regions": [2] }}
+    }},
+    "lports": {{
+        "{netdev}:0": {{ "pmd": "net_af_xdp", "qid": {qid}, "umem": "umem0", "region": 0 }}
+    }},
+    "lcore-groups": {{ "initial": [0], "group0": [0] }},
+    "threads": {{
+        "main": {{ "group": "initial" }},
+        "lb:0": {{ "group": "group0", "lports": ["{netdev}:0"] }}
+    }},
+    "maglev": {maglev}
+}}
+"#
+    )
+}
+
+/// A `maglev` section; `extra` goes into the first VIP's backend list.
+fn maglev(extra_backend: &str) -> String {
+    format!(
+        r#"{{
+        "table_size": 251,
+        "local_addrs": ["198.18.0.1"],
+        "gateway_mac": "02:00:00:00:00:fe",
+        "conntrack": {{ "size": 1024 }},
+        "vips": [
+            {{
+                "name": "web",
+                "addr": "198.18.100.1",
+                "proto": "tcp",
+                "port": 80,
+                "mode": "gre",
+                "backends": [
+                    {{ "name": "a", "addr": "198.18.1.1", "weight": 1 }},
+                    {{ "name": "b", "addr": "198.18.1.2", "weight": 1 }},
+                    {{ "name": "c", "addr": "198.18.1.3", "weight": 2 }}{extra_backend}
+                ]
+            }},
+            {{
+                "name": "dns6",
+                "addr": "2001:2::100",
+                "proto": "udp",
+                "port": "all",
+                "mode": "l2dsr",
+                "backends": [
+                    {{ "name": "x", "addr": "2001:2:1::1", "mac": "02:00:00:00:02:01" }}
+                ]
+            }}
+        ]
+    }}"#
+    )
+}
+
+/// The 1-based line of the first line of `text` containing `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("{needle} not in the config"))
+        + 1
+}
+
+fn check_output(path: &Path) -> (ExitStatus, String) {
+    let out = Command::new(BIN)
+        .arg("-c")
+        .arg(path)
+        .output()
+        .expect("run nf-maglev");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_configs_exit_with_file_line_and_key_path() {
+    let dir = TempDir::new("bad");
+    let good = config_text("nfmnone0", 0, &maglev(""));
+    // (file name, text, needle on the reported line, key path, message part)
+    let cases = [
+        (
+            "prime.jsonc",
+            good.replace(r#""table_size": 251"#, r#""table_size": 250"#),
+            r#""table_size": 250"#,
+            "maglev.table_size",
+            "is not a prime",
+        ),
+        (
+            "dup.jsonc",
+            good.replace(r#""name": "b", "addr""#, r#""name": "a", "addr""#),
+            r#""name": "a", "addr": "198.18.1.2""#,
+            "maglev.vips[0].backends[1].name",
+            "duplicate backend name \"a\"",
+        ),
+        (
+            "family.jsonc",
+            good.replace(r#""addr": "2001:2:1::1""#, r#""addr": "198.18.2.1""#),
+            r#""addr": "198.18.2.1""#,
+            "maglev.vips[1].backends[0].addr",
+            "IPv4 backend 198.18.2.1 for IPv6 VIP",
+        ),
+        (
+            "unknown.jsonc",
+            good.replace(r#""weight": 2 }"#, r#""wieght": 2 }"#),
+            r#""wieght": 2"#,
+            "maglev.vips[0].backends[2].wieght",
+            "unknown field `wieght`",
+        ),
+    ];
+    for (name, text, needle, path, msg) in cases {
+        assert_ne!(text, good, "{name}: the replacement applied");
+        let file = dir.write(name, &text);
+        let (status, stderr) = check_output(&file);
+        assert!(!status.success(), "{name} was accepted");
+        let want = format!("{}:{}: {path}: ", file.display(), line_of(&text, needle));
+        assert!(
+            stderr.contains(&want) && stderr.contains(msg),
+            "{name}: expected `{want}...{msg}` in:\n{stderr}"
+        );
+    }
+    // Several problems are all reported, one line each.
+    let both = good
+        .replace(r#""table_size": 251"#, r#""table_size": 250"#)
+        .replace(r#""name": "b", "addr""#, r#""name": "a", "addr""#);
+    let (status, stderr) = check_output(&dir.write("both.jsonc", &both));
+    assert!(!status.success());
+    assert!(
+        stderr.contains("maglev.table_size: ")
+            && stderr.contains("maglev.vips[0].backends[1].name: "),
+        "{stderr}"
+    );
+    // No config at all.
+    let out = Command::new(BIN).output().expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pass -c FILE.jsonc"));
+}
+
+#[test]
+fn gen_config_help_prints_its_usage() {
+    let out = Command::new(BIN)
+        .args(["gen-config", "--help"])
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("gen-config:") && text.contains("--nf-config"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_missing_netdev_fails_clearly() {
+    require_root!();
+    let dir = TempDir::new("nodev");
+    let netdev = format!("nfm{}zz", std::process::id() % 100_000);
+    let file = dir.write("c.jsonc", &config_text(&netdev, 0, &maglev("")));
+    let out = Command::new(BIN)
+        .arg("-c")
+        .arg(&file)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("netdev {netdev} not found")),
+        "{stderr}"
+    );
+}
+
+/// A running `nf-maglev` whose stderr is collected; killed on drop if still running.
+struct Lb {
+    child: Child,
+    addr: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Lb {
+    fn start(config: &Path, extra: &[&str]) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("-c")
+            .arg(config)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra);
+        Self::spawn(cmd)
+    }
+
+    /// Starts `cmd` (which runs nf-maglev in the end) and waits for the admin address in its log.
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nf-maglev");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        {
+            // Drains stderr for the whole run, so the child never blocks on a full pipe.
+            let log = Arc::clone(&log);
+            thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Ok(mut l) = log.lock() {
+                        l.push_str(&line);
+                        l.push('\n');
+                    }
+                }
+            });
+        }
+        let mut lb = Self {
+            child,
+            addr: String::new(),
+            log,
+        };
+        lb.addr = wait_for("the admin address in the log", || {
+            if let Ok(Some(status)) = lb.child.try_wait() {
+                panic!("nf-maglev exited with {status}:\n{}", lb.log());
+            }
+            let log = lb.log();
+            let rest = log.split("listening on http://").nth(1)?;
+            Some(rest.split_whitespace().next()?.to_owned())
+        });
+        lb
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        run("kill", &[&format!("-{sig}"), &self.child.id().to_string()]);
+    }
+
+    /// Waits for the process to exit.
+    fn wait(&mut self) -> ExitStatus {
+        wait_for("nf-maglev to exit", || self.child.try_wait().ok().flatten())
+    }
+
+    fn http(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        http(&self.addr, method, path, body)
+    }
+
+    fn json(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        let (status, text) = self.http(method, path, body);
+        let v = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"));
+        (status, v)
+    }
+
+    fn state(&self) -> Value {
+        let (status, v) = self.json("GET", "/api/state", "");
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+}
+
+impl Drop for Lb {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns the status and body.
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read response");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad response: {text}"));
+    (status, body.to_owned())
+}
+
+/// Runs `promtool check metrics` on `text` when promtool is installed (Debian's `prometheus` package).
+fn promtool_check(text: &str) {
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("promtool not installed: exposition format checked by the unit tests only");
+        return;
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(text.as_bytes()).expect("write to promtool");
+    }
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn backend<'a>(state: &'a Value, vip: &str, name: &str) -> Option<&'a Value> {
+    state["vips"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == vip)?["backends"]
+        .as_array()?
+        .iter()
+        .find(|b| b["name"] == name)
+}
+
+#[test]
+fn admin_api_round_trip_and_reloads() {
+    require_root!();
+    let veth = Veth::new("r");
+    let dir = TempDir::new("api");
+    let file = dir.write("lb.jsonc", &config_text(&veth.a, 0, &maglev("")));
+    let mut lb = Lb::start(&file, &[]);
+    assert!(veth.has_xdp(), "the filter program is attached");
+
+    assert_eq!(lb.http("GET", "/healthz", ""), (200, "ok\n".to_owned()));
+    let (status, metrics) = lb.http("GET", "/metrics", "");
+    assert_eq!(status, 200);
+    for family in [
+        "nf_maglev_port_rx_packets_total{port=\"",
+        "nf_maglev_port_xdp_rx_ring_full_total{",
+        "nf_maglev_xdp_filter_claimed_packets_total{port=\"",
+        "nf_maglev_vip_packets_total{vip=\"web\"}",
+        "nf_maglev_backend_weight{vip=\"web\",backend=\"c\"} 2",
+        "nf_maglev_backend_table_share{vip=\"web\",backend=\"a\"}",
+        "nf_maglev_conntrack_entries{",
+        "nf_maglev_dropped_packets_total{reason=\"no_vip\"}",
+        "nf_maglev_table_rebuilds_total 2",
+        "nf_maglev_reloads_total{result=\"applied\"} 0",
+        "nf_maglev_build_info{version=\"",
+    ] {
+        assert!(metrics.contains(family), "{family} missing in:\n{metrics}");
+    }
+
+    promtool_check(&metrics);
+
+    let s = lb.state();
+    assert_eq!(s["generation"], 1);
+    assert_eq!(s["vips"][1]["port"], "all");
+    let c = backend(&s, "web", "c").expect("backend c");
+    assert_eq!((&c["weight"], &c["state"]), (&2.into(), &"active".into()));
+    let entries: u64 = ["a", "b", "c"]
+        .iter()
+        .map(|n| {
+            backend(&s, "web", n).expect("backend")["table_entries"]
+                .as_u64()
+                .expect("n")
+        })
+        .sum();
+    assert_eq!(entries, 251);
+
+    // Weight, drain, remove, add.
+    let (st, v) = lb.json("PUT", "/api/vips/web/backends/a/weight", r#"{"weight": 3}"#);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(backend(&lb.state(), "web", "a").expect("a")["weight"], 3);
+    let (st, _) = lb.json("POST", "/api/vips/web/backends/b/drain", "");
+    assert_eq!(st, 200);
+    let s = lb.state();
+    let b = backend(&s, "web", "b").expect("b");
+    assert_eq!(
+        (&b["state"], &b["table_entries"]),
+        (&"draining".into(), &0.into())
+    );
+    let (st, _) = lb.json("DELETE", "/api/vips/web/backends/c", "");
+    assert_eq!(st, 200);
+    assert!(backend(&lb.state(), "web", "c").is_none());
+    let (st, v) = lb.json(
+        "POST",
+        "/api/vips/web/backends",
+        r#"{"name": "d", "addr": "198.18.1.4", "weight": 1}"#,
+    );
+    assert_eq!(st, 201, "{v}");
+    let s = lb.state();
+    assert_eq!(s["generation"], 5);
+    assert!(backend(&s, "web", "d").is_some());
+    let (st, v) = lb.json("DELETE", "/api/vips/web/backends/zz", "");
+    assert_eq!(st, 404, "{v}");
+    let (st, v) = lb.json(
+        "POST",
+        "/api/vips/web/backends",
+        r#"{"name": "d", "addr": "198.18.1.9"}"#,
+    );
+    assert_eq!(st, 409, "{v}");
+
+    // A broken file is refused with its reason; the running state stays.
+    let broken = config_text(&veth.a, 0, &maglev(""))
+        .replace(r#""table_size": 251"#, r#""table_size": 252"#);
+    std::fs::write(&file, &broken).expect("write");
+    let (st, v) = lb.json("POST", "/api/reload", "");
+    assert_eq!(st, 400, "{v}");
+    let err = v["error"].as_str().expect("error text");
+    let want = format!(
+        "{}:{}: maglev.table_size: ",
+        file.display(),
+        line_of(&broken, "table_size")
+    );
+    assert!(err.contains(&want) && err.contains("not a prime"), "{err}");
+    assert_eq!(v["issues"][0]["path"], "maglev.table_size");
+    let after = lb.state();
+    assert_eq!(after["generation"], 5);
+    assert_eq!(after["vips"], s["vips"], "the state is unchanged");
+    assert_eq!(after["reloads"]["rejected"], 1);
+    assert!(after["reloads"]["last_error"]
+        .as_str()
+        .is_some_and(|e| e.contains("not a prime")));
+
+    // Sections that shaped the sockets need a restart.
+    std::fs::write(&file, config_text(&veth.a, 1, &maglev(""))).expect("write");
+    let (st, v) = lb.json("POST", "/api/reload", "");
+    assert_eq!(st, 409, "{v}");
+    assert!(
+        v["error"].as_str().is_some_and(|e| e.contains("lports")),
+        "{v}"
+    );
+    assert_eq!(lb.state()["generation"], 5);
+
+    // SIGHUP applies a good file: the API's changes give way to the file, plus the new backend "e".
+    std::fs::write(
+        &file,
+        config_text(
+            &veth.a,
+            0,
+            &maglev(r#", { "name": "e", "addr": "198.18.1.5", "weight": 4 }"#),
+        ),
+    )
+    .expect("write");
+    lb.signal("HUP");
+    let s = wait_for("the SIGHUP reload", || {
+        let s = lb.state();
+        (s["generation"] != 5).then_some(s)
+    });
+    assert_eq!(s["generation"], 6);
+    assert_eq!(backend(&s, "web", "e").expect("e")["weight"], 4);
+    assert_eq!(backend(&s, "web", "a").expect("a")["weight"], 1);
+    assert!(backend(&s, "web", "c").is_some() && backend(&s, "web", "d").is_none());
+    assert_eq!(s["reloads"]["applied"], 1);
+    let (_, metrics) = lb.http("GET", "/metrics", "");
+    assert!(
+        metrics.contains("nf_maglev_reloads_total{result=\"applied\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("nf_maglev_reloads_total{result=\"rejected\"} 2"),
+        "{metrics}"
+    );
+
+    lb.signal("TERM");
+    let status = lb.wait();
+    assert!(status.success(), "exit {status}:\n{}", lb.log());
+    // The reader thread may still be collecting the last lines after the exit.
+    wait_for("the shutdown line", || {
+        lb.log().contains("SIGTERM: shutting down").then_some(())
+    });
+    assert!(!veth.has_xdp(), "SIGTERM left an XDP program on {}", veth.a);
+}
+
+#[test]
+fn read_only_admin_and_sigint() {
+    require_root!();
+    let veth = Veth::new("o");
+    let dir = TempDir::new("ro");
+    let file = dir.write("lb.jsonc", &config_text(&veth.a, 0, &maglev("")));
+    let mut lb = Lb::start(&file, &["--read-only-admin", "--claim-all"]);
+    assert!(veth.has_xdp());
+    let (st, v) = lb.json("PUT", "/api/vips/web/backends/a/weight", r#"{"weight": 3}"#);
+    assert_eq!(st, 403, "{v}");
+    let (st, _) = lb.json("POST", "/api/reload", "");
+    assert_eq!(st, 403);
+    let s = lb.state();
+    assert_eq!(
+        (&s["generation"], &s["read_only"], &s["claim_all"]),
+        (&1.into(), &true.into(), &true.into())
+    );
+
+    lb.signal("INT");
+    let status = lb.wait();
+    assert!(status.success(), "exit {status}:\n{}", lb.log());
+    assert!(!veth.has_xdp(), "SIGINT left an XDP program on {}", veth.a);
+}
+
+#[test]
+fn decap_attaches_and_detaches() {
+    require_root!();
+    let veth = Veth::new("d");
+    run("ip", &["addr", "add", "198.18.77.1/32", "dev", &veth.a]);
+    let mut child = Command::new(BIN)
+        .args(["decap", "--dev", &veth.a])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn decap");
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            if let Ok(None) = self.0.try_wait() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+    }
+    let stdout = child.stdout.take().expect("stdout");
+    let guard = Kill(&mut child);
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    {
+        let lines = Arc::clone(&lines);
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(mut l) = lines.lock() {
+                    l.push(line);
+                }
+            }
+        });
+    }
+    let has = |needle: &str| {
+        lines
+            .lock()
+            .map(|l| l.iter().any(|s| s.contains(needle)))
+            .unwrap_or(false)
+    };
+    wait_for("the attach line", || has("program id").then_some(()));
+    assert!(
+        has("for 198.18.77.1"),
+        "{:?}",
+        lines.lock().map(|l| l.clone())
+    );
+    assert!(veth.has_xdp(), "decap program attached");
+    wait_for("a counters line", || has("decapped 0 passed").then_some(()));
+
+    run("kill", &["-INT", &guard.0.id().to_string()]);
+    let status = wait_for("decap to exit", || guard.0.try_wait().ok().flatten());
+    assert!(status.success(), "exit {status}");
+    // The reader thread may still be collecting the last lines after the exit.
+    wait_for("the detach line", || has("detached").then_some(()));
+    assert!(!veth.has_xdp(), "decap left its program on {}", veth.a);
+    drop(guard);
+}
+
+/// The capability bits of `/proc/<pid>/task/*/status` lines starting with `field`, one per thread.
+fn thread_caps(pid: u32, field: &str) -> Vec<u64> {
+    let mut caps = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir") {
+        let status =
+            std::fs::read_to_string(t.expect("task").path().join("status")).unwrap_or_default();
+        if let Some(hex) = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .map(str::trim)
+        {
+            caps.push(u64::from_str_radix(hex, 16).expect("hex capabilities"));
+        }
+    }
+    caps
+}
+
+#[test]
+fn device_plugin_mode_drops_capabilities() {
+    require_root!();
+    let veth = Veth::new("p");
+    let dir = TempDir::new("dp");
+    let bpffs = dir.0.join("bpffs");
+    std::fs::create_dir_all(&bpffs).expect("mkdir");
+    let pin = bpffs.join("xsks_map");
+    // A pinned XSKMAP as the device plugin hands it over, on a bpffs mounted in a private mount
+    // namespace that ends with the process.
+    let text = config_text(&veth.a, 0, &maglev("")).replace(
+        r#""region": 0 }"#,
+        &format!(r#""region": 0, "xsk_pin_path": "{}" }}"#, pin.display()),
+    );
+    assert!(text.contains("xsk_pin_path"));
+    let file = dir.write("lb.jsonc", &text);
+    let script = format!(
+        "mount -t bpf bpf '{fs}' && bpftool map create '{pin}' type xskmap key 4 value 4 entries 4 \
+         name xsks_map && exec '{BIN}' -c '{file}' --listen 127.0.0.1:0",
+        fs = bpffs.display(),
+        pin = pin.display(),
+        file = file.display(),
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    let mut lb = Lb::spawn(cmd);
+    assert!(!veth.has_xdp(), "device-plugin mode loads no XDP program");
+    assert!(
+        lb.log()
+            .contains("kept [CAP_NET_RAW, CAP_IPC_LOCK, CAP_BPF]"),
+        "{}",
+        lb.log()
+    );
+    // CAP_NET_RAW (13), CAP_IPC_LOCK (14), CAP_BPF (39), in every thread (workers and the admin server
+    // started after the drop).
+    let want = (1u64 << 13) | (1 << 14) | (1 << 39);
+    let pid = lb.child.id();
+    for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        let caps = thread_caps(pid, field);
+        assert!(caps.len() >= 3, "{field} {caps:?}");
+        assert!(caps.iter().all(|&c| c == want), "{field} {caps:x?}");
+    }
+    assert_eq!(lb.state()["generation"], 1);
+    lb.signal("TERM");
+    let status = lb.wait();
+    assert!(status.success(), "exit {status}:\n{}", lb.log());
+}
