@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use cne::afpacket::AfPacket;
 use cne::config::Config;
@@ -178,7 +178,7 @@ impl Settings {
     fn echo_config(&self, netdev: &str) -> Result<EchoConfig> {
         Ok(EchoConfig {
             mode: self.mode,
-            mac: read_mac(netdev)?,
+            mac: cne::netdev::mac_address(netdev)?,
             addrs: self.addrs.clone(),
             udp_ports: self.udp_ports.clone(),
         })
@@ -191,22 +191,6 @@ fn mode_name(m: Mode) -> &'static str {
         Mode::MacSwap => "mac-swap",
         Mode::Drop => "drop",
     }
-}
-
-/// MAC address of a netdev, from sysfs.
-fn read_mac(netdev: &str) -> Result<[u8; 6]> {
-    let p = format!("/sys/class/net/{netdev}/address");
-    let text =
-        std::fs::read_to_string(&p).with_context(|| format!("netdev {netdev} not found ({p})"))?;
-    let mut mac = [0u8; 6];
-    let parts: Vec<&str> = text.trim().split(':').collect();
-    if parts.len() != 6 {
-        bail!("{p}: not a MAC address: {}", text.trim());
-    }
-    for (b, s) in mac.iter_mut().zip(parts) {
-        *b = u8::from_str_radix(s, 16).with_context(|| format!("{p}: bad MAC {}", text.trim()))?;
-    }
-    Ok(mac)
 }
 
 /// What a worker publishes for the stats line.
@@ -285,21 +269,7 @@ fn run_af_xdp(
             .with_context(|| format!("spawning worker {name}"))?;
         handles.push((name, h));
     }
-    let result = main_loop(cli, stop, &reports, &handles);
-    stop.store(true, Ordering::SeqCst);
-    let mut first_err = result.err();
-    for (name, h) in handles {
-        match h.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                first_err.get_or_insert(e.context(format!("worker {name}")));
-            }
-            Err(_) => {
-                first_err.get_or_insert(anyhow::anyhow!("worker {name} panicked"));
-            }
-        }
-    }
-    print_summary(&reports);
+    let first_err = finish(cli, stop, &reports, handles);
     drop(instance);
     first_err.map_or(Ok(()), Err)
 }
@@ -394,21 +364,7 @@ fn run_af_packet(
             .context("spawning AF_PACKET worker")?;
         handles.push((netdev, h));
     }
-    let result = main_loop(cli, stop, &reports, &handles);
-    stop.store(true, Ordering::SeqCst);
-    let mut first_err = result.err();
-    for (name, h) in handles {
-        match h.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                first_err.get_or_insert(e.context(format!("worker {name}")));
-            }
-            Err(_) => {
-                first_err.get_or_insert(anyhow::anyhow!("worker {name} panicked"));
-            }
-        }
-    }
-    print_summary(&reports);
+    let first_err = finish(cli, stop, &reports, handles);
     first_err.map_or(Ok(()), Err)
 }
 
@@ -460,6 +416,32 @@ fn worker_af_packet(
         r[slot].echo = counters;
     }
     Ok(())
+}
+
+/// Runs the main loop until a stop, then stops and joins the workers, prints the summary, and
+/// returns the first error of any of them.
+fn finish(
+    cli: &Cli,
+    stop: &AtomicBool,
+    reports: &Reports,
+    handles: Vec<(String, thread::JoinHandle<Result<()>>)>,
+) -> Option<anyhow::Error> {
+    let result = main_loop(cli, stop, reports, &handles);
+    stop.store(true, Ordering::SeqCst);
+    let mut first_err = result.err();
+    for (name, h) in handles {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e.context(format!("worker {name}")));
+            }
+            Err(_) => {
+                first_err.get_or_insert(anyhow::anyhow!("worker {name} panicked"));
+            }
+        }
+    }
+    print_summary(reports);
+    first_err
 }
 
 fn main_loop<T>(
