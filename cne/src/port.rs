@@ -93,6 +93,11 @@ pub struct PortConfig {
     pub need_wakeup: bool,
     /// Kernel busy polling.
     pub busy_poll: Option<BusyPoll>,
+    /// Whether the port sets the busy-poll socket options itself (the default). `false` when the
+    /// device plugin sets them (`/config_busy_poll` in UDS mode): `SO_PREFER_BUSY_POLL` and a raised
+    /// `SO_BUSY_POLL_BUDGET` need `CAP_NET_ADMIN`, which a pod does not hold. The port still runs in
+    /// busy-poll mode (it drives RX with `recvfrom`).
+    pub busy_poll_sockopts: bool,
     /// RX ring size (power of two); the fill ring gets twice as many slots.
     pub rx_size: u32,
     /// TX ring size (power of two); the completion ring gets as many slots.
@@ -112,6 +117,7 @@ impl PortConfig {
             zero_copy: false,
             need_wakeup: true,
             busy_poll: None,
+            busy_poll_sockopts: true,
             rx_size: DEFAULT_RX_SIZE,
             tx_size: DEFAULT_TX_SIZE,
             xsk_map: XskMapSource::LibxdpDefault,
@@ -928,7 +934,7 @@ impl XskSocket {
             default_map: None,
         };
         // From here on, Drop undoes everything on error.
-        if let Some(bp) = cfg.busy_poll {
+        if let Some(bp) = cfg.busy_poll.filter(|_| cfg.busy_poll_sockopts) {
             let sol_socket = libc::SOL_SOCKET;
             let timeout = libc::c_int::try_from(bp.timeout_us).unwrap_or(libc::c_int::MAX);
             let budget = libc::c_int::try_from(bp.budget).unwrap_or(libc::c_int::MAX);
