@@ -146,10 +146,13 @@ fn run(cli: Cli) -> Result<()> {
     }
 
     let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = Arc::clone(&stop);
-        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
-            .context("installing the SIGINT/SIGTERM handler")?;
+    // The handler runs on a thread of its own. In device-plugin modes it starts after the capability
+    // drop so that thread holds only the pod's three capabilities too (we attach no XDP program
+    // there, so a signal during set-up leaves nothing behind); otherwise it starts first, so a signal
+    // during set-up still detaches our program.
+    let device_plugin = is_device_plugin(&config);
+    if !device_plugin || cli.backend == Backend::AfPacket {
+        install_signal_handler(&stop)?;
     }
     let settings = Settings {
         mode,
@@ -166,6 +169,21 @@ fn run(cli: Cli) -> Result<()> {
         Backend::AfXdp => run_af_xdp(config, &cli, &settings, &stop),
         Backend::AfPacket => run_af_packet(&config, &cli, &settings, &stop),
     }
+}
+
+/// Whether the config's lports get their XSKMAP from the device plugin (UDS or pinned map).
+fn is_device_plugin(config: &Config) -> bool {
+    config
+        .lports()
+        .iter()
+        .any(|l| l.uds_path.is_some() || l.xsk_pin_path.is_some())
+}
+
+/// SIGINT and SIGTERM set `stop`.
+fn install_signal_handler(stop: &Arc<AtomicBool>) -> Result<()> {
+    let stop = Arc::clone(stop);
+    ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+        .context("installing the SIGINT/SIGTERM handler")
 }
 
 struct Settings {
@@ -223,20 +241,18 @@ fn run_af_xdp(
             }
         }
     }
-    let device_plugin = instance
-        .config()
-        .lports()
-        .iter()
-        .any(|l| l.uds_path.is_some() || l.xsk_pin_path.is_some());
-    if device_plugin && instance.programs().is_empty() {
-        // Sockets are set up and no thread has started yet: every worker inherits the reduced set.
-        let report = cne::privs::drop_to_device_plugin_caps()
-            .context("dropping capabilities in device-plugin mode")?;
-        log::info!(
-            "capabilities: kept {:?}, missing {:?}",
-            report.kept,
-            report.missing
-        );
+    if is_device_plugin(instance.config()) {
+        if instance.programs().is_empty() {
+            // Sockets are set up and no thread has started yet: every thread inherits the reduced set.
+            let report = cne::privs::drop_to_device_plugin_caps()
+                .context("dropping capabilities in device-plugin mode")?;
+            log::info!(
+                "capabilities: kept {:?}, missing {:?}",
+                report.kept,
+                report.missing
+            );
+        }
+        install_signal_handler(stop)?;
     }
     let workers = instance.take_workers();
     let reports: Reports = Arc::new(Mutex::new(Vec::new()));
