@@ -7,6 +7,7 @@
 //! [`Validated`], is what the control plane builds state from: it cannot hold an inconsistent setting.
 //! [`from_config`] does both on a loaded `cne::config::Config`, with file and line in every message.
 
+pub use crate::maglev::MAX_WEIGHT;
 use crate::maglev::{is_prime, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_TABLE_SIZE};
 use cne::config::{Config, ConfigError};
 use serde::de::{self, Deserializer, Visitor};
@@ -19,7 +20,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 pub const SECTION: &str = "maglev";
 /// Default connection-table entries per worker.
 pub const DEFAULT_CONNTRACK_SIZE: u32 = 1 << 18;
-/// Most connection-table entries per worker (72 bytes each: 4.5 GiB).
+/// Most connection-table entries per worker (73 bytes each: 4.6 GiB).
 pub const MAX_CONNTRACK_SIZE: u32 = 1 << 26;
 /// Default idle timeout of an open TCP connection, seconds (the IPVS default).
 pub const DEFAULT_TCP_TIMEOUT_S: u32 = 900;
@@ -37,8 +38,6 @@ pub const MIN_MTU: u16 = 1280;
 pub const MAX_MTU: u16 = 9216;
 /// Default backend weight.
 pub const DEFAULT_WEIGHT: u32 = 1;
-/// Largest backend weight: weights are relative, and the table builder's rounds grow with the weight spread.
-pub const MAX_WEIGHT: u32 = 1_000_000;
 /// Longest name of a VIP or backend (names label metrics and are hashed into the table).
 pub const MAX_NAME_LEN: usize = 128;
 
@@ -225,7 +224,7 @@ pub struct MaglevSection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConntrackSection {
-    /// Entries per worker (rounded up to a power of two; 72 bytes each).
+    /// Entries per worker (rounded up to a multiple of 7; 73 bytes each).
     #[serde(default = "default_conntrack_size")]
     pub size: u32,
     /// Idle timeout of an open TCP connection, seconds.

@@ -4,19 +4,22 @@
 //! atomics. A flow keeps the backend it was first given while its entry lives, even when the Maglev tables
 //! change under it. The table is allocated once: lookups, inserts and evictions are O(1) and never allocate.
 //!
-//! Layout: 8-way set-associative, 72 bytes per entry. A flow hash picks a bucket; the bucket header (one cache line) holds a 32-bit
-//! tag and an expiry time per way, the entries (key, backend) sit in a separate array. A lookup reads the header
-//! and, on a tag match, one entry: two cache lines. Storing the *expiry* rather than the last-seen time lets a
-//! full bucket pick its victim from the header alone: an expired way if any, otherwise the way closest to
-//! expiry, which is the least recently used among flows of one kind and prefers closing TCP connections.
+//! Layout: 7-way set-associative. A flow hash picks a bucket of 512 bytes, aligned: a header cache line with a
+//! 32-bit tag and an expiry time per way, then the seven entries (key, backend), one cache line each. A lookup
+//! reads the header and, on a tag match, one entry: two cache lines in one page, so a table far larger than
+//! the TLB's reach costs one page walk per lookup, not two (73 bytes per entry). Storing the *expiry* rather
+//! than the last-seen time lets a full bucket pick its victim from the header alone: an expired way if any,
+//! otherwise the way closest to expiry, which is the least recently used among flows of one kind and prefers
+//! closing TCP connections.
 //!
 //! Time is a monotonic clock in whole seconds (read once per burst): timeouts have one-second granularity.
 //!
 //! Flood guard (Katran): above `max_new_per_sec` new entries in the current second, new flows are not recorded;
 //! the data plane still forwards them by the Maglev table, so established flows are not flushed by a SYN flood.
 
-/// Ways per bucket: 8 tags and 8 expiry times fill one 64-byte header.
-const WAYS: usize = 8;
+/// Ways per bucket: a 64-byte header and seven 64-byte entries make a 512-byte bucket that never straddles
+/// a page.
+const WAYS: usize = 7;
 
 /// Tag of an empty way. Real tags have their low bit set.
 const FREE: u32 = 0;
@@ -99,11 +102,12 @@ pub enum Insert {
 }
 
 #[derive(Clone, Copy, Default)]
-#[repr(align(64))]
+#[repr(C, align(512))]
 struct Bucket {
     tags: [u32; WAYS],
     /// Second after which the way's entry is dead.
     expires: [u32; WAYS],
+    entries: [Entry; WAYS],
 }
 
 /// 64 bytes, aligned: a lookup touches exactly one cache line of entries.
@@ -117,8 +121,6 @@ struct Entry {
 /// The connection table of one worker.
 pub struct ConnTrack {
     buckets: Box<[Bucket]>,
-    entries: Box<[Entry]>,
-    mask: usize,
     timeouts: Timeouts,
     max_new_per_sec: u32,
     window: u32,
@@ -138,17 +140,12 @@ impl std::fmt::Debug for ConnTrack {
 }
 
 impl ConnTrack {
-    /// A table of at least `capacity` entries (rounded up to a power-of-two number of 8-way buckets), with
+    /// A table of at least `capacity` entries (rounded up to a multiple of 7, the ways of a bucket), with
     /// `max_new_per_sec` new entries per second at most (0: no limit). This is the only allocation.
     pub fn new(capacity: u32, timeouts: Timeouts, max_new_per_sec: u32) -> Self {
-        let buckets = (capacity as usize)
-            .div_ceil(WAYS)
-            .max(1)
-            .next_power_of_two();
+        let buckets = (capacity as usize).div_ceil(WAYS).max(1);
         Self {
             buckets: vec![Bucket::default(); buckets].into_boxed_slice(),
-            entries: vec![Entry::default(); buckets * WAYS].into_boxed_slice(),
-            mask: buckets - 1,
             timeouts,
             max_new_per_sec,
             window: 0,
@@ -159,7 +156,7 @@ impl ConnTrack {
 
     /// Number of entries the table can hold.
     pub fn capacity(&self) -> usize {
-        self.entries.len()
+        self.buckets.len() * WAYS
     }
 
     /// Changes the timeouts; entries pick them up when next refreshed.
@@ -177,13 +174,15 @@ impl ConnTrack {
         self.stats
     }
 
-    /// The bucket of a hash (low bits) and the tag (high bits, never [`FREE`]).
+    /// The bucket of a hash (from the low 32 bits, by multiply-shift: any bucket count works, no division)
+    /// and the tag (the high 32 bits, never [`FREE`]).
     #[inline]
     fn place(&self, hash: u64) -> (usize, u32) {
-        // Truncation intended: the tag is the high half of the hash.
+        // Truncations intended: the two halves of the hash serve as bucket and tag.
         #[allow(clippy::cast_possible_truncation)]
-        let tag = ((hash >> 32) as u32) | 1;
-        (hash as usize & self.mask, tag)
+        let (low, tag) = (u64::from(hash as u32), ((hash >> 32) as u32) | 1);
+        let bucket = (low * self.buckets.len() as u64) >> 32;
+        (bucket as usize, tag)
     }
 
     #[inline]
@@ -199,12 +198,13 @@ impl ConnTrack {
     #[inline]
     fn find(&self, b: usize, tag: u32, key: &FlowKey) -> Option<usize> {
         let bucket = &self.buckets[b];
-        (0..WAYS).find(|&w| bucket.tags[w] == tag && self.entries[b * WAYS + w].key == *key)
+        (0..WAYS).find(|&w| bucket.tags[w] == tag && bucket.entries[w].key == *key)
     }
 
     /// Starts loading the bucket header of `hash` into the cache, so that a lookup a few packets later finds
     /// it there. Issuing this for a whole burst before the lookups overlaps the cache misses of a large table
-    /// instead of paying them one after another. (A plain load: prefetch instructions need `unsafe`.)
+    /// instead of paying them one after another. It is a plain load: this crate forbids the intrinsics that
+    /// would issue a true prefetch.
     #[inline]
     pub fn prefetch_bucket(&self, hash: u64) {
         let (b, _) = self.place(hash);
@@ -217,7 +217,7 @@ impl ConnTrack {
     pub fn prefetch_entry(&self, hash: u64) {
         let (b, tag) = self.place(hash);
         if let Some(w) = self.buckets[b].tags.iter().position(|&t| t == tag) {
-            std::hint::black_box(self.entries[b * WAYS + w].conn.backend);
+            std::hint::black_box(self.buckets[b].entries[w].conn.backend);
         }
     }
 
@@ -233,7 +233,7 @@ impl ConnTrack {
             self.stats.expired += 1;
             return None;
         }
-        let entry = &mut self.entries[b * WAYS + w];
+        let entry = &mut self.buckets[b].entries[w];
         entry.conn.closing |= closing;
         let conn = entry.conn;
         self.buckets[b].expires[w] = now.saturating_add(self.timeout(key, &conn));
@@ -247,7 +247,7 @@ impl ConnTrack {
         let (b, tag) = self.place(hash);
         let expires = now.saturating_add(self.timeout(key, &conn));
         if let Some(w) = self.find(b, tag, key) {
-            self.entries[b * WAYS + w].conn = conn;
+            self.buckets[b].entries[w].conn = conn;
             self.buckets[b].expires[w] = expires;
             return Insert::Updated;
         }
@@ -285,7 +285,7 @@ impl ConnTrack {
         };
         bucket.tags[victim] = tag;
         bucket.expires[victim] = expires;
-        self.entries[b * WAYS + victim] = Entry { key: *key, conn };
+        bucket.entries[victim] = Entry { key: *key, conn };
         self.stats.inserted += 1;
         outcome
     }
@@ -344,16 +344,21 @@ mod tests {
 
     #[test]
     fn layout_is_cache_friendly() {
-        assert_eq!(std::mem::size_of::<Bucket>(), 64);
+        assert_eq!(std::mem::size_of::<Bucket>(), 512);
         assert_eq!(std::mem::size_of::<Entry>(), 64);
+        assert_eq!(
+            std::mem::offset_of!(Bucket, entries),
+            64,
+            "entries start on the second cache line"
+        );
     }
 
     #[test]
     fn capacity_rounds_up() {
-        assert_eq!(ConnTrack::new(0, T, 0).capacity(), 8);
-        assert_eq!(ConnTrack::new(9, T, 0).capacity(), 16);
-        assert_eq!(ConnTrack::new(1 << 20, T, 0).capacity(), 1 << 20);
-        assert_eq!(ConnTrack::new(1_000_000, T, 0).capacity(), 1 << 20);
+        assert_eq!(ConnTrack::new(0, T, 0).capacity(), 7);
+        assert_eq!(ConnTrack::new(7, T, 0).capacity(), 7);
+        assert_eq!(ConnTrack::new(8, T, 0).capacity(), 14);
+        assert_eq!(ConnTrack::new(1_000_000, T, 0).capacity(), 1_000_006);
     }
 
     #[test]
@@ -412,56 +417,49 @@ mod tests {
         assert_eq!(ct.stats().expired, 2);
     }
 
-    /// Keys that all land in bucket 0 of a 1-bucket table.
+    /// Keys that all land in bucket 0 (the low 32 bits of their hashes are 0).
     fn colliding(n: u32) -> Vec<(FlowKey, u64)> {
         (0..n).map(|i| (key(i, 6), u64::from(i) << 40)).collect()
     }
 
     #[test]
     fn full_bucket_evicts_least_recently_used() {
-        let mut ct = ConnTrack::new(8, T, 0);
-        let flows = colliding(9);
-        for (i, (k, h)) in flows.iter().take(8).enumerate() {
+        let mut ct = ConnTrack::new(70, T, 0);
+        let flows = colliding(WAYS as u32 + 1);
+        for (i, (k, h)) in flows.iter().take(WAYS).enumerate() {
             assert_eq!(ct.insert(k, *h, conn(i as u32), i as u32), Insert::Inserted);
         }
         // Touch flow 0 so flow 1 becomes the least recently used.
         assert!(ct.lookup(&flows[0].0, flows[0].1, 20, false).is_some());
-        assert_eq!(
-            ct.insert(&flows[8].0, flows[8].1, conn(8), 21),
-            Insert::Evicted
-        );
+        let (k, h) = flows[WAYS];
+        assert_eq!(ct.insert(&k, h, conn(8), 21), Insert::Evicted);
         assert_eq!(ct.stats().evicted, 1);
         assert!(
             ct.lookup(&flows[1].0, flows[1].1, 21, false).is_none(),
             "LRU flow evicted"
         );
-        for i in [0, 2, 3, 4, 5, 6, 7, 8] {
-            assert!(
-                ct.lookup(&flows[i].0, flows[i].1, 21, false).is_some(),
-                "flow {i} kept"
-            );
+        for (i, (k, h)) in flows.iter().enumerate().filter(|(i, _)| *i != 1) {
+            assert!(ct.lookup(k, *h, 21, false).is_some(), "flow {i} kept");
         }
+        // The other buckets were untouched: the table had room, only the bucket was full.
+        assert_eq!(ct.live(21), WAYS);
     }
 
     #[test]
     fn closing_connections_are_evicted_first_and_expired_ways_are_reused() {
-        let mut ct = ConnTrack::new(8, T, 0);
-        let flows = colliding(10);
-        for (k, h) in flows.iter().take(8) {
+        let mut ct = ConnTrack::new(7, T, 0);
+        let flows = colliding(WAYS as u32 + 2);
+        for (k, h) in flows.iter().take(WAYS) {
             ct.insert(k, *h, conn(1), 0);
         }
         // Flow 5 saw a FIN later than everyone else's last packet, but its short timeout makes it the victim.
         assert!(ct.lookup(&flows[5].0, flows[5].1, 50, true).is_some());
-        assert_eq!(
-            ct.insert(&flows[8].0, flows[8].1, conn(1), 50),
-            Insert::Evicted
-        );
+        let (k, h) = flows[WAYS];
+        assert_eq!(ct.insert(&k, h, conn(1), 50), Insert::Evicted);
         assert!(ct.lookup(&flows[5].0, flows[5].1, 50, false).is_none());
         // Later every original flow has expired: inserting reuses a way without counting an eviction.
-        assert_eq!(
-            ct.insert(&flows[9].0, flows[9].1, conn(1), 200),
-            Insert::Inserted
-        );
+        let (k, h) = flows[WAYS + 1];
+        assert_eq!(ct.insert(&k, h, conn(1), 200), Insert::Inserted);
         assert_eq!(ct.stats().evicted, 1);
     }
 

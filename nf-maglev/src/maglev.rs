@@ -26,6 +26,9 @@ pub const MAX_TABLE_SIZE: u32 = 16_777_213;
 /// The most backends one table can hold: slots are `u16` and `u16::MAX` marks a free slot while building.
 pub const MAX_BACKENDS: usize = u16::MAX as usize;
 
+/// The largest weight: weights are relative, and the rounds of the build grow with the spread of weights.
+pub const MAX_WEIGHT: u32 = 1_000_000;
+
 /// Slot value that never names a backend.
 const EMPTY: u16 = u16::MAX;
 
@@ -38,6 +41,9 @@ pub enum MaglevError {
     /// More backends than a table slot can index.
     #[error("{0} backends exceed the maximum of {MAX_BACKENDS} per table")]
     TooManyBackends(usize),
+    /// A weight above [`MAX_WEIGHT`].
+    #[error("backend {0:?} has weight {1}, above the maximum of {MAX_WEIGHT}")]
+    BadWeight(String, u32),
     /// Two backends share a name, which would make the table depend on input order.
     #[error("backend name {0:?} appears twice")]
     DuplicateName(String),
@@ -67,14 +73,37 @@ impl std::fmt::Debug for Table {
     }
 }
 
-/// A backend's lazily generated preference list plus its turn credit.
+/// A backend's lazily generated preference list plus its turn credit: 20 bytes, so a thousand walkers and
+/// the bitmap share the L1 cache.
 struct Walker {
-    index: u16,
-    weight: u64,
-    credit: u64,
     /// Its next preference-list position.
     pos: u32,
     skip: u32,
+    weight: u32,
+    /// Below `max_weight` between turns; `weight <= MAX_WEIGHT` keeps the sum within `u32`.
+    credit: u32,
+    index: u16,
+}
+
+impl Walker {
+    /// Claims the walker's next free preferred slot. Every walker's list covers all slots and the caller
+    /// guarantees that one is free, so this terminates.
+    #[inline(always)]
+    fn claim(&mut self, taken: &mut [u64], slots: &mut [u16], size: u32) {
+        loop {
+            let slot = self.pos as usize;
+            self.pos += self.skip;
+            if self.pos >= size {
+                self.pos -= size;
+            }
+            let (word, bit) = (slot / 64, 1u64 << (slot % 64));
+            if taken[word] & bit == 0 {
+                taken[word] |= bit;
+                slots[slot] = self.index;
+                return;
+            }
+        }
+    }
 }
 
 impl Table {
@@ -89,6 +118,9 @@ impl Table {
         }
         if members.len() > MAX_BACKENDS {
             return Err(MaglevError::TooManyBackends(members.len()));
+        }
+        if let Some(m) = members.iter().find(|m| m.weight > MAX_WEIGHT) {
+            return Err(MaglevError::BadWeight(m.name.to_owned(), m.weight));
         }
         let mut order: Vec<usize> = (0..members.len()).collect();
         order.sort_unstable_by(|&a, &b| members[a].name.cmp(members[b].name));
@@ -105,12 +137,12 @@ impl Table {
             .map(|&i| {
                 let (h1, h2) = name_hashes(seed, members[i].name);
                 Walker {
-                    // Lossless: i < MAX_BACKENDS = u16::MAX, and both remainders are below `size`.
-                    index: u16::try_from(i).unwrap_or(EMPTY),
-                    weight: u64::from(members[i].weight),
-                    credit: 0,
+                    // Lossless: both remainders are below `size`, and i < MAX_BACKENDS = u16::MAX.
                     pos: u32::try_from(h1 % m).unwrap_or(0),
                     skip: u32::try_from(h2 % (m - 1) + 1).unwrap_or(1),
+                    weight: members[i].weight,
+                    credit: 0,
+                    index: u16::try_from(i).unwrap_or(EMPTY),
                 }
             })
             .collect();
@@ -125,25 +157,24 @@ impl Table {
         // One bit per slot: 8 KiB for M = 65537, so the probe loop runs out of L1 instead of the 128 KiB table.
         let mut taken = vec![0u64; len.div_ceil(64)];
         let mut filled = 0usize;
+        if walkers.iter().all(|w| w.weight == max_weight) {
+            // Equal weights: Pseudocode 1 exactly, one claim per backend per round.
+            loop {
+                for w in &mut walkers {
+                    w.claim(&mut taken, &mut slots, size);
+                    filled += 1;
+                    if filled == len {
+                        return Ok(Self { slots });
+                    }
+                }
+            }
+        }
         loop {
             for w in &mut walkers {
                 w.credit += w.weight;
                 while w.credit >= max_weight {
                     w.credit -= max_weight;
-                    // Every walker's list covers all slots and a free one remains, so this terminates.
-                    loop {
-                        let slot = w.pos as usize;
-                        w.pos += w.skip;
-                        if w.pos >= size {
-                            w.pos -= size;
-                        }
-                        let (word, bit) = (slot / 64, 1u64 << (slot % 64));
-                        if taken[word] & bit == 0 {
-                            taken[word] |= bit;
-                            slots[slot] = w.index;
-                            break;
-                        }
-                    }
+                    w.claim(&mut taken, &mut slots, size);
                     filled += 1;
                     if filled == len {
                         return Ok(Self { slots });
@@ -247,6 +278,14 @@ mod tests {
         assert_eq!(
             Table::build(&members(&n, 1), 1, 0),
             Err(MaglevError::BadSize(1))
+        );
+        let heavy = [Member {
+            name: "a",
+            weight: MAX_WEIGHT + 1,
+        }];
+        assert_eq!(
+            Table::build(&heavy, 7, 0),
+            Err(MaglevError::BadWeight("a".into(), MAX_WEIGHT + 1))
         );
         let dup = [
             Member {
