@@ -410,6 +410,9 @@ fn port_config(lport: &Lport, map: Option<std::os::fd::RawFd>, config: &Config) 
             timeout_us: u32::from(lport.busy_timeout.max(1)),
             budget: u32::from(lport.busy_budget.max(1)),
         });
+        // Over the UDS the plugin sets the options (`/config_busy_poll`); the pod lacks the
+        // CAP_NET_ADMIN they need.
+        pc.busy_poll_sockopts = lport.uds_path.is_none();
     }
     pc.xsk_map = match map {
         Some(fd) => XskMapSource::Map(fd),
@@ -442,4 +445,37 @@ pub fn pin_current_thread(cpus: &[usize]) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_poll_sockopts_are_left_to_the_plugin_only_over_the_uds() {
+        let text = r#"{
+            "umems": { "u": { "bufcnt": 24, "regions": [8, 8, 8] } },
+            "lports": {
+                "eth0:0": { "pmd": "net_af_xdp", "qid": 0, "umem": "u", "region": 0,
+                            "busy_poll": true, "uds_path": "/tmp/afxdp_dp/eth0/afxdp.sock" },
+                "eth1:0": { "pmd": "net_af_xdp", "qid": 0, "umem": "u", "region": 1,
+                            "busy_poll": true, "xsk_pin_path": "/tmp/afxdp_dp/eth1/xsks_map" },
+                "eth2:0": { "pmd": "net_af_xdp", "qid": 0, "umem": "u", "region": 2,
+                            "busy_poll": true }
+            },
+            "lcore-groups": { "initial": [0] },
+            "threads": { "main": { "group": "initial" } }
+        }"#;
+        let config = Config::parse(text, "test").expect("config");
+        let sockopts = |name: &str| {
+            let lport = config.lport(name).expect("lport");
+            let pc = port_config(lport, Some(3), &config);
+            assert!(pc.busy_poll.is_some(), "{name}: busy polling configured");
+            pc.busy_poll_sockopts
+        };
+        // CAP_NET_ADMIN is the plugin's: over the UDS it sets the options on the socket it is sent.
+        assert!(!sockopts("eth0:0"));
+        assert!(sockopts("eth1:0"));
+        assert!(sockopts("eth2:0"));
+    }
 }

@@ -11,6 +11,7 @@ pub mod decap;
 pub mod dp;
 pub mod frame;
 pub mod instance;
+pub mod netdev;
 pub mod packet;
 pub mod podconfig;
 pub mod poll;

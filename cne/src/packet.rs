@@ -9,6 +9,54 @@
 //! makes packets `!Send`: they stay on the worker thread that owns the pool, which is what lets the
 //! free list be a plain `Vec` with no atomics or locks.
 //!
+//! ```
+//! use cne::frame::Frame;
+//! use cne::umem::{FramePool, Umem, UmemConfig};
+//!
+//! let umem = Umem::new(&UmemConfig { frame_count: 8, ..UmemConfig::default() })?;
+//! let pool = FramePool::new(&umem, 0)?;
+//! let mut pkt = pool.alloc().expect("a free frame");
+//! assert!(pkt.set_len(4));
+//! pkt.data_mut().copy_from_slice(b"ping");
+//! assert_eq!(pool.available(), 7);
+//! drop(pkt); // the frame goes back to the pool
+//! assert_eq!(pool.available(), 8);
+//! # Ok::<(), cne::umem::UmemError>(())
+//! ```
+//!
+//! What safe code cannot do (each of these fails to compile): keep a packet after its pool is gone,
+//!
+//! ```compile_fail
+//! # use cne::umem::{FramePool, Umem, UmemConfig};
+//! # let umem = Umem::new(&UmemConfig { frame_count: 8, ..UmemConfig::default() }).unwrap();
+//! let pool = FramePool::new(&umem, 0).unwrap();
+//! let pkt = pool.alloc().unwrap();
+//! drop(pool); // error: `pool` is still borrowed by `pkt`
+//! drop(pkt);
+//! ```
+//!
+//! duplicate a packet (a second owner of the same frame),
+//!
+//! ```compile_fail
+//! # use cne::umem::{FramePool, Umem, UmemConfig};
+//! # let umem = Umem::new(&UmemConfig { frame_count: 8, ..UmemConfig::default() }).unwrap();
+//! # let pool = FramePool::new(&umem, 0).unwrap();
+//! let pkt = pool.alloc().unwrap();
+//! let twin = pkt.clone(); // error: Packet is not Clone
+//! ```
+//!
+//! or hand a packet to another thread, which would race on the pool's free list.
+//!
+//! ```compile_fail
+//! # use cne::umem::{FramePool, Umem, UmemConfig};
+//! # let umem = Umem::new(&UmemConfig { frame_count: 8, ..UmemConfig::default() }).unwrap();
+//! # let pool = FramePool::new(&umem, 0).unwrap();
+//! let pkt = pool.alloc().unwrap();
+//! std::thread::scope(|s| {
+//!     s.spawn(move || drop(pkt)); // error: Packet is not Send
+//! });
+//! ```
+//!
 //! The data window `[start, end)` moves inside the frame: `start` is the headroom (room to prepend
 //! encapsulation headers with [`Frame::push_head`]), `frame_size - end` the tailroom.
 

@@ -59,8 +59,9 @@ const IFNAMSIZ: usize = 16;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum XskMapSource {
     /// Load libxdp's default redirect program on the netdev if none is there, and use its map.
-    /// The program is detached again when the last port using it is dropped, if this process
-    /// attached it.
+    /// Ports of this process on other queues of the same netdev share it; it is detached again when
+    /// the last of them is dropped, if this process attached it. (Sockets inserted into its map with
+    /// [`XskMapSource::Map`] do not keep it attached: open them with `LibxdpDefault` too.)
     #[default]
     LibxdpDefault,
     /// Insert the socket at index `qid` of this XSKMAP and load no program. The fd is borrowed: it
@@ -92,6 +93,11 @@ pub struct PortConfig {
     pub need_wakeup: bool,
     /// Kernel busy polling.
     pub busy_poll: Option<BusyPoll>,
+    /// Whether the port sets the busy-poll socket options itself (the default). `false` when the
+    /// device plugin sets them (`/config_busy_poll` in UDS mode): `SO_PREFER_BUSY_POLL` and a raised
+    /// `SO_BUSY_POLL_BUDGET` need `CAP_NET_ADMIN`, which a pod does not hold. The port still runs in
+    /// busy-poll mode (it drives RX with `recvfrom`).
+    pub busy_poll_sockopts: bool,
     /// RX ring size (power of two); the fill ring gets twice as many slots.
     pub rx_size: u32,
     /// TX ring size (power of two); the completion ring gets as many slots.
@@ -111,6 +117,7 @@ impl PortConfig {
             zero_copy: false,
             need_wakeup: true,
             busy_poll: None,
+            busy_poll_sockopts: true,
             rx_size: DEFAULT_RX_SIZE,
             tx_size: DEFAULT_TX_SIZE,
             xsk_map: XskMapSource::LibxdpDefault,
@@ -636,31 +643,33 @@ struct Rings {
     tx: ProdRing<XdpDesc>,
 }
 
-/// Pointers into one mapped ring.
-struct RingParts {
+/// Pointers into one mapped ring whose entries are `T`.
+struct RingParts<T> {
     memory: Arc<dyn RingMemory>,
     producer: NonNull<AtomicU32>,
     consumer: NonNull<AtomicU32>,
     flags: NonNull<AtomicU32>,
-    slots: NonNull<u8>,
+    slots: NonNull<T>,
+    size: u32,
 }
 
-fn map_ring(
+/// Maps the ring at page offset `pgoff` of socket `fd`, with `size` entries of `T` (u64 for the fill
+/// and completion rings, [`XdpDesc`] for RX and TX), and checks the kernel's offsets against it.
+fn map_ring<T>(
     fd: RawFd,
     off: &cne_sys::xdp_ring_offset,
-    count: u32,
-    entry: usize,
+    size: u32,
     pgoff: u64,
-) -> io::Result<RingParts> {
+) -> io::Result<RingParts<T>> {
     let desc = usize::try_from(off.desc).map_err(io::Error::other)?;
-    let len = desc + count as usize * entry;
+    let len = desc + size as usize * size_of::<T>();
     let map = Mmap::socket_ring(fd, len, pgoff)?;
     let base = map.as_ptr();
     let word = |o: u64| -> io::Result<NonNull<AtomicU32>> {
         let o = usize::try_from(o).map_err(io::Error::other)?;
-        if o + 4 > map.len() || o % 4 != 0 {
+        if o + 4 > desc || o % 4 != 0 {
             return Err(io::Error::other(format!(
-                "ring offset {o} outside the ring mapping"
+                "ring word offset {o} overlaps the descriptors or is misaligned"
             )));
         }
         NonNull::new(base.wrapping_add(o).cast::<AtomicU32>())
@@ -669,45 +678,48 @@ fn map_ring(
     let producer = word(off.producer)?;
     let consumer = word(off.consumer)?;
     let flags = word(off.flags)?;
-    if desc % 8 != 0 {
+    if desc % std::mem::align_of::<T>() != 0 {
         return Err(io::Error::other("misaligned ring descriptors"));
     }
-    let slots = NonNull::new(base.wrapping_add(desc)).ok_or_else(|| io::Error::other("null"))?;
+    let slots = NonNull::new(base.wrapping_add(desc).cast::<T>())
+        .ok_or_else(|| io::Error::other("null ring pointer"))?;
     Ok(RingParts {
         memory: Arc::new(map),
         producer,
         consumer,
         flags,
         slots,
+        size,
     })
 }
 
-impl RingParts {
-    fn producer<T: Copy>(self, size: u32) -> ProdRing<T> {
-        // SAFETY: map_ring checked the three words are aligned u32s inside the mapping and the slot
-        // array of `size` entries of T (u64 or xdp_desc, 8-byte aligned) fits in it; the mapping is
-        // owned by `memory`. The kernel only consumes this ring, and each ring side is created once.
+impl<T: Copy> RingParts<T> {
+    fn producer(self) -> ProdRing<T> {
+        // SAFETY: map_ring checked that the three words are aligned u32s inside the mapping, before
+        // the slot array, and that the array of `size` entries of T is aligned and fits in it; the
+        // mapping is owned by `memory`. The kernel only consumes this ring, and each ring is mapped
+        // and wrapped once.
         unsafe {
             ProdRing::from_raw(
                 self.producer,
                 self.consumer,
                 self.flags,
-                self.slots.cast(),
-                size,
+                self.slots,
+                self.size,
                 self.memory,
             )
         }
     }
 
-    fn consumer<T: Copy>(self, size: u32) -> ConsRing<T> {
+    fn consumer(self) -> ConsRing<T> {
         // SAFETY: as in `producer`, with the kernel only producing into this ring.
         unsafe {
             ConsRing::from_raw(
                 self.producer,
                 self.consumer,
                 self.flags,
-                self.slots.cast(),
-                size,
+                self.slots,
+                self.size,
                 self.memory,
             )
         }
@@ -810,44 +822,24 @@ impl XskSocket {
                 "kernel older than 5.4 (no ring flags)",
             )));
         }
-        let desc = size_of::<XdpDesc>();
         let rings = Rings {
-            fill: map_ring(
-                sfd,
-                &off.fr,
-                fill_size,
-                8,
-                cne_sys::XDP_UMEM_PGOFF_FILL_RING,
-            )
-            .map_err(fail("mmap(fill ring)"))?
-            .producer(fill_size),
-            comp: map_ring(
+            fill: map_ring::<u64>(sfd, &off.fr, fill_size, cne_sys::XDP_UMEM_PGOFF_FILL_RING)
+                .map_err(fail("mmap(fill ring)"))?
+                .producer(),
+            comp: map_ring::<u64>(
                 sfd,
                 &off.cr,
                 comp_size,
-                8,
                 cne_sys::XDP_UMEM_PGOFF_COMPLETION_RING,
             )
             .map_err(fail("mmap(completion ring)"))?
-            .consumer(comp_size),
-            rx: map_ring(
-                sfd,
-                &off.rx,
-                cfg.rx_size,
-                desc,
-                u64::from(cne_sys::XDP_PGOFF_RX_RING),
-            )
-            .map_err(fail("mmap(RX ring)"))?
-            .consumer(cfg.rx_size),
-            tx: map_ring(
-                sfd,
-                &off.tx,
-                cfg.tx_size,
-                desc,
-                u64::from(cne_sys::XDP_PGOFF_TX_RING),
-            )
-            .map_err(fail("mmap(TX ring)"))?
-            .producer(cfg.tx_size),
+            .consumer(),
+            rx: map_ring::<XdpDesc>(sfd, &off.rx, cfg.rx_size, cne_sys::XDP_PGOFF_RX_RING.into())
+                .map_err(fail("mmap(RX ring)"))?
+                .consumer(),
+            tx: map_ring::<XdpDesc>(sfd, &off.tx, cfg.tx_size, cne_sys::XDP_PGOFF_TX_RING.into())
+                .map_err(fail("mmap(TX ring)"))?
+                .producer(),
         };
         // Let one copy-mode sendto drain the whole TX ring instead of 32 descriptors (Linux 6.17+;
         // older kernels keep 32 and the port kicks again while the kernel answers EAGAIN).
@@ -942,7 +934,7 @@ impl XskSocket {
             default_map: None,
         };
         // From here on, Drop undoes everything on error.
-        if let Some(bp) = cfg.busy_poll {
+        if let Some(bp) = cfg.busy_poll.filter(|_| cfg.busy_poll_sockopts) {
             let sol_socket = libc::SOL_SOCKET;
             let timeout = libc::c_int::try_from(bp.timeout_us).unwrap_or(libc::c_int::MAX);
             let budget = libc::c_int::try_from(bp.budget).unwrap_or(libc::c_int::MAX);
@@ -1119,8 +1111,10 @@ pub struct Port<'pool> {
     lent_tx: u32,
     /// Every TX needs a `sendto` (copy mode, busy polling, or need-wakeup off).
     kick_always: bool,
-    /// Empty RX polls call `recvfrom` (zero-copy with need-wakeup, busy polling).
+    /// Empty RX polls call `recvfrom` when the fill ring asks (zero-copy with need-wakeup).
     rx_wakeup: bool,
+    /// Empty RX polls always call `recvfrom`, which runs the kernel's busy-poll loop.
+    busy_poll: bool,
     /// TX kicks per burst while the kernel answers EAGAIN.
     max_kicks: u32,
 }
@@ -1143,7 +1137,8 @@ impl<'pool> Port<'pool> {
         let mode = sock.mode;
         let mut port = Self {
             kick_always: !mode.zero_copy || mode.busy_poll || !mode.need_wakeup,
-            rx_wakeup: mode.busy_poll || (mode.zero_copy && mode.need_wakeup),
+            rx_wakeup: mode.zero_copy && mode.need_wakeup,
+            busy_poll: mode.busy_poll,
             max_kicks: if sock.tx_budget_raised { 1 } else { 4 },
             sock,
             pool,
@@ -1158,6 +1153,9 @@ impl<'pool> Port<'pool> {
     /// Receives up to `max` packets, appending them to `out` (reserve `max` in `out` once and reuse
     /// it: then no burst allocates), and refills the fill ring. Returns the number received.
     pub fn rx_burst(&mut self, out: &mut Vec<Packet<'pool>>, max: usize) -> usize {
+        if max == 0 {
+            return 0;
+        }
         let pool = self.pool;
         let frame_size = pool.frame_size();
         let want = u32::try_from(max).unwrap_or(u32::MAX);
@@ -1166,7 +1164,9 @@ impl<'pool> Port<'pool> {
         if n == 0 {
             let _ = rx.release();
             self.stats.rx_ring_empty += 1;
-            if self.rx_wakeup {
+            // Busy polling is driven by this syscall; zero-copy drivers with need-wakeup only need it
+            // when they say so.
+            if self.busy_poll || (self.rx_wakeup && self.sock.rings.fill.needs_wakeup()) {
                 self.sock.wake_rx();
             }
             // Idle: give completed TX frames back so the pool and fill ring stay full.
@@ -1198,7 +1198,7 @@ impl<'pool> Port<'pool> {
             }
         }
         let _ = rx.release();
-        self.lent_rx -= n;
+        self.lent_rx = self.lent_rx.saturating_sub(n);
         self.stats.rx_packets += got as u64;
         self.stats.rx_bytes += bytes;
         self.stats.rx_errors += errors;
@@ -1416,5 +1416,53 @@ impl Drop for Port<'_> {
         }
         self.lent_rx = 0;
         self.lent_tx = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>() {}
+
+    #[test]
+    fn sockets_and_pools_move_to_workers() {
+        assert_send::<XskSocket>();
+        assert_send::<FramePool>();
+        assert_send::<Arc<Umem>>();
+        assert_send::<PortConfig>();
+    }
+
+    #[test]
+    fn config_checks_name_the_field() {
+        let err = |c: PortConfig| c.validate().expect_err("invalid").to_string();
+        assert!(err(PortConfig::new("", 0)).contains("interface name"));
+        assert!(err(PortConfig::new("a-very-long-ifname", 0)).contains("1 to 15 bytes"));
+        assert!(err(PortConfig {
+            tx_size: 4,
+            ..PortConfig::new("eth0", 0)
+        })
+        .contains("tx_size 4"));
+        assert!(err(PortConfig {
+            busy_poll: Some(BusyPoll {
+                timeout_us: 20,
+                budget: 70000
+            }),
+            ..PortConfig::new("eth0", 0)
+        })
+        .contains("budget"));
+        assert!(PortConfig::new("eth0", 3).validate().is_ok());
+    }
+
+    #[test]
+    fn mode_displays_as_xdp_and_copy_mode() {
+        let m = PortMode {
+            xdp: XdpMode::Skb,
+            zero_copy: false,
+            need_wakeup: true,
+            busy_poll: false,
+            shared_umem: false,
+        };
+        assert_eq!(m.to_string(), "skb/copy");
     }
 }

@@ -204,6 +204,8 @@ impl<T: Copy> ProdRing<T> {
             start: self.cached_prod,
             len,
             written: 0,
+            slots: self.raw.slots,
+            mask: self.raw.mask,
             ring: self,
         }
     }
@@ -291,6 +293,8 @@ impl<T: Copy> ConsRing<T> {
         Peeked {
             start: self.cached_cons,
             len,
+            slots: self.raw.slots,
+            mask: self.raw.mask,
             ring: self,
         }
     }
@@ -310,6 +314,10 @@ pub struct Reserved<'r, T: Copy> {
     start: u32,
     len: u32,
     written: u32,
+    /// Copies of the ring's slot pointer and mask, so the per-entry path works on locals the
+    /// compiler can keep in registers (writes through the slot pointer could alias the ring).
+    slots: NonNull<T>,
+    mask: u32,
 }
 
 impl<T: Copy> Reserved<'_, T> {
@@ -334,11 +342,12 @@ impl<T: Copy> Reserved<'_, T> {
         if self.written == self.len {
             return false;
         }
-        let idx = self.start.wrapping_add(self.written);
-        // SAFETY: the slot is in bounds, and slots in [producer, consumer + size) belong to the
-        // producer, which we are exclusively (`&mut ProdRing`); the peer does not read it before the
-        // release store in `commit`.
-        unsafe { self.ring.raw.slot(idx).write(value) };
+        let idx = (self.start.wrapping_add(self.written) & self.mask) as usize;
+        let slot = self.slots.as_ptr().wrapping_add(idx);
+        // SAFETY: `idx <= mask < size`, so the slot is in bounds of the ring's slot array, and slots
+        // in [producer, consumer + size) belong to the producer, which we are exclusively
+        // (`&mut ProdRing`); the peer does not read it before the release store in `commit`.
+        unsafe { slot.write(value) };
         self.written += 1;
         true
     }
@@ -367,6 +376,9 @@ pub struct Peeked<'r, T: Copy> {
     ring: &'r mut ConsRing<T>,
     start: u32,
     len: u32,
+    /// See [`Reserved`]: local copies for the per-entry path.
+    slots: NonNull<T>,
+    mask: u32,
 }
 
 impl<T: Copy> Peeked<'_, T> {
@@ -386,10 +398,12 @@ impl<T: Copy> Peeked<'_, T> {
         if i >= self.len {
             return None;
         }
-        let idx = self.start.wrapping_add(i);
-        // SAFETY: the slot is in bounds; entries in [consumer, producer) were published by the
-        // producer (acquire load in `available`) and are not rewritten until we release them.
-        Some(unsafe { self.ring.raw.slot(idx).read() })
+        let idx = (self.start.wrapping_add(i) & self.mask) as usize;
+        let slot = self.slots.as_ptr().wrapping_add(idx);
+        // SAFETY: `idx <= mask < size`, so the slot is in bounds; entries in [consumer, producer)
+        // were published by the producer (acquire load in `available`) and are not rewritten until
+        // we release them.
+        Some(unsafe { slot.read() })
     }
 
     /// The entries in ring order.

@@ -206,10 +206,6 @@ impl Mmap {
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
-
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
 }
 
 impl Drop for Mmap {
@@ -513,7 +509,8 @@ impl FramePool {
         Some(Packet::from_frame(self, addr, self.headroom, self.headroom))
     }
 
-    /// Appends up to `n` fresh packets to `out`; returns how many.
+    /// Appends up to `n` fresh packets to `out` (give `out` the capacity up front to avoid
+    /// allocating); returns how many.
     pub fn alloc_bulk<'p>(&'p self, out: &mut Vec<Packet<'p>>, n: usize) -> usize {
         let mut got = 0;
         while got < n {
@@ -614,6 +611,32 @@ mod tests {
             ..small()
         })
         .contains("more than frame_count"));
+    }
+
+    #[test]
+    fn huge_pages_fall_back_to_small_pages_when_none_are_free() {
+        let free: u64 = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find(|l| l.starts_with("HugePages_Free:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0);
+        let umem = Umem::new(&UmemConfig {
+            frame_count: 1024,
+            huge_pages: true,
+            ..UmemConfig::default()
+        })
+        .expect("huge pages or the fallback");
+        if free == 0 {
+            assert!(!umem.huge_pages(), "no free huge page: 4 KiB pages");
+        }
+        let pool = FramePool::new(&umem, 0).expect("pool");
+        let mut p = pool.alloc().expect("frame");
+        assert!(p.set_len(8));
+        p.data_mut().fill(7);
+        assert_eq!(p.data(), &[7; 8]);
     }
 
     #[test]

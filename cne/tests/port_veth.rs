@@ -10,7 +10,7 @@ use std::time::Duration;
 use cne::frame::Frame;
 use cne::packet::Packet;
 use cne::poll::{AdaptiveWait, Idle, WaitPolicy};
-use cne::port::{Port, PortConfig, PortError, XskMapSource, XskSocket};
+use cne::port::{BusyPoll, Port, PortConfig, PortError, XskMapSource, XskSocket};
 use cne::umem::{FramePool, Umem, UmemConfig};
 use cne::xdp::XdpMode;
 use common::{lab_lock, raw_frame, udp_frame, wait_until, VethLab};
@@ -439,4 +439,38 @@ fn our_xdp_program_feeds_a_port_through_its_map() {
     // The program is ours: the port left it attached.
     let link = common::run(&["ip", "link", "show", &lab.host]).expect("ip link");
     assert!(link.contains("prog/xdp"), "{link}");
+}
+
+#[test]
+fn zero_copy_request_falls_back_to_copy_and_busy_poll_receives() {
+    let Some(_serial) = lab_lock("zero_copy_request_falls_back_to_copy_and_busy_poll_receives")
+    else {
+        return;
+    };
+    let lab = VethLab::new(1);
+    let umem = new_umem(1024, vec![]);
+    let pool = FramePool::new(&umem, 0).expect("pool");
+    let cfg = PortConfig {
+        zero_copy: true,
+        busy_poll: Some(BusyPoll {
+            timeout_us: 20,
+            budget: 64,
+        }),
+        ..small_cfg(&lab.host, 0)
+    };
+    let mut port = Port::open(&cfg, &pool).expect("port");
+    let mode = port.mode();
+    assert!(
+        !mode.zero_copy,
+        "veth has no zero-copy: copy mode negotiated"
+    );
+    assert!(mode.busy_poll);
+    assert_eq!(mode.to_string(), "native/copy");
+    let frames: Vec<Vec<u8>> = (0..4u32)
+        .map(|i| raw_frame(&lab.peer_mac, &lab.host_mac, i, 64))
+        .collect();
+    lab.send(&frames, None);
+    let mut got = Vec::with_capacity(64);
+    assert!(rx_until(&mut port, &mut got, 4), "received {}", got.len());
+    assert_eq!(got.len(), 4);
 }

@@ -17,6 +17,7 @@ pub mod cleanup;
 pub mod cmd;
 pub mod config;
 pub mod counters;
+pub mod dp_standin;
 pub mod forwarder;
 pub mod gen;
 pub mod lab;

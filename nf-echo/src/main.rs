@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use cne::afpacket::AfPacket;
 use cne::config::Config;
@@ -146,10 +146,13 @@ fn run(cli: Cli) -> Result<()> {
     }
 
     let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = Arc::clone(&stop);
-        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
-            .context("installing the SIGINT/SIGTERM handler")?;
+    // The handler runs on a thread of its own. In device-plugin modes it starts after the capability
+    // drop so that thread holds only the pod's three capabilities too (we attach no XDP program
+    // there, so a signal during set-up leaves nothing behind); otherwise it starts first, so a signal
+    // during set-up still detaches our program.
+    let device_plugin = is_device_plugin(&config);
+    if !device_plugin || cli.backend == Backend::AfPacket {
+        install_signal_handler(&stop)?;
     }
     let settings = Settings {
         mode,
@@ -168,6 +171,21 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Whether the config's lports get their XSKMAP from the device plugin (UDS or pinned map).
+fn is_device_plugin(config: &Config) -> bool {
+    config
+        .lports()
+        .iter()
+        .any(|l| l.uds_path.is_some() || l.xsk_pin_path.is_some())
+}
+
+/// SIGINT and SIGTERM set `stop`.
+fn install_signal_handler(stop: &Arc<AtomicBool>) -> Result<()> {
+    let stop = Arc::clone(stop);
+    ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+        .context("installing the SIGINT/SIGTERM handler")
+}
+
 struct Settings {
     mode: Mode,
     addrs: Vec<IpAddr>,
@@ -178,7 +196,7 @@ impl Settings {
     fn echo_config(&self, netdev: &str) -> Result<EchoConfig> {
         Ok(EchoConfig {
             mode: self.mode,
-            mac: read_mac(netdev)?,
+            mac: cne::netdev::mac_address(netdev)?,
             addrs: self.addrs.clone(),
             udp_ports: self.udp_ports.clone(),
         })
@@ -191,22 +209,6 @@ fn mode_name(m: Mode) -> &'static str {
         Mode::MacSwap => "mac-swap",
         Mode::Drop => "drop",
     }
-}
-
-/// MAC address of a netdev, from sysfs.
-fn read_mac(netdev: &str) -> Result<[u8; 6]> {
-    let p = format!("/sys/class/net/{netdev}/address");
-    let text =
-        std::fs::read_to_string(&p).with_context(|| format!("netdev {netdev} not found ({p})"))?;
-    let mut mac = [0u8; 6];
-    let parts: Vec<&str> = text.trim().split(':').collect();
-    if parts.len() != 6 {
-        bail!("{p}: not a MAC address: {}", text.trim());
-    }
-    for (b, s) in mac.iter_mut().zip(parts) {
-        *b = u8::from_str_radix(s, 16).with_context(|| format!("{p}: bad MAC {}", text.trim()))?;
-    }
-    Ok(mac)
 }
 
 /// What a worker publishes for the stats line.
@@ -239,20 +241,18 @@ fn run_af_xdp(
             }
         }
     }
-    let device_plugin = instance
-        .config()
-        .lports()
-        .iter()
-        .any(|l| l.uds_path.is_some() || l.xsk_pin_path.is_some());
-    if device_plugin && instance.programs().is_empty() {
-        // Sockets are set up and no thread has started yet: every worker inherits the reduced set.
-        let report = cne::privs::drop_to_device_plugin_caps()
-            .context("dropping capabilities in device-plugin mode")?;
-        log::info!(
-            "capabilities: kept {:?}, missing {:?}",
-            report.kept,
-            report.missing
-        );
+    if is_device_plugin(instance.config()) {
+        if instance.programs().is_empty() {
+            // Sockets are set up and no thread has started yet: every thread inherits the reduced set.
+            let report = cne::privs::drop_to_device_plugin_caps()
+                .context("dropping capabilities in device-plugin mode")?;
+            log::info!(
+                "capabilities: kept {:?}, missing {:?}",
+                report.kept,
+                report.missing
+            );
+        }
+        install_signal_handler(stop)?;
     }
     let workers = instance.take_workers();
     let reports: Reports = Arc::new(Mutex::new(Vec::new()));
@@ -285,21 +285,7 @@ fn run_af_xdp(
             .with_context(|| format!("spawning worker {name}"))?;
         handles.push((name, h));
     }
-    let result = main_loop(cli, stop, &reports, &handles);
-    stop.store(true, Ordering::SeqCst);
-    let mut first_err = result.err();
-    for (name, h) in handles {
-        match h.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                first_err.get_or_insert(e.context(format!("worker {name}")));
-            }
-            Err(_) => {
-                first_err.get_or_insert(anyhow::anyhow!("worker {name} panicked"));
-            }
-        }
-    }
-    print_summary(&reports);
+    let first_err = finish(cli, stop, &reports, handles);
     drop(instance);
     first_err.map_or(Ok(()), Err)
 }
@@ -394,21 +380,7 @@ fn run_af_packet(
             .context("spawning AF_PACKET worker")?;
         handles.push((netdev, h));
     }
-    let result = main_loop(cli, stop, &reports, &handles);
-    stop.store(true, Ordering::SeqCst);
-    let mut first_err = result.err();
-    for (name, h) in handles {
-        match h.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                first_err.get_or_insert(e.context(format!("worker {name}")));
-            }
-            Err(_) => {
-                first_err.get_or_insert(anyhow::anyhow!("worker {name} panicked"));
-            }
-        }
-    }
-    print_summary(&reports);
+    let first_err = finish(cli, stop, &reports, handles);
     first_err.map_or(Ok(()), Err)
 }
 
@@ -460,6 +432,32 @@ fn worker_af_packet(
         r[slot].echo = counters;
     }
     Ok(())
+}
+
+/// Runs the main loop until a stop, then stops and joins the workers, prints the summary, and
+/// returns the first error of any of them.
+fn finish(
+    cli: &Cli,
+    stop: &AtomicBool,
+    reports: &Reports,
+    handles: Vec<(String, thread::JoinHandle<Result<()>>)>,
+) -> Option<anyhow::Error> {
+    let result = main_loop(cli, stop, reports, &handles);
+    stop.store(true, Ordering::SeqCst);
+    let mut first_err = result.err();
+    for (name, h) in handles {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e.context(format!("worker {name}")));
+            }
+            Err(_) => {
+                first_err.get_or_insert(anyhow::anyhow!("worker {name} panicked"));
+            }
+        }
+    }
+    print_summary(reports);
+    first_err
 }
 
 fn main_loop<T>(

@@ -238,14 +238,6 @@ fn claims(state: &State) -> (Vec<Rule>, Vec<(IpAddr, AddrFlags)>) {
     (rules, addrs.into_iter().map(|a| (a, flags)).collect())
 }
 
-/// Reads a netdev's MAC address from sysfs.
-fn read_mac(netdev: &str) -> Result<Mac> {
-    let p = format!("/sys/class/net/{netdev}/address");
-    let text =
-        std::fs::read_to_string(&p).with_context(|| format!("netdev {netdev} not found ({p})"))?;
-    text.trim().parse().map_err(|e| anyhow!("{p}: {e}"))
-}
-
 /// The running load balancer, owned by the control thread.
 struct Runtime {
     path: PathBuf,
@@ -467,7 +459,12 @@ fn run_lb(cli: &Cli) -> Result<()> {
         let lports = w
             .lports
             .iter()
-            .map(|l| Ok((l.name.clone(), read_mac(l.socket().ifname())?)))
+            .map(|l| {
+                Ok((
+                    l.name.clone(),
+                    Mac(cne::netdev::mac_address(l.socket().ifname())?),
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
         setups.push(lports);
     }

@@ -1,0 +1,39 @@
+//! The JSON-C shipped in the Kubernetes ConfigMaps must be what the NFs accept: the `maglev` section
+//! of `k8s/nf-maglev-config.yaml` validates with nf-maglev's own rules.
+#![forbid(unsafe_code)]
+
+use cne::config::Config;
+
+/// The text of a `key: |` block scalar in a YAML file (the ConfigMap's data entry).
+fn block_scalar(yaml: &str, key: &str) -> String {
+    let mut lines = yaml.lines().skip_while(|l| l.trim() != format!("{key}: |"));
+    let header = lines
+        .next()
+        .unwrap_or_else(|| panic!("no `{key}: |` block"));
+    let indent = header.len() - header.trim_start().len() + 2;
+    lines
+        .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() >= indent)
+        .map(|l| l.get(indent..).unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn configmap_maglev_section_validates() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../k8s/nf-maglev-config.yaml");
+    let yaml = std::fs::read_to_string(path).expect("read ConfigMap");
+    let text = block_scalar(&yaml, "maglev.jsonc");
+    let config = Config::parse(&text, "k8s/nf-maglev-config.yaml#maglev.jsonc")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let validated = nf_maglev::config::from_config(&config).unwrap_or_else(|errors| {
+        panic!(
+            "{}",
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    });
+    assert_eq!(validated.vips.len(), 3);
+}
