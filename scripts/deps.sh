@@ -11,7 +11,7 @@ PINNED=(
   socat=1.7.4.4-2 nginx-light=1.22.1-9+deb12u11 iproute2=6.1.0-3 ethtool=1:6.1-1
   tcpdump=4.99.3-1 iputils-ping=3:20221126-1+deb12u1
 )
-FLOATING=(bpftool curl pkg-config gcc make python3 linux-libc-dev)
+FLOATING=(bpftool curl pkg-config gcc make python3 linux-libc-dev procps util-linux)
 
 missing=()
 for p in "${PINNED[@]}" "${FLOATING[@]}"; do
