@@ -8,7 +8,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::lab::{DUT_IPV4, DUT_IPV6, GEN_IPV4, GEN_MAC, UDP_PORT};
+use crate::lab::{DUT_IPV4, DUT_IPV6, GEN_MAC, UDP_PORT};
 
 /// Total UMEM buffers in units of 1024, as in CNDP's stock configs.
 pub const BUFCNT_K: u32 = 16;
@@ -76,19 +76,23 @@ pub fn echo_config(ifname: &str, queues: u32, cpus: &[usize]) -> String {
 /// section follows nf-maglev's schema as planned; adjust here if that schema differs.
 pub fn maglev_config(ifname: &str, queues: u32, cpus: &[usize]) -> String {
     let mut root = cndp_sections("nf-maglev", ifname, queues, cpus);
+    // The generator's UDP flows to the dut address are the VIP; four GRE backends whose next hop is
+    // the generator, so every forwarded (encapsulated) frame returns to it and is counted.
     let backends: Vec<Value> = (1..=4)
-        .map(|i| json!({ "name": format!("be{i}"), "addr": format!("198.18.1.{i}"), "weight": 1 }))
+        .map(|i| {
+            json!({ "name": format!("be{i}"), "addr": format!("198.18.1.{i}"), "weight": 1,
+                    "mac": GEN_MAC.to_string() })
+        })
         .collect();
     root.insert(
         "maglev".into(),
         json!({
             "table_size": 65537,
             "local_addrs": [DUT_IPV4.to_string(), DUT_IPV6.to_string()],
-            "next_hop_mac": GEN_MAC.to_string(),
+            "gateway_mac": GEN_MAC.to_string(),
+            "claim_all": false,
             "vips": [{ "name": "vip0", "addr": DUT_IPV4.to_string(), "proto": "udp", "port": UDP_PORT,
-                       "mode": "gre", "pool": "pool0" }],
-            "pools": { "pool0": backends },
-            "tunnel_src": GEN_IPV4.to_string(),
+                       "mode": "gre", "backends": backends }],
         }),
     );
     to_text(root)

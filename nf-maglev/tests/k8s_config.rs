@@ -1,5 +1,5 @@
-//! The JSON-C shipped in the Kubernetes ConfigMaps must be what the NFs accept: the `maglev` section
-//! of `k8s/nf-maglev-config.yaml` validates with nf-maglev's own rules.
+//! Configs generated or shipped outside `jsonc/` must be what nf-maglev accepts: the `maglev` section
+//! of `k8s/nf-maglev-config.yaml` and the benchmark lab's generated config validate with its own rules.
 #![forbid(unsafe_code)]
 
 use cne::config::Config;
@@ -36,4 +36,21 @@ fn configmap_maglev_section_validates() {
         )
     });
     assert_eq!(validated.vips.len(), 3);
+}
+
+#[test]
+fn benchmark_lab_config_validates() {
+    let text = lab::config::maglev_config("veth0", 2, &[0, 1]);
+    let config = Config::parse(&text, "lab maglev_config").unwrap_or_else(|e| panic!("{e}"));
+    let validated = nf_maglev::config::from_config(&config).unwrap_or_else(|errors| {
+        panic!(
+            "{}",
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    });
+    assert_eq!(validated.vips[0].backends.len(), 4);
 }
