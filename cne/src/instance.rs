@@ -18,9 +18,11 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::{Config, Lport};
 use crate::dp::{self, DpSessions, MapSource};
+use crate::poll::WaitPolicy;
 use crate::port::{BusyPoll, Port, PortConfig, PortError, XskMapSource, XskSocket};
 use crate::umem::{FramePool, Umem, UmemConfig, UmemError};
 use crate::xdp::{XdpError, XdpMode, XdpProgram};
@@ -120,6 +122,9 @@ pub struct Worker {
     pub cpus: Vec<usize>,
     /// Its lports, in config order.
     pub lports: Vec<LportSocket>,
+    /// How it waits when idle: spin for the thread's `idle_timeout` (milliseconds; 0 or absent:
+    /// [`crate::poll::DEFAULT_SPIN`]) after the last packet, then sleep in `poll()`.
+    pub wait: WaitPolicy,
 }
 
 impl Worker {
@@ -274,10 +279,15 @@ impl Instance {
                 .iter()
                 .filter_map(|name| sockets.remove(name))
                 .collect();
+            let mut wait = WaitPolicy::default();
+            if t.idle_timeout > 0 {
+                wait.spin = Duration::from_millis(u64::from(t.idle_timeout));
+            }
             workers.push(Worker {
                 name: t.name.clone(),
                 cpus: t.cpus.clone(),
                 lports,
+                wait,
             });
         }
         if workers.is_empty() {

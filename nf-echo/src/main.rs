@@ -20,7 +20,7 @@ use cne::afpacket::AfPacket;
 use cne::config::Config;
 use cne::frame::{Frame, VecFrame};
 use cne::instance::{Instance, InstanceOptions, Worker};
-use cne::poll::{AdaptiveWait, WaitPolicy};
+use cne::poll::AdaptiveWait;
 use cne::port::Port;
 use cne::stats::PortStats;
 use cne::xdp::AddrFlags;
@@ -297,8 +297,9 @@ fn worker_af_xdp(
     reports: Reports,
     stop: Arc<AtomicBool>,
 ) -> Result<()> {
+    let policy = w.wait;
     w.run(|ports: &mut [Port<'_>]| {
-        let mut wait = AdaptiveWait::new(WaitPolicy::default());
+        let mut wait = AdaptiveWait::new(policy);
         for p in ports.iter() {
             wait.watch(p);
         }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use cne::poll::{AdaptiveWait, WaitPolicy};
+use cne::poll::AdaptiveWait;
 use cne::port::Port;
 use cne::stats::PortStats;
 use nf_maglev::config::Mac;
@@ -93,6 +93,7 @@ pub(crate) fn run(w: cne::instance::Worker, setup: Setup) -> anyhow::Result<()> 
         stop,
         epoch,
     } = setup;
+    let policy = w.wait;
     w.run(|ports: &mut [Port<'_>]| {
         let mut dps: Vec<dataplane::Worker> = {
             let state = shared.load();
@@ -101,7 +102,7 @@ pub(crate) fn run(w: cne::instance::Worker, setup: Setup) -> anyhow::Result<()> 
                 .map(|&(_, mac)| dataplane::Worker::new(mac, &state))
                 .collect()
         };
-        let mut wait = AdaptiveWait::new(WaitPolicy::default());
+        let mut wait = AdaptiveWait::new(policy);
         for p in ports.iter() {
             wait.watch(p);
         }
