@@ -10,6 +10,7 @@ pub mod config;
 pub mod decap;
 pub mod dp;
 pub mod frame;
+pub mod hint;
 pub mod instance;
 pub mod netdev;
 pub mod packet;
