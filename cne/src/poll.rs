@@ -7,7 +7,7 @@
 //! default, CNDP's per-thread `idle_timeout` when the config sets it: long enough to ride out the gaps
 //! between bursts of a busy link without paying a wakeup, which costs tens of microseconds in a
 //! virtual machine; 50 us measured 0.67x the throughput of a pure busy loop on one veth queue), then
-//! blocks in `poll()` on the sockets' fds for up to `sleep` (20 ms by default, so shutdown flags are
+//! blocks in `poll()` on the sockets' fds for up to `sleep` (100 ms by default, so shutdown flags are
 //! still seen promptly). The kernel wakes the worker when a socket's RX ring gets a packet. Once a
 //! sleep times out with nothing to do, the next empty iteration sleeps again immediately, so an idle
 //! worker costs one short loop iteration per `sleep` period: far below 1% of a core, where a pure
@@ -26,7 +26,7 @@ use crate::port::Port;
 /// Default spin window after the last packet.
 pub const DEFAULT_SPIN: Duration = Duration::from_millis(2);
 /// Default longest sleep in `poll()`.
-pub const DEFAULT_SLEEP: Duration = Duration::from_millis(20);
+pub const DEFAULT_SLEEP: Duration = Duration::from_millis(100);
 
 /// How long to spin and how long to sleep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

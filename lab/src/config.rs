@@ -145,6 +145,9 @@ mod tests {
         let v: Value = serde_json::from_str(&maglev_config("veth1", 1, &[1])).unwrap();
         assert_eq!(v["lcore-groups"]["g0"], json!([1]));
         assert_eq!(v["maglev"]["vips"][0]["addr"], "198.18.0.2");
-        assert_eq!(v["maglev"]["pools"]["pool0"].as_array().unwrap().len(), 4);
+        assert_eq!(
+            v["maglev"]["vips"][0]["backends"].as_array().unwrap().len(),
+            4
+        );
     }
 }

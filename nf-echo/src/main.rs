@@ -472,7 +472,7 @@ fn main_loop<T>(
     let mut last = reports.lock().map(|r| r.clone()).unwrap_or_default();
     let mut last_at = Instant::now();
     while !stop.load(Ordering::SeqCst) {
-        thread::sleep(Duration::from_millis(50));
+        thread::sleep(Duration::from_millis(100));
         if handles.iter().any(|(_, h)| h.is_finished()) {
             break; // a worker failed: stop the others and report
         }
