@@ -1796,7 +1796,9 @@ pub fn demo(opts: &DemoOpts) -> Result<DemoReport> {
     let made = (spread.answered() + spread.failed) as f64;
     let mut metrics = lab.metrics(0)?;
     let deadline = Instant::now() + Duration::from_secs(3);
-    while metrics.sum("nf_maglev_vip_new_connections_total", &[("vip", "web4")]) < made
+    // The connection-table gauge is refreshed by a table scan once a second: wait for it as well.
+    while (metrics.sum("nf_maglev_vip_new_connections_total", &[("vip", "web4")]) < made
+        || metrics.sum("nf_maglev_conntrack_entries", &[]) < 1.0)
         && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(100));
