@@ -394,14 +394,14 @@ fn xsk_map_for(
 
 /// The device-plugin sessions, created on first use (the hostname is only needed in a pod).
 fn dp_sessions(sessions: &mut Option<DpSessions>) -> Result<&mut DpSessions, InstanceError> {
-    if sessions.is_none() {
-        let s = DpSessions::for_pod().map_err(|source| InstanceError::DevicePlugin {
+    let s = match sessions.take() {
+        Some(s) => s,
+        None => DpSessions::for_pod().map_err(|source| InstanceError::DevicePlugin {
             lport: "*".into(),
             source,
-        })?;
-        *sessions = Some(s);
-    }
-    Ok(sessions.get_or_insert_with(|| DpSessions::new("", dp::DEFAULT_TIMEOUT)))
+        })?,
+    };
+    Ok(sessions.insert(s))
 }
 
 fn port_config(lport: &Lport, map: Option<std::os::fd::RawFd>, config: &Config) -> PortConfig {

@@ -39,3 +39,27 @@ pub use netns::Netns;
 pub use process::{Proc, Signal};
 pub use veth::{VethEnd, VethPair};
 pub use wait::{wait_for, wait_idle, IdleOutcome};
+
+/// True when the effective uid is 0 (read from /proc/self/status): the labs need root for network
+/// namespaces, veth pairs and XDP programs.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Returns early from a test that needs root when the process is not root, saying so.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::is_root() {
+            eprintln!("skipped: needs root (network namespaces, veth pairs, XDP)");
+            return;
+        }
+    };
+}

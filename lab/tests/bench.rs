@@ -3,6 +3,7 @@
 
 mod common;
 
+use lab::require_root;
 use std::path::Path;
 use std::time::Duration;
 

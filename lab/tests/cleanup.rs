@@ -3,6 +3,7 @@
 
 mod common;
 
+use lab::require_root;
 use lab::{cleanup, netns, Netns, VethPair};
 
 #[test]

@@ -2,6 +2,7 @@
 
 mod common;
 
+use lab::require_root;
 use std::net::IpAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;

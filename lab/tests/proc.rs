@@ -2,6 +2,7 @@
 
 mod common;
 
+use lab::require_root;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 

@@ -43,23 +43,7 @@ const STAND_IN_LIMIT: Duration = Duration::from_secs(12);
 const BUSY_TIMEOUT_US: u32 = 20;
 const BUSY_BUDGET: u32 = 64;
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (network namespaces, bpffs, XDP)");
-            return;
-        }
-    };
-}
+use lab::require_root;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 

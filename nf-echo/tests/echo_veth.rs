@@ -20,23 +20,7 @@ const CLIENT_V4: &str = "198.18.0.2";
 const CLIENT_V6: &str = "2001:2::2";
 const UDP_PORT: u16 = 7;
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (network namespaces, XDP)");
-            return;
-        }
-    };
-}
+use lab::require_root;
 
 /// Client namespace and NF namespace joined by a veth pair with `queues` queues.
 struct EchoLab {

@@ -22,25 +22,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_nf-maglev");
 /// Upper bound of every wait: start-up, a reload, a shutdown.
 const WAIT: Duration = Duration::from_secs(20);
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (XDP programs, veth pairs)");
-            return;
-        }
-    };
-}
+use lab::require_root;
 
 /// Polls `f` every 50 ms until it returns `Some`, for at most [`WAIT`].
 fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
