@@ -205,8 +205,22 @@ impl ConnTrack {
     /// The way of bucket `b` holding `key`, if any (expired or not).
     #[inline]
     fn find(&self, b: usize, tag: u32, key: &FlowKey) -> Option<usize> {
-        let bucket = &self.buckets[b];
-        (0..WAYS).find(|&w| bucket.tags[w] == tag && bucket.entries[w].key == *key)
+        let bucket = self.buckets.get(b)?;
+        // All seven tags compared at once (branch-free), then only the ways whose tag matches: nearly
+        // always one.
+        let mut candidates = bucket
+            .tags
+            .iter()
+            .enumerate()
+            .fold(0u32, |m, (w, &t)| m | (u32::from(t == tag) << w));
+        while candidates != 0 {
+            let w = candidates.trailing_zeros() as usize;
+            if bucket.entries.get(w).is_some_and(|e| e.key == *key) {
+                return Some(w);
+            }
+            candidates &= candidates - 1;
+        }
+        None
     }
 
     /// Starts loading the bucket header of `hash` into the cache, so that a lookup a few packets later finds

@@ -17,6 +17,7 @@ use crate::config::{
     format_issues, BackendSection, Issues, Mac, MaglevSection, Mode, Port, Proto, Validated, Vip,
 };
 use crate::conntrack::Timeouts;
+use crate::dataplane::GreOuter;
 use crate::maglev::{MaglevError, Member, Table};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -109,6 +110,55 @@ struct VipKey {
     port: u16,
 }
 
+impl VipKey {
+    #[inline]
+    fn hash(&self) -> u64 {
+        crate::hash::addr_hash(
+            self.addr.bits,
+            (u64::from(self.port) << 16) | (u64::from(self.proto) << 8) | u64::from(self.addr.v6),
+        )
+    }
+}
+
+/// Exact (address, protocol, port) -> VIP position: open addressing with linear probing, at most half full,
+/// so a lookup costs one hash and usually one probe, however many VIPs there are.
+#[derive(Debug, Default)]
+struct VipIndex {
+    slots: Vec<Option<(VipKey, u32)>>,
+}
+
+impl VipIndex {
+    fn new(entries: &[(VipKey, u32)]) -> Self {
+        let len = (entries.len() * 2).next_power_of_two().max(4);
+        let mut slots = vec![None; len];
+        for &(key, i) in entries {
+            // Truncation intended: the hash picks a slot.
+            #[allow(clippy::cast_possible_truncation)]
+            let mut at = key.hash() as usize & (len - 1);
+            while slots[at].is_some() {
+                at = (at + 1) & (len - 1);
+            }
+            slots[at] = Some((key, i));
+        }
+        Self { slots }
+    }
+
+    #[inline]
+    fn get(&self, key: &VipKey) -> Option<u32> {
+        let mask = self.slots.len().wrapping_sub(1);
+        #[allow(clippy::cast_possible_truncation)]
+        let mut at = key.hash() as usize & mask;
+        // Never full (at most half), so an empty slot ends every search.
+        while let Some(Some((k, i))) = self.slots.get(at) {
+            if k == key {
+                return Some(*i);
+            }
+            at = (at + 1) & mask;
+        }
+        None
+    }
+}
+
 /// A backend as the data plane uses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendState {
@@ -122,6 +172,8 @@ pub struct BackendState {
     pub mac: Mac,
     /// Weight; 0 = draining (keeps its connections, gets no new ones).
     pub weight: u32,
+    /// The outer header of GRE packets to it, prepared from the local addresses.
+    pub gre: GreOuter,
 }
 
 /// A VIP with its backends and Maglev table.
@@ -219,7 +271,7 @@ pub struct State {
     pub backend_id_bound: u32,
     vips: Vec<Arc<VipState>>,
     /// Exact (address, protocol, port) index; all-ports VIPs have port 0.
-    index: Vec<(VipKey, u32)>,
+    index: VipIndex,
     /// (address, protocol) -> the VIP fragments go to: the all-ports VIP, else the only VIP of that address and
     /// protocol; `None` when several port VIPs share it (fragments lack ports, so the choice is ambiguous).
     frag_index: Vec<((Addr, u8), Option<u32>)>,
@@ -238,15 +290,11 @@ impl State {
     #[inline]
     pub fn vip(&self, dst: Addr, proto: u8, port: u16) -> Option<&VipState> {
         let find = |port| {
-            let key = VipKey {
+            self.index.get(&VipKey {
                 addr: dst,
                 proto,
                 port,
-            };
-            self.index
-                .binary_search_by_key(&key, |&(k, _)| k)
-                .ok()
-                .map(|i| self.index[i].1)
+            })
         };
         let i = find(port).or_else(|| if port != 0 { find(0) } else { None })?;
         self.vips.get(i as usize).map(|v| &**v)
@@ -405,8 +453,11 @@ impl Control {
 
     fn publish(&mut self, config: Validated) -> Result<(), ControlError> {
         let old = self.shared.load_full();
+        // The backends' GRE headers are built from the local addresses: a change rebuilds every VIP.
         let reuse = (config.table_size == self.config.table_size
-            && config.hash_seed == self.config.hash_seed)
+            && config.hash_seed == self.config.hash_seed
+            && config.local_v4 == self.config.local_v4
+            && config.local_v6 == self.config.local_v6)
             .then_some(&*old);
         let state = build_state(
             &config,
@@ -457,6 +508,7 @@ fn build_state(
                 addr: b.addr,
                 mac: b.mac,
                 weight: b.weight,
+                gre: GreOuter::new(b.addr, config.local_v4, config.local_v6),
             })
             .collect();
         let members: Vec<Member<'_>> = backends
@@ -509,7 +561,6 @@ fn build_state(
         ));
         frag.entry((addr, proto)).or_default().push((v.port.0, i));
     }
-    index.sort_unstable();
     let mut frag_index: Vec<((Addr, u8), Option<u32>)> = frag
         .into_iter()
         .map(|(k, ports)| {
@@ -546,7 +597,7 @@ fn build_state(
         vip_id_bound: u32::try_from(registry.vips.len()).unwrap_or(u32::MAX),
         backend_id_bound: u32::try_from(registry.backends.len()).unwrap_or(u32::MAX),
         vips,
-        index,
+        index: VipIndex::new(&index),
         frag_index,
         addrs,
     })

@@ -19,9 +19,9 @@ use crate::control::{Addr, BackendState, FragmentVip, State, VipState};
 use crate::counters::{Counters, DropReason};
 use cne::frame::Frame;
 use cne::wire::{
-    self, checksum, ArpOperation, ArpPacket, EtherType, FrameInfo, GreRepr, Icmpv6Packet,
-    Icmpv6Type, IpProtocol, IpVersion, Ipv4Repr, Ipv6Repr, MacAddr, NdpFlags, NdpNeighbor,
-    NeighborAdvertRepr, TcpFlags,
+    self, checksum, ArpOperation, ArpPacket, EtherType, FrameInfo, Icmpv6Packet, Icmpv6Type,
+    IpProtocol, IpVersion, Ipv4Repr, Ipv6Repr, MacAddr, NdpFlags, NdpNeighbor, NeighborAdvertRepr,
+    TcpFlags,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -115,9 +115,21 @@ pub fn process<F: Frame>(frame: &mut F, state: &State, worker: &mut Worker, now:
     if worker.generation != state.generation {
         worker.adopt(state);
     }
-    let verdict = match classify(frame, state, worker) {
-        Step::Done(v) => v,
-        Step::Flow(flow) => finish(frame, &flow, state, worker, now),
+    let (mut key, mut meta) = (FlowKey::default(), Meta::default());
+    let verdict = match classify(frame, state, worker, &mut key, &mut meta) {
+        Err(v) => v,
+        Ok((vip, hash)) => finish(
+            frame,
+            &Flow {
+                vip,
+                key: &key,
+                hash,
+                meta,
+            },
+            state,
+            worker,
+            now,
+        ),
     };
     worker.count(verdict);
     verdict
@@ -131,9 +143,11 @@ pub const PIPELINE: usize = 32;
 /// `min(frames.len(), verdicts.len())` frames.
 ///
 /// The frames go through in groups of [`PIPELINE`], in three passes: parse and hash every frame and prefetch
-/// its connection-table bucket, then prefetch the entry each bucket's tags point at, then look up and forward. With a table much larger than the
-/// caches (a million flows), the bucket and entry loads of a whole group are then in flight together instead
-/// of one after another, which is most of the cost per packet. Results are the same as [`process`] frame by
+/// its connection-table bucket, then prefetch the entry each bucket's tags point at, then look up and
+/// forward. With a table much larger than the caches (a million flows), the bucket and entry loads of a
+/// whole group are then in flight together instead of one after another, which is most of the cost per
+/// packet. The passes keep their per-frame state in small parallel arrays (flow keys, hashes, a few header
+/// facts), written field by field where the frame is parsed. Results are the same as [`process`] frame by
 /// frame.
 pub fn process_burst<F: Frame>(
     frames: &mut [F],
@@ -146,123 +160,270 @@ pub fn process_burst<F: Frame>(
         worker.adopt(state);
     }
     let n = frames.len().min(verdicts.len());
+    let mut vips: [Option<&VipState>; PIPELINE] = [None; PIPELINE];
+    let mut keys = [FlowKey::default(); PIPELINE];
+    let mut hashes = [0u64; PIPELINE];
+    let mut metas = [Meta::default(); PIPELINE];
     for (frames, verdicts) in frames[..n]
         .chunks_mut(PIPELINE)
         .zip(verdicts[..n].chunks_mut(PIPELINE))
     {
-        let mut steps = [Step::Done(Verdict::Tx); PIPELINE];
-        for (step, frame) in steps.iter_mut().zip(frames.iter_mut()) {
-            *step = classify(frame, state, worker);
-            // Parsing the next frames overlaps this bucket's load.
-            if let Step::Flow(f) = step {
-                if !f.info.is_fragment {
-                    worker.conntrack.prefetch_bucket(f.hash);
+        let m = frames.len().min(PIPELINE);
+        for i in 0..m {
+            match classify(&mut frames[i], state, worker, &mut keys[i], &mut metas[i]) {
+                Ok((vip, hash)) => {
+                    vips[i] = Some(vip);
+                    hashes[i] = hash;
+                    // Parsing the next frames overlaps this bucket's load.
+                    if !metas[i].fragment {
+                        worker.conntrack.prefetch_bucket(hash);
+                    }
+                }
+                Err(v) => {
+                    vips[i] = None;
+                    verdicts[i] = v;
                 }
             }
         }
-        for step in &steps[..frames.len()] {
-            if let Step::Flow(f) = step {
-                if !f.info.is_fragment {
-                    worker.conntrack.prefetch_entry(f.hash);
-                }
+        for i in 0..m {
+            if vips[i].is_some() && !metas[i].fragment {
+                worker.conntrack.prefetch_entry(hashes[i]);
             }
         }
-        for ((step, frame), verdict) in steps.iter().zip(frames.iter_mut()).zip(verdicts.iter_mut())
-        {
-            *verdict = match step {
-                Step::Done(v) => *v,
-                Step::Flow(flow) => finish(frame, flow, state, worker, now),
-            };
-            worker.count(*verdict);
+        for i in 0..m {
+            if let Some(vip) = vips[i] {
+                let flow = Flow {
+                    vip,
+                    key: &keys[i],
+                    hash: hashes[i],
+                    meta: metas[i],
+                };
+                verdicts[i] = finish(&mut frames[i], &flow, state, worker, now);
+            }
+            worker.count(verdicts[i]);
         }
     }
 }
 
-/// A frame after the first pass: decided, or a VIP packet with its flow.
-#[derive(Clone, Copy)]
-enum Step<'s> {
-    Done(Verdict),
-    Flow(Flow<'s>),
+/// What forwarding needs to know about a VIP packet besides its flow key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Meta {
+    /// Offset of the IP header.
+    l3: u16,
+    /// Length of the IP datagram.
+    ip_len: u16,
+    /// IPv4 TOS or IPv6 traffic class.
+    tos: u8,
+    /// TCP flags (0 for UDP).
+    tcp_flags: u8,
+    v6: bool,
+    fragment: bool,
 }
 
-/// A packet for a VIP.
-#[derive(Clone, Copy)]
-struct Flow<'s> {
-    info: FrameInfo,
+/// A packet for a VIP, as [`finish`] takes it.
+struct Flow<'s, 'k> {
     vip: &'s VipState,
-    key: FlowKey,
+    key: &'k FlowKey,
     hash: u64,
+    meta: Meta,
 }
 
-/// Parses the frame and finds its VIP and flow; answers ARP and neighbour solicitations on the way.
+/// Parses the frame, fills in its flow key and header facts, and finds its VIP: `Ok((vip, flow hash))`, or
+/// the verdict when the frame is not VIP traffic (ARP and neighbour solicitations are answered on the way).
 #[inline(always)]
-fn classify<'s, F: Frame>(frame: &mut F, state: &'s State, worker: &mut Worker) -> Step<'s> {
+fn classify<'s, F: Frame>(
+    frame: &mut F,
+    state: &'s State,
+    worker: &mut Worker,
+    key: &mut FlowKey,
+    meta: &mut Meta,
+) -> Result<(&'s VipState, u64), Verdict> {
+    match classify_fast(frame.data(), state, key, meta) {
+        Some(r) => r,
+        None => classify_full(frame, state, worker, key, meta),
+    }
+}
+
+/// The common case read straight from the bytes: untagged Ethernet, IPv4 without options or IPv6 without
+/// extension headers, not a fragment, TCP or UDP, well formed. Everything else (`None`) goes through
+/// [`classify_full`], which decides the same for the frames this accepts (a property test checks it) and
+/// knows VLANs, options, extension headers, fragments, ARP and neighbour discovery.
+#[inline(always)]
+fn classify_fast<'s>(
+    d: &[u8],
+    state: &'s State,
+    key: &mut FlowKey,
+    meta: &mut Meta,
+) -> Option<Result<(&'s VipState, u64), Verdict>> {
+    const L3: usize = 14;
+    let eth: &[u8; L3] = d.get(..L3)?.try_into().ok()?;
+    let l3 = &d[L3..];
+    let (v6, src, dst, ip_len, tos, proto, l4_at) = match [eth[12], eth[13]] {
+        [0x08, 0x00] => {
+            let h: &[u8; 20] = l3.get(..20)?.try_into().ok()?;
+            let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
+            // Version 4 without options; no MF flag and no offset (DF allowed); the whole datagram here.
+            if h[0] != 0x45 || h[6] & 0x3f != 0 || h[7] != 0 || total < 20 || total > l3.len() {
+                return None;
+            }
+            let a = |o: usize| {
+                0xffff_0000_0000
+                    | u128::from(u32::from_be_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]))
+            };
+            (false, a(12), a(16), total, h[1], h[9], 20)
+        }
+        [0x86, 0xdd] => {
+            let h: &[u8; 40] = l3.get(..40)?.try_into().ok()?;
+            let total = 40 + usize::from(u16::from_be_bytes([h[4], h[5]]));
+            if h[0] >> 4 != 6 || total > l3.len() {
+                return None;
+            }
+            let a = |o: usize| u128::from_be_bytes(h[o..o + 16].try_into().unwrap_or([0; 16]));
+            (
+                true,
+                a(8),
+                a(24),
+                total,
+                (h[0] << 4) | (h[1] >> 4),
+                h[6],
+                40,
+            )
+        }
+        _ => return None,
+    };
+    let l4 = l3.get(l4_at..ip_len)?;
+    let tcp_flags = match proto {
+        6 => {
+            let h: &[u8; 20] = l4.get(..20)?.try_into().ok()?;
+            let hlen = usize::from(h[12] >> 4) * 4;
+            if hlen < 20 || hlen > l4.len() {
+                return None;
+            }
+            h[13]
+        }
+        17 => {
+            let h: &[u8; 8] = l4.get(..8)?.try_into().ok()?;
+            let len = usize::from(u16::from_be_bytes([h[4], h[5]]));
+            if len < 8 || len > l4.len() {
+                return None;
+            }
+            0
+        }
+        _ => return None,
+    };
+    let (sport, dport) = (
+        u16::from_be_bytes([l4[0], l4[1]]),
+        u16::from_be_bytes([l4[2], l4[3]]),
+    );
+    let Some(vip) = state.vip(Addr { v6, bits: dst }, proto, dport) else {
+        return Some(Err(Verdict::Drop(DropReason::NoVip)));
+    };
+    key.src = src;
+    key.dst = dst;
+    key.sport = sport;
+    key.dport = dport;
+    key.proto = proto;
+    // Both fit: a frame is far shorter than 64 KiB.
+    #[allow(clippy::cast_possible_truncation)]
+    {
+        meta.l3 = L3 as u16;
+        meta.ip_len = ip_len as u16;
+    }
+    meta.tos = tos;
+    meta.tcp_flags = tcp_flags;
+    meta.v6 = v6;
+    meta.fragment = false;
+    let hash = crate::hash::flow_hash(
+        state.hash_seed,
+        src,
+        dst,
+        (u64::from(sport) << 24) | (u64::from(dport) << 8) | u64::from(proto),
+    );
+    Some(Ok((vip, hash)))
+}
+
+/// [`classify`] for any frame, through the full parser.
+#[inline(never)]
+fn classify_full<'s, F: Frame>(
+    frame: &mut F,
+    state: &'s State,
+    worker: &mut Worker,
+    key: &mut FlowKey,
+    meta: &mut Meta,
+) -> Result<(&'s VipState, u64), Verdict> {
     let Ok(info) = wire::parse_frame(frame.data()) else {
-        return Step::Done(Verdict::Drop(DropReason::Malformed));
+        return Err(Verdict::Drop(DropReason::Malformed));
     };
     let Some(version) = info.ip_version else {
         if info.ethertype == EtherType::Arp && state.claim_all {
-            return Step::Done(answer_arp(frame, &info, state, worker));
+            return Err(answer_arp(frame, &info, state, worker));
         }
-        return Step::Done(Verdict::Drop(DropReason::NotIp));
+        return Err(Verdict::Drop(DropReason::NotIp));
     };
     let proto = u8::from(info.l4_protocol);
     let (src, dst) = (Addr::from(info.src), Addr::from(info.dst));
     if version == IpVersion::V6 && info.l4_protocol == IpProtocol::Icmpv6 && state.claim_all {
         if let Some(v) = answer_neighbor_solicitation(frame, &info, state, worker) {
-            return Step::Done(v);
+            return Err(v);
         }
     }
     // Fragments carry no ports past the first: they match by address and protocol and hash on the 3-tuple.
     let (vip, sport, dport) = if info.is_fragment {
         match state.vip_for_fragment(dst, proto) {
             FragmentVip::Vip(v) => (v, 0, 0),
-            FragmentVip::Ambiguous => {
-                return Step::Done(Verdict::Drop(DropReason::FragmentAmbiguous))
-            }
-            FragmentVip::None => return Step::Done(Verdict::Drop(DropReason::NoVip)),
+            FragmentVip::Ambiguous => return Err(Verdict::Drop(DropReason::FragmentAmbiguous)),
+            FragmentVip::None => return Err(Verdict::Drop(DropReason::NoVip)),
         }
     } else {
         match state.vip(dst, proto, info.dst_port) {
             Some(v) => (v, info.src_port, info.dst_port),
-            None => return Step::Done(Verdict::Drop(DropReason::NoVip)),
+            None => return Err(Verdict::Drop(DropReason::NoVip)),
         }
     };
-    let key = FlowKey {
+    *key = FlowKey {
         src: src.bits,
         dst: dst.bits,
         sport,
         dport,
         proto,
     };
-    Step::Flow(Flow {
-        info,
-        vip,
-        key,
-        hash: key.hash(state.hash_seed),
-    })
+    // Both fit: a frame is far shorter than 64 KiB.
+    #[allow(clippy::cast_possible_truncation)]
+    {
+        *meta = Meta {
+            l3: info.l3_offset as u16,
+            ip_len: info.ip_len as u16,
+            tos: info.traffic_class,
+            tcp_flags: info.tcp_flags.0,
+            v6: version == IpVersion::V6,
+            fragment: info.is_fragment,
+        };
+    }
+    Ok((vip, key.hash(state.hash_seed)))
 }
 
 /// Chooses the backend of a VIP packet and rewrites the frame for it.
 #[inline(always)]
 fn finish<F: Frame>(
     frame: &mut F,
-    flow: &Flow<'_>,
+    flow: &Flow<'_, '_>,
     state: &State,
     worker: &mut Worker,
     now: u32,
 ) -> Verdict {
-    let Flow {
-        info,
-        vip,
-        key,
-        hash,
-    } = flow;
-    let picked = if info.is_fragment {
+    let vip = flow.vip;
+    let picked = if flow.meta.fragment {
         worker.counters.fragments += 1;
-        vip.pick(*hash).map(|(_, b)| (b, false))
+        vip.pick(flow.hash).map(|(_, b)| (b, false))
     } else {
-        select(vip, key, *hash, info.tcp_flags, worker, now)
+        select(
+            vip,
+            flow.key,
+            flow.hash,
+            TcpFlags(flow.meta.tcp_flags),
+            worker,
+            now,
+        )
     };
     let Some((backend, new_conn)) = picked else {
         return Verdict::Drop(DropReason::NoBackend);
@@ -275,7 +436,7 @@ fn finish<F: Frame>(
             d[6..12].copy_from_slice(&worker.mac);
             Outcome::Forwarded
         }
-        Mode::Gre => encap_gre(frame, info, state, worker.mac, backend, *hash),
+        Mode::Gre => encap_gre(frame, flow, state, worker.mac, backend),
     };
     match outcome {
         Outcome::Forwarded => {
@@ -355,83 +516,139 @@ fn select<'s>(
     Some((b, true))
 }
 
+/// The outer IP header of GRE packets to one backend, prepared when the state is built: per packet only
+/// the length, the traffic class (and flow label) and the IPv4 checksum are filled in, and the checksum is
+/// computed from a precomputed sum instead of being read back from the frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GreOuter {
+    /// No local address of the backend's family: GRE packets to it are dropped ([`DropReason::NoLocalAddr`]).
+    None,
+    /// IPv4 header (DF set) with TOS, total length and checksum zero, and the ones-complement sum of its words.
+    V4 {
+        /// The header template.
+        header: [u8; Ipv4Repr::HEADER_LEN],
+        /// Sum of its 16-bit words, unfolded.
+        sum: u32,
+    },
+    /// IPv6 header with traffic class, flow label and payload length zero.
+    V6 {
+        /// The header template.
+        header: [u8; Ipv6Repr::HEADER_LEN],
+    },
+}
+
+impl GreOuter {
+    /// The outer header from the local address of `backend`'s family to `backend`.
+    pub fn new(backend: IpAddr, local_v4: Option<Ipv4Addr>, local_v6: Option<Ipv6Addr>) -> Self {
+        match (backend, local_v4, local_v6) {
+            (IpAddr::V4(dst), Some(src), _) => {
+                let mut header = [0u8; Ipv4Repr::HEADER_LEN];
+                header[0] = 0x45;
+                header[6] = 0x40; // don't fragment
+                header[8] = HOP_LIMIT;
+                header[9] = u8::from(IpProtocol::Gre);
+                header[12..16].copy_from_slice(&src.octets());
+                header[16..20].copy_from_slice(&dst.octets());
+                let sum = header
+                    .chunks_exact(2)
+                    .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+                    .sum();
+                GreOuter::V4 { header, sum }
+            }
+            (IpAddr::V6(dst), _, Some(src)) => {
+                let mut header = [0u8; Ipv6Repr::HEADER_LEN];
+                header[0] = 0x60;
+                header[6] = u8::from(IpProtocol::Gre);
+                header[7] = HOP_LIMIT;
+                header[8..24].copy_from_slice(&src.octets());
+                header[24..40].copy_from_slice(&dst.octets());
+                GreOuter::V6 { header }
+            }
+            _ => GreOuter::None,
+        }
+    }
+
+    /// Bytes the outer IP header and the GRE header add.
+    #[inline]
+    fn overhead(&self) -> usize {
+        GRE_LEN
+            + match self {
+                GreOuter::V6 { .. } => Ipv6Repr::HEADER_LEN,
+                _ => Ipv4Repr::HEADER_LEN,
+            }
+    }
+}
+
 /// Wraps the IP datagram in Ethernet / outer IP / GRE for `backend`, in place.
 #[inline(always)]
 fn encap_gre<F: Frame>(
     frame: &mut F,
-    info: &FrameInfo,
+    flow: &Flow<'_, '_>,
     state: &State,
     mac: [u8; 6],
     backend: &BackendState,
-    hash: u64,
 ) -> Outcome {
-    let l3 = info.l3_offset;
-    let inner_len = info.ip_len;
-    let outer_ip = if backend.addr.is_ipv4() {
-        Ipv4Repr::HEADER_LEN
-    } else {
-        Ipv6Repr::HEADER_LEN
-    };
-    let overhead = outer_ip + GRE_LEN;
-    if inner_len + overhead > usize::from(state.mtu) {
-        return too_big(frame, info, state, mac, overhead);
+    if backend.gre == GreOuter::None {
+        return Outcome::Dropped(DropReason::NoLocalAddr);
     }
-    let inner_type = match info.ip_version {
-        Some(IpVersion::V6) => EtherType::Ipv6,
-        _ => EtherType::Ipv4,
-    };
-    // VLAN tags (bytes 12..l3-2) stay in the outer frame; they are moved forward with the new header.
-    let mut l2 = [0u8; MAX_L2];
-    l2[..l3].copy_from_slice(&frame.data()[..l3]);
+    let l3 = usize::from(flow.meta.l3);
+    let inner_len = usize::from(flow.meta.ip_len);
+    let overhead = backend.gre.overhead();
+    if inner_len + overhead > usize::from(state.mtu) {
+        return too_big(frame, state, mac, overhead);
+    }
     let Some(data) = frame.push_head(overhead) else {
         return Outcome::Dropped(DropReason::NoHeadroom);
     };
-    let payload_len = u16::try_from(GRE_LEN + inner_len).unwrap_or(u16::MAX);
-    let outer_type = match (backend.addr, state.local_v4, state.local_v6) {
-        (IpAddr::V4(dst), Some(src), _) => {
-            let ip = Ipv4Repr {
-                src,
-                dst,
-                protocol: IpProtocol::Gre,
-                payload_len,
-                ttl: HOP_LIMIT,
-                tos: info.traffic_class,
-                ident: 0,
-                dont_frag: true,
-            };
-            if ip.emit(&mut data[l3..]).is_err() {
-                return Outcome::Dropped(DropReason::Malformed);
-            }
+    // Only writes from here on (no read-back of what was just written, which would stall on store
+    // forwarding). VLAN tags (bytes 12..l3-2) stay in the outer frame: they move forward first, before
+    // the new headers overwrite where they were.
+    if l3 > 14 {
+        data.copy_within(overhead + 12..overhead + l3 - 2, 12);
+    }
+    // Fits: the MTU check above bounds it by a u16.
+    #[allow(clippy::cast_possible_truncation)]
+    let outer_len = (overhead + inner_len) as u16;
+    let outer_type = match &backend.gre {
+        GreOuter::V4 { header, sum } => {
+            let h = &mut data[l3..l3 + Ipv4Repr::HEADER_LEN];
+            h.copy_from_slice(header);
+            h[1] = flow.meta.tos;
+            h[2..4].copy_from_slice(&outer_len.to_be_bytes());
+            let mut s = sum + u32::from(flow.meta.tos) + u32::from(outer_len);
+            s = (s & 0xffff) + (s >> 16);
+            s = (s & 0xffff) + (s >> 16);
+            // Folded twice, the sum fits in 16 bits.
+            #[allow(clippy::cast_possible_truncation)]
+            h[10..12].copy_from_slice(&(!(s as u16)).to_be_bytes());
             EtherType::Ipv4
         }
-        (IpAddr::V6(dst), _, Some(src)) => {
-            let ip = Ipv6Repr {
-                src,
-                dst,
-                next_header: IpProtocol::Gre,
-                payload_len,
-                hop_limit: HOP_LIMIT,
-                traffic_class: info.traffic_class,
-                // RFC 6438: the flow label of a tunnel carries the inner flow's entropy for ECMP.
-                flow_label: (hash as u32) & 0x000f_ffff,
-            };
-            if ip.emit(&mut data[l3..]).is_err() {
-                return Outcome::Dropped(DropReason::Malformed);
-            }
+        GreOuter::V6 { header } => {
+            let h = &mut data[l3..l3 + Ipv6Repr::HEADER_LEN];
+            h.copy_from_slice(header);
+            // RFC 6438: the flow label of a tunnel carries the inner flow's entropy for ECMP.
+            #[allow(clippy::cast_possible_truncation)]
+            let first =
+                (6u32 << 28) | (u32::from(flow.meta.tos) << 20) | (flow.hash as u32 & 0x000f_ffff);
+            h[0..4].copy_from_slice(&first.to_be_bytes());
+            let payload_len = outer_len - Ipv6Repr::HEADER_LEN as u16;
+            h[4..6].copy_from_slice(&payload_len.to_be_bytes());
             EtherType::Ipv6
         }
-        _ => return Outcome::Dropped(DropReason::NoLocalAddr),
+        GreOuter::None => return Outcome::Dropped(DropReason::NoLocalAddr),
     };
-    let gre = GreRepr {
-        protocol: inner_type,
-        checksum: false,
-        key: None,
-        seq: None,
+    // RFC 2784 without checksum, key or sequence number: flags and version zero, then the inner EtherType.
+    let inner_type = if flow.meta.v6 {
+        EtherType::Ipv6
+    } else {
+        EtherType::Ipv4
     };
-    if gre.emit(&mut data[l3 + outer_ip..]).is_err() {
-        return Outcome::Dropped(DropReason::Malformed);
-    }
-    write_l2(data, &l2[..l3], backend.mac.0, mac, outer_type);
+    let g = l3 + overhead - GRE_LEN;
+    data[g..g + 2].copy_from_slice(&[0, 0]);
+    data[g + 2..g + 4].copy_from_slice(&u16::from(inner_type).to_be_bytes());
+    data[0..6].copy_from_slice(&backend.mac.0);
+    data[6..12].copy_from_slice(&mac);
+    data[l3 - 2..l3].copy_from_slice(&u16::from(outer_type).to_be_bytes());
     // Ethernet padding of short frames is not part of the datagram: the new frame ends with it.
     if !frame.set_len(l3 + overhead + inner_len) {
         return Outcome::Dropped(DropReason::Malformed);
@@ -452,13 +669,11 @@ fn write_l2(data: &mut [u8], old_l2: &[u8], dst: [u8; 6], src: [u8; 6], ethertyp
 /// The packet would exceed the MTU once encapsulated: answer with ICMP "fragmentation needed" (IPv4 with DF)
 /// or ICMPv6 "packet too big", rewriting the frame in place; otherwise drop.
 #[cold]
-fn too_big<F: Frame>(
-    frame: &mut F,
-    info: &FrameInfo,
-    state: &State,
-    mac: [u8; 6],
-    overhead: usize,
-) -> Outcome {
+fn too_big<F: Frame>(frame: &mut F, state: &State, mac: [u8; 6], overhead: usize) -> Outcome {
+    // Rare: parse again rather than carry every header detail through the burst.
+    let Ok(info) = wire::parse_frame(frame.data()) else {
+        return Outcome::Dropped(DropReason::Malformed);
+    };
     let l3 = info.l3_offset;
     // RFC 1122 / 4443: errors only about first fragments; TCP and UDP (VIP traffic) are never ICMP errors.
     if info.fragment_offset != 0 {
@@ -1403,6 +1618,87 @@ mod tests {
         (state, w)
     }
 
+    /// Whatever the fast path accepts, the full parser decides identically (same VIP, hash, key and header
+    /// facts, or the same verdict). `Err` describes a disagreement.
+    fn fast_and_full_agree(frame: &[u8]) -> Result<(), String> {
+        let (state, mut w) = state_and_worker();
+        let (mut k1, mut m1) = (FlowKey::default(), Meta::default());
+        let Some(fast) = classify_fast(frame, &state, &mut k1, &mut m1) else {
+            return Ok(());
+        };
+        let (mut k2, mut m2) = (FlowKey::default(), Meta::default());
+        let mut f = VecFrame::new(frame, 64, 2048);
+        let full = classify_full(&mut f, &state, &mut w, &mut k2, &mut m2);
+        match (fast, full) {
+            (Ok((v1, h1)), Ok((v2, h2)))
+                if std::ptr::eq(v1, v2) && (h1, k1, m1) == (h2, k2, m2) =>
+            {
+                Ok(())
+            }
+            (Err(a), Err(b)) if a == b => Ok(()),
+            (a, b) => Err(format!(
+                "fast {:?} {k1:?} {m1:?} vs full {:?} {k2:?} {m2:?}",
+                a.map(|x| x.1),
+                b.map(|x| x.1)
+            )),
+        }
+    }
+
+    /// Frames the fast path is for: IPv4 and IPv6, TCP and UDP, one with a VLAN tag (which it must refuse).
+    fn fast_path_inputs() -> Vec<Vec<u8>> {
+        let inputs = [
+            GRE4_IN, GRE6_IN, MIXED_IN, DSR_IN, VLAN_IN, BIG4_IN, BIG6_IN,
+        ];
+        let tails = [
+            None,
+            None,
+            None,
+            None,
+            None,
+            Some(BIG4_IN_TAIL),
+            Some(BIG6_IN_TAIL),
+        ];
+        inputs.iter().zip(tails).map(|(i, t)| bytes(i, t)).collect()
+    }
+
+    /// Header-field edge values: lengths, versions, flags, protocol numbers.
+    const EDGES: [u8; 16] = [
+        0, 1, 4, 5, 7, 8, 0x11, 0x20, 0x3f, 0x40, 0x45, 0x46, 0x50, 0x60, 0x81, 0xff,
+    ];
+
+    #[test]
+    fn fast_path_agrees_with_the_full_parser_on_every_single_byte_edit() {
+        let mut accepted = 0;
+        for frame in fast_path_inputs() {
+            assert_eq!(fast_and_full_agree(&frame), Ok(()));
+            for at in 0..frame.len().min(80) {
+                for v in EDGES {
+                    let mut f = frame.clone();
+                    f[at] = v;
+                    if let Err(e) = fast_and_full_agree(&f) {
+                        panic!("byte {at} = {v:#x}: {e}");
+                    }
+                    let mut k = FlowKey::default();
+                    let mut m = Meta::default();
+                    accepted += usize::from(
+                        classify_fast(&f, &state_and_worker().0, &mut k, &mut m).is_some(),
+                    );
+                }
+            }
+            for len in 0..frame.len() {
+                assert_eq!(
+                    fast_and_full_agree(&frame[..len]),
+                    Ok(()),
+                    "cut to {len} bytes"
+                );
+            }
+        }
+        assert!(
+            accepted > 1000,
+            "the edits exercise the fast path ({accepted} accepted)"
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
@@ -1411,6 +1707,25 @@ mod tests {
             let (state, mut w) = state_and_worker();
             let mut f = VecFrame::new(&data, headroom, 256);
             let _ = process(&mut f, &state, &mut w, 1);
+        }
+
+        #[test]
+        fn fast_path_agrees_with_the_full_parser(
+            which in 0usize..7,
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), prop_oneof![
+                any::<u8>(),
+                prop::sample::select(EDGES.to_vec()),
+            ]), 0..4),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            // Several bytes changed at once (mostly headers, as the frames are short), cut near the end.
+            let mut frame = fast_path_inputs().swap_remove(which);
+            for (at, value) in flips {
+                let i = at.index(frame.len().min(80));
+                frame[i] = value;
+            }
+            frame.truncate(cut.index(frame.len() + 1).max(frame.len().saturating_sub(8)));
+            prop_assert_eq!(fast_and_full_agree(&frame), Ok(()));
         }
 
         #[test]

@@ -101,6 +101,15 @@ fn fold_mul(a: u64, b: u64) -> u64 {
     lo ^ hi
 }
 
+/// A cheap hash of a 128-bit address and one more word, for in-memory indexes (not for flows: no seed).
+#[inline]
+pub fn addr_hash(addr: u128, word: u64) -> u64 {
+    // Truncations split the address into its two 64-bit halves.
+    #[allow(clippy::cast_possible_truncation)]
+    let (lo, hi) = (addr as u64, (addr >> 64) as u64);
+    fold_mul(lo ^ P0, hi ^ word ^ P1)
+}
+
 /// Hash of a flow key given as two 128-bit addresses and one word of ports and protocol.
 ///
 /// IPv4 addresses are passed IPv4-mapped (`::ffff:a.b.c.d`). The Maglev lookup uses the high 32 bits of

@@ -95,7 +95,7 @@ impl FrameInfo {
 /// EtherType, an IPv4 header length or total length is inconsistent, the IP datagram is longer than the
 /// frame, an IPv6 extension header chain is broken or longer than
 /// [`super::ipv6::MAX_EXT_HEADERS`], or a UDP length / TCP data offset is out of range.
-#[inline]
+#[inline(always)]
 pub fn parse_frame(frame: &[u8]) -> Result<FrameInfo> {
     let vlans = vlan::walk(frame)?;
     let mut info = FrameInfo {
