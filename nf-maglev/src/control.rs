@@ -143,7 +143,7 @@ impl VipIndex {
         Self { slots }
     }
 
-    #[inline]
+    #[inline(always)]
     fn get(&self, key: &VipKey) -> Option<u32> {
         let mask = self.slots.len().wrapping_sub(1);
         #[allow(clippy::cast_possible_truncation)]
@@ -287,7 +287,7 @@ impl State {
 
     /// The VIP for a packet to `dst`, protocol number `proto`, destination port `port`: the exact match, else
     /// the address's all-ports VIP for that protocol.
-    #[inline]
+    #[inline(always)]
     pub fn vip(&self, dst: Addr, proto: u8, port: u16) -> Option<&VipState> {
         let find = |port| {
             self.index.get(&VipKey {
