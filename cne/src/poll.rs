@@ -28,9 +28,6 @@ pub const DEFAULT_SPIN: Duration = Duration::from_millis(2);
 /// Default longest sleep in `poll()`.
 pub const DEFAULT_SLEEP: Duration = Duration::from_millis(100);
 
-/// Empty polls between clock reads while spinning.
-const CLOCK_EVERY: u32 = 64;
-
 /// How long to spin and how long to sleep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WaitPolicy {
@@ -81,8 +78,6 @@ pub struct AdaptiveWait {
     spin: Duration,
     fds: Vec<libc::pollfd>,
     idle_since: Option<Instant>,
-    /// Empty polls since the last work.
-    empty_polls: u32,
     /// The last sleep timed out: sleep again without spinning first.
     asleep: bool,
     stats: WaitStats,
@@ -96,7 +91,6 @@ impl AdaptiveWait {
             policy,
             fds: Vec::new(),
             idle_since: None,
-            empty_polls: 0,
             asleep: false,
             stats: WaitStats::default(),
         }
@@ -132,18 +126,10 @@ impl AdaptiveWait {
     pub fn idle(&mut self, work: usize) -> Idle {
         if work > 0 {
             self.idle_since = None;
-            self.empty_polls = 0;
             self.asleep = false;
             return Idle::Busy;
         }
         if !self.asleep {
-            // The clock is read once per CLOCK_EVERY empty polls, not on each: under load most polls
-            // between bursts come back empty, and a clock read costs as much as the poll itself.
-            self.empty_polls = self.empty_polls.wrapping_add(1);
-            if self.idle_since.is_some() && self.empty_polls % CLOCK_EVERY != 0 {
-                std::hint::spin_loop();
-                return Idle::Spinning;
-            }
             let now = Instant::now();
             let since = *self.idle_since.get_or_insert(now);
             if now.duration_since(since) < self.spin {
