@@ -114,6 +114,17 @@ fn main() -> Result<()> {
                 idle_max_wait: Duration::from_secs(idle_wait),
                 only,
             };
+            // Ctrl-C or SIGTERM mid-run: stop what this run started (every process in its namespaces) and
+            // remove its namespaces and links, so an interrupted benchmark leaves nothing behind.
+            ctrlc::set_handler(|| {
+                let prefix = format!("{}{}_", lab::names::PREFIX, std::process::id());
+                match cleanup::cleanup(&prefix, true) {
+                    Ok(_) => eprintln!("interrupted: the lab is removed"),
+                    Err(e) => eprintln!("interrupted; removing the lab failed: {e:#}"),
+                }
+                std::process::exit(130);
+            })
+            .context("installing the SIGINT/SIGTERM handler")?;
             let bin_dir = bin_dir.unwrap_or_else(tools::release_bin_dir);
             let report = bench::run(&opts, &forwarder::builtin(&bin_dir))?;
             print!("{}", report.table());

@@ -48,3 +48,50 @@ fn c_reference_produces_a_rate() {
     assert!(r.median().unwrap() > 0.0, "{:?}", r.runs[0]);
     assert_eq!(report.ratio(r), Some(1.0));
 }
+
+#[test]
+fn an_interrupted_bench_leaves_nothing_behind() {
+    require_root!();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args([
+            "bench",
+            "--queues",
+            "1",
+            "--runs",
+            "1",
+            "--seconds",
+            "30",
+            "--idle-threshold",
+            "0",
+            "--only",
+            "c-l2fwd",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let prefix = format!("{}{}_", lab::names::PREFIX, child.id());
+    let ours = || -> Vec<String> {
+        lab::netns::list()
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.starts_with(&prefix))
+            .collect()
+    };
+    // Interrupt once the lab stands and traffic runs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while ours().len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(ours().len(), 2, "the bench built its two namespaces");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(lab::cmd::run_argv(&["kill", "-s", "INT", &child.id().to_string()]).is_ok());
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("the lab is removed"), "{err}");
+    assert_eq!(ours(), Vec::<String>::new(), "namespaces left behind");
+    let links = lab::cmd::run_argv(&["ip", "-br", "link"]).unwrap_or_default();
+    assert!(!links.contains(&prefix), "links left behind: {links}");
+}
