@@ -43,7 +43,13 @@ impl FlowKey {
     /// The ports and protocol packed into one word, as [`crate::hash::flow_hash`] takes them.
     #[inline]
     pub fn ports_proto(&self) -> u64 {
-        (u64::from(self.sport) << 24) | (u64::from(self.dport) << 8) | u64::from(self.proto)
+        Self::pack_ports_proto(self.sport, self.dport, self.proto)
+    }
+
+    /// [`FlowKey::ports_proto`] of these values, for a hash computed before the key is stored.
+    #[inline]
+    pub fn pack_ports_proto(sport: u16, dport: u16, proto: u8) -> u64 {
+        (u64::from(sport) << 24) | (u64::from(dport) << 8) | u64::from(proto)
     }
 
     /// The flow hash of this key under `seed`.

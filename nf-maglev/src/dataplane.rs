@@ -337,7 +337,7 @@ fn classify_fast<'s>(
         state.hash_seed,
         src,
         dst,
-        (u64::from(sport) << 24) | (u64::from(dport) << 8) | u64::from(proto),
+        FlowKey::pack_ports_proto(sport, dport, proto),
     );
     Some(Ok((vip, hash)))
 }
