@@ -16,7 +16,11 @@
  *                     target is dst and neighbour advertisements sent to dst,
  *       ADDR_FRAGS    IPv4 fragments (MF set or offset > 0) and IPv6 packets with a Fragment header to dst:
  *                     non-first fragments carry no ports, so every fragment of a datagram is claimed
- *                     together and the network function can reassemble or hash them on the 3-tuple.
+ *                     together and the network function can reassemble or hash them on the 3-tuple,
+ *       ADDR_ICMP_ERR ICMP errors to dst (ICMPv4 destination unreachable, time exceeded, parameter problem;
+ *                     ICMPv6 types 1-4): they quote a packet dst sent, so the network function can
+ *                     deliver them where that packet's flow lives (path MTU discovery through a load
+ *                     balancer). Echo requests and other ICMP stay with the kernel.
  * Addresses are keyed as 16 bytes, IPv4 as the mapped form ::ffff:a.b.c.d. Ports are in network order.
  *
  * Counters (per-CPU): claimed (a claim rule matched), passed (nothing matched), redirect_failed (claimed
@@ -39,6 +43,7 @@
 #define ADDR_OWN_ALL (1u << 0)
 #define ADDR_NEIGH (1u << 1)
 #define ADDR_FRAGS (1u << 2)
+#define ADDR_ICMP_ERR (1u << 3)
 
 enum { STAT_CLAIMED = 0, STAT_PASSED = 1, STAT_REDIRECT_FAILED = 2, STAT_MAX = 3 };
 
@@ -189,6 +194,14 @@ static __always_inline int match_ip(struct rule_key *key, __u8 proto, void *l4, 
 		return 1;
 	if ((flags & ADDR_FRAGS) && is_frag)
 		return 1;
+	if ((flags & ADDR_ICMP_ERR) && l4 && !is_frag && (void *)((__u8 *)l4 + 1) <= end) {
+		__u8 type = *(__u8 *)l4;
+
+		if (proto == IPPROTO_ICMP && (type == 3 || type == 11 || type == 12))
+			return 1;
+		if (proto == IPPROTO_ICMPV6 && type >= 1 && type <= 4)
+			return 1;
+	}
 	return 0;
 }
 

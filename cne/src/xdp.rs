@@ -240,7 +240,11 @@ impl AddrFlags {
     /// IP fragments to the address (IPv4 with MF or a non-zero offset, IPv6 with a Fragment header):
     /// non-first fragments carry no ports, so all fragments of a datagram are claimed together.
     pub const FRAGS: AddrFlags = AddrFlags(1 << 2);
-    const ALL: u32 = 0b111;
+    /// ICMP errors to the address (ICMPv4 destination unreachable, time exceeded, parameter problem;
+    /// ICMPv6 types 1-4), which quote a packet the address sent: a load balancer delivers them to the
+    /// backend of the quoted flow. Echo requests and other ICMP are not claimed by this flag.
+    pub const ICMP_ERRORS: AddrFlags = AddrFlags(1 << 3);
+    const ALL: u32 = 0b1111;
 
     /// The raw bits, as the BPF program sees them.
     pub fn bits(self) -> u32 {
@@ -1215,7 +1219,7 @@ mod tests {
         let f = AddrFlags::NEIGH | AddrFlags::FRAGS;
         assert!(f.contains(AddrFlags::NEIGH));
         assert!(!f.contains(AddrFlags::OWN_ALL));
-        assert_eq!(AddrFlags::from_bits_truncate(0xff).bits(), 0b111);
+        assert_eq!(AddrFlags::from_bits_truncate(0xff).bits(), 0b1111);
         assert!(AddrFlags::NONE.is_empty());
     }
 

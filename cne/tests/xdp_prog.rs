@@ -800,6 +800,76 @@ fn filter_claims_exactly_the_configured_traffic() {
 }
 
 #[test]
+fn icmp_errors_to_an_address_are_claimed_only_with_their_flag() {
+    require_root!();
+    let lab = Lab::new();
+    let prog = XdpProgram::attach(&lab.host, XdpMode::Skb, false).expect("attach");
+    let (router4, vip4) = (v4(60), v4(40));
+    let (router6, vip6) = (v6(60), v6(40));
+    // What an error quotes: the start of a packet the VIP sent (VIP:80 -> client).
+    let quoted4 = ipv4(vip4, v4(1), 6, 0, &tcp(80, 40000));
+    let quoted6 = ipv6(vip6, v6(1), 6, &tcp(80, 40000));
+    let icmp4 = |kind: u8, code: u8| {
+        let mut m = vec![kind, code, 0, 0, 0, 0, 0x05, 0xdc];
+        m.extend_from_slice(&quoted4);
+        eth(ETH_IP, &ipv4(router4, vip4, 1, 0, &m))
+    };
+    let icmp6 = |kind: u8| {
+        let mut m = vec![kind, 0, 0, 0, 0, 0, 0x05, 0x00];
+        m.extend_from_slice(&quoted6);
+        eth(ETH_IPV6, &ipv6(router6, vip6, 58, &m))
+    };
+    let echo4 = eth(
+        ETH_IP,
+        &ipv4(router4, vip4, 1, 0, &icmp_echo(8, 1, 1, b"ping")),
+    );
+    let echo6 = eth(
+        ETH_IPV6,
+        &ipv6(router6, vip6, 58, &icmp_echo(128, 1, 1, b"ping")),
+    );
+    let errors = [
+        icmp4(3, 4),
+        icmp4(11, 0),
+        icmp4(12, 0),
+        icmp6(1),
+        icmp6(2),
+        icmp6(3),
+        icmp6(4),
+    ];
+
+    for vip in [IpAddr::V4(vip4), IpAddr::V6(vip6)] {
+        prog.own_address(vip, AddrFlags::FRAGS).expect("own");
+    }
+    for f in &errors {
+        assert!(!claimed(&prog, f), "claimed without the flag: {f:02x?}");
+    }
+    for vip in [IpAddr::V4(vip4), IpAddr::V6(vip6)] {
+        prog.own_address(vip, AddrFlags::FRAGS | AddrFlags::ICMP_ERRORS)
+            .expect("own");
+    }
+    for f in &errors {
+        assert!(claimed(&prog, f), "not claimed: {f:02x?}");
+    }
+    assert!(
+        !claimed(&prog, &echo4),
+        "echo requests stay with the kernel"
+    );
+    assert!(
+        !claimed(&prog, &echo6),
+        "echo requests stay with the kernel"
+    );
+    let to_other = {
+        let mut m = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc];
+        m.extend_from_slice(&quoted4);
+        eth(ETH_IP, &ipv4(router4, v4(41), 1, 0, &m))
+    };
+    assert!(
+        !claimed(&prog, &to_other),
+        "errors to other addresses stay with the kernel"
+    );
+}
+
+#[test]
 fn rules_can_be_removed_cleared_and_replaced() {
     require_root!();
     let lab = Lab::new();
