@@ -360,6 +360,7 @@ fn counters_json(c: &Counters, reports: &[PortReport]) -> Value {
         "nd_replies": c.nd_replies,
         "icmp_too_big": c.icmp_too_big,
         "fragments": c.fragments,
+        "icmp_errors": c.icmp_errors,
         "rerouted": c.rerouted,
         "conntrack": {
             "entries": reports.iter().map(|r| r.conntrack_entries).sum::<u64>(),

@@ -101,6 +101,8 @@ pub struct Counters {
     pub icmp_too_big: u64,
     /// Fragments forwarded (hashed on source, destination and protocol).
     pub fragments: u64,
+    /// ICMP errors to a VIP forwarded to the backend of the connection they quote.
+    pub icmp_errors: u64,
     /// Packets whose connection-table entry named a backend that no longer exists: re-balanced.
     pub rerouted: u64,
     /// Connection-table events.
@@ -169,6 +171,7 @@ impl Counters {
         self.nd_replies += o.nd_replies;
         self.icmp_too_big += o.icmp_too_big;
         self.fragments += o.fragments;
+        self.icmp_errors += o.icmp_errors;
         self.rerouted += o.rerouted;
         let (a, b) = (&mut self.conntrack, &o.conntrack);
         a.inserted += b.inserted;

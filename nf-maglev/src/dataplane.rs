@@ -218,6 +218,8 @@ struct Meta {
     tcp_flags: u8,
     v6: bool,
     fragment: bool,
+    /// An ICMP error quoting a packet of the flow in the key: it follows the flow, records nothing.
+    icmp_error: bool,
 }
 
 /// A packet for a VIP, as [`finish`] takes it.
@@ -333,6 +335,7 @@ fn classify_fast<'s>(
     meta.tcp_flags = tcp_flags;
     meta.v6 = v6;
     meta.fragment = false;
+    meta.icmp_error = false;
     let hash = crate::hash::flow_hash(
         state.hash_seed,
         src,
@@ -367,6 +370,9 @@ fn classify_full<'s, F: Frame>(
             return Err(v);
         }
     }
+    if !info.is_fragment && is_icmp_error(frame.data(), &info) {
+        return classify_icmp_error(frame.data(), &info, state, key, meta);
+    }
     // Fragments carry no ports past the first: they match by address and protocol and hash on the 3-tuple.
     let (vip, sport, dport) = if info.is_fragment {
         match state.vip_for_fragment(dst, proto) {
@@ -397,6 +403,110 @@ fn classify_full<'s, F: Frame>(
             tcp_flags: info.tcp_flags.0,
             v6: version == IpVersion::V6,
             fragment: info.is_fragment,
+            icmp_error: false,
+        };
+    }
+    Ok((vip, key.hash(state.hash_seed)))
+}
+
+/// Whether the frame is an ICMPv4 destination unreachable, time exceeded or parameter problem, or an
+/// ICMPv6 error (types 1-4).
+#[inline]
+fn is_icmp_error(d: &[u8], info: &FrameInfo) -> bool {
+    let Some(&kind) = d.get(info.l4_offset) else {
+        return false;
+    };
+    match info.l4_protocol {
+        IpProtocol::Icmp => matches!(kind, 3 | 11 | 12),
+        IpProtocol::Icmpv6 => (1..=4).contains(&kind),
+        _ => false,
+    }
+}
+
+/// An ICMP error to a VIP address quotes the start of a packet the VIP sent: a backend's answer under
+/// direct server return (VIP:port -> client:port) that a router could not forward, e.g. "fragmentation
+/// needed" for path MTU discovery. It belongs to that connection, so it goes where the connection's packets
+/// go: the key is the quoted flow seen from the client's side.
+#[cold]
+fn classify_icmp_error<'s>(
+    d: &[u8],
+    info: &FrameInfo,
+    state: &'s State,
+    key: &mut FlowKey,
+    meta: &mut Meta,
+) -> Result<(&'s VipState, u64), Verdict> {
+    const MALFORMED: Verdict = Verdict::Drop(DropReason::Malformed);
+    // The ICMP header is 8 bytes; the quoted packet follows.
+    let quoted = d.get(info.l4_offset + 8..info.l3_end()).ok_or(MALFORMED)?;
+    let (v6, vip_bits, client_bits, proto, ports) = match info.ip_version {
+        Some(IpVersion::V4) => {
+            let h: &[u8; 20] = quoted
+                .get(..20)
+                .and_then(|s| s.try_into().ok())
+                .ok_or(MALFORMED)?;
+            let ihl = usize::from(h[0] & 0x0f) * 4;
+            // Only a first fragment (offset 0) quotes the transport header.
+            if h[0] >> 4 != 4 || ihl < 20 || u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
+                return Err(MALFORMED);
+            }
+            let a = |o: usize| Addr::v4([h[o], h[o + 1], h[o + 2], h[o + 3]]).bits;
+            (
+                false,
+                a(12),
+                a(16),
+                h[9],
+                quoted.get(ihl..ihl + 4).ok_or(MALFORMED)?,
+            )
+        }
+        Some(IpVersion::V6) => {
+            let h: &[u8; 40] = quoted
+                .get(..40)
+                .and_then(|s| s.try_into().ok())
+                .ok_or(MALFORMED)?;
+            if h[0] >> 4 != 6 {
+                return Err(MALFORMED);
+            }
+            let a = |o: usize| u128::from_be_bytes(h[o..o + 16].try_into().unwrap_or([0; 16]));
+            (
+                true,
+                a(8),
+                a(24),
+                h[6],
+                quoted.get(40..44).ok_or(MALFORMED)?,
+            )
+        }
+        None => return Err(MALFORMED),
+    };
+    let vip_addr = Addr { v6, bits: vip_bits };
+    // The quoted packet must have come from the address the error is sent to.
+    if !matches!(proto, 6 | 17) || Addr::from(info.dst) != vip_addr {
+        return Err(Verdict::Drop(DropReason::NoVip));
+    }
+    let (vip_port, client_port) = (
+        u16::from_be_bytes([ports[0], ports[1]]),
+        u16::from_be_bytes([ports[2], ports[3]]),
+    );
+    let vip = state
+        .vip(vip_addr, proto, vip_port)
+        .ok_or(Verdict::Drop(DropReason::NoVip))?;
+    *key = FlowKey {
+        src: client_bits,
+        dst: vip_bits,
+        sport: client_port,
+        dport: vip_port,
+        proto,
+    };
+    // Both fit: a frame is far shorter than 64 KiB.
+    #[allow(clippy::cast_possible_truncation)]
+    {
+        *meta = Meta {
+            l3: info.l3_offset as u16,
+            ip_len: info.ip_len as u16,
+            tos: info.traffic_class,
+            tcp_flags: 0,
+            v6,
+            fragment: false,
+            icmp_error: true,
         };
     }
     Ok((vip, key.hash(state.hash_seed)))
@@ -415,6 +525,9 @@ fn finish<F: Frame>(
     let picked = if flow.meta.fragment {
         worker.counters.fragments += 1;
         vip.pick(flow.hash).map(|(_, b)| (b, false))
+    } else if flow.meta.icmp_error {
+        worker.counters.icmp_errors += 1;
+        follow(vip, flow.key, flow.hash, worker, now)
     } else {
         select(
             vip,
@@ -453,6 +566,24 @@ fn finish<F: Frame>(
         }
         Outcome::Dropped(reason) => Verdict::Drop(reason),
     }
+}
+
+/// The backend of the flow an ICMP error quotes: the connection table's if it has the flow, else the one
+/// the Maglev table gives the flow. Records nothing: an error does not open a connection.
+#[cold]
+fn follow<'s>(
+    vip: &'s VipState,
+    key: &FlowKey,
+    hash: u64,
+    worker: &mut Worker,
+    now: u32,
+) -> Option<(&'s BackendState, bool)> {
+    if let Some(conn) = worker.conntrack.lookup(key, hash, now, false) {
+        if let Some((_, b)) = vip.backend(conn.backend, conn.hint) {
+            return Some((b, false));
+        }
+    }
+    vip.pick(hash).map(|(_, b)| (b, false))
 }
 
 /// How forwarding ended.
@@ -1459,6 +1590,167 @@ mod tests {
             (300..500).contains(&to_new),
             "{to_new} of 2000 new flows on the new backend"
         );
+    }
+
+    /// An ICMPv4 error `kind`/`code` from a router to `vip` quoting `quoted` (the start of a packet the
+    /// VIP sent).
+    fn icmp4_error(vip: [u8; 4], kind: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+        let mut icmp = vec![kind, code, 0, 0, 0, 0, 0x05, 0x78];
+        icmp.extend_from_slice(quoted);
+        frag4([198, 18, 70, 1], vip, 1, 9, 0, false, &icmp)
+    }
+
+    /// What a backend sends to a client under direct server return, from the VIP: IP and TCP headers.
+    fn reply_of(src: [u8; 4], sport: u16) -> Vec<u8> {
+        tcp4(POOL, 8080, src, sport, SYN | ACK)[14..].to_vec()
+    }
+
+    #[test]
+    fn icmp_errors_follow_the_connection_they_quote() {
+        let mut c = control();
+        let mut w = Worker::new(LB_MAC, &c.state());
+        let f = flows(1000);
+        let first = backends_of(&c.state(), &mut w, &f, SYN, 1);
+        // Drained, p2 keeps its connections while the Maglev table sends these flows elsewhere: errors
+        // must follow the connection table, not the Maglev table.
+        c.drain("pool", "p2").expect("drains");
+        let state = c.state();
+        let mut followed_drained = 0;
+        for (&(src, sport), backend) in f.iter().zip(&first) {
+            for (kind, code) in [(3, 4), (11, 0), (12, 0)] {
+                let error = icmp4_error(POOL, kind, code, &reply_of(src, sport));
+                let (v, out) = run(&state, &mut w, &error, 2);
+                assert_eq!(v, Verdict::Tx);
+                assert_eq!(
+                    outer_dst(&out),
+                    *backend,
+                    "error {kind}/{code} for {src:?}:{sport}"
+                );
+                assert_eq!(
+                    &out[38..],
+                    &error[14..],
+                    "the whole ICMP packet is the GRE payload"
+                );
+            }
+            followed_drained += usize::from(*backend == [198, 18, 2, 3]);
+        }
+        assert!(
+            followed_drained > 150,
+            "{followed_drained} errors of drained connections"
+        );
+        assert_eq!(w.counters().icmp_errors, 3000);
+
+        // A worker that never saw these flows sends their errors where the Maglev table sends the flows,
+        // and records nothing: an error opens no connection.
+        let mut fresh = Worker::new(LB_MAC, &state);
+        for &(src, sport) in &f[..50] {
+            let (v, out) = run(
+                &state,
+                &mut fresh,
+                &icmp4_error(POOL, 3, 4, &reply_of(src, sport)),
+                2,
+            );
+            assert_eq!(v, Verdict::Tx);
+            let mut probe = Worker::new(LB_MAC, &state);
+            let want = backends_of(&state, &mut probe, &[(src, sport)], ACK, 2);
+            assert_eq!(outer_dst(&out), want[0]);
+        }
+        assert_eq!(fresh.conntrack().live(2), 0);
+
+        // Not errors of a VIP's connection: dropped by reason, never forwarded.
+        let (src, sport) = f[0];
+        let echo = icmp4_error(POOL, 8, 0, &[0; 8]);
+        let mut other_sender = reply_of(src, sport);
+        other_sender[12..16].copy_from_slice(&[198, 18, 100, 9]);
+        let mut udp = reply_of(src, sport);
+        udp[9] = 17;
+        let mut other_port = reply_of(src, sport);
+        other_port[20..22].copy_from_slice(&9u16.to_be_bytes());
+        let cases: [(&str, Vec<u8>, DropReason); 6] = [
+            ("echo request", echo, DropReason::NoVip),
+            (
+                "quote from another address",
+                icmp4_error(POOL, 3, 4, &other_sender),
+                DropReason::NoVip,
+            ),
+            (
+                "quote of another protocol",
+                icmp4_error(POOL, 3, 4, &udp),
+                DropReason::NoVip,
+            ),
+            (
+                "quote of a port of no VIP",
+                icmp4_error([198, 18, 100, 1], 3, 4, &{
+                    let mut q = tcp4([198, 18, 100, 1], 9, src, sport, ACK)[14..].to_vec();
+                    q.truncate(28);
+                    q
+                }),
+                DropReason::NoVip,
+            ),
+            (
+                "quote without ports",
+                icmp4_error(POOL, 3, 4, &reply_of(src, sport)[..22]),
+                DropReason::Malformed,
+            ),
+            (
+                "quote shorter than an IP header",
+                icmp4_error(POOL, 3, 4, &reply_of(src, sport)[..12]),
+                DropReason::Malformed,
+            ),
+        ];
+        for (what, frame, reason) in cases {
+            assert_eq!(
+                run(&state, &mut w, &frame, 2).0,
+                Verdict::Drop(reason),
+                "{what}"
+            );
+        }
+        assert_eq!(
+            run(&state, &mut w, &icmp4_error(POOL, 3, 4, &other_port), 2).0,
+            Verdict::Tx,
+            "all-ports VIP"
+        );
+    }
+
+    #[test]
+    fn icmpv6_packet_too_big_follows_its_connection() {
+        let c = control();
+        let state = c.state();
+        let mut w = Worker::new(LB_MAC, &state);
+        // GRE6_IN: client 2001:2:50::1 -> VIP web6 2001:2::100:80; its only backend is 2001:2:1::1.
+        let (v, _) = run(&state, &mut w, &bytes(GRE6_IN, None), 1);
+        assert_eq!(v, Verdict::Tx);
+        let client: Ipv6Addr = "2001:2:50::1".parse().unwrap();
+        let vip: Ipv6Addr = "2001:2::100".parse().unwrap();
+        let mut quoted = vec![0x60, 0, 0, 0, 0, 20, 6, 64];
+        quoted.extend_from_slice(&vip.octets());
+        quoted.extend_from_slice(&client.octets());
+        quoted.extend_from_slice(&80u16.to_be_bytes());
+        quoted.extend_from_slice(&40000u16.to_be_bytes());
+        quoted.extend_from_slice(&[0; 16]);
+        let mut icmp = vec![2, 0, 0, 0, 0, 0, 0x05, 0x00];
+        icmp.extend_from_slice(&quoted);
+        let mut frame = vec![
+            2, 0, 0, 0, 0, 0xaa, 2, 0, 0, 0, 0, 0xcc, 0x86, 0xdd, 0x60, 0, 0, 0,
+        ];
+        frame.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+        frame.extend_from_slice(&[58, 64]);
+        frame.extend_from_slice(&"2001:2:70::1".parse::<Ipv6Addr>().unwrap().octets());
+        frame.extend_from_slice(&vip.octets());
+        frame.extend_from_slice(&icmp);
+        let (v, out) = run(&state, &mut w, &frame, 2);
+        assert_eq!(v, Verdict::Tx);
+        // Outer IPv6 destination: the backend.
+        assert_eq!(
+            &out[38..54],
+            &"2001:2:1::1".parse::<Ipv6Addr>().unwrap().octets()
+        );
+        assert_eq!(
+            &out[14 + 40 + 4..],
+            &frame[14..],
+            "the whole ICMPv6 packet is the GRE payload"
+        );
+        assert_eq!(w.counters().icmp_errors, 1);
     }
 
     #[test]

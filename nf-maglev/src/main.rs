@@ -216,8 +216,8 @@ fn restart_sections_changed(old: &Config, new: &Config) -> Vec<&'static str> {
 }
 
 /// What the XDP filter must claim for `state`: each VIP's protocol and port (or all its ports), and per
-/// VIP address its fragments (non-first fragments carry no ports) plus ARP / neighbour discovery when the
-/// data plane answers them.
+/// VIP address its fragments (non-first fragments carry no ports) and the ICMP errors sent to it (they
+/// belong to the connection they quote), plus ARP / neighbour discovery when the data plane answers them.
 fn claims(state: &State) -> (Vec<Rule>, Vec<(IpAddr, AddrFlags)>) {
     let mut rules = Vec::with_capacity(state.vips().len());
     let mut addrs = BTreeSet::new();
@@ -231,9 +231,9 @@ fn claims(state: &State) -> (Vec<Rule>, Vec<(IpAddr, AddrFlags)>) {
         addrs.insert(v.addr);
     }
     let flags = if state.claim_all {
-        AddrFlags::FRAGS | AddrFlags::NEIGH
+        AddrFlags::FRAGS | AddrFlags::ICMP_ERRORS | AddrFlags::NEIGH
     } else {
-        AddrFlags::FRAGS
+        AddrFlags::FRAGS | AddrFlags::ICMP_ERRORS
     };
     (rules, addrs.into_iter().map(|a| (a, flags)).collect())
 }
@@ -719,14 +719,15 @@ mod tests {
                 Rule::port(v6, 17, 53)
             ]
         );
-        assert_eq!(addrs, [(vip, AddrFlags::FRAGS), (v6, AddrFlags::FRAGS)]);
+        let flags = AddrFlags::FRAGS | AddrFlags::ICMP_ERRORS;
+        assert_eq!(addrs, [(vip, flags), (v6, flags)]);
         // --claim-all makes the data plane answer ARP / ND, so the filter claims them in rule mode too.
         let v = maglev_section(&config(MAGLEV, "x", 0), true).expect("valid");
         assert!(v.claim_all);
         let (_, addrs) = claims(&Control::new(v).expect("builds").state());
         assert!(addrs
             .iter()
-            .all(|(_, f)| *f == AddrFlags::FRAGS | AddrFlags::NEIGH));
+            .all(|(_, f)| *f == AddrFlags::FRAGS | AddrFlags::ICMP_ERRORS | AddrFlags::NEIGH));
     }
 
     #[test]

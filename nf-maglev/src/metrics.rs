@@ -185,6 +185,11 @@ const FRAGMENTS: Def = counter(
     "IP fragments forwarded (hashed on source, destination and protocol).",
     NONE,
 );
+const ICMP_ERRORS: Def = counter(
+    "nf_maglev_icmp_errors_total",
+    "ICMP errors to a VIP (e.g. fragmentation needed) forwarded to the backend of the connection they quote.",
+    NONE,
+);
 const REROUTED: Def = counter(
     "nf_maglev_rerouted_packets_total",
     "Packets of tracked flows whose backend was removed, given a new one by the Maglev table.",
@@ -495,6 +500,7 @@ impl Collector for LbCollector {
         out.push(replies.finish());
         for (def, v) in [
             (&FRAGMENTS, counters.fragments),
+            (&ICMP_ERRORS, counters.icmp_errors),
             (&REROUTED, counters.rerouted),
             (&REBUILDS, control.rebuilds),
         ] {
