@@ -4,8 +4,8 @@
 //! the XDP filter claims them (they name the VIP, protocol and port), the data plane counts each under
 //! `nf_maglev_dropped_packets_total{reason="malformed"}` and drops it, and real connections keep working.
 //! A configuration that does not validate is refused by `POST /api/reload` (400, with the reason) and by
-//! SIGHUP (logged), the running state keeps serving, and a good file reloads afterwards. Needs root;
-//! skipped otherwise.
+//! SIGHUP (logged), the running state keeps serving, and a good file reloads afterwards. ICMP errors
+//! quoting the VIP's replies reach the backends through the tunnel. Needs root; skipped otherwise.
 #![forbid(unsafe_code)]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -103,6 +103,34 @@ fn bad_frames(lab: &MaglevLab) -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// `n` ICMP "fragmentation needed" messages to the VIP, each quoting a reply of the VIP's HTTP port to
+/// another client port, sent from the client's address as a router on the way would.
+fn icmp_errors(lab: &MaglevLab, n: u16) -> Vec<Vec<u8>> {
+    let (lb, client) = (lab.lb(0).mac(), lab.client().mac());
+    let c4 = lab.client().v4();
+    (0..n)
+        .map(|i| {
+            let mut reply = vec![0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0];
+            reply.extend(VIP4.octets());
+            reply.extend(c4.octets());
+            reply.extend(HTTP_PORT.to_be_bytes());
+            reply.extend((41000 + i).to_be_bytes());
+            reply.extend([0, 0, 0, 1]);
+            let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x05, 0x78];
+            icmp.extend(&reply);
+            let c = checksum(&icmp);
+            icmp[2..4].copy_from_slice(&c.to_be_bytes());
+            let mut ip = ipv4(c4, VIP4, (20 + icmp.len()) as u16, &icmp);
+            // ipv4() writes protocol 6: make it ICMP and fix the header checksum.
+            ip[9] = 1;
+            ip[10..12].copy_from_slice(&[0, 0]);
+            let c = checksum(&ip[..20]);
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            [ether(lb, client, 0x0800), ip].concat()
+        })
+        .collect()
+}
+
 fn malformed(lab: &MaglevLab) -> f64 {
     lab.metrics(0).unwrap().sum(
         "nf_maglev_dropped_packets_total",
@@ -155,6 +183,30 @@ fn malformed_frames_and_bad_reloads() {
     }
     assert!(lab.lb_running(0), "nf-maglev died on malformed frames");
     serves(&lab, &spec, "after malformed frames");
+
+    // ICMP errors about packets the VIP sent (as a router on the way back to the client would send
+    // "fragmentation needed"): claimed by the filter, counted, tunnelled to backends, decapsulated there.
+    let decapped = |lab: &MaglevLab| -> u64 {
+        (0..spec.backends.len())
+            .map(|i| lab.decapped(i).unwrap_or(0))
+            .sum()
+    };
+    let before = decapped(&lab);
+    let errors = icmp_errors(&lab, 30);
+    lab.send_from_client(&errors).unwrap();
+    let seen = wait_for(Duration::from_secs(10), || {
+        lab.metrics(0)
+            .unwrap()
+            .sum("nf_maglev_icmp_errors_total", &[])
+            >= 30.0
+            && decapped(&lab) >= before + 30
+    });
+    assert!(
+        seen,
+        "ICMP errors: {} counted by the load balancer, {} decapsulated by the backends (+30 expected)",
+        lab.metrics(0).unwrap().sum("nf_maglev_icmp_errors_total", &[]),
+        decapped(&lab) - before
+    );
 
     // A bad reload through the API: refused with the reason, nothing changes.
     let good = std::fs::read_to_string(lab.config_path(0)).unwrap();
