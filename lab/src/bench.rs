@@ -181,11 +181,31 @@ impl BenchReport {
             .flatten()
     }
 
+    /// Median over runs of `r`'s rate divided by the reference's rate in the run with the same number.
+    /// Runs are interleaved (A B C ... A B C), so the two rates of a pair were taken seconds apart on
+    /// the same machine state: on a noisy machine this ratio varies less than the ratio of medians.
+    pub fn paired_ratio(&self, r: &FwdResult) -> Option<f64> {
+        let reference = self
+            .results
+            .iter()
+            .find(|x| x.queues == r.queues && x.name == r.measure.reference())?;
+        let pairs: Vec<f64> = r
+            .runs
+            .iter()
+            .filter_map(|run| {
+                let mine = run.mpps?;
+                let theirs = reference.runs.iter().find(|x| x.run == run.run)?.mpps?;
+                (theirs > 0.0).then(|| mine / theirs)
+            })
+            .collect();
+        median(&pairs)
+    }
+
     /// A plain-text table, one row per queue count and forwarder.
     pub fn table(&self) -> String {
         let mut s = format!(
-            "{:<7}{:<20}{:<10}{:>9}{:>9}{:>9}{:>8}{:>7}\n",
-            "queues", "forwarder", "measure", "median", "min", "max", "ratio", "runs"
+            "{:<7}{:<20}{:<10}{:>9}{:>9}{:>9}{:>8}{:>8}{:>7}\n",
+            "queues", "forwarder", "measure", "median", "min", "max", "ratio", "paired", "runs"
         );
         let f =
             |v: Option<f64>, p: usize| v.map_or_else(|| "-".to_string(), |x| format!("{x:.p$}"));
@@ -195,7 +215,7 @@ impl BenchReport {
                 continue;
             }
             s.push_str(&format!(
-                "{:<7}{:<20}{:<10}{:>9}{:>9}{:>9}{:>8}{:>7}\n",
+                "{:<7}{:<20}{:<10}{:>9}{:>9}{:>9}{:>8}{:>8}{:>7}\n",
                 r.queues,
                 r.name,
                 r.measure.as_str(),
@@ -203,11 +223,13 @@ impl BenchReport {
                 f(r.min(), 3),
                 f(r.max(), 3),
                 f(self.ratio(r), 2),
+                f(self.paired_ratio(r), 2),
                 format!("{}/{}", r.samples().len(), r.runs.len())
             ));
         }
         s.push_str(
-            "rates in Mpps; ratio = median / median of the C reference with the same measure\n",
+            "rates in Mpps; ratio = median / median of the C reference with the same measure; \
+             paired = median of run-by-run ratios to it\n",
         );
         s
     }
@@ -228,6 +250,7 @@ impl BenchReport {
                     "min_mpps": r.min(),
                     "max_mpps": r.max(),
                     "ratio": self.ratio(r),
+                    "paired_ratio": self.paired_ratio(r),
                     "runs": r.runs.iter().map(|x| json!({
                         "run": x.run,
                         "mpps": x.mpps,
@@ -562,6 +585,13 @@ mod tests {
         assert_eq!(report.ratio(&r[0]), Some(1.0));
         assert_eq!(report.ratio(&r[2]), Some(0.5));
         assert_eq!(report.ratio(&r[3]), Some(1.5));
+        // Run by run: 0.25/0.5 and 0.25/0.6 (run 2 failed), median of the two.
+        let paired = report.paired_ratio(&r[2]).unwrap();
+        assert!(
+            (paired - (0.5 + 0.25 / 0.6) / 2.0).abs() < 1e-12,
+            "{paired}"
+        );
+        assert_eq!(report.paired_ratio(&r[0]), Some(1.0));
         assert_eq!(r[2].samples().len(), 2);
         assert_eq!(r[0].min(), Some(0.4));
         assert_eq!(r[0].max(), Some(0.6));
@@ -570,6 +600,7 @@ mod tests {
         assert!(table.contains("2/3"), "{table}");
         let j = report.to_json();
         assert_eq!(j["results"][2]["ratio"], 0.5);
+        assert_eq!(j["results"][0]["paired_ratio"], 1.0);
         assert_eq!(j["settings"]["pinning"][0]["worker_cpus"], json!([1]));
     }
 }
