@@ -110,8 +110,8 @@ impl Table {
     /// Builds the table of `size` slots (a prime) for `members`, hashing names with `seed`.
     ///
     /// Slot values are indices into `members`. The order of `members` does not matter: they are taken in name
-    /// order. Cost: about `M ln M` probes of a bitmap that stays in L1 (about 1.2 ms for M = 65537, N = 1000
-    /// on an idle core here).
+    /// order. Cost: about `M ln M` probes of a bitmap that stays in L1 (1.8 ms for M = 65537, N = 1000 on the
+    /// project's benchmark machine: `cargo bench -p nf-maglev --bench maglev`).
     pub fn build(members: &[Member<'_>], size: u32, seed: u64) -> Result<Self, MaglevError> {
         if !(2..=MAX_TABLE_SIZE).contains(&size) || !is_prime(size) {
             return Err(MaglevError::BadSize(size));
