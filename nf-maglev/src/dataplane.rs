@@ -1903,9 +1903,14 @@ mod tests {
         assert_eq!(burst.counters().rx_packets, inputs.len() as u64 + 2);
     }
 
-    fn state_and_worker() -> (std::sync::Arc<State>, Worker) {
+    /// The state of [`CONFIG`], built once for all tests that only read it.
+    fn shared_state() -> std::sync::Arc<State> {
         static STATE: std::sync::OnceLock<std::sync::Arc<State>> = std::sync::OnceLock::new();
-        let state = STATE.get_or_init(|| control().state()).clone();
+        STATE.get_or_init(|| control().state()).clone()
+    }
+
+    fn state_and_worker() -> (std::sync::Arc<State>, Worker) {
+        let state = shared_state();
         let w = Worker::new(LB_MAC, &state);
         (state, w)
     }
@@ -1913,11 +1918,12 @@ mod tests {
     /// Whatever the fast path accepts, the full parser decides identically (same VIP, hash, key and header
     /// facts, or the same verdict). `Err` describes a disagreement.
     fn fast_and_full_agree(frame: &[u8]) -> Result<(), String> {
-        let (state, mut w) = state_and_worker();
+        let state = shared_state();
         let (mut k1, mut m1) = (FlowKey::default(), Meta::default());
         let Some(fast) = classify_fast(frame, &state, &mut k1, &mut m1) else {
             return Ok(());
         };
+        let mut w = Worker::new(LB_MAC, &state);
         let (mut k2, mut m2) = (FlowKey::default(), Meta::default());
         let mut f = VecFrame::new(frame, 64, 2048);
         let full = classify_full(&mut f, &state, &mut w, &mut k2, &mut m2);
@@ -1960,6 +1966,8 @@ mod tests {
 
     #[test]
     fn fast_path_agrees_with_the_full_parser_on_every_single_byte_edit() {
+        let state = shared_state();
+        let (mut k, mut m) = (FlowKey::default(), Meta::default());
         let mut accepted = 0;
         for frame in fast_path_inputs() {
             assert_eq!(fast_and_full_agree(&frame), Ok(()));
@@ -1970,11 +1978,7 @@ mod tests {
                     if let Err(e) = fast_and_full_agree(&f) {
                         panic!("byte {at} = {v:#x}: {e}");
                     }
-                    let mut k = FlowKey::default();
-                    let mut m = Meta::default();
-                    accepted += usize::from(
-                        classify_fast(&f, &state_and_worker().0, &mut k, &mut m).is_some(),
-                    );
+                    accepted += usize::from(classify_fast(&f, &state, &mut k, &mut m).is_some());
                 }
             }
             for len in 0..frame.len() {

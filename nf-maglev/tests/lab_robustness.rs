@@ -191,7 +191,15 @@ fn malformed_frames_and_bad_reloads() {
             .map(|i| lab.decapped(i).unwrap_or(0))
             .sum()
     };
-    let before = decapped(&lab);
+    // The backends' decap counters are printed once a second: wait until they stop moving after the
+    // connections above, so that what comes next counts only the errors.
+    let mut before = decapped(&lab);
+    let settled = wait_for(Duration::from_secs(10), || {
+        std::thread::sleep(Duration::from_millis(1500));
+        let now = decapped(&lab);
+        std::mem::replace(&mut before, now) == now
+    });
+    assert!(settled, "the backends' decap counters kept moving");
     let errors = icmp_errors(&lab, 30);
     lab.send_from_client(&errors).unwrap();
     let seen = wait_for(Duration::from_secs(10), || {
