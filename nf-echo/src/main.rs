@@ -524,6 +524,14 @@ fn print_summary(reports: &Reports) {
             rep.stats.kernel.rx_ring_full,
         );
         println!(
+            "    tx-kicks {} tx-completed {} rx-ring-empty {} fill-ring-empty {} tx-ring-empty {}",
+            rep.stats.tx_kicks,
+            rep.stats.tx_completed,
+            rep.stats.rx_ring_empty,
+            rep.stats.kernel.rx_fill_ring_empty_descs,
+            rep.stats.kernel.tx_ring_empty_descs,
+        );
+        println!(
             "    answered: arp {} nd {} icmp {} icmpv6 {} udp {} mac-swap {}; dropped: {}",
             e.arp_replies,
             e.neighbor_adverts,
