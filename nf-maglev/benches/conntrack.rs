@@ -1,5 +1,6 @@
 //! Connection-table lookups and inserts with 10k and 1M live flows (random order, so the 1M case measures
-//! cache misses, as a busy load balancer sees them).
+//! cache misses, as a busy load balancer sees them), and the machine's floor for such a table: random
+//! cache-line reads over a buffer of the 1M-flow table's size, 32 in flight.
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use nf_maglev::conntrack::{Conn, ConnTrack, FlowKey, Timeouts};
 use std::hint::black_box;
@@ -109,5 +110,57 @@ fn conntrack(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, conntrack);
+/// One cache line.
+#[derive(Clone, Copy, Default)]
+#[repr(align(64))]
+struct Line([u64; 8]);
+
+/// What any table of this size costs here, whatever its layout: random lines of a 91 MB buffer (the 1M-flow
+/// table's size, huge-page advised like it), prefetched 32 at a time and then read. `one_line`: one line per
+/// lookup. `header_then_entry`: the connection table's pattern, a 512-byte bucket's first line and then the
+/// line it points at (the second fetch can only start once the first has arrived).
+fn memory_floor(c: &mut Criterion) {
+    const LINES: usize = 91 << 14; // 91 MiB
+    let mut g = c.benchmark_group("memory_floor");
+    g.sample_size(30).throughput(Throughput::Elements(32));
+    let mut mem: Vec<Line> = Vec::with_capacity(LINES);
+    let _ = cne::hint::advise_huge_pages(mem.spare_capacity_mut());
+    mem.resize(LINES, Line::default());
+    for (i, l) in mem.iter_mut().enumerate() {
+        l.0[0] = (i as u64).wrapping_mul(0x9e37_79b9) % 7;
+    }
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut at = [0usize; 32];
+    g.bench_function("one_line", |b| {
+        b.iter(|| {
+            for a in &mut at {
+                *a = (next() % LINES as u64) as usize;
+                cne::hint::prefetch_read(&mem[*a]);
+            }
+            at.iter().map(|&a| mem[a].0[0]).sum::<u64>()
+        })
+    });
+    g.bench_function("header_then_entry", |b| {
+        b.iter(|| {
+            for a in &mut at {
+                *a = (next() % (LINES as u64 / 8)) as usize * 8;
+                cne::hint::prefetch_read(&mem[*a]);
+            }
+            for a in &mut at {
+                *a += 1 + mem[*a].0[0] as usize;
+                cne::hint::prefetch_read(&mem[*a]);
+            }
+            at.iter().map(|&a| mem[a].0[1]).sum::<u64>()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, conntrack, memory_floor);
 criterion_main!(benches);
