@@ -20,7 +20,7 @@ use cne::afpacket::AfPacket;
 use cne::config::Config;
 use cne::frame::{Frame, VecFrame};
 use cne::instance::{Instance, InstanceOptions, Worker};
-use cne::poll::AdaptiveWait;
+use cne::poll::{AdaptiveWait, WaitStats};
 use cne::port::Port;
 use cne::stats::PortStats;
 use cne::xdp::AddrFlags;
@@ -218,6 +218,8 @@ struct PortReport {
     mode: String,
     stats: PortStats,
     echo: EchoCounters,
+    /// The worker's sleeps (shared by all its ports).
+    wait: WaitStats,
 }
 
 type Reports = Arc<Mutex<Vec<PortReport>>>;
@@ -329,22 +331,29 @@ fn worker_af_xdp(
             wait.idle(work);
             iterations = iterations.wrapping_add(1);
             if (work == 0 || iterations % 1024 == 0) && last_publish.elapsed() >= PUBLISH_EVERY {
-                publish(ports, &counters, slot, &reports);
+                publish(ports, &counters, wait.stats(), slot, &reports);
                 last_publish = Instant::now();
             }
         }
-        publish(ports, &counters, slot, &reports);
+        publish(ports, &counters, wait.stats(), slot, &reports);
     })?;
     Ok(())
 }
 
-fn publish(ports: &[Port<'_>], counters: &[EchoCounters], slot: usize, reports: &Reports) {
+fn publish(
+    ports: &[Port<'_>],
+    counters: &[EchoCounters],
+    wait: WaitStats,
+    slot: usize,
+    reports: &Reports,
+) {
     let Ok(mut r) = reports.lock() else { return };
     for (i, port) in ports.iter().enumerate() {
         let stats = port.stats().unwrap_or_else(|_| *port.sw_stats());
         if let Some(rep) = r.get_mut(slot + i) {
             rep.stats = stats;
             rep.echo = counters[i];
+            rep.wait = wait;
         }
     }
 }
@@ -524,12 +533,16 @@ fn print_summary(reports: &Reports) {
             rep.stats.kernel.rx_ring_full,
         );
         println!(
-            "    tx-kicks {} tx-completed {} rx-ring-empty {} fill-ring-empty {} tx-ring-empty {}",
+            "    tx-kicks {} tx-completed {} rx-ring-empty {} fill-ring-empty {} tx-ring-empty {}; \
+             worker sleeps {} (woken {}, timed out {})",
             rep.stats.tx_kicks,
             rep.stats.tx_completed,
             rep.stats.rx_ring_empty,
             rep.stats.kernel.rx_fill_ring_empty_descs,
             rep.stats.kernel.tx_ring_empty_descs,
+            rep.wait.sleeps,
+            rep.wait.wakeups,
+            rep.wait.timeouts,
         );
         println!(
             "    answered: arp {} nd {} icmp {} icmpv6 {} udp {} mac-swap {}; dropped: {}",

@@ -317,7 +317,18 @@ fn idle_nf_echo_uses_under_one_percent_cpu() {
     let pct = 100.0 * used / window.as_secs_f64();
     eprintln!("idle nf-echo (2 workers): {pct:.2}% of one CPU");
     assert!(pct < 1.0, "idle nf-echo used {pct:.2}% CPU");
-    stop(&mut nf, Signal::Int);
+    // Why: each worker sleeps in poll() and wakes only on its 100 ms timeout (about 50 in the window).
+    let summary = stop(&mut nf, Signal::Int);
+    let timeouts: Vec<u64> = summary
+        .lines()
+        .filter_map(|l| l.split("timed out ").nth(1))
+        .map(|t| t.trim_end_matches(')').parse().expect("timeout count"))
+        .collect();
+    assert_eq!(timeouts.len(), 2, "one sleep report per worker:\n{summary}");
+    assert!(
+        timeouts.iter().all(|&t| t >= 30),
+        "workers did not sleep through the idle window:\n{summary}"
+    );
 }
 
 fn run_expect_failure(lab: &EchoLab, config: &str) -> String {
