@@ -55,6 +55,9 @@ pub struct GenSpec {
     pub limit: GenLimit,
     /// Frames per live-frames batch (1..=256).
     pub batch: u16,
+    /// An interface without traffic in the generator's namespace to hold the program in the kernel's
+    /// XDP dispatcher (see c/xdpgen.c): without it every BPF_PROG_RUN waits for two RCU grace periods.
+    pub hold_dev: Option<String>,
 }
 
 impl GenSpec {
@@ -81,6 +84,7 @@ impl GenSpec {
             cpus: vec![0],
             limit,
             batch: 64,
+            hold_dev: None,
         }
     }
 
@@ -144,6 +148,9 @@ impl GenSpec {
             "--batch".into(),
             self.batch.to_string(),
         ];
+        if let Some(dev) = &self.hold_dev {
+            v.extend(["--hold-dev".into(), dev.clone()]);
+        }
         match self.limit {
             GenLimit::Packets(n) => v.extend(["--count".into(), n.to_string()]),
             GenLimit::Duration(d) => {
@@ -186,6 +193,10 @@ pub struct GenReport {
     pub seconds: f64,
     /// `packets / seconds`.
     pub pps: f64,
+    /// Time the kernel spent running the program, summed over threads.
+    pub busy_seconds: f64,
+    /// The program was held in the XDP dispatcher for the run (`hold_dev` given and attached).
+    pub dispatcher_held: bool,
     /// Per thread: (CPU, frames).
     pub threads: Vec<(usize, u64)>,
 }
@@ -215,6 +226,11 @@ impl GenReport {
             packets: u(&v, "packets").context("xdpgen report lacks packets")?,
             seconds: f(&v, "seconds").context("xdpgen report lacks seconds")?,
             pps: f(&v, "pps").unwrap_or(0.0),
+            busy_seconds: f(&v, "busy_seconds").unwrap_or(0.0),
+            dispatcher_held: v
+                .get("dispatcher_held")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false),
             threads,
         })
     }
@@ -267,6 +283,9 @@ mod tests {
         }
         s.limit = GenLimit::Duration(Duration::from_millis(1500));
         assert!(s.argv().join(" ").ends_with("--seconds 1.500"));
+        assert!(!s.argv().contains(&"--hold-dev".to_string()));
+        s.hold_dev = Some("hold0".into());
+        assert!(s.argv().join(" ").contains("--hold-dev hold0"));
     }
 
     #[test]
@@ -289,11 +308,13 @@ mod tests {
     #[test]
     fn report_parsing() {
         let r = GenReport::parse(
-            "{\"packets\":100,\"seconds\":0.5,\"pps\":200.0,\"size\":64,\"threads\":[{\"cpu\":1,\"packets\":100,\"seconds\":0.5}]}\n",
+            "{\"packets\":100,\"seconds\":0.5,\"pps\":200.0,\"size\":64,\"busy_seconds\":0.45,\"dispatcher_held\":true,\"threads\":[{\"cpu\":1,\"packets\":100,\"seconds\":0.5}]}\n",
         )
         .unwrap();
         assert_eq!(r.packets, 100);
         assert_eq!(r.threads, vec![(1, 100)]);
+        assert!(r.dispatcher_held);
+        assert!((r.busy_seconds - 0.45).abs() < 1e-9);
         assert!(GenReport::parse("garbage").is_err());
     }
 }

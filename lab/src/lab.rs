@@ -8,8 +8,9 @@
 //! ```
 //! Both ends get N queues, fixed MACs and addresses, static neighbour entries for each other (no
 //! ARP/NDP needed before traffic flows) and are up. Nothing is attached: a test picks the XDP
-//! program or forwarder it needs. Fields drop in declaration order, so the veth goes before the
-//! namespaces.
+//! program or forwarder it needs. A second veth pair, both ends in `gen` and down, carries no
+//! traffic: the generator holds its program on it (see [`GenSpec::hold_dev`]). Fields drop in
+//! declaration order, so the veths go before the namespaces.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
@@ -42,6 +43,8 @@ pub const UDP_PORT: u16 = 9;
 pub struct Lab {
     /// The veth pair: end `a` in `gen`, end `b` in `dut`.
     pub link: VethPair,
+    /// Both ends in `gen`, down: the generator's program holder.
+    pub hold: VethPair,
     /// Generator namespace.
     pub gen: Netns,
     /// Device-under-test namespace.
@@ -54,7 +57,13 @@ impl Lab {
         let gen = Netns::new("g")?;
         let dut = Netns::new("d")?;
         let link = VethPair::new(&gen, &dut, queues)?;
-        let lab = Lab { link, gen, dut };
+        let hold = VethPair::new(&gen, &gen, 1)?;
+        let lab = Lab {
+            link,
+            hold,
+            gen,
+            dut,
+        };
         lab.configure().context("configuring the lab veth pair")?;
         Ok(lab)
     }
@@ -118,6 +127,7 @@ impl Lab {
             limit,
         );
         s.dport = UDP_PORT;
+        s.hold_dev = Some(self.hold.a().name().to_string());
         s
     }
 
@@ -132,6 +142,7 @@ impl Lab {
             limit,
         );
         s.dport = UDP_PORT;
+        s.hold_dev = Some(self.hold.a().name().to_string());
         s
     }
 }

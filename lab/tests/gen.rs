@@ -98,3 +98,37 @@ fn two_threads_feed_two_queues() {
     // Frames sent from CPU c land on rx queue c.
     assert!(q0 >= N / 2 && q1 >= N / 2, "queue 0: {q0}, queue 1: {q1}");
 }
+
+#[test]
+fn holding_the_program_keeps_the_generator_busy() {
+    // Each BPF_PROG_RUN otherwise adds and removes the program from the XDP dispatcher, two RCU
+    // grace periods per call in which nothing is sent (a third of the time on a 2-CPU VM).
+    require_root!();
+    let lab = Lab::new(1).unwrap();
+    lab.dut_if()
+        .attach_xdp(Path::new(tools::XDP_DROP_OBJ), "xdp")
+        .unwrap();
+    let held = lab
+        .gen_spec_v4(GenLimit::Duration(Duration::from_secs(1)))
+        .run(&lab.gen)
+        .unwrap();
+    let mut spec = lab.gen_spec_v4(GenLimit::Duration(Duration::from_secs(1)));
+    spec.hold_dev = None;
+    let unheld = spec.run(&lab.gen).unwrap();
+    let busy = |r: &lab::GenReport| r.busy_seconds / r.seconds;
+    eprintln!(
+        "generator busy {:.0}% with the program held, {:.0}% without",
+        100.0 * busy(&held),
+        100.0 * busy(&unheld)
+    );
+    assert!(held.dispatcher_held && !unheld.dispatcher_held);
+    assert!(
+        busy(&held) > 0.85,
+        "generator ran the program only {:.0}% of the time",
+        100.0 * busy(&held)
+    );
+    assert!(
+        lab.hold.a().xdp_prog().unwrap().is_none(),
+        "the generator left its program on the holder"
+    );
+}
