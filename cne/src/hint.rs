@@ -24,6 +24,21 @@ pub fn prefetch_read<T>(r: &T) {
     let _ = r;
 }
 
+/// Starts loading the cache line at address `p`, like [`prefetch_read`], for memory reached through a raw
+/// pointer (a frame of the UMEM). `p` is never dereferenced: any address is allowed.
+#[inline(always)]
+pub fn prefetch_ptr(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: PREFETCHT0 is a hint: it reads nothing architecturally, cannot fault even on an invalid
+        // address, and writes nothing.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Asks the kernel to back the whole pages inside `mem` with transparent huge pages (`MADV_HUGEPAGE`), for
 /// memory that will be accessed at random. Call it on memory not yet touched (a `Vec`'s
 /// `spare_capacity_mut()` right after `Vec::with_capacity`), so that the first writes fault huge pages in;

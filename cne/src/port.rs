@@ -1187,6 +1187,9 @@ impl<'pool> Port<'pool> {
             let start = (d.addr - base) as u32;
             match start.checked_add(d.len) {
                 Some(end) if end <= frame_size => {
+                    // The kernel wrote the frame from another CPU: start loading its headers now, so
+                    // the misses of the whole burst overlap before the NF reads the first one.
+                    crate::hint::prefetch_ptr(pool.ptr(d.addr));
                     out.push(Packet::from_frame(pool, base, start, end));
                     got += 1;
                     bytes += u64::from(d.len);
