@@ -185,27 +185,51 @@ impl BenchReport {
     /// Runs are interleaved (A B C ... A B C), so the two rates of a pair were taken seconds apart on
     /// the same machine state: on a noisy machine this ratio varies less than the ratio of medians.
     pub fn paired_ratio(&self, r: &FwdResult) -> Option<f64> {
+        median(&self.pair_ratios(r)?)
+    }
+
+    /// In how many run pairs `r` was faster than the reference, and how many pairs there were (a sign
+    /// test: on a noisy machine "ahead in 9 of 11" says more than a ratio). `None` for the reference.
+    pub fn pairs_ahead(&self, r: &FwdResult) -> Option<(usize, usize)> {
+        if r.name == r.measure.reference() {
+            return None;
+        }
+        let pairs = self.pair_ratios(r)?;
+        Some((pairs.iter().filter(|&&x| x > 1.0).count(), pairs.len()))
+    }
+
+    /// `r`'s rate over the reference's, for each run both completed.
+    fn pair_ratios(&self, r: &FwdResult) -> Option<Vec<f64>> {
         let reference = self
             .results
             .iter()
             .find(|x| x.queues == r.queues && x.name == r.measure.reference())?;
-        let pairs: Vec<f64> = r
-            .runs
-            .iter()
-            .filter_map(|run| {
-                let mine = run.mpps?;
-                let theirs = reference.runs.iter().find(|x| x.run == run.run)?.mpps?;
-                (theirs > 0.0).then(|| mine / theirs)
-            })
-            .collect();
-        median(&pairs)
+        Some(
+            r.runs
+                .iter()
+                .filter_map(|run| {
+                    let mine = run.mpps?;
+                    let theirs = reference.runs.iter().find(|x| x.run == run.run)?.mpps?;
+                    (theirs > 0.0).then(|| mine / theirs)
+                })
+                .collect(),
+        )
     }
 
     /// A plain-text table, one row per queue count and forwarder.
     pub fn table(&self) -> String {
         let mut s = format!(
-            "{:<7}{:<20}{:<10}{:>9}{:>9}{:>9}{:>8}{:>8}{:>7}\n",
-            "queues", "forwarder", "measure", "median", "min", "max", "ratio", "paired", "runs"
+            "{:<7}{:<20}{:<10}{:>9}{:>9}{:>9}{:>8}{:>8}{:>7}{:>7}\n",
+            "queues",
+            "forwarder",
+            "measure",
+            "median",
+            "min",
+            "max",
+            "ratio",
+            "paired",
+            "ahead",
+            "runs"
         );
         let f =
             |v: Option<f64>, p: usize| v.map_or_else(|| "-".to_string(), |x| format!("{x:.p$}"));
@@ -215,7 +239,7 @@ impl BenchReport {
                 continue;
             }
             s.push_str(&format!(
-                "{:<7}{:<20}{:<10}{:>9}{:>9}{:>9}{:>8}{:>8}{:>7}\n",
+                "{:<7}{:<20}{:<10}{:>9}{:>9}{:>9}{:>8}{:>8}{:>7}{:>7}\n",
                 r.queues,
                 r.name,
                 r.measure.as_str(),
@@ -224,12 +248,14 @@ impl BenchReport {
                 f(r.max(), 3),
                 f(self.ratio(r), 2),
                 f(self.paired_ratio(r), 2),
+                self.pairs_ahead(r)
+                    .map_or_else(|| "-".to_string(), |(a, n)| format!("{a}/{n}")),
                 format!("{}/{}", r.samples().len(), r.runs.len())
             ));
         }
         s.push_str(
             "rates in Mpps; ratio = median / median of the C reference with the same measure; \
-             paired = median of run-by-run ratios to it\n",
+             paired = median of run-by-run ratios to it; ahead = run pairs in which it was faster\n",
         );
         s
     }
@@ -251,6 +277,8 @@ impl BenchReport {
                     "max_mpps": r.max(),
                     "ratio": self.ratio(r),
                     "paired_ratio": self.paired_ratio(r),
+                    "pairs_ahead": self.pairs_ahead(r).map(|(a, _)| a),
+                    "pairs": self.pairs_ahead(r).map(|(_, n)| n),
                     "runs": r.runs.iter().map(|x| json!({
                         "run": x.run,
                         "mpps": x.mpps,
@@ -592,6 +620,9 @@ mod tests {
             "{paired}"
         );
         assert_eq!(report.paired_ratio(&r[0]), Some(1.0));
+        assert_eq!(report.pairs_ahead(&r[2]), Some((0, 2)));
+        assert_eq!(report.pairs_ahead(&r[3]), Some((1, 1)));
+        assert_eq!(report.pairs_ahead(&r[0]), None);
         assert_eq!(r[2].samples().len(), 2);
         assert_eq!(r[0].min(), Some(0.4));
         assert_eq!(r[0].max(), Some(0.6));
@@ -601,6 +632,8 @@ mod tests {
         let j = report.to_json();
         assert_eq!(j["results"][2]["ratio"], 0.5);
         assert_eq!(j["results"][0]["paired_ratio"], 1.0);
+        assert_eq!(j["results"][2]["pairs_ahead"], 0);
+        assert_eq!(j["results"][2]["pairs"], 2);
         assert_eq!(j["settings"]["pinning"][0]["worker_cpus"], json!([1]));
     }
 }
