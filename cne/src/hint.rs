@@ -39,6 +39,23 @@ pub fn prefetch_ptr(p: *const u8) {
     let _ = p;
 }
 
+/// Starts loading the cache line at address `p` with the intent to write it (`PREFETCHW`), for a line
+/// the caller is about to fill (headers prepended into a frame's headroom): the stores then find the
+/// line in the cache instead of waiting, one after another, for it to be read in. `p` is never
+/// dereferenced: any address is allowed.
+#[inline(always)]
+pub fn prefetch_write_ptr(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0};
+        // SAFETY: PREFETCHW is a hint like PREFETCHT0: it reads and writes nothing architecturally and
+        // cannot fault, even on an invalid address (CPUs without it execute it as a no-op).
+        unsafe { _mm_prefetch::<_MM_HINT_ET0>(p.cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Asks the kernel to back the whole pages inside `mem` with transparent huge pages (`MADV_HUGEPAGE`), for
 /// memory that will be accessed at random. Call it on memory not yet touched (a `Vec`'s
 /// `spare_capacity_mut()` right after `Vec::with_capacity`), so that the first writes fault huge pages in;

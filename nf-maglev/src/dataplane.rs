@@ -27,6 +27,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// GRE header without options.
 const GRE_LEN: usize = 4;
+/// The most a GRE encapsulation prepends in front of a frame's data (IPv6 outer header and GRE; the
+/// Ethernet header is rewritten, not added).
+const GRE_MAX_OVERHEAD: usize = GRE_LEN + Ipv6Repr::HEADER_LEN;
 /// TTL / hop limit of packets the load balancer originates.
 const HOP_LIMIT: u8 = 64;
 /// Largest Ethernet + VLAN header (two tags).
@@ -172,6 +175,13 @@ pub fn process_burst<F: Frame>(
         for i in 0..m {
             match classify(&mut frames[i], state, worker, &mut keys[i], &mut metas[i]) {
                 Ok((vip, hash)) => {
+                    if vip.mode == Mode::Gre {
+                        // The outer headers go into the headroom, a line nothing has touched since the
+                        // frame was last sent: fetch it now so that writing them later does not stall.
+                        let data = frames[i].data().as_ptr();
+                        cne::hint::prefetch_write_ptr(data.wrapping_sub(GRE_MAX_OVERHEAD));
+                        cne::hint::prefetch_write_ptr(data.wrapping_sub(1));
+                    }
                     vips[i] = Some(vip);
                     hashes[i] = hash;
                     // Parsing the next frames overlaps this bucket's load.
