@@ -1,7 +1,7 @@
 //! UMEM: the packet memory shared by user space and the kernel, and the frame pools carved out of it.
 //!
-//! A [`Umem`] is one anonymous mapping (2 MiB huge pages when asked for and reserved, 4 KiB pages
-//! otherwise) cut into equal frames of 2048 or 4096 bytes. Frames are addressed by their byte offset
+//! A [`Umem`] is one anonymous mapping (2 MiB huge pages when asked for and reserved, otherwise 4 KiB
+//! pages advised for transparent huge pages) cut into equal frames of 2048 or 4096 bytes. Frames are addressed by their byte offset
 //! from the start of the mapping, which is what the kernel puts in ring descriptors. As in CNDP, the
 //! frames are split into `regions`; each region is handed to at most one [`FramePool`] at a time, so
 //! two pools never own the same frame. Several AF_XDP sockets share one UMEM (the kernel's
@@ -189,6 +189,33 @@ impl Mmap {
             flags |= libc::MAP_HUGETLB | libc::MAP_HUGE_2MB;
         }
         Self::map(len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0)
+    }
+
+    /// Private anonymous read/write memory of small pages advised for transparent huge pages, then
+    /// pre-faulted: with THP in `always` or `madvise` mode the kernel backs it with 2 MiB pages where
+    /// it can (no reservation needed), so the NF's first touch of each received frame costs no TLB
+    /// miss; otherwise it is ordinary 4 KiB memory.
+    fn anonymous_thp(len: usize) -> io::Result<Self> {
+        let map = Self::map(
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )?;
+        let p = map.ptr.as_ptr().cast::<libc::c_void>();
+        // SAFETY: `p..p+len` is the mapping just created, owned by `map` and not yet shared; the advice
+        // only changes how the kernel backs it, never its contents.
+        let _ = unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) };
+        // SAFETY: as above; populating faults the pages in and leaves them zero.
+        if unsafe { libc::madvise(p, len, libc::MADV_POPULATE_WRITE) } != 0 {
+            // Kernels before 5.14: fault every page in by writing it (the memory is zero).
+            for off in (0..len).step_by(4096) {
+                // SAFETY: `off < len`, inside the owned, writable mapping; it holds zero already.
+                unsafe { map.ptr.as_ptr().wrapping_add(off).write_volatile(0) };
+            }
+        }
+        Ok(map)
     }
 
     /// A shared mapping of one of an AF_XDP socket's rings (`offset` selects which).
@@ -406,7 +433,7 @@ impl Umem {
 }
 
 fn map_small(len: usize) -> Result<Mmap, UmemError> {
-    Mmap::anonymous(len, false).map_err(|source| UmemError::Mmap { len, source })
+    Mmap::anonymous_thp(len).map_err(|source| UmemError::Mmap { len, source })
 }
 
 /// The free frames of one UMEM region, owned by one worker thread (see the module doc).
@@ -611,6 +638,56 @@ mod tests {
             ..small()
         })
         .contains("more than frame_count"));
+    }
+
+    /// `AnonHugePages` of the mapping of this process that contains `addr`, in KiB.
+    fn anon_huge_kib(addr: usize) -> Option<u64> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+        let mut inside = false;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ') {
+                if let Some((lo, hi)) = range.split_once('-') {
+                    if let (Ok(lo), Ok(hi)) =
+                        (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+                    {
+                        inside = (lo..hi).contains(&addr);
+                        continue;
+                    }
+                }
+            }
+            if inside {
+                if let Some(v) = line.strip_prefix("AnonHugePages:") {
+                    return v.trim().trim_end_matches("kB").trim().parse().ok();
+                }
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn small_page_umem_is_advised_for_transparent_huge_pages() {
+        let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .unwrap_or_default();
+        if !thp.contains("[always]") && !thp.contains("[madvise]") {
+            eprintln!(
+                "transparent huge pages disabled here ({}): nothing to check",
+                thp.trim()
+            );
+            return;
+        }
+        // 16 MiB: several whole 2 MiB pages whatever the mapping's alignment.
+        let umem = Umem::new(&UmemConfig {
+            frame_count: 8192,
+            regions: vec![8192],
+            ..UmemConfig::default()
+        })
+        .expect("umem");
+        assert!(!umem.huge_pages(), "no reserved huge pages were asked for");
+        let kib = anon_huge_kib(umem.area().as_ptr() as usize).expect("mapping in smaps");
+        assert!(
+            kib >= 4096,
+            "only {kib} KiB of the UMEM on transparent huge pages"
+        );
     }
 
     #[test]
