@@ -12,16 +12,7 @@
 /// targets without a prefetch instruction.
 #[inline(always)]
 pub fn prefetch_read<T>(r: &T) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let p: *const i8 = std::ptr::from_ref(r).cast();
-        // SAFETY: PREFETCHT0 is a hint: it reads nothing architecturally, cannot fault (not even on an invalid
-        // address, and `p` comes from a live reference anyway) and writes nothing.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(p) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = r;
+    prefetch_ptr(std::ptr::from_ref(r).cast());
 }
 
 /// Starts loading the cache line at address `p`, like [`prefetch_read`], for memory reached through a raw
