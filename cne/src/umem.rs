@@ -182,13 +182,19 @@ impl Mmap {
             .ok_or_else(|| io::Error::other("mmap returned a null mapping"))
     }
 
-    /// Private anonymous read/write memory, pre-faulted.
-    fn anonymous(len: usize, huge: bool) -> io::Result<Self> {
-        let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE;
-        if huge {
-            flags |= libc::MAP_HUGETLB | libc::MAP_HUGE_2MB;
-        }
-        Self::map(len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0)
+    /// Private anonymous read/write memory of reserved 2 MiB huge pages, pre-faulted.
+    fn anonymous_huge(len: usize) -> io::Result<Self> {
+        Self::map(
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE
+                | libc::MAP_ANONYMOUS
+                | libc::MAP_POPULATE
+                | libc::MAP_HUGETLB
+                | libc::MAP_HUGE_2MB,
+            -1,
+            0,
+        )
     }
 
     /// Private anonymous read/write memory of small pages advised for transparent huge pages, then
@@ -331,7 +337,7 @@ impl Umem {
         let bytes = cfg.frame_count as usize * cfg.frame_size as usize;
         let (map, huge_pages) = if cfg.huge_pages {
             let len = bytes.div_ceil(HUGE_PAGE_SIZE) * HUGE_PAGE_SIZE;
-            match Mmap::anonymous(len, true) {
+            match Mmap::anonymous_huge(len) {
                 Ok(m) => (m, true),
                 Err(e) => {
                     log::warn!(
