@@ -19,6 +19,7 @@ pub mod poll;
 pub mod port;
 pub mod privs;
 pub mod ring;
+pub mod simd;
 pub mod stats;
 pub mod umem;
 pub mod wire;

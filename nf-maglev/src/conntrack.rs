@@ -110,10 +110,34 @@ pub enum Insert {
 #[derive(Clone, Copy, Default)]
 #[repr(C, align(512))]
 struct Bucket {
-    tags: [u32; WAYS],
+    /// One tag per way, and a last slot that stays [`FREE`]: eight tags compare as two vectors.
+    tags: [u32; WAYS + 1],
     /// Second after which the way's entry is dead.
     expires: [u32; WAYS],
     entries: [Entry; WAYS],
+}
+
+impl Bucket {
+    /// Bit `w` set for every way whose tag is `tag` (never the padding slot: `tag` is never [`FREE`]).
+    #[inline]
+    fn matches(&self, tag: u32) -> u32 {
+        cne::simd::eq_mask_u32x8(&self.tags, tag)
+    }
+
+    /// The way a new entry takes: a free way, else the one expiring first (an expired one if any).
+    #[inline]
+    fn victim(&self) -> usize {
+        let mut victim = 0;
+        for w in 0..WAYS {
+            if self.tags[w] == FREE {
+                return w;
+            }
+            if self.expires[w] < self.expires[victim] {
+                victim = w;
+            }
+        }
+        victim
+    }
 }
 
 /// 64 bytes, aligned: a lookup touches exactly one cache line of entries.
@@ -212,13 +236,8 @@ impl ConnTrack {
     #[inline]
     fn find(&self, b: usize, tag: u32, key: &FlowKey) -> Option<usize> {
         let bucket = self.buckets.get(b)?;
-        // All seven tags compared at once (branch-free), then only the ways whose tag matches: nearly
-        // always one.
-        let mut candidates = bucket
-            .tags
-            .iter()
-            .enumerate()
-            .fold(0u32, |m, (w, &t)| m | (u32::from(t == tag) << w));
+        // All tags compared at once, then only the ways whose tag matches: nearly always one.
+        let mut candidates = bucket.matches(tag);
         while candidates != 0 {
             let w = candidates.trailing_zeros() as usize;
             if bucket.entries.get(w).is_some_and(|e| e.key == *key) {
@@ -241,13 +260,18 @@ impl ConnTrack {
     }
 
     /// Starts loading the entry a lookup of `hash` would compare, once its bucket header is cached (see
-    /// [`ConnTrack::prefetch_bucket`]): the first way whose tag matches.
+    /// [`ConnTrack::prefetch_bucket`]): the first way whose tag matches, or else the way an insert of the
+    /// flow would take (a flow without an entry is recorded right after its lookup misses).
     #[inline]
     pub fn prefetch_entry(&self, hash: u64) {
         let (b, tag) = self.place(hash);
         if let Some(bucket) = self.buckets.get(b) {
-            if let Some(w) = bucket.tags.iter().position(|&t| t == tag) {
-                cne::hint::prefetch_read(&bucket.entries[w]);
+            match bucket.matches(tag).trailing_zeros() as usize {
+                w if w < WAYS => cne::hint::prefetch_read(&bucket.entries[w]),
+                _ => {
+                    let victim = &bucket.entries[bucket.victim()];
+                    cne::hint::prefetch_write_ptr(std::ptr::from_ref(victim).cast());
+                }
             }
         }
     }
@@ -264,10 +288,20 @@ impl ConnTrack {
             self.stats.expired += 1;
             return None;
         }
-        let entry = &mut self.buckets[b].entries[w];
-        entry.conn.closing |= closing;
-        let conn = entry.conn;
-        self.buckets[b].expires[w] = now.saturating_add(self.timeout(key, &conn));
+        // Stores only what changes: the entry's line is written once per connection (when it starts
+        // closing), the header's at most once per second per flow. A table too large for the caches then
+        // costs DRAM reads only, not a write-back of two lines per packet as well.
+        let mut conn = self.buckets[b].entries[w].conn;
+        let newly_closing = closing && !conn.closing;
+        conn.closing |= closing;
+        let expires = now.saturating_add(self.timeout(key, &conn));
+        let bucket = &mut self.buckets[b];
+        if newly_closing {
+            bucket.entries[w].conn.closing = true;
+        }
+        if bucket.expires[w] != expires {
+            bucket.expires[w] = expires;
+        }
         Some(conn)
     }
 
@@ -294,17 +328,7 @@ impl ConnTrack {
             self.window_new += 1;
         }
         let bucket = &mut self.buckets[b];
-        // The victim: a free way, else an expired one, else the one expiring first.
-        let mut victim = 0;
-        for w in 0..WAYS {
-            if bucket.tags[w] == FREE {
-                victim = w;
-                break;
-            }
-            if bucket.expires[w] < bucket.expires[victim] {
-                victim = w;
-            }
-        }
+        let victim = bucket.victim();
         let outcome = if bucket.tags[victim] == FREE {
             Insert::Inserted
         } else if bucket.expires[victim] < now {
@@ -337,7 +361,7 @@ impl ConnTrack {
     pub fn live(&self, now: u32) -> usize {
         self.buckets
             .iter()
-            .flat_map(|b| b.tags.iter().zip(b.expires.iter()))
+            .flat_map(|b| b.tags[..WAYS].iter().zip(b.expires.iter()))
             .filter(|(&t, &e)| t != FREE && e >= now)
             .count()
     }
