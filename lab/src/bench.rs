@@ -156,6 +156,29 @@ pub fn median(v: &[f64]) -> Option<f64> {
     }
 }
 
+/// Forwarders compared with another forwarder besides the C reference: (forwarder, against). The load
+/// balancer's cost is judged against the MAC-swap echo, the least work an NF can do per packet.
+pub const COMPARISONS: &[(&str, &str)] = &[("nf-maglev gre", "nf-echo mac-swap")];
+
+/// One forwarder against another at one queue count (see [`COMPARISONS`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Comparison {
+    /// Queue count.
+    pub queues: u32,
+    /// The forwarder compared.
+    pub name: String,
+    /// The forwarder it is compared with.
+    pub against: String,
+    /// Ratio of medians.
+    pub ratio: Option<f64>,
+    /// Median of run-by-run ratios.
+    pub paired: Option<f64>,
+    /// Run pairs in which `name` was faster.
+    pub ahead: usize,
+    /// Run pairs both completed.
+    pub pairs: usize,
+}
+
 /// Everything a bench produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BenchReport {
@@ -200,10 +223,16 @@ impl BenchReport {
 
     /// `r`'s rate over the reference's, for each run both completed.
     fn pair_ratios(&self, r: &FwdResult) -> Option<Vec<f64>> {
+        self.pair_ratios_to(r, r.measure.reference())
+    }
+
+    /// `r`'s rate over that of the forwarder named `other` at the same queue count, for each run both
+    /// completed.
+    fn pair_ratios_to(&self, r: &FwdResult, other: &str) -> Option<Vec<f64>> {
         let reference = self
             .results
             .iter()
-            .find(|x| x.queues == r.queues && x.name == r.measure.reference())?;
+            .find(|x| x.queues == r.queues && x.name == other && x.skipped.is_none())?;
         Some(
             r.runs
                 .iter()
@@ -214,6 +243,37 @@ impl BenchReport {
                 })
                 .collect(),
         )
+    }
+
+    /// The [`COMPARISONS`] both of whose forwarders ran, per queue count.
+    pub fn comparisons(&self) -> Vec<Comparison> {
+        let mut out = Vec::new();
+        for r in self.results.iter().filter(|r| r.skipped.is_none()) {
+            for &(name, against) in COMPARISONS.iter().filter(|(n, _)| *n == r.name) {
+                let Some(other) = self
+                    .results
+                    .iter()
+                    .find(|x| x.queues == r.queues && x.name == against && x.skipped.is_none())
+                else {
+                    continue;
+                };
+                let pairs = self.pair_ratios_to(r, against).unwrap_or_default();
+                out.push(Comparison {
+                    queues: r.queues,
+                    name: name.to_string(),
+                    against: against.to_string(),
+                    ratio: r
+                        .median()
+                        .zip(other.median())
+                        .filter(|(_, o)| *o > 0.0)
+                        .map(|(m, o)| m / o),
+                    paired: median(&pairs),
+                    ahead: pairs.iter().filter(|&&x| x > 1.0).count(),
+                    pairs: pairs.len(),
+                });
+            }
+        }
+        out
     }
 
     /// A plain-text table, one row per queue count and forwarder.
@@ -257,6 +317,18 @@ impl BenchReport {
             "rates in Mpps; ratio = median / median of the C reference with the same measure; \
              paired = median of run-by-run ratios to it; ahead = run pairs in which it was faster\n",
         );
+        for c in self.comparisons() {
+            s.push_str(&format!(
+                "{} queue(s): {} / {}: ratio {}, paired {}, ahead in {} of {} run pairs\n",
+                c.queues,
+                c.name,
+                c.against,
+                f(c.ratio, 2),
+                f(c.paired, 2),
+                c.ahead,
+                c.pairs
+            ));
+        }
         s
     }
 
@@ -316,6 +388,15 @@ impl BenchReport {
                 "pinning": pin,
             },
             "results": results,
+            "comparisons": self.comparisons().iter().map(|c| json!({
+                "queues": c.queues,
+                "forwarder": c.name,
+                "against": c.against,
+                "ratio": c.ratio,
+                "paired_ratio": c.paired,
+                "pairs_ahead": c.ahead,
+                "pairs": c.pairs,
+            })).collect::<Vec<_>>(),
         })
     }
 }
@@ -635,5 +716,52 @@ mod tests {
         assert_eq!(j["results"][2]["pairs_ahead"], 0);
         assert_eq!(j["results"][2]["pairs"], 2);
         assert_eq!(j["settings"]["pinning"][0]["worker_cpus"], json!([1]));
+        assert!(
+            report.comparisons().is_empty(),
+            "no nf-maglev in this bench"
+        );
+    }
+
+    #[test]
+    fn load_balancer_is_compared_with_the_echo() {
+        let report = BenchReport {
+            opts: BenchOpts::default(),
+            ncpus: 2,
+            results: vec![
+                res("c-l2fwd", Measure::Returned, &[Some(0.5), Some(0.5)]),
+                res(
+                    "nf-echo mac-swap",
+                    Measure::Returned,
+                    &[Some(0.4), Some(0.5)],
+                ),
+                res(
+                    "nf-maglev gre",
+                    Measure::Returned,
+                    &[Some(0.42), Some(0.45)],
+                ),
+            ],
+        };
+        let c = report.comparisons();
+        assert_eq!(c.len(), 1);
+        assert_eq!(
+            (c[0].name.as_str(), c[0].against.as_str()),
+            ("nf-maglev gre", "nf-echo mac-swap")
+        );
+        assert!(
+            (c[0].ratio.unwrap() - 0.435 / 0.45).abs() < 1e-12,
+            "{:?}",
+            c[0]
+        );
+        // Run by run: 0.42 / 0.4 = 1.05 (ahead) and 0.45 / 0.5 = 0.9.
+        assert!((c[0].paired.unwrap() - 0.975).abs() < 1e-12, "{:?}", c[0]);
+        assert_eq!((c[0].ahead, c[0].pairs), (1, 2));
+        assert!(
+            report.table().contains(
+                "nf-maglev gre / nf-echo mac-swap: ratio 0.97, paired 0.97, ahead in 1 of 2"
+            ),
+            "{}",
+            report.table()
+        );
+        assert_eq!(report.to_json()["comparisons"][0]["pairs_ahead"], 1);
     }
 }
