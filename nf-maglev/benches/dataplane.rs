@@ -4,66 +4,14 @@
 //! bytes copied, included in the time), as a NIC would have written it into the UMEM frame.
 use cne::frame::{Frame, VecFrame};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use nf_maglev::config::{Mac, MaglevSection};
-use nf_maglev::control::Control;
+use fixture::{control, fill, template};
+use nf_maglev::config::Mac;
 use nf_maglev::dataplane::{process, process_burst, Verdict, Worker};
 use std::hint::black_box;
 
+mod fixture;
+
 const BURST: usize = 32;
-
-fn control(flows: u32, mode: &str) -> Control {
-    let backends: Vec<String> = (0..100)
-        .map(|i| {
-            format!(
-                r#"{{ "name": "b{i}", "addr": "198.18.{}.{}" }}"#,
-                1 + i / 200,
-                1 + i % 200
-            )
-        })
-        .collect();
-    let macs = if mode == "l2dsr" {
-        r#", "mac": "02:00:00:00:01:01""#
-    } else {
-        ""
-    };
-    let backends: Vec<String> = backends
-        .iter()
-        .map(|b| b.replace(" }", &format!("{macs} }}")))
-        .collect();
-    let json = format!(
-        r#"{{ "hash_seed": 1, "conntrack": {{ "size": {} }}, "flood_guard": {{ "max_new_conns_per_sec": 0 }},
-            "local_addrs": ["198.18.0.1"], "gateway_mac": "02:00:00:00:00:fe",
-            "vips": [{{ "addr": "198.18.100.1", "proto": "tcp", "port": 80, "mode": "{mode}",
-                        "backends": [{}] }}] }}"#,
-        flows + flows / 4,
-        backends.join(",")
-    );
-    let section: MaglevSection = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
-    Control::new(section.validate().unwrap_or_else(|e| panic!("{e:?}")))
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Ethernet / IPv4 / TCP from 198.18.x.y:port to 198.18.100.1:80 with 6 bytes of payload.
-fn template() -> Vec<u8> {
-    let mut f = vec![2, 0, 0, 0, 0, 0xaa, 2, 0, 0, 0, 0, 0xcc, 8, 0];
-    f.extend_from_slice(&[
-        0x45, 0, 0, 46, 0, 1, 0x40, 0, 64, 6, 0, 0, 198, 18, 0, 0, 198, 18, 100, 1,
-    ]);
-    f.extend_from_slice(&[
-        0, 0, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x10, 0x20, 0, 0, 0, 0, 0,
-    ]);
-    f.extend_from_slice(b"abcdef");
-    f
-}
-
-/// Writes flow `i`'s addresses and TCP flags into the frame.
-fn fill(frame: &mut VecFrame, template: &[u8], i: u32, flags: u8) {
-    frame.reset(template, VecFrame::DEFAULT_HEADROOM);
-    let d = frame.data_mut();
-    d[28..30].copy_from_slice(&((i >> 16) as u16 + 1).to_be_bytes()); // 198.18.(1+i>>16 high).(low)
-    d[34..36].copy_from_slice(&(i as u16).to_be_bytes());
-    d[47] = flags;
-}
 
 fn dataplane(c: &mut Criterion) {
     let mut g = c.benchmark_group("process");
