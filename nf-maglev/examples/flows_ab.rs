@@ -66,9 +66,9 @@ fn main() {
     }
     let q = |v: &Vec<f64>| (v[0], v[v.len() / 4], v[v.len() / 2]);
     println!(
-        "10k {:.1?} big {:.1?} penalty {:.1?}",
-        q(&per[0]),
-        q(&per[1]),
-        q(&d)
+        "ns per packet (min, first quartile, median over {blocks} blocks of {rounds} bursts of {BURST}):"
     );
+    println!("  10000 flows: {:.1?}", q(&per[0]));
+    println!("  {big} flows: {:.1?}", q(&per[1]));
+    println!("  difference, block by block: {:.1?}", q(&d));
 }
