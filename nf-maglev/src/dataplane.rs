@@ -148,11 +148,11 @@ const ENTRY_LAG: usize = 12;
 /// [`process`] for a burst: `verdicts[i]` receives the verdict of `frames[i]`, for the first
 /// `min(frames.len(), verdicts.len())` frames.
 ///
-/// The frames go through in groups of [`PIPELINE`], in three passes: parse and hash every frame and prefetch
-/// its connection-table bucket, then prefetch the entry each bucket's tags point at, then look up and
-/// forward. With a table much larger than the caches (a million flows), the bucket and entry loads of a
-/// whole group are then in flight together instead of one after another, which is most of the cost per
-/// packet. The passes keep their per-frame state in small parallel arrays (flow keys, hashes, a few header
+/// The frames go through in groups of [`PIPELINE`], in two passes: parse and hash every frame and prefetch
+/// its connection-table bucket, then look up and forward. The entry each bucket's tags point at is
+/// prefetched twelve frames later, in whichever pass is running then. With a table much larger than
+/// the caches (a million flows), the bucket and entry loads of a group are then in flight while other
+/// frames are worked on instead of one after another, which is most of the cost per packet. The passes keep their per-frame state in small parallel arrays (flow keys, hashes, a few header
 /// facts), written field by field where the frame is parsed. Results are the same as [`process`] frame by
 /// frame.
 pub fn process_burst<F: Frame>(
