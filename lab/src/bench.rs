@@ -158,7 +158,10 @@ pub fn median(v: &[f64]) -> Option<f64> {
 
 /// Forwarders compared with another forwarder besides the C reference: (forwarder, against). The load
 /// balancer's cost is judged against the MAC-swap echo, the least work an NF can do per packet.
-pub const COMPARISONS: &[(&str, &str)] = &[("nf-maglev gre", "nf-echo mac-swap")];
+pub const COMPARISONS: &[(&str, &str)] = &[
+    ("nf-maglev gre", "nf-echo mac-swap"),
+    ("nf-maglev l2dsr", "nf-echo mac-swap"),
+];
 
 /// One forwarder against another at one queue count (see [`COMPARISONS`]).
 #[derive(Debug, Clone, PartialEq)]

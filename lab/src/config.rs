@@ -74,10 +74,11 @@ pub fn echo_config(ifname: &str, queues: u32, cpus: &[usize]) -> String {
 /// dut address, port 9) over four GRE backends in 198.18.1.0/24 whose next hop is the generator
 /// end, so encapsulated frames return to the generator and are counted there. The `maglev`
 /// section follows nf-maglev's schema as planned; adjust here if that schema differs.
-pub fn maglev_config(ifname: &str, queues: u32, cpus: &[usize]) -> String {
+pub fn maglev_config(ifname: &str, queues: u32, cpus: &[usize], mode: &str) -> String {
     let mut root = cndp_sections("nf-maglev", ifname, queues, cpus);
-    // The generator's UDP flows to the dut address are the VIP; four GRE backends whose next hop is
-    // the generator, so every forwarded (encapsulated) frame returns to it and is counted.
+    // The generator's UDP flows to the dut address are the VIP (forwarded in `mode`, "gre" or
+    // "l2dsr"); four backends whose next hop is the generator, so every forwarded frame returns to
+    // it and is counted.
     let backends: Vec<Value> = (1..=4)
         .map(|i| {
             json!({ "name": format!("be{i}"), "addr": format!("198.18.1.{i}"), "weight": 1,
@@ -92,7 +93,7 @@ pub fn maglev_config(ifname: &str, queues: u32, cpus: &[usize]) -> String {
             "gateway_mac": GEN_MAC.to_string(),
             "claim_all": false,
             "vips": [{ "name": "vip0", "addr": DUT_IPV4.to_string(), "proto": "udp", "port": UDP_PORT,
-                       "mode": "gre", "backends": backends }],
+                       "mode": mode, "backends": backends }],
         }),
     );
     to_text(root)
@@ -142,7 +143,8 @@ mod tests {
 
     #[test]
     fn maglev_config_has_cndp_sections_and_vip() {
-        let v: Value = serde_json::from_str(&maglev_config("veth1", 1, &[1])).unwrap();
+        let v: Value = serde_json::from_str(&maglev_config("veth1", 1, &[1], "l2dsr")).unwrap();
+        assert_eq!(v["maglev"]["vips"][0]["mode"], "l2dsr");
         assert_eq!(v["lcore-groups"]["g0"], json!([1]));
         assert_eq!(v["maglev"]["vips"][0]["addr"], "198.18.0.2");
         assert_eq!(

@@ -94,8 +94,12 @@ fn echo_cfg(ctx: &FwdCtx) -> String {
     config::echo_config(&ctx.ifname, ctx.queues, &ctx.cpus)
 }
 
-fn maglev_cfg(ctx: &FwdCtx) -> String {
-    config::maglev_config(&ctx.ifname, ctx.queues, &ctx.cpus)
+fn maglev_gre_cfg(ctx: &FwdCtx) -> String {
+    config::maglev_config(&ctx.ifname, ctx.queues, &ctx.cpus, "gre")
+}
+
+fn maglev_l2dsr_cfg(ctx: &FwdCtx) -> String {
+    config::maglev_config(&ctx.ifname, ctx.queues, &ctx.cpus, "l2dsr")
 }
 
 /// The built-in forwarders; workspace binaries are looked up in `bin_dir`.
@@ -119,6 +123,7 @@ pub fn builtin(bin_dir: &Path) -> Vec<Forwarder> {
         v.extend(extra.iter().map(|s| s.to_string()));
         v
     };
+    let maglev = vec![bin("nf-maglev"), "-c".into(), "{config}".into()];
     vec![
         Forwarder::new(C_L2FWD, l2fwd("fwd")),
         Forwarder::new(C_L2FWD_DROP, l2fwd("drop")).measure(Measure::Consumed),
@@ -132,11 +137,8 @@ pub fn builtin(bin_dir: &Path) -> Vec<Forwarder> {
         Forwarder::new("nf-echo drop", echo(&["--mode", "drop"]))
             .with_config(echo_cfg)
             .measure(Measure::Consumed),
-        Forwarder::new(
-            "nf-maglev gre",
-            vec![bin("nf-maglev"), "-c".into(), "{config}".into()],
-        )
-        .with_config(maglev_cfg),
+        Forwarder::new("nf-maglev gre", maglev.clone()).with_config(maglev_gre_cfg),
+        Forwarder::new("nf-maglev l2dsr", maglev).with_config(maglev_l2dsr_cfg),
     ]
 }
 
@@ -338,7 +340,8 @@ mod tests {
                 "nf-echo mac-swap",
                 "nf-echo af-packet",
                 "nf-echo drop",
-                "nf-maglev gre"
+                "nf-maglev gre",
+                "nf-maglev l2dsr"
             ]
         );
         let c = &fs[0];
