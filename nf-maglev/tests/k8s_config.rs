@@ -40,7 +40,7 @@ fn configmap_maglev_section_validates() {
 
 #[test]
 fn benchmark_lab_config_validates() {
-    let text = lab::config::maglev_config("veth0", 2, &[0, 1]);
+    let text = lab::config::maglev_config("veth0", 2, &[0, 1], "gre");
     let config = Config::parse(&text, "lab maglev_config").unwrap_or_else(|e| panic!("{e}"));
     let validated = nf_maglev::config::from_config(&config).unwrap_or_else(|errors| {
         panic!(
