@@ -156,6 +156,11 @@ pub fn median(v: &[f64]) -> Option<f64> {
     }
 }
 
+/// Run pairs (ratios of one forwarder's rate to another's) in which the first was faster.
+fn ahead(pairs: &[f64]) -> usize {
+    pairs.iter().filter(|&&x| x > 1.0).count()
+}
+
 /// Forwarders compared with another forwarder besides the C reference: (forwarder, against). The load
 /// balancer's cost is judged against the MAC-swap echo, the least work an NF can do per packet.
 pub const COMPARISONS: &[(&str, &str)] = &[
@@ -197,14 +202,22 @@ impl BenchReport {
     /// Ratio of `r`'s median to the median of the C reference measured the same way at the same
     /// queue count.
     pub fn ratio(&self, r: &FwdResult) -> Option<f64> {
-        let reference = self
-            .results
-            .iter()
-            .find(|x| x.queues == r.queues && x.name == r.measure.reference())?
-            .median()?;
-        (reference > 0.0)
-            .then(|| r.median().map(|m| m / reference))
+        self.ratio_to(r, r.measure.reference())
+    }
+
+    /// Ratio of `r`'s median to the median of the forwarder named `other` at the same queue count.
+    fn ratio_to(&self, r: &FwdResult, other: &str) -> Option<f64> {
+        let theirs = self.other(r, other)?.median()?;
+        (theirs > 0.0)
+            .then(|| r.median().map(|m| m / theirs))
             .flatten()
+    }
+
+    /// The forwarder named `name` at `r`'s queue count, if it ran.
+    fn other(&self, r: &FwdResult, name: &str) -> Option<&FwdResult> {
+        self.results
+            .iter()
+            .find(|x| x.queues == r.queues && x.name == name && x.skipped.is_none())
     }
 
     /// Median over runs of `r`'s rate divided by the reference's rate in the run with the same number.
@@ -221,7 +234,7 @@ impl BenchReport {
             return None;
         }
         let pairs = self.pair_ratios(r)?;
-        Some((pairs.iter().filter(|&&x| x > 1.0).count(), pairs.len()))
+        Some((ahead(&pairs), pairs.len()))
     }
 
     /// `r`'s rate over the reference's, for each run both completed.
@@ -232,16 +245,13 @@ impl BenchReport {
     /// `r`'s rate over that of the forwarder named `other` at the same queue count, for each run both
     /// completed.
     fn pair_ratios_to(&self, r: &FwdResult, other: &str) -> Option<Vec<f64>> {
-        let reference = self
-            .results
-            .iter()
-            .find(|x| x.queues == r.queues && x.name == other && x.skipped.is_none())?;
+        let other = self.other(r, other)?;
         Some(
             r.runs
                 .iter()
                 .filter_map(|run| {
                     let mine = run.mpps?;
-                    let theirs = reference.runs.iter().find(|x| x.run == run.run)?.mpps?;
+                    let theirs = other.runs.iter().find(|x| x.run == run.run)?.mpps?;
                     (theirs > 0.0).then(|| mine / theirs)
                 })
                 .collect(),
@@ -253,25 +263,17 @@ impl BenchReport {
         let mut out = Vec::new();
         for r in self.results.iter().filter(|r| r.skipped.is_none()) {
             for &(name, against) in COMPARISONS.iter().filter(|(n, _)| *n == r.name) {
-                let Some(other) = self
-                    .results
-                    .iter()
-                    .find(|x| x.queues == r.queues && x.name == against && x.skipped.is_none())
-                else {
+                // `None` when `against` did not run in this bench.
+                let Some(pairs) = self.pair_ratios_to(r, against) else {
                     continue;
                 };
-                let pairs = self.pair_ratios_to(r, against).unwrap_or_default();
                 out.push(Comparison {
                     queues: r.queues,
                     name: name.to_string(),
                     against: against.to_string(),
-                    ratio: r
-                        .median()
-                        .zip(other.median())
-                        .filter(|(_, o)| *o > 0.0)
-                        .map(|(m, o)| m / o),
+                    ratio: self.ratio_to(r, against),
                     paired: median(&pairs),
-                    ahead: pairs.iter().filter(|&&x| x > 1.0).count(),
+                    ahead: ahead(&pairs),
                     pairs: pairs.len(),
                 });
             }
@@ -742,10 +744,19 @@ mod tests {
                     Measure::Returned,
                     &[Some(0.42), Some(0.45)],
                 ),
+                res("nf-maglev l2dsr", Measure::Returned, &[Some(0.5), None]),
             ],
         };
         let c = report.comparisons();
-        assert_eq!(c.len(), 1);
+        assert_eq!(c.len(), 2);
+        // l2dsr completed one run: its median over the echo's (0.5 / 0.45), and one pair (0.5 / 0.4).
+        assert_eq!(c[1].name, "nf-maglev l2dsr");
+        assert!(
+            (c[1].ratio.unwrap() - 0.5 / 0.45).abs() < 1e-12,
+            "{:?}",
+            c[1]
+        );
+        assert_eq!((c[1].paired, c[1].ahead, c[1].pairs), (Some(1.25), 1, 1));
         assert_eq!(
             (c[0].name.as_str(), c[0].against.as_str()),
             ("nf-maglev gre", "nf-echo mac-swap")

@@ -71,9 +71,9 @@ pub fn echo_config(ifname: &str, queues: u32, cpus: &[usize]) -> String {
 }
 
 /// nf-maglev's configuration: the CNDP sections plus a `maglev` section with one UDP VIP (the
-/// dut address, port 9) over four GRE backends in 198.18.1.0/24 whose next hop is the generator
-/// end, so encapsulated frames return to the generator and are counted there. The `maglev`
-/// section follows nf-maglev's schema as planned; adjust here if that schema differs.
+/// dut address, port 9) in `mode` (`"gre"` or `"l2dsr"`) over four backends in 198.18.1.0/24
+/// whose next hop is the generator end, so forwarded frames return to the generator and are
+/// counted there.
 pub fn maglev_config(ifname: &str, queues: u32, cpus: &[usize], mode: &str) -> String {
     let mut root = cndp_sections("nf-maglev", ifname, queues, cpus);
     // The generator's UDP flows to the dut address are the VIP (forwarded in `mode`, "gre" or

@@ -4,14 +4,11 @@
 //! bytes copied, included in the time), as a NIC would have written it into the UMEM frame.
 use cne::frame::{Frame, VecFrame};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use fixture::{control, fill, template};
-use nf_maglev::config::Mac;
-use nf_maglev::dataplane::{process, process_burst, Verdict, Worker};
+use fixture::{control, established_worker, fill, flow_picker, template, BURST};
+use nf_maglev::dataplane::{process, process_burst, Verdict};
 use std::hint::black_box;
 
 mod fixture;
-
-const BURST: usize = 32;
 
 fn dataplane(c: &mut Criterion) {
     let mut g = c.benchmark_group("process");
@@ -26,23 +23,9 @@ fn dataplane(c: &mut Criterion) {
     ] {
         let ctl = control(flows, mode);
         let shared = ctl.shared();
-        let mut worker = Worker::new(Mac([2, 0, 0, 0, 0, 0xaa]), &shared.load());
+        let mut worker = established_worker(&ctl, flows, &tpl);
         let mut frames: Vec<VecFrame> = (0..BURST).map(|_| VecFrame::from_bytes(&tpl)).collect();
-        // Open every flow (SYN), so the measured packets hit the connection table.
-        for i in 0..flows {
-            fill(&mut frames[0], &tpl, i, 0x02);
-            assert_eq!(
-                process(&mut frames[0], &shared.load(), &mut worker, 1),
-                Verdict::Tx
-            );
-        }
-        let mut x = 0x9e37_79b9u32;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x % flows
-        };
+        let mut next = flow_picker(flows);
         g.bench_function(
             BenchmarkId::new(format!("{mode}_established_one_by_one"), flows),
             |b| {

@@ -4,16 +4,13 @@
 //!
 //! `cargo run --release -p nf-maglev --example flows_ab -- [gre|l2dsr] [FLOWS] [BLOCKS]`
 use cne::frame::VecFrame;
-use nf_maglev::config::Mac;
 use nf_maglev::control::Control;
-use nf_maglev::dataplane::{process, process_burst, Verdict, Worker};
+use nf_maglev::dataplane::{process_burst, Verdict, Worker};
 use std::hint::black_box;
 
 #[path = "../benches/fixture/mod.rs"]
 mod fixture;
-use fixture::{control, fill, template};
-
-const BURST: usize = 32;
+use fixture::{control, established_worker, fill, flow_picker, template, BURST};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -24,35 +21,23 @@ fn main() {
     let sizes = [10_000u32, big];
     let ctls: Vec<Control> = sizes.iter().map(|&f| control(f, mode)).collect();
     let shareds: Vec<_> = ctls.iter().map(|c| c.shared()).collect();
-    let mut workers: Vec<Worker> = shareds
+    let mut workers: Vec<Worker> = ctls
         .iter()
-        .map(|s| Worker::new(Mac([2, 0, 0, 0, 0, 0xaa]), &s.load()))
+        .zip(sizes)
+        .map(|(c, f)| established_worker(c, f, &tpl))
         .collect();
+    let mut pickers: Vec<_> = sizes.iter().map(|&f| flow_picker(f)).collect();
     let mut frames: Vec<VecFrame> = (0..BURST).map(|_| VecFrame::from_bytes(&tpl)).collect();
-    for k in 0..2 {
-        for i in 0..sizes[k] {
-            fill(&mut frames[0], &tpl, i, 0x02);
-            assert_eq!(
-                process(&mut frames[0], &shareds[k].load(), &mut workers[k], 1),
-                Verdict::Tx
-            );
-        }
-    }
     let mut verdicts = [Verdict::Tx; BURST];
-    let mut x = 0x9e37_79b9u32;
     let mut per: Vec<Vec<f64>> = vec![Vec::new(), Vec::new()];
     let rounds = 3000u32;
     for _ in 0..blocks {
         for k in 0..2 {
-            let flows = sizes[k];
             let t = std::time::Instant::now();
             for _ in 0..rounds {
                 let state = shareds[k].load();
                 for f in frames.iter_mut() {
-                    x ^= x << 13;
-                    x ^= x >> 17;
-                    x ^= x << 5;
-                    fill(f, &tpl, x % flows, 0x10);
+                    fill(f, &tpl, pickers[k](), 0x10);
                 }
                 process_burst(&mut frames, &mut verdicts, &state, &mut workers[k], 2);
                 black_box(&verdicts);
