@@ -107,6 +107,14 @@ pub enum Insert {
     Limited,
 }
 
+/// Where a flow lives in a table: its bucket and tag ([`ConnTrack::slot`] of its hash). Only meaningful
+/// for the table that computed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Slot {
+    bucket: u32,
+    tag: u32,
+}
+
 #[derive(Clone, Copy, Default)]
 #[repr(C, align(512))]
 struct Bucket {
@@ -213,14 +221,17 @@ impl ConnTrack {
     }
 
     /// The bucket of a hash (from the low 32 bits, by multiply-shift: any bucket count works, no division)
-    /// and the tag (the high 32 bits, never [`FREE`]).
+    /// and the tag (the high 32 bits, never [`FREE`]). The data plane computes it once per packet and
+    /// passes it to the `*_at` methods; the others take the hash.
     #[inline]
-    fn place(&self, hash: u64) -> (usize, u32) {
+    pub fn slot(&self, hash: u64) -> Slot {
         // Truncations intended: the two halves of the hash serve as bucket and tag.
         #[allow(clippy::cast_possible_truncation)]
         let (low, tag) = (u64::from(hash as u32), ((hash >> 32) as u32) | 1);
-        let bucket = (low * self.buckets.len() as u64) >> 32;
-        (bucket as usize, tag)
+        // Below the bucket count, itself far below 2^32 (the configured size is capped at 2^26).
+        #[allow(clippy::cast_possible_truncation)]
+        let bucket = ((low * self.buckets.len() as u64) >> 32) as u32;
+        Slot { bucket, tag }
     }
 
     #[inline]
@@ -253,8 +264,13 @@ impl ConnTrack {
     /// instead of paying them one after another.
     #[inline]
     pub fn prefetch_bucket(&self, hash: u64) {
-        let (b, _) = self.place(hash);
-        if let Some(bucket) = self.buckets.get(b) {
+        self.prefetch_bucket_at(self.slot(hash));
+    }
+
+    /// [`ConnTrack::prefetch_bucket`] of a slot.
+    #[inline]
+    pub fn prefetch_bucket_at(&self, slot: Slot) {
+        if let Some(bucket) = self.buckets.get(slot.bucket as usize) {
             cne::hint::prefetch_read(&bucket.tags);
         }
     }
@@ -264,9 +280,14 @@ impl ConnTrack {
     /// flow would take (a flow without an entry is recorded right after its lookup misses).
     #[inline]
     pub fn prefetch_entry(&self, hash: u64) {
-        let (b, tag) = self.place(hash);
-        if let Some(bucket) = self.buckets.get(b) {
-            match bucket.matches(tag).trailing_zeros() as usize {
+        self.prefetch_entry_at(self.slot(hash));
+    }
+
+    /// [`ConnTrack::prefetch_entry`] of a slot.
+    #[inline]
+    pub fn prefetch_entry_at(&self, slot: Slot) {
+        if let Some(bucket) = self.buckets.get(slot.bucket as usize) {
+            match bucket.matches(slot.tag).trailing_zeros() as usize {
                 w if w < WAYS => cne::hint::prefetch_read(&bucket.entries[w]),
                 _ => {
                     let victim = &bucket.entries[bucket.victim()];
@@ -281,8 +302,20 @@ impl ConnTrack {
     /// `hash` must be `key.hash(seed)` for one fixed seed.
     #[inline]
     pub fn lookup(&mut self, key: &FlowKey, hash: u64, now: u32, closing: bool) -> Option<Conn> {
-        let (b, tag) = self.place(hash);
-        let w = self.find(b, tag, key)?;
+        self.lookup_at(key, self.slot(hash), now, closing)
+    }
+
+    /// [`ConnTrack::lookup`] at the flow's slot.
+    #[inline]
+    pub fn lookup_at(
+        &mut self,
+        key: &FlowKey,
+        slot: Slot,
+        now: u32,
+        closing: bool,
+    ) -> Option<Conn> {
+        let b = slot.bucket as usize;
+        let w = self.find(b, slot.tag, key)?;
         if self.buckets[b].expires[w] < now {
             self.buckets[b].tags[w] = FREE;
             self.stats.expired += 1;
@@ -309,7 +342,18 @@ impl ConnTrack {
     /// else evicts the way closest to expiry; new entries are subject to the flood guard.
     #[inline]
     pub fn insert(&mut self, key: &FlowKey, hash: u64, conn: Conn, now: u32) -> Insert {
-        let (b, tag) = self.place(hash);
+        self.insert_at(key, self.slot(hash), conn, now)
+    }
+
+    /// [`ConnTrack::insert`] at the flow's slot. A slot of another, larger table records nothing
+    /// ([`Insert::Limited`]).
+    #[inline]
+    pub fn insert_at(&mut self, key: &FlowKey, slot: Slot, conn: Conn, now: u32) -> Insert {
+        let (b, tag) = (slot.bucket as usize, slot.tag);
+        if b >= self.buckets.len() {
+            // A slot of another (larger) table: nothing to record it in.
+            return Insert::Limited;
+        }
         let expires = now.saturating_add(self.timeout(key, &conn));
         if let Some(w) = self.find(b, tag, key) {
             self.buckets[b].entries[w].conn = conn;
@@ -347,7 +391,8 @@ impl ConnTrack {
 
     /// Forgets the flow; `true` when it had an entry.
     pub fn remove(&mut self, key: &FlowKey, hash: u64) -> bool {
-        let (b, tag) = self.place(hash);
+        let Slot { bucket, tag } = self.slot(hash);
+        let b = bucket as usize;
         match self.find(b, tag, key) {
             Some(w) => {
                 self.buckets[b].tags[w] = FREE;
@@ -406,6 +451,38 @@ mod tests {
             64,
             "entries start on the second cache line"
         );
+    }
+
+    #[test]
+    fn slot_methods_match_the_hash_methods() {
+        let mut a = ConnTrack::new(1000, T, 0);
+        let mut b = ConnTrack::new(1000, T, 0);
+        for i in 0..3000u32 {
+            let k = key(i % 1500, 6);
+            let h = k.hash(7);
+            assert_eq!(
+                a.insert(&k, h, conn(i), 1),
+                b.insert_at(&k, b.slot(h), conn(i), 1)
+            );
+            assert_eq!(
+                a.lookup(&k, h, 2, false),
+                b.lookup_at(&k, b.slot(h), 2, false)
+            );
+        }
+        assert_eq!(a.stats(), b.stats());
+        // A slot of a larger table names a bucket this one lacks: nothing is recorded, nothing panics.
+        let big = ConnTrack::new(1 << 20, T, 0);
+        let mut small = ConnTrack::new(7, T, 0);
+        let k = key(1, 17);
+        let far = (0..u64::MAX)
+            .map(|h| big.slot(h.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+            .find(|s| s.bucket > 0)
+            .unwrap_or_default();
+        assert_eq!(small.insert_at(&k, far, conn(1), 1), Insert::Limited);
+        assert_eq!(small.lookup_at(&k, far, 1, false), None);
+        small.prefetch_bucket_at(far);
+        small.prefetch_entry_at(far);
+        assert_eq!(small.stats().inserted, 0);
     }
 
     #[test]

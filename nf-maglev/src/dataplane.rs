@@ -14,7 +14,7 @@
 //! data plane sees all traffic (`claim_all`).
 
 use crate::config::{Mac, Mode};
-use crate::conntrack::{Conn, ConnTrack, FlowKey};
+use crate::conntrack::{Conn, ConnTrack, FlowKey, Slot};
 use crate::control::{Addr, BackendState, FragmentVip, State, VipState};
 use crate::counters::{Counters, DropReason};
 use cne::frame::Frame;
@@ -118,8 +118,8 @@ pub fn process<F: Frame>(frame: &mut F, state: &State, worker: &mut Worker, now:
     if worker.generation != state.generation {
         worker.adopt(state);
     }
-    let (mut key, mut meta) = (FlowKey::default(), Meta::default());
-    let verdict = match classify(frame, state, worker, &mut key, &mut meta) {
+    let (mut key, mut meta, mut last_vip) = (FlowKey::default(), Meta::default(), LastVip::NONE);
+    let verdict = match classify(frame, state, worker, &mut key, &mut meta, &mut last_vip) {
         Err(v) => v,
         Ok((vip, hash)) => finish(
             frame,
@@ -127,6 +127,7 @@ pub fn process<F: Frame>(frame: &mut F, state: &State, worker: &mut Worker, now:
                 vip,
                 key: &key,
                 hash,
+                slot: worker.conntrack.slot(hash),
                 meta,
             },
             state,
@@ -169,9 +170,11 @@ pub fn process_burst<F: Frame>(
     let mut vips: [Option<&VipState>; PIPELINE] = [None; PIPELINE];
     let mut keys = [FlowKey::default(); PIPELINE];
     let mut hashes = [0u64; PIPELINE];
+    let mut slots = [Slot::default(); PIPELINE];
     let mut metas = [Meta::default(); PIPELINE];
     // Frames whose flow the connection table is asked about (VIP traffic, not fragments).
     let mut tracked = [false; PIPELINE];
+    let mut last_vip = LastVip::NONE;
     for (frames, verdicts) in frames[..n]
         .chunks_mut(PIPELINE)
         .zip(verdicts[..n].chunks_mut(PIPELINE))
@@ -184,7 +187,14 @@ pub fn process_burst<F: Frame>(
         // request. A short burst asks for all its entries between the two passes.
         let lag = if m > ENTRY_LAG { ENTRY_LAG } else { 0 };
         for i in 0..m {
-            match classify(&mut frames[i], state, worker, &mut keys[i], &mut metas[i]) {
+            match classify(
+                &mut frames[i],
+                state,
+                worker,
+                &mut keys[i],
+                &mut metas[i],
+                &mut last_vip,
+            ) {
                 Ok((vip, hash)) => {
                     if vip.mode == Mode::Gre {
                         // The outer headers go into the headroom, a line nothing has touched since the
@@ -195,10 +205,11 @@ pub fn process_burst<F: Frame>(
                     }
                     vips[i] = Some(vip);
                     hashes[i] = hash;
+                    slots[i] = worker.conntrack.slot(hash);
                     // Parsing the next frames overlaps this bucket's load.
                     tracked[i] = !metas[i].fragment;
                     if tracked[i] {
-                        worker.conntrack.prefetch_bucket(hash);
+                        worker.conntrack.prefetch_bucket_at(slots[i]);
                     }
                 }
                 Err(v) => {
@@ -208,23 +219,24 @@ pub fn process_burst<F: Frame>(
                 }
             }
             if lag != 0 && i >= lag && tracked[i - lag] {
-                worker.conntrack.prefetch_entry(hashes[i - lag]);
+                worker.conntrack.prefetch_entry_at(slots[i - lag]);
             }
         }
         if lag == 0 {
             for j in (0..m).filter(|&j| tracked[j]) {
-                worker.conntrack.prefetch_entry(hashes[j]);
+                worker.conntrack.prefetch_entry_at(slots[j]);
             }
         }
         for i in 0..m {
             if i < lag && tracked[m - lag + i] {
-                worker.conntrack.prefetch_entry(hashes[m - lag + i]);
+                worker.conntrack.prefetch_entry_at(slots[m - lag + i]);
             }
             if let Some(vip) = vips[i] {
                 let flow = Flow {
                     vip,
                     key: &keys[i],
                     hash: hashes[i],
+                    slot: slots[i],
                     meta: metas[i],
                 };
                 verdicts[i] = finish(&mut frames[i], &flow, state, worker, now);
@@ -256,6 +268,8 @@ struct Flow<'s, 'k> {
     vip: &'s VipState,
     key: &'k FlowKey,
     hash: u64,
+    /// The flow's place in the worker's connection table, from `hash`.
+    slot: Slot,
     meta: Meta,
 }
 
@@ -268,8 +282,9 @@ fn classify<'s, F: Frame>(
     worker: &mut Worker,
     key: &mut FlowKey,
     meta: &mut Meta,
+    last_vip: &mut LastVip<'s>,
 ) -> Result<(&'s VipState, u64), Verdict> {
-    match classify_fast(frame.data(), state, key, meta) {
+    match classify_fast(frame.data(), state, key, meta, last_vip) {
         Some(r) => r,
         None => classify_full(frame, state, worker, key, meta),
     }
@@ -285,6 +300,7 @@ fn classify_fast<'s>(
     state: &'s State,
     key: &mut FlowKey,
     meta: &mut Meta,
+    last_vip: &mut LastVip<'s>,
 ) -> Option<Result<(&'s VipState, u64), Verdict>> {
     const L3: usize = 14;
     let eth: &[u8; L3] = d.get(..L3)?.try_into().ok()?;
@@ -346,7 +362,7 @@ fn classify_fast<'s>(
         u16::from_be_bytes([l4[0], l4[1]]),
         u16::from_be_bytes([l4[2], l4[3]]),
     );
-    let Some(vip) = state.vip(Addr { v6, bits: dst }, proto, dport) else {
+    let Some(vip) = last_vip.get(state, v6, dst, proto, dport) else {
         return Some(Err(Verdict::Drop(DropReason::NoVip)));
     };
     key.src = src;
@@ -372,6 +388,49 @@ fn classify_fast<'s>(
         FlowKey::pack_ports_proto(sport, dport, proto),
     );
     Some(Ok((vip, hash)))
+}
+
+/// The VIP lookup of the previous packet of a burst, reused when the next one has the same destination
+/// address, protocol and port (the usual case: the packets of a burst mostly share a VIP). A comparison
+/// then takes the place of a hash and a probe of the VIP index. The state is the same for the whole
+/// burst, so a remembered answer (a miss included) stays right.
+#[derive(Clone, Copy)]
+struct LastVip<'s> {
+    dst: u128,
+    /// Port, protocol and address family packed as `port << 16 | proto << 8 | v6`; never `u32::MAX`
+    /// for a real packet, so [`LastVip::NONE`] matches nothing.
+    rest: u32,
+    vip: Option<&'s VipState>,
+}
+
+impl<'s> LastVip<'s> {
+    /// Nothing remembered yet.
+    const NONE: Self = Self {
+        dst: 0,
+        rest: u32::MAX,
+        vip: None,
+    };
+
+    /// [`State::vip`], from memory when the previous lookup was for the same destination.
+    #[inline(always)]
+    fn get(
+        &mut self,
+        state: &'s State,
+        v6: bool,
+        dst: u128,
+        proto: u8,
+        port: u16,
+    ) -> Option<&'s VipState> {
+        let rest = (u32::from(port) << 16) | (u32::from(proto) << 8) | u32::from(v6);
+        if self.dst != dst || self.rest != rest {
+            *self = Self {
+                dst,
+                rest,
+                vip: state.vip(Addr { v6, bits: dst }, proto, port),
+            };
+        }
+        self.vip
+    }
 }
 
 /// [`classify`] for any frame, through the full parser.
@@ -558,14 +617,7 @@ fn finish<F: Frame>(
         worker.counters.icmp_errors += 1;
         follow(vip, flow.key, flow.hash, worker, now)
     } else {
-        select(
-            vip,
-            flow.key,
-            flow.hash,
-            TcpFlags(flow.meta.tcp_flags),
-            worker,
-            now,
-        )
+        select(vip, flow, TcpFlags(flow.meta.tcp_flags), worker, now)
     };
     let Some((backend, new_conn)) = picked else {
         return Verdict::Drop(DropReason::NoBackend);
@@ -630,24 +682,24 @@ enum Outcome {
 #[inline(always)]
 fn select<'s>(
     vip: &'s VipState,
-    key: &FlowKey,
-    hash: u64,
+    flow: &Flow<'_, '_>,
     flags: TcpFlags,
     worker: &mut Worker,
     now: u32,
 ) -> Option<(&'s BackendState, bool)> {
+    let (key, slot) = (flow.key, flow.slot);
     let tcp = key.proto == u8::from(IpProtocol::Tcp);
     let syn = tcp && flags.contains(TcpFlags::SYN) && !flags.contains(TcpFlags::ACK);
     let closing = tcp && (flags.contains(TcpFlags::FIN) || flags.contains(TcpFlags::RST));
-    if let Some(conn) = worker.conntrack.lookup(key, hash, now, closing) {
+    if let Some(conn) = worker.conntrack.lookup_at(key, slot, now, closing) {
         match vip.backend(conn.backend, conn.hint) {
             // A SYN opens a new connection: a draining backend gets none, even on a reused 5-tuple.
             Some((index, b)) if !(syn && b.weight == 0) => {
                 if index != conn.hint {
                     // The backend list changed under the entry: remember the new position.
-                    worker.conntrack.insert(
+                    worker.conntrack.insert_at(
                         key,
-                        hash,
+                        slot,
                         Conn {
                             hint: index,
                             ..conn
@@ -661,11 +713,11 @@ fn select<'s>(
             None => worker.counters.rerouted += 1,
         }
     }
-    let (index, b) = vip.pick(hash)?;
+    let (index, b) = vip.pick(flow.hash)?;
     // A full table evicts, the flood guard may refuse: either way the Maglev table keeps the flow on `b`.
-    worker.conntrack.insert(
+    worker.conntrack.insert_at(
         key,
-        hash,
+        slot,
         Conn {
             backend: b.id,
             hint: index,
@@ -1915,6 +1967,19 @@ mod tests {
                 flags,
             ));
         }
+        // The VIP lookup remembered from the previous frame: same VIP, a port and an address that are
+        // no VIP (a remembered miss), then back.
+        for (dst, port) in [
+            (POOL, 443),
+            (POOL, 444),
+            (POOL, 444),
+            (POOL, 443),
+            ([198, 18, 99, 99], 443),
+            ([198, 18, 99, 99], 443),
+            (POOL, 443),
+        ] {
+            inputs.push(tcp4([198, 18, 61, 1], 3000, dst, port, ACK));
+        }
         let mut one = Worker::new(LB_MAC, &state);
         let expected: Vec<(Verdict, Vec<u8>)> =
             inputs.iter().map(|f| run(&state, &mut one, f, 5)).collect();
@@ -1949,7 +2014,8 @@ mod tests {
     fn fast_and_full_agree(frame: &[u8]) -> Result<(), String> {
         let state = shared_state();
         let (mut k1, mut m1) = (FlowKey::default(), Meta::default());
-        let Some(fast) = classify_fast(frame, &state, &mut k1, &mut m1) else {
+        let Some(fast) = classify_fast(frame, &state, &mut k1, &mut m1, &mut { LastVip::NONE })
+        else {
             return Ok(());
         };
         let mut w = Worker::new(LB_MAC, &state);
@@ -2007,7 +2073,9 @@ mod tests {
                     if let Err(e) = fast_and_full_agree(&f) {
                         panic!("byte {at} = {v:#x}: {e}");
                     }
-                    accepted += usize::from(classify_fast(&f, &state, &mut k, &mut m).is_some());
+                    accepted += usize::from(
+                        classify_fast(&f, &state, &mut k, &mut m, &mut { LastVip::NONE }).is_some(),
+                    );
                 }
             }
             for len in 0..frame.len() {
