@@ -221,7 +221,7 @@ impl ConnTrack {
     }
 
     /// The bucket of a hash (from the low 32 bits, by multiply-shift: any bucket count works, no division)
-    /// and the tag (the high 32 bits, never [`FREE`]). The data plane computes it once per packet and
+    /// and the tag (the high 32 bits, never the tag of a free way). The data plane computes it once per packet and
     /// passes it to the `*_at` methods; the others take the hash.
     #[inline]
     pub fn slot(&self, hash: u64) -> Slot {
