@@ -9,6 +9,9 @@ bash scripts/deps.sh
 export CARGO_TERM_COLOR=never RUST_BACKTRACE=1
 
 step() { printf '\n== %s\n' "$*"; }
+# A fresh machine installs the same list today: fail here, not on the next new machine, when apt
+# could no longer resolve it (a version pinned and since replaced, a package renamed or removed).
+step "dependencies resolve"; bash scripts/deps.sh --check
 before_ns=$(ip netns list | awk '{print $1}' | sort)
 before_links=$(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | sort)
 step "format";  cargo fmt --all --check
