@@ -10,9 +10,11 @@
 //!
 //! Checksums stay correct without summing whole packets again: exchanging source and destination
 //! (addresses and ports) leaves every checksum unchanged because ones-complement sums commute, and the
-//! ICMP type change and the TTL reset are patched with RFC 1624 incremental updates. A request that
-//! arrives with a bad ICMP or UDP checksum therefore leaves with a bad one, which the peer discards as
-//! it would the request. Only the neighbour advertisement, written fresh, is summed in full.
+//! ICMP type change and the TTL reset are patched with RFC 1624 incremental updates. A request is
+//! answered only when its ICMP, ICMPv6 or UDP checksum verifies (a UDP checksum of zero means "none"
+//! over IPv4 only): a frame corrupted on the way, in its addresses above all, must not be answered
+//! (to a corrupted source) as a host would not answer it. Those are counted as
+//! [`DropReason::BadChecksum`]. Only the neighbour advertisement, written fresh, is summed in full.
 //!
 //! Every frame gets a verdict and every drop a [`DropReason`], counted in [`EchoCounters`]. Whatever the
 //! bytes, nothing here panics or allocates.
@@ -113,15 +115,18 @@ pub enum DropReason {
     /// Well-formed and ours, but not something we answer (TCP, other ICMP types, fragments, IPv6
     /// extension headers, unknown EtherTypes), or no room to grow the frame for a reply.
     Unsupported,
+    /// An ICMP, ICMPv6 or UDP request whose checksum does not verify.
+    BadChecksum,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 4] = [
+    pub const ALL: [DropReason; 5] = [
         DropReason::Policy,
         DropReason::Malformed,
         DropReason::NotOurs,
         DropReason::Unsupported,
+        DropReason::BadChecksum,
     ];
 
     /// A short name for metrics labels and logs.
@@ -131,6 +136,7 @@ impl DropReason {
             DropReason::Malformed => "malformed",
             DropReason::NotOurs => "not_ours",
             DropReason::Unsupported => "unsupported",
+            DropReason::BadChecksum => "bad_checksum",
         }
     }
 }
@@ -174,6 +180,8 @@ pub struct EchoCounters {
     pub drop_not_ours: u64,
     /// Drops for [`DropReason::Unsupported`].
     pub drop_unsupported: u64,
+    /// Dropped: [`DropReason::BadChecksum`].
+    pub drop_bad_checksum: u64,
 }
 
 impl EchoCounters {
@@ -184,6 +192,7 @@ impl EchoCounters {
             DropReason::Malformed => self.drop_malformed,
             DropReason::NotOurs => self.drop_not_ours,
             DropReason::Unsupported => self.drop_unsupported,
+            DropReason::BadChecksum => self.drop_bad_checksum,
         }
     }
 
@@ -214,6 +223,7 @@ impl EchoCounters {
         self.drop_malformed += other.drop_malformed;
         self.drop_not_ours += other.drop_not_ours;
         self.drop_unsupported += other.drop_unsupported;
+        self.drop_bad_checksum += other.drop_bad_checksum;
     }
 
     fn count(&mut self, outcome: Result<Answer, DropReason>) -> Verdict {
@@ -228,6 +238,7 @@ impl EchoCounters {
             Err(DropReason::Malformed) => &mut self.drop_malformed,
             Err(DropReason::NotOurs) => &mut self.drop_not_ours,
             Err(DropReason::Unsupported) => &mut self.drop_unsupported,
+            Err(DropReason::BadChecksum) => &mut self.drop_bad_checksum,
         };
         *counter += 1;
         match outcome {
@@ -248,7 +259,7 @@ enum Answer {
     MacSwap,
 }
 
-use DropReason::{Malformed, NotOurs, Unsupported};
+use DropReason::{BadChecksum, Malformed, NotOurs, Unsupported};
 
 /// Decides what to do with `frame` (starting at the Ethernet header) and, for [`Verdict::Tx`],
 /// rewrites it in place into the answer. Counts the outcome in `counters`. On [`Verdict::Drop`] the
@@ -357,6 +368,9 @@ fn ipv4(
             if icmp.msg_type() != Icmpv4Type::EchoRequest {
                 return Err(Unsupported);
             }
+            if !icmp.verify_checksum() {
+                return Err(BadChecksum);
+            }
             icmp.rewrite_type_code(Icmpv4Type::EchoReply, 0);
             Answer::Icmpv4Echo
         }
@@ -364,9 +378,12 @@ fn ipv4(
             if !cfg.serves_udp(info.dst_port) {
                 return Err(NotOurs);
             }
-            UdpPacket::new_checked(data.get_mut(l4).ok_or(Malformed)?)
-                .map_err(|_| Malformed)?
-                .swap_ports();
+            let mut udp = UdpPacket::new_checked(data.get_mut(l4).ok_or(Malformed)?)
+                .map_err(|_| Malformed)?;
+            if !udp.verify_checksum(&info.src, &info.dst) {
+                return Err(BadChecksum);
+            }
+            udp.swap_ports();
             Answer::Udp
         }
         _ => return Err(Unsupported),
@@ -415,6 +432,9 @@ fn ipv6<F: Frame>(
             if icmp.msg_type() != Icmpv6Type::EchoRequest {
                 return Err(Unsupported);
             }
+            if !icmp.verify_checksum(&src, &dst) {
+                return Err(BadChecksum);
+            }
             icmp.rewrite_type_code(Icmpv6Type::EchoReply, 0);
             Answer::Icmpv6Echo
         }
@@ -427,6 +447,9 @@ fn ipv6<F: Frame>(
             if udp.checksum() == 0 {
                 // RFC 8200 section 8.1: a zero UDP checksum over IPv6 is invalid.
                 return Err(Malformed);
+            }
+            if !udp.verify_checksum(&info.src, &info.dst) {
+                return Err(BadChecksum);
             }
             udp.swap_ports();
             Answer::Udp
@@ -947,6 +970,72 @@ mod tests {
         }
     }
 
+    /// Every single-bit corruption of an answerable request past the Ethernet header is either
+    /// dropped or answered with checksums that verify: no answer carries a corrupted address or
+    /// payload (the checksums cover both). Corrupted ICMP and UDP requests are counted as
+    /// `bad_checksum`.
+    #[test]
+    fn corrupted_requests_are_never_answered() {
+        let cfg = config(Mode::Echo);
+        let mut bad_checksum = 0;
+        for fx in FIXTURES.iter().filter(|f| f.verdict == Verdict::Tx) {
+            let input = hex(fx.input);
+            let Ok(info) = parse_frame(&input) else {
+                continue;
+            };
+            if info.ip_version.is_none()
+                || info.l4_protocol == IpProtocol::Icmpv6 && fx.name.contains("NS")
+            {
+                continue;
+            }
+            for bit in info.l3_offset * 8..input.len() * 8 {
+                let mut corrupt = input.clone();
+                corrupt[bit / 8] ^= 1 << (bit % 8);
+                let (verdict, out, counters) = run(&corrupt, &cfg);
+                bad_checksum += counters.drop_bad_checksum;
+                if verdict == Verdict::Tx {
+                    assert!(
+                        checksums_ok(&out),
+                        "{}: bit {bit} flipped: answered with bad checksums",
+                        fx.name
+                    );
+                }
+            }
+        }
+        assert!(
+            bad_checksum > 0,
+            "no corruption was counted as bad_checksum"
+        );
+    }
+
+    #[test]
+    fn bad_checksums_are_counted_and_dropped() {
+        let cfg = config(Mode::Echo);
+        // Without a checksum (zero, IPv4 only) nothing can be verified.
+        let checked =
+            |f: &&Fixture| f.verdict == Verdict::Tx && !f.name.contains("without checksum");
+        for fx in FIXTURES.iter().filter(checked) {
+            let input = hex(fx.input);
+            let info = parse_frame(&input).expect("fixture parses");
+            if !matches!(info.l4_protocol, IpProtocol::Udp | IpProtocol::Icmp)
+                && !(info.l4_protocol == IpProtocol::Icmpv6 && fx.name.starts_with("ICMPv6 echo"))
+            {
+                continue;
+            }
+            // The last payload byte (not the Ethernet padding): covered by the L4 checksum only.
+            let mut corrupt = input.clone();
+            corrupt[info.l3_end() - 1] ^= 0x40;
+            let (verdict, _, counters) = run(&corrupt, &cfg);
+            assert_eq!(
+                verdict,
+                Verdict::Drop(DropReason::BadChecksum),
+                "{}",
+                fx.name
+            );
+            assert_eq!(counters.drop_bad_checksum, 1, "{}", fx.name);
+        }
+    }
+
     #[test]
     fn answers_match_the_kernel() {
         let cfg = config(Mode::Echo);
@@ -1029,14 +1118,12 @@ mod tests {
     }
 
     #[test]
-    fn a_request_with_a_bad_checksum_keeps_it() {
-        // Incremental updates carry an error through: the peer discards the reply as it would have
-        // discarded the request.
+    fn a_kernel_request_with_a_bad_checksum_is_dropped() {
         let mut ping = hex(KERNEL_ICMP6_REQUEST);
         ping[60] ^= 0xff;
-        let (verdict, out, _) = run(&ping, &config(Mode::Echo));
-        assert_eq!(verdict, Verdict::Tx);
-        assert!(!checksums_ok(&out));
+        let (verdict, _, counters) = run(&ping, &config(Mode::Echo));
+        assert_eq!(verdict, Verdict::Drop(DropReason::BadChecksum));
+        assert_eq!(counters.drop_bad_checksum, 1);
     }
 
     #[test]
