@@ -84,6 +84,9 @@ impl Config {
         origin: &str,
         queue_count: &dyn Fn(&str) -> io::Result<usize>,
     ) -> Result<Self, ConfigError> {
+        // Editors on some systems start UTF-8 files with a byte-order mark; RFC 8259 section 8.1
+        // lets a parser ignore it, and it changes no line or column.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let syntax = |e: source::SyntaxError| ConfigError::Syntax {
             origin: origin.to_owned(),
             line: e.line,
@@ -356,6 +359,16 @@ mod tests {
             umems.join(", ")
         ));
         assert!(e.to_string().ends_with("u10, u11, ... (8 more))"), "{e}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_ignored() {
+        let cfg = parse("\u{feff}{\n\"options\": { \"a\": 1 },\n\"x\": 1\n}").unwrap();
+        assert_eq!(cfg.options().len(), 1);
+        assert_eq!(cfg.line_of("x"), Some(3));
+        // Only at the start: elsewhere it is not whitespace.
+        let e = err("{\n\u{feff}\"x\": 1\n}");
+        assert!(matches!(e, ConfigError::Syntax { line: 2, .. }), "{e}");
     }
 
     #[test]
