@@ -1035,6 +1035,14 @@ fn answer_arp<F: Frame>(
         return Verdict::Drop(DropReason::NotIp);
     }
     let (asker_mac, asker_ip) = (arp.sender_hardware_addr(), arp.sender_protocol_addr());
+    if asker_mac.is_multicast() {
+        return Verdict::Drop(DropReason::Malformed);
+    }
+    if asker_ip == target {
+        // A gratuitous ARP announcing the VIP (another holder, or our own echo): a conflict to
+        // report, not a question to answer.
+        return Verdict::Drop(DropReason::NotIp);
+    }
     arp.set_operation(ArpOperation::Reply);
     arp.set_target_hardware_addr(asker_mac);
     arp.set_target_protocol_addr(asker_ip);
@@ -1406,6 +1414,28 @@ mod tests {
     #[test]
     fn fixture_arp_reply() {
         check("arp", bytes(ARP_IN, None), bytes(ARP_OUT, None));
+    }
+
+    #[test]
+    fn gratuitous_arp_and_multicast_senders_are_not_answered() {
+        let c = control();
+        let state = c.state();
+        let mut w = Worker::new(LB_MAC, &state);
+        // Ethernet (14) + ARP: sender MAC at 22, sender IP at 28, target IP at 38.
+        let mut announce = bytes(ARP_IN, None);
+        let vip: [u8; 4] = announce[38..42].try_into().expect("4 bytes");
+        announce[28..32].copy_from_slice(&vip);
+        assert_eq!(
+            run(&state, &mut w, &announce, 1).0,
+            Verdict::Drop(DropReason::NotIp)
+        );
+        let mut multicast = bytes(ARP_IN, None);
+        multicast[22] |= 1;
+        assert_eq!(
+            run(&state, &mut w, &multicast, 1).0,
+            Verdict::Drop(DropReason::Malformed)
+        );
+        assert_eq!(w.counters().arp_replies, 0);
     }
 
     #[test]
