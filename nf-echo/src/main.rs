@@ -20,6 +20,7 @@ use cne::afpacket::AfPacket;
 use cne::config::Config;
 use cne::frame::{Frame, VecFrame};
 use cne::instance::{Instance, InstanceOptions, Worker};
+use cne::netdev::LinkWatch;
 use cne::poll::{AdaptiveWait, WaitStats};
 use cne::port::Port;
 use cne::stats::PortStats;
@@ -56,6 +57,10 @@ struct Cli {
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long)]
     duration: Option<u64>,
+    /// Exit with an error when an interface the NF serves has been gone this many seconds (its
+    /// sockets cannot serve again; a supervisor restarts the NF). A re-created interface exits at once.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    netdev_timeout: u64,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -256,6 +261,7 @@ fn run_af_xdp(
         }
         install_signal_handler(stop)?;
     }
+    let links = watch_links(instance.config(), cli)?;
     let workers = instance.take_workers();
     let reports: Reports = Arc::new(Mutex::new(Vec::new()));
     let mut handles = Vec::new();
@@ -287,7 +293,7 @@ fn run_af_xdp(
             .with_context(|| format!("spawning worker {name}"))?;
         handles.push((name, h));
     }
-    let first_err = finish(cli, stop, &reports, handles);
+    let first_err = finish(cli, stop, &reports, handles, links);
     drop(instance);
     first_err.map_or(Ok(()), Err)
 }
@@ -377,6 +383,7 @@ fn run_af_packet(
             })
             .collect(),
     ));
+    let links = watch_links(config, cli)?;
     let mut handles = Vec::new();
     for (slot, netdev) in netdevs.into_iter().enumerate() {
         let cfg = settings.echo_config(&netdev)?;
@@ -390,8 +397,17 @@ fn run_af_packet(
             .context("spawning AF_PACKET worker")?;
         handles.push((netdev, h));
     }
-    let first_err = finish(cli, stop, &reports, handles);
+    let first_err = finish(cli, stop, &reports, handles, links);
     first_err.map_or(Ok(()), Err)
+}
+
+/// Watches the interfaces of the config's lports (see `--netdev-timeout`).
+fn watch_links(config: &Config, cli: &Cli) -> Result<LinkWatch> {
+    LinkWatch::new(
+        config.lports().iter().map(|l| l.netdev.as_str()),
+        Duration::from_secs(cli.netdev_timeout),
+    )
+    .context("watching the lports' interfaces")
 }
 
 fn worker_af_packet(
@@ -451,8 +467,9 @@ fn finish(
     stop: &AtomicBool,
     reports: &Reports,
     handles: Vec<(String, thread::JoinHandle<Result<()>>)>,
+    links: LinkWatch,
 ) -> Option<anyhow::Error> {
-    let result = main_loop(cli, stop, reports, &handles);
+    let result = main_loop(cli, stop, reports, &handles, links);
     stop.store(true, Ordering::SeqCst);
     let mut first_err = result.err();
     for (name, h) in handles {
@@ -475,6 +492,7 @@ fn main_loop<T>(
     stop: &AtomicBool,
     reports: &Reports,
     handles: &[(String, thread::JoinHandle<T>)],
+    mut links: LinkWatch,
 ) -> Result<()> {
     let started = Instant::now();
     let interval = Duration::from_secs(cli.stats_interval);
@@ -485,6 +503,7 @@ fn main_loop<T>(
         if handles.iter().any(|(_, h)| h.is_finished()) {
             break; // a worker failed: stop the others and report
         }
+        links.check(Instant::now())?;
         if let Some(d) = cli.duration {
             if started.elapsed() >= Duration::from_secs(d) {
                 break;

@@ -386,3 +386,58 @@ fn missing_netdev_bad_queue_and_bad_config_fail_clearly() {
     );
     assert!(Path::new(&unknown).exists());
 }
+
+#[test]
+fn a_link_down_is_ridden_out_and_a_deleted_interface_ends_the_process() {
+    require_root!();
+    let lab = EchoLab::new(1);
+    let cfg = lab.echo_config(1);
+    let mut nf = lab.start(&cfg, &["--netdev-timeout", "2"]);
+    let ping = |count: &str| {
+        lab.client
+            .exec(&["ping", "-4", "-c", count, "-i", "0.2", "-W", "1", NF_V4])
+            .unwrap_or_default()
+    };
+    assert!(ping("2").contains("2 received"), "{}", nf.stderr());
+
+    // Down for longer than the timeout: the sockets survive, the NF waits and serves again.
+    lab.link.b().down().expect("link down");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        nf.is_running(),
+        "exited on a link that was only down:\n{}",
+        nf.stderr()
+    );
+    lab.link.b().up().expect("link up");
+    assert!(
+        wait_for(Duration::from_secs(5), || ping("1").contains("1 received")),
+        "no answer after the link came back:\n{}",
+        nf.stderr()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        nf.stderr().contains("is down (administratively down)"),
+        "{}",
+        nf.stderr()
+    );
+
+    // Deleted: no socket bound to it can serve again, so the NF exits for its supervisor.
+    lab.nf
+        .ip(&["link", "del", "dev", lab.nf_if()])
+        .expect("link del");
+    let status = nf
+        .wait_timeout(Duration::from_secs(8))
+        .expect("wait")
+        .unwrap_or_else(|| {
+            panic!(
+                "nf-echo still runs after its interface went:\n{}",
+                nf.stderr()
+            )
+        });
+    assert!(!status.success(), "exit status {status}");
+    let err = nf.stderr();
+    assert!(
+        err.contains(&format!("netdev {} is gone", lab.nf_if())),
+        "{err}"
+    );
+}
