@@ -269,7 +269,10 @@ mod tests {
 
     #[test]
     fn stop_uses_sigint_first() {
-        let mut p = Proc::spawn("sleeper", cmd::command(&["sleep", "30"]).unwrap()).unwrap();
+        // A shell that starts us in the background without job control makes us ignore SIGINT, and
+        // children inherit that: restore the default for the sleeper (coreutils env).
+        let argv = ["env", "--default-signal=INT", "sleep", "30"];
+        let mut p = Proc::spawn("sleeper", cmd::command(&argv).unwrap()).unwrap();
         assert!(p.is_running());
         let st = p.stop(Duration::from_secs(5)).unwrap();
         assert_eq!(st.signal(), Some(2), "sleep dies of SIGINT");
