@@ -128,6 +128,9 @@ pub(crate) trait Api {
     fn metrics(&mut self) -> Result<String, ApiError>;
     /// The workers' latest reports.
     fn reports(&self) -> Vec<PortReport>;
+    /// Why the load balancer is not ready to serve (an interface down or gone, a stalled worker,
+    /// claims not programmed); empty when ready.
+    fn readiness(&self) -> Vec<String>;
     /// Process facts for `/api/state`: `config`, `reloads`.
     fn info(&self) -> Value;
 }
@@ -249,6 +252,22 @@ fn handle(
             body: "ok\n".into(),
         }),
         (_, ["healthz"]) => not_allowed("GET"),
+        ("GET" | "HEAD", ["readyz"]) => {
+            let problems = api.readiness();
+            Ok(Reply {
+                status: if problems.is_empty() { 200 } else { 503 },
+                content_type: "text/plain",
+                body: if problems.is_empty() {
+                    "ready\n".into()
+                } else {
+                    problems
+                        .iter()
+                        .map(|p| format!("not ready: {p}\n"))
+                        .collect()
+                },
+            })
+        }
+        (_, ["readyz"]) => not_allowed("GET"),
         ("GET" | "HEAD", ["metrics"]) => Ok(Reply {
             status: 200,
             content_type: metrics::CONTENT_TYPE,
@@ -526,6 +545,7 @@ mod tests {
     struct Fake {
         control: Control,
         reload_result: Result<(), ApiError>,
+        not_ready: Vec<String>,
     }
 
     impl Api for Fake {
@@ -553,6 +573,9 @@ mod tests {
         fn reports(&self) -> Vec<PortReport> {
             Vec::new()
         }
+        fn readiness(&self) -> Vec<String> {
+            self.not_ready.clone()
+        }
         fn info(&self) -> Value {
             json!({ "config": "test.jsonc" })
         }
@@ -569,7 +592,29 @@ mod tests {
         Fake {
             control: Control::new(s.validate().expect("valid")).expect("builds"),
             reload_result: Ok(()),
+            not_ready: Vec::new(),
         }
+    }
+
+    #[test]
+    fn readyz_reports_each_problem_and_healthz_stays_ok() {
+        let mut api = fake();
+        assert_eq!(
+            call(&mut api, "GET", "/readyz", ""),
+            (200, json!("ready\n"))
+        );
+        api.not_ready = vec![
+            "netdev x is gone".into(),
+            "the worker of x:0 stalled".into(),
+        ];
+        let (status, body) = call(&mut api, "GET", "/readyz", "");
+        assert_eq!(status, 503);
+        assert_eq!(
+            body,
+            json!("not ready: netdev x is gone\nnot ready: the worker of x:0 stalled\n")
+        );
+        assert_eq!(call(&mut api, "GET", "/healthz", "").0, 200);
+        assert_eq!(call(&mut api, "POST", "/readyz", "").0, 405);
     }
 
     const VIP: &str = "198.18.100.1:80%2Ftcp";

@@ -43,6 +43,7 @@ use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
 use cne::config::Config;
 use cne::instance::{Instance, InstanceOptions};
+use cne::netdev::LinkWatch;
 use cne::xdp::{AddrFlags, Rule};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use nf_maglev::config::{Mac, Validated};
@@ -57,6 +58,9 @@ use worker::{PortReport, Slot};
 
 /// How often the control thread checks that the workers are alive when nothing else happens.
 const TICK: Duration = Duration::from_millis(250);
+/// A worker that has not published a report for this long counts as stalled (not ready). Workers
+/// publish every 250 ms, also when idle (they sleep at most 100 ms in `poll`).
+const STALL_AFTER: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -81,6 +85,10 @@ struct Cli {
     /// on them); the data plane then answers ARP and neighbour discovery for the VIPs.
     #[arg(long)]
     claim_all: bool,
+    /// Exit with an error when an interface of the lports has been gone this many seconds (its
+    /// sockets cannot serve again; a supervisor restarts the NF). A re-created interface exits at once.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    netdev_timeout: u64,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -249,11 +257,21 @@ struct Runtime {
     slots: Vec<Arc<Slot>>,
     registry: prometheus::Registry,
     last_reload_error: Option<String>,
+    /// The lports' interfaces.
+    links: LinkWatch,
+    /// Whether the XDP filters hold the claims of the published state (false after a failed update).
+    claims_ok: bool,
 }
 
 impl Runtime {
     /// Writes the filter claims of the current state into every XDP program we own.
-    fn apply_claims(&self) -> Result<(), ApiError> {
+    fn apply_claims(&mut self) -> Result<(), ApiError> {
+        let r = self.write_claims();
+        self.claims_ok = r.is_ok();
+        r
+    }
+
+    fn write_claims(&self) -> Result<(), ApiError> {
         let (rules, addrs) = claims(&self.control.state());
         for p in self.instance.programs() {
             p.replace_rules(&rules, &addrs).map_err(|e| {
@@ -372,6 +390,15 @@ impl Api for Runtime {
         worker::all_reports(&self.slots)
     }
 
+    fn readiness(&self) -> Vec<String> {
+        let mut problems = self.links.problems();
+        problems.extend(worker::stalled(&self.slots, Instant::now(), STALL_AFTER));
+        if !self.claims_ok {
+            problems.push("the XDP filters do not hold the claims of the published state".into());
+        }
+        problems
+    }
+
     fn info(&self) -> Value {
         let s = self.stats.lock().map(|s| s.clone()).unwrap_or_default();
         json!({
@@ -453,6 +480,11 @@ fn run_lb(cli: &Cli) -> Result<()> {
         }
     }
 
+    let links = LinkWatch::new(
+        instance.config().lports().iter().map(|l| l.netdev.as_str()),
+        Duration::from_secs(cli.netdev_timeout),
+    )
+    .context("watching the lports' interfaces")?;
     let workers = instance.take_workers();
     let mut setups = Vec::with_capacity(workers.len());
     for w in &workers {
@@ -515,6 +547,8 @@ fn run_lb(cli: &Cli) -> Result<()> {
         slots,
         registry,
         last_reload_error: None,
+        links,
+        claims_ok: true,
     };
     let result = match spawn_error {
         Some(e) => Err(e),
@@ -638,6 +672,7 @@ fn control_loop(
         if let Some((name, _)) = handles.iter().find(|(_, h)| h.is_finished()) {
             return Err(anyhow!("worker {name} stopped; shutting down"));
         }
+        rt.links.check(Instant::now())?;
         match rx.recv_timeout(TICK) {
             Ok(Event::Stop(sig)) => {
                 log::info!("{sig}: shutting down");

@@ -699,6 +699,7 @@ mod tests {
             counters,
             conntrack_entries: 5,
             conntrack_capacity: 64,
+            at: std::time::Instant::now(),
         }]));
         let control_stats = Arc::new(Mutex::new(ControlStats {
             rebuilds: c.rebuilds(),

@@ -54,6 +54,8 @@ pub(crate) struct PortReport {
     pub(crate) conntrack_entries: u64,
     /// Connection-table capacity.
     pub(crate) conntrack_capacity: u64,
+    /// When the worker published this report: a worker that stops publishing has stalled.
+    pub(crate) at: Instant,
 }
 
 /// Where a worker publishes its reports: replaced whole, read without locking.
@@ -187,9 +189,28 @@ fn publish(
             conntrack_capacity: dp.conntrack().capacity() as u64,
             counters: dp.counters().clone(),
             conntrack_entries: e,
+            at: Instant::now(),
         })
         .collect();
     slot.store(Arc::new(reports));
+}
+
+/// The workers whose latest report is older than `limit` at `now`, by the name of their first lport.
+pub(crate) fn stalled(slots: &[Arc<Slot>], now: Instant, limit: Duration) -> Vec<String> {
+    slots
+        .iter()
+        .filter_map(|s| {
+            let reports = s.load();
+            let first = reports.first()?;
+            let age = now.saturating_duration_since(first.at);
+            (age > limit).then(|| {
+                format!(
+                    "the worker of {} has not reported for {:.1?}",
+                    first.lport, age
+                )
+            })
+        })
+        .collect()
 }
 
 /// The latest reports of all workers, concatenated.
@@ -234,14 +255,23 @@ mod tests {
                 counters,
                 conntrack_entries: 0,
                 conntrack_capacity: 8,
+                at: Instant::now(),
             }
         };
         let slot_a = new_slot();
         let slot_b = new_slot();
         slot_a.store(Arc::new(vec![report(3)]));
         slot_b.store(Arc::new(vec![report(4), report(5)]));
-        let all = all_reports(&[slot_a, slot_b]);
+        let all = all_reports(&[slot_a.clone(), slot_b.clone()]);
         assert_eq!(all.len(), 3);
+        let later = Instant::now() + Duration::from_secs(3);
+        assert!(stalled(&[slot_a.clone()], later, Duration::from_secs(5)).is_empty());
+        let s = stalled(&[slot_a, slot_b], later, Duration::from_secs(2));
+        assert_eq!(s.len(), 2);
+        assert!(
+            s[0].starts_with("the worker of x:0 has not reported for 3."),
+            "{s:?}"
+        );
         let c = merged_counters(&all);
         assert_eq!(c.rx_packets, 12);
         assert_eq!((c.vips[0].packets, c.backends[0].new_conns), (3, 3));

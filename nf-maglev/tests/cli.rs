@@ -610,6 +610,47 @@ fn read_only_admin_and_sigint() {
 }
 
 #[test]
+fn readyz_follows_the_link_and_a_deleted_interface_ends_the_process() {
+    require_root!();
+    let veth = Veth::new("r");
+    let dir = TempDir::new("ready");
+    let file = dir.write("lb.jsonc", &config_text(&veth.a, 0, &maglev("")));
+    let mut lb = Lb::start(&file, &["--netdev-timeout", "2"]);
+    let ready = |lb: &Lb| lb.http("GET", "/readyz", "");
+    assert_eq!(ready(&lb), (200, "ready\n".into()), "{}", lb.log());
+
+    run("ip", &["link", "set", &veth.a, "down"]);
+    let (status, body) = wait_for("/readyz to fail while the link is down", || {
+        let r = ready(&lb);
+        (r.0 == 503).then_some(r)
+    });
+    assert_eq!(
+        body,
+        format!(
+            "not ready: netdev {} is down (administratively down)\n",
+            veth.a
+        )
+    );
+    assert_eq!(lb.http("GET", "/healthz", "").0, 200, "liveness stays");
+    run("ip", &["link", "set", &veth.a, "up"]);
+    wait_for("/readyz to recover", || (ready(&lb).0 == 200).then_some(()));
+
+    run("ip", &["link", "del", &veth.a]);
+    wait_for("/readyz to fail once the interface is gone", || {
+        let (status, body) = ready(&lb);
+        (status == 503 && body.contains("is gone")).then_some(())
+    });
+    let status = lb.wait();
+    assert!(!status.success(), "exit {status}");
+    let log = lb.log();
+    assert!(
+        log.contains(&format!("netdev {} is gone: not ready", veth.a)),
+        "{log}"
+    );
+    assert!(log.contains("cannot serve again"), "{log}");
+}
+
+#[test]
 fn decap_attaches_and_detaches() {
     require_root!();
     let veth = Veth::new("d");
