@@ -23,6 +23,7 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
+use std::io::{IoSlice, IoSliceMut};
 use std::mem::{size_of, MaybeUninit};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -30,6 +31,13 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    connect, recvmsg, sendmsg, setsockopt, socket, sockopt, AddressFamily, ControlMessage,
+    ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
+};
+use nix::sys::time::TimeVal;
 
 /// Directory under which the device plugin mounts one sub-directory per netdev.
 pub const DP_DIR: &str = "/tmp/afxdp_dp";
@@ -365,18 +373,12 @@ impl DpLayout {
 
 /// The name the plugin expects in `/connect`: the pod's hostname, which Kubernetes sets to the pod name.
 pub fn pod_hostname() -> Result<String> {
-    let mut buf = [0u8; 256];
-    // SAFETY: buf is valid and writable for buf.len() bytes for the whole call.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return Err(DpError::Io {
-            call: "gethostname",
-            path: PathBuf::new(),
-            source: io::Error::last_os_error(),
-        });
-    }
-    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    Ok(String::from_utf8_lossy(&buf[..len]).into_owned())
+    let name = nix::unistd::gethostname().map_err(|e| DpError::Io {
+        call: "gethostname",
+        path: PathBuf::new(),
+        source: errno(e),
+    })?;
+    Ok(name.to_string_lossy().into_owned())
 }
 
 /// A reply: its text and any descriptors it carried (closed when dropped unless taken).
@@ -670,7 +672,7 @@ impl Drop for DpSession {
         if conn.over.is_none() {
             // Best effort, without waiting: the plugin removes its socket file on /fin or on a closed
             // connection alike; /fin merely lets it log a clean end.
-            let _ = send_msg_flags(conn.sock.as_fd(), "/fin", None, libc::MSG_DONTWAIT);
+            let _ = send_msg_flags(conn.sock.as_fd(), "/fin", None, MsgFlags::MSG_DONTWAIT);
         }
     }
 }
@@ -959,32 +961,17 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
-fn timeval(d: Duration) -> libc::timeval {
+fn timeval(d: Duration) -> TimeVal {
     // A zero timeval would disable the timeout, so anything below one microsecond rounds up.
     let d = d.max(Duration::from_micros(1));
-    libc::timeval {
-        tv_sec: libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX),
-        tv_usec: libc::suseconds_t::from(d.subsec_micros()),
-    }
+    TimeVal::new(
+        libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX),
+        libc::suseconds_t::from(d.subsec_micros()),
+    )
 }
 
-fn set_timeout(sock: BorrowedFd<'_>, opt: libc::c_int, d: Duration) -> io::Result<()> {
-    let tv = timeval(d);
-    let len = libc::socklen_t::try_from(size_of::<libc::timeval>()).unwrap_or(16);
-    // SAFETY: tv is a valid timeval and len its size; sock is an open socket.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            opt,
-            std::ptr::from_ref(&tv).cast(),
-            len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+fn errno(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
 }
 
 /// Opens a `SOCK_SEQPACKET` connection to `path` with both timeouts set before `connect` (on `AF_UNIX`,
@@ -1004,71 +991,38 @@ fn connect_seqpacket(path: &Path, timeout: Duration) -> Result<OwnedFd> {
         Err(e) => return Err(io_err("stat", e)),
         Ok(_) => {}
     }
-    // SAFETY: plain socket(2) call with constant arguments.
-    let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(io_err(
-            "socket(AF_UNIX, SOCK_SEQPACKET)",
-            io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: raw is a fresh descriptor owned by nothing else.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-    set_timeout(sock.as_fd(), libc::SO_RCVTIMEO, timeout)
-        .map_err(|e| io_err("setsockopt(SO_RCVTIMEO)", e))?;
-    set_timeout(sock.as_fd(), libc::SO_SNDTIMEO, timeout)
-        .map_err(|e| io_err("setsockopt(SO_SNDTIMEO)", e))?;
-
-    let mut addr = libc::sockaddr_un {
-        sun_family: libc::sa_family_t::try_from(libc::AF_UNIX).unwrap_or(1),
-        sun_path: [0; 108],
-    };
-    let bytes = path.as_os_str().as_bytes();
-    if bytes.len() >= addr.sun_path.len() {
-        return Err(io_err(
-            "connect",
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "socket path longer than 107 bytes",
-            ),
-        ));
-    }
-    for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = src as libc::c_char;
-    }
-    let len = size_of::<libc::sa_family_t>() + bytes.len() + 1;
-    let len = libc::socklen_t::try_from(len).unwrap_or(libc::socklen_t::MAX);
-    // SAFETY: addr is a valid sockaddr_un of at least len bytes; sock is an open socket.
-    let rc = unsafe { libc::connect(sock.as_raw_fd(), std::ptr::from_ref(&addr).cast(), len) };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        return Err(match e.raw_os_error() {
-            Some(libc::ENOENT) => DpError::MissingSocket {
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| io_err("socket(AF_UNIX, SOCK_SEQPACKET)", errno(e)))?;
+    let tv = timeval(timeout);
+    setsockopt(&sock, sockopt::ReceiveTimeout, &tv)
+        .map_err(|e| io_err("setsockopt(SO_RCVTIMEO)", errno(e)))?;
+    setsockopt(&sock, sockopt::SendTimeout, &tv)
+        .map_err(|e| io_err("setsockopt(SO_SNDTIMEO)", errno(e)))?;
+    // UnixAddr refuses a path that does not fit sun_path (107 bytes and the NUL).
+    let addr = UnixAddr::new(path).map_err(|e| io_err("connect", errno(e)))?;
+    if let Err(e) = connect(sock.as_raw_fd(), &addr) {
+        return Err(match e {
+            Errno::ENOENT => DpError::MissingSocket {
                 path: path.to_path_buf(),
             },
-            Some(libc::EAGAIN) | Some(libc::EINPROGRESS) => DpError::Timeout {
+            Errno::EAGAIN | Errno::EINPROGRESS => DpError::Timeout {
                 path: path.to_path_buf(),
                 request: "connect".to_owned(),
                 timeout,
             },
-            _ => io_err("connect", e),
+            _ => io_err("connect", errno(e)),
         });
     }
     Ok(sock)
 }
 
-/// Control buffer for one descriptor, aligned for `cmsghdr`.
-#[repr(C, align(8))]
-struct CmsgBuf<const N: usize>([u8; N]);
-
-// SAFETY: CMSG_SPACE only does arithmetic on its argument.
-const ONE_FD_SPACE: usize = unsafe { libc::CMSG_SPACE(size_of::<libc::c_int>() as u32) } as usize;
-// SAFETY: CMSG_SPACE only does arithmetic on its argument.
-const RECV_FD_SPACE: usize =
-    unsafe { libc::CMSG_SPACE((MAX_RECV_FDS * size_of::<libc::c_int>()) as u32) } as usize;
-
 fn send_msg(sock: BorrowedFd<'_>, msg: &str, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
-    send_msg_flags(sock, msg, fd, 0)
+    send_msg_flags(sock, msg, fd, MsgFlags::empty())
 }
 
 /// Sends `msg` as one packet, with `fd` attached by `SCM_RIGHTS` when given.
@@ -1076,49 +1030,24 @@ fn send_msg_flags(
     sock: BorrowedFd<'_>,
     msg: &str,
     fd: Option<BorrowedFd<'_>>,
-    flags: libc::c_int,
+    flags: MsgFlags,
 ) -> io::Result<()> {
-    let mut iov = libc::iovec {
-        iov_base: msg.as_ptr().cast_mut().cast(),
-        iov_len: msg.len(),
-    };
-    let mut cbuf = CmsgBuf([0u8; ONE_FD_SPACE]);
-    // SAFETY: msghdr is plain old data; all-zero is its empty value.
-    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-    hdr.msg_iov = &mut iov;
-    hdr.msg_iovlen = 1;
-    if let Some(fd) = fd {
-        hdr.msg_control = cbuf.0.as_mut_ptr().cast();
-        hdr.msg_controllen = ONE_FD_SPACE;
-        // SAFETY: msg_control points at ONE_FD_SPACE bytes, enough for one cmsghdr, so the first
-        // header is non-null and inside the buffer.
-        let cmsg = unsafe { libc::CMSG_FIRSTHDR(&hdr) };
-        if cmsg.is_null() {
-            return Err(io::Error::other(
-                "control buffer too small for one descriptor",
-            ));
-        }
-        // SAFETY: CMSG_LEN only does arithmetic on its argument.
-        let cmsg_len = unsafe { libc::CMSG_LEN(size_of::<libc::c_int>() as u32) };
-        let header = libc::cmsghdr {
-            cmsg_len: cmsg_len as usize,
-            cmsg_level: libc::SOL_SOCKET,
-            cmsg_type: libc::SCM_RIGHTS,
-        };
-        // SAFETY: cmsg points at an aligned cmsghdr-sized slot inside cbuf (checked non-null above).
-        unsafe { cmsg.write(header) };
-        // SAFETY: cmsg is a valid header inside cbuf; CMSG_DATA points just past it, inside cbuf.
-        let data = unsafe { libc::CMSG_DATA(cmsg) };
-        let raw: libc::c_int = fd.as_raw_fd();
-        // SAFETY: data has room for one c_int (ONE_FD_SPACE covers it); it may be unaligned.
-        unsafe { data.cast::<libc::c_int>().write_unaligned(raw) };
-    }
-    // SAFETY: hdr points at iov (msg.len() readable bytes) and, if set, cbuf; all outlive the call.
-    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &hdr, flags | libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if usize::try_from(n).ok() != Some(msg.len()) {
+    let iov = [IoSlice::new(msg.as_bytes())];
+    let raw = fd.map(|f| [f.as_raw_fd()]);
+    let cmsgs: Vec<ControlMessage<'_>> = raw
+        .as_ref()
+        .map(|r| ControlMessage::ScmRights(r))
+        .into_iter()
+        .collect();
+    let n = sendmsg::<()>(
+        sock.as_raw_fd(),
+        &iov,
+        &cmsgs,
+        flags | MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map_err(errno)?;
+    if n != msg.len() {
         return Err(io::Error::other(format!("sent {n} of {} bytes", msg.len())));
     }
     Ok(())
@@ -1127,30 +1056,32 @@ fn send_msg_flags(
 /// Receives one packet and every descriptor attached to it. `Ok(None)` means the peer closed.
 fn recv_msg(sock: BorrowedFd<'_>) -> io::Result<Option<Reply>> {
     let mut buf = [0u8; MAX_MSG_LEN];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let mut cbuf = CmsgBuf([0u8; RECV_FD_SPACE]);
-    // SAFETY: msghdr is plain old data; all-zero is its empty value.
-    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-    hdr.msg_iov = &mut iov;
-    hdr.msg_iovlen = 1;
-    hdr.msg_control = cbuf.0.as_mut_ptr().cast();
-    hdr.msg_controllen = RECV_FD_SPACE;
-    // SAFETY: hdr points at buf and cbuf, both writable for the lengths given and alive for the call.
-    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut hdr, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let mut cmsg_buf = nix::cmsg_space!([RawFd; MAX_RECV_FDS]);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg_buf),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(errno)?;
+    let (n, flags) = (msg.bytes, msg.flags);
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().map_err(errno)? {
+        if let ControlMessageOwned::ScmRights(raws) = c {
+            fds.extend(raws.into_iter().filter(|&r| r >= 0).map(|r| {
+                // SAFETY: the kernel installed this descriptor in our table for this message;
+                // nothing else owns it.
+                unsafe { OwnedFd::from_raw_fd(r) }
+            }));
+        }
     }
-    let n = usize::try_from(n).unwrap_or(0);
-    let fds = collect_fds(&hdr);
-    let fds_truncated = hdr.msg_flags & libc::MSG_CTRUNC != 0;
+    let fds_truncated = flags.contains(MsgFlags::MSG_CTRUNC);
     if n == 0 && fds.is_empty() {
         return Ok(None);
     }
     let mut text = String::from_utf8_lossy(&buf[..n]).into_owned();
-    if hdr.msg_flags & libc::MSG_TRUNC != 0 {
+    if flags.contains(MsgFlags::MSG_TRUNC) {
         text.push_str("...(longer than 64 bytes)");
     }
     Ok(Some(Reply {
@@ -1158,37 +1089,6 @@ fn recv_msg(sock: BorrowedFd<'_>) -> io::Result<Option<Reply>> {
         fds,
         fds_truncated,
     }))
-}
-
-/// Takes ownership of every descriptor in the `SCM_RIGHTS` messages of `hdr`.
-fn collect_fds(hdr: &libc::msghdr) -> Vec<OwnedFd> {
-    let mut fds = Vec::new();
-    // SAFETY: hdr's control pointer and length describe the buffer recvmsg just filled.
-    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(hdr) };
-    while !cmsg.is_null() {
-        // SAFETY: CMSG_FIRSTHDR/CMSG_NXTHDR only return headers that lie inside the control buffer.
-        let c = unsafe { cmsg.read_unaligned() };
-        if c.cmsg_level == libc::SOL_SOCKET && c.cmsg_type == libc::SCM_RIGHTS {
-            // SAFETY: CMSG_LEN only does arithmetic on its argument.
-            let header_len = unsafe { libc::CMSG_LEN(0) } as usize;
-            let count = c.cmsg_len.saturating_sub(header_len) / size_of::<libc::c_int>();
-            // SAFETY: cmsg is a valid header inside the buffer; its data follows it.
-            let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<libc::c_int>();
-            for i in 0..count {
-                let slot = data.wrapping_add(i);
-                // SAFETY: the kernel wrote `count` descriptors after the header, within cmsg_len, so
-                // slot lies inside the control buffer; it may be unaligned.
-                let raw: RawFd = unsafe { slot.read_unaligned() };
-                if raw >= 0 {
-                    // SAFETY: the kernel installed this descriptor for us; nothing else owns it.
-                    fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
-                }
-            }
-        }
-        // SAFETY: hdr and cmsg describe the same filled control buffer.
-        cmsg = unsafe { libc::CMSG_NXTHDR(hdr, cmsg) };
-    }
-    fds
 }
 
 #[cfg(test)]
@@ -1283,9 +1183,9 @@ mod tests {
     #[test]
     fn timeval_never_zero() {
         let tv = timeval(Duration::from_nanos(1));
-        assert_eq!((tv.tv_sec, tv.tv_usec), (0, 1));
+        assert_eq!((tv.tv_sec(), tv.tv_usec()), (0, 1));
         let tv = timeval(Duration::from_millis(1500));
-        assert_eq!((tv.tv_sec, tv.tv_usec), (1, 500_000));
+        assert_eq!((tv.tv_sec(), tv.tv_usec()), (1, 500_000));
     }
 
     #[test]
