@@ -104,24 +104,10 @@ pub enum PodConfigError {
         /// The error.
         source: io::Error,
     },
-    /// The NF's JSON-C file is not valid JSON once comments are removed.
-    #[error("{path}:{line}:{column}: {source}")]
-    NfConfig {
-        /// The file.
-        path: PathBuf,
-        /// Line of the error (1-based).
-        line: usize,
-        /// Column of the error (1-based).
-        column: usize,
-        /// The parser's message.
-        source: serde_json::Error,
-    },
-    /// The NF's JSON-C file is not an object at the top level.
-    #[error("{path}: the top level must be an object of sections")]
-    NfConfigNotObject {
-        /// The file.
-        path: PathBuf,
-    },
+    /// The NF's JSON-C file does not read as a configuration file reads (syntax, duplicate keys,
+    /// not an object); the error names the file and line.
+    #[error(transparent)]
+    NfConfig(#[from] crate::config::ConfigError),
     /// A `--section` named a section the NF file does not have.
     #[error("{path}: no section {section:?}")]
     MissingSection {
@@ -672,93 +658,17 @@ fn affinity_cpus() -> Result<Vec<usize>, PodConfigError> {
         .collect())
 }
 
-/// Reads the NF's JSON-C file into its sections.
+/// Reads the NF's JSON-C file into its sections, with the reader of every configuration file, so a
+/// file that loads with `-c` loads here and the other way round.
 fn read_nf_sections(path: &Path) -> Result<Map<String, Value>, PodConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| PodConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    let stripped = strip_jsonc_comments(&text);
-    let value: Value =
-        serde_json::from_str(&stripped).map_err(|source| PodConfigError::NfConfig {
-            path: path.to_path_buf(),
-            line: source.line(),
-            column: source.column(),
-            source,
-        })?;
-    match value {
-        Value::Object(m) => Ok(m),
-        _ => Err(PodConfigError::NfConfigNotObject {
-            path: path.to_path_buf(),
-        }),
-    }
-}
-
-/// Replaces `//` and `/* */` comments outside strings by spaces, keeping newlines so that parser
-/// positions still match the file's lines.
-fn strip_jsonc_comments(text: &str) -> String {
-    #[derive(PartialEq)]
-    enum St {
-        Code,
-        Str,
-        StrEsc,
-        Line,
-        Block,
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut st = St::Code;
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match st {
-            St::Code => match (c, chars.peek()) {
-                ('"', _) => {
-                    st = St::Str;
-                    out.push(c);
-                }
-                ('/', Some('/')) => {
-                    chars.next();
-                    st = St::Line;
-                    out.push_str("  ");
-                }
-                ('/', Some('*')) => {
-                    chars.next();
-                    st = St::Block;
-                    out.push_str("  ");
-                }
-                _ => out.push(c),
-            },
-            St::Str => {
-                match c {
-                    '\\' => st = St::StrEsc,
-                    '"' => st = St::Code,
-                    _ => {}
-                }
-                out.push(c);
-            }
-            St::StrEsc => {
-                st = St::Str;
-                out.push(c);
-            }
-            St::Line => {
-                if c == '\n' {
-                    st = St::Code;
-                    out.push('\n');
-                } else {
-                    out.push(' ');
-                }
-            }
-            St::Block => {
-                if c == '*' && chars.peek() == Some(&'/') {
-                    chars.next();
-                    st = St::Code;
-                    out.push_str("  ");
-                } else {
-                    out.push(if c == '\n' { '\n' } else { ' ' });
-                }
-            }
-        }
-    }
-    out
+    Ok(crate::config::parse_jsonc_object(
+        &text,
+        &path.display().to_string(),
+    )?)
 }
 
 #[cfg(test)]
@@ -1070,16 +980,25 @@ mod tests {
         ));
         std::fs::write(&nf, "{\n  // ok\n  \"maglev\": { \"vips\": [ }\n}").unwrap();
         match generate(&only, &devices, &[0]).unwrap_err() {
-            PodConfigError::NfConfig { line, .. } => {
-                assert_eq!(line, 3, "positions survive comment removal")
+            PodConfigError::NfConfig(e) => {
+                assert_eq!(e.line(), Some(3), "positions survive comment removal")
             }
             other => panic!("expected NfConfig, got {other}"),
         }
         std::fs::write(&nf, "[1, 2]").unwrap();
-        assert!(matches!(
-            generate(&only, &devices, &[0]),
-            Err(PodConfigError::NfConfigNotObject { .. })
-        ));
+        let e = generate(&only, &devices, &[0]).unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("the configuration must be a JSON object"),
+            "{e}"
+        );
+        // What the main reader accepts loads here too: trailing commas; duplicates are refused.
+        std::fs::write(&nf, "{\n  \"maglev\": { \"vips\": [1,], },\n}").unwrap();
+        let out = parse(&generate(&only, &devices, &[0]).unwrap());
+        assert_eq!(out["maglev"]["vips"], serde_json::json!([1]));
+        std::fs::write(&nf, "{\n  \"maglev\": {},\n  \"maglev\": {}\n}").unwrap();
+        let e = generate(&only, &devices, &[0]).unwrap_err();
+        assert!(e.to_string().contains(":3: maglev: duplicate key"), "{e}");
     }
 
     #[test]
@@ -1165,15 +1084,6 @@ mod tests {
                 "{bad:?}"
             );
         }
-    }
-
-    #[test]
-    fn comments_are_blanked_not_removed() {
-        let s = strip_jsonc_comments("{ // c\n \"a\": \"/*x*/\", /* b\n c */ \"d\": 1 }");
-        assert_eq!(s.lines().count(), 3);
-        let v: Value = serde_json::from_str(&s).unwrap();
-        assert_eq!(v["a"], "/*x*/");
-        assert_eq!(v["d"], 1);
     }
 
     #[test]

@@ -60,6 +60,43 @@ pub fn sysfs_queue_count(netdev: &str) -> io::Result<usize> {
     Ok(count)
 }
 
+/// Reads JSON-C text as this crate reads every configuration: `//` and `/* */` comments, trailing
+/// commas (as json-c accepts them), a leading byte-order mark; duplicate keys are errors. The top
+/// level must be an object. Errors name `origin`, the line and, where there is one, the key path.
+/// For files that hold only an application's own sections (`gen-config --nf-config`), which must load
+/// exactly as they will load in the full configuration.
+pub fn parse_jsonc_object(text: &str, origin: &str) -> Result<Map<String, Value>, ConfigError> {
+    Ok(read_document(text, origin)?.0)
+}
+
+fn read_document(text: &str, origin: &str) -> Result<(Map<String, Value>, Origin), ConfigError> {
+    // Editors on some systems start UTF-8 files with a byte-order mark; RFC 8259 section 8.1
+    // lets a parser ignore it, and it changes no line or column.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let syntax = |e: source::SyntaxError| ConfigError::Syntax {
+        origin: origin.to_owned(),
+        line: e.line,
+        column: e.column,
+        message: e.message,
+    };
+    let stripped = source::strip_trailing_commas(&source::strip_comments(text).map_err(syntax)?);
+    let value = source::parse_json(&stripped).map_err(syntax)?;
+    let lines = LineMap::scan(&stripped).map_err(|d| ConfigError::Invalid {
+        origin: origin.to_owned(),
+        line: d.line,
+        key_path: d.path.to_string(),
+        message: format!("duplicate key (first given at line {})", d.first_line),
+    })?;
+    let origin = Origin {
+        name: origin.to_owned(),
+        lines,
+    };
+    let Value::Object(doc) = value else {
+        return Err(origin.invalid(&KeyPath::root(), "the configuration must be a JSON object"));
+    };
+    Ok((doc, origin))
+}
+
 impl Config {
     /// Reads and checks the configuration file at `path`. Error messages name the file as given.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
@@ -84,31 +121,7 @@ impl Config {
         origin: &str,
         queue_count: &dyn Fn(&str) -> io::Result<usize>,
     ) -> Result<Self, ConfigError> {
-        // Editors on some systems start UTF-8 files with a byte-order mark; RFC 8259 section 8.1
-        // lets a parser ignore it, and it changes no line or column.
-        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        let syntax = |e: source::SyntaxError| ConfigError::Syntax {
-            origin: origin.to_owned(),
-            line: e.line,
-            column: e.column,
-            message: e.message,
-        };
-        let stripped =
-            source::strip_trailing_commas(&source::strip_comments(text).map_err(syntax)?);
-        let value = source::parse_json(&stripped).map_err(syntax)?;
-        let lines = LineMap::scan(&stripped).map_err(|d| ConfigError::Invalid {
-            origin: origin.to_owned(),
-            line: d.line,
-            key_path: d.path.to_string(),
-            message: format!("duplicate key (first given at line {})", d.first_line),
-        })?;
-        let origin = Origin {
-            name: origin.to_owned(),
-            lines,
-        };
-        let Value::Object(doc) = value else {
-            return Err(origin.invalid(&KeyPath::root(), "the configuration must be a JSON object"));
-        };
+        let (doc, origin) = read_document(text, origin)?;
         let parts = resolve::resolve(&doc, &origin, queue_count)?;
         Ok(Self { origin, doc, parts })
     }
