@@ -45,26 +45,6 @@ const CPUSET_V2: &str = "/sys/fs/cgroup/cpuset.cpus.effective";
 /// cgroup v1 file with the CPUs the pod may use.
 const CPUSET_V1: &str = "/sys/fs/cgroup/cpuset/cpuset.effective_cpus";
 
-/// Usage text of the `gen-config` subcommand.
-pub const USAGE: &str = "\
-gen-config: write a CNDP JSON-C configuration for the netdevs and CPUs of this pod
-
-  --nf-config PATH        JSON-C file with the network function's own sections (e.g. `maglev`)
-  --section NAME          take only this section from --nf-config (repeatable; default: all but the
-                          generated ones: application, defaults, umems, lports, lcore-groups, threads)
-  --output PATH           where to write (default: standard output; `-` also means standard output)
-  --app-name NAME         application name (default: the NF file's, else `cne`)
-  --mode auto|uds|pinned  how lports obtain the XSKMAP (default auto: whichever file the plugin mounted)
-  --queues auto|N         queues per netdev (default auto: /sys/class/net/IF/queues/rx-*, else 1)
-  --thread-type NAME      worker thread type (default `fwd`)
-  --cpus LIST             CPUs to use, e.g. `2-5,8` (default: sched_getaffinity and the cgroup cpuset)
-  --bufcnt N              UMEM buffers per lport in units of 1024 (default 8)
-  --bufsz 2|4             frame size in KiB (default 2)
-  --mtype 4KB|2MB         UMEM page type (default 4KB)
-  --busy-poll US,BUDGET   enable busy polling on every lport with this timeout and budget
-  --dp-dir PATH           device-plugin directory (default /tmp/afxdp_dp)
-  --sys-class-net PATH    sysfs network directory (default /sys/class/net)";
-
 /// Failures while generating a pod configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum PodConfigError {
@@ -108,6 +88,14 @@ pub enum PodConfigError {
     /// not an object); the error names the file and line.
     #[error(transparent)]
     NfConfig(#[from] crate::config::ConfigError),
+    /// A section could not be written as JSON.
+    #[error("rendering section {section}: {source}")]
+    Render {
+        /// The section.
+        section: String,
+        /// The serializer's error.
+        source: serde_json::Error,
+    },
     /// A `--section` named a section the NF file does not have.
     #[error("{path}: no section {section:?}")]
     MissingSection {
@@ -116,13 +104,10 @@ pub enum PodConfigError {
         /// The section asked for.
         section: String,
     },
-    /// A command-line argument is wrong.
-    #[error("gen-config: {0}\n\n{USAGE}")]
-    Usage(String),
 }
 
 /// How lports obtain their XSKMAP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum ModeChoice {
     /// Whichever file the plugin mounted: the socket, else the pinned map, else the legacy socket.
     #[default]
@@ -152,37 +137,117 @@ pub struct BusyPoll {
     pub budget: u16,
 }
 
-/// Options of `gen-config`; [`Default`] gives the documented defaults.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The CPU list type of `--cpus` (an alias, so that clap takes the list as one value).
+pub type CpuList = Vec<usize>;
+
+/// Options of `gen-config`, parsed by clap as the subcommand's arguments (an NF flattens them into its
+/// `gen-config` subcommand); [`Default`] gives the documented defaults.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+#[command(about = "Write a CNDP JSON-C configuration for the netdevs and CPUs of this pod")]
 pub struct GenConfig {
-    /// Application name; `None` takes the NF file's, else [`DEFAULT_APP_NAME`].
+    /// Application name (default: the NF file's, else `cne`).
+    #[arg(long, value_name = "NAME")]
     pub app_name: Option<String>,
-    /// The NF's JSON-C file with its own sections.
+    /// JSON-C file with the network function's own sections (e.g. `maglev`).
+    #[arg(long, value_name = "PATH")]
     pub nf_config: Option<PathBuf>,
-    /// Sections to take from `nf_config`; empty takes all except [`GENERATED_SECTIONS`].
+    /// Take only this section from --nf-config (repeatable; default: all but the generated ones:
+    /// application, defaults, umems, lports, lcore-groups, threads).
+    #[arg(long = "section", value_name = "NAME")]
     pub sections: Vec<String>,
-    /// Where to write; `None` is standard output.
-    pub output: Option<PathBuf>,
-    /// UDS, pinned map or detect.
+    /// Where to write, atomically (default: standard output; `-` also means standard output).
+    #[arg(short = 'o', long, value_name = "PATH", value_parser = parse_output)]
+    pub output: Option<Output>,
+    /// How lports obtain the XSKMAP (auto: whichever file the plugin mounted).
+    #[arg(long, value_enum, default_value_t)]
     pub mode: ModeChoice,
-    /// Queues per netdev.
+    /// Queues per netdev: `auto` (/sys/class/net/IF/queues/rx-*, else 1) or a count.
+    #[arg(long, value_name = "auto|N", default_value = "auto", value_parser = parse_queues)]
     pub queues: QueueChoice,
     /// Worker thread type.
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_THREAD_TYPE)]
     pub thread_type: String,
-    /// CPUs to use instead of the discovered ones.
-    pub cpus: Option<Vec<usize>>,
+    /// CPUs to use, e.g. `2-5,8` (default: sched_getaffinity and the cgroup cpuset).
+    #[arg(long, value_name = "LIST", value_parser = parse_cpu_list)]
+    pub cpus: Option<CpuList>,
     /// UMEM buffers per lport, in units of 1024.
+    #[arg(long = "bufcnt", value_name = "N", default_value_t = DEFAULT_BUFCNT_PER_LPORT,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub bufcnt_per_lport: u32,
-    /// Frame size in KiB.
+    /// Frame size in KiB: 2 or 4.
+    #[arg(long = "bufsz", value_name = "KIB", default_value_t = DEFAULT_BUFSZ_KIB,
+          value_parser = parse_bufsz)]
     pub bufsz_kib: u32,
-    /// UMEM page type (`"4KB"`, `"2MB"`).
+    /// UMEM page type.
+    #[arg(long, default_value = "4KB", value_parser = ["4KB", "2MB", "1GB"])]
     pub mtype: String,
-    /// Busy polling on every lport.
+    /// Enable busy polling on every lport with this timeout (microseconds) and budget.
+    #[arg(long, value_name = "US,BUDGET", value_parser = parse_busy_poll)]
     pub busy_poll: Option<BusyPoll>,
-    /// Where the device plugin's files are.
+    /// Device-plugin directory.
+    #[arg(long = "dp-dir", value_name = "PATH", default_value = dp::DP_DIR,
+          value_parser = parse_layout)]
     pub layout: DpLayout,
     /// Where sysfs lists network devices.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SYS_CLASS_NET)]
     pub sys_class_net: PathBuf,
+}
+
+/// Where `gen-config` writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Standard output (`-`).
+    Stdout,
+    /// A file, replaced atomically.
+    File(PathBuf),
+}
+
+/// Default sysfs network directory.
+pub const DEFAULT_SYS_CLASS_NET: &str = "/sys/class/net";
+
+fn parse_output(v: &str) -> Result<Output, String> {
+    Ok(match v {
+        "-" => Output::Stdout,
+        "" => return Err("an empty path".into()),
+        p => Output::File(PathBuf::from(p)),
+    })
+}
+
+fn parse_queues(v: &str) -> Result<QueueChoice, String> {
+    match v {
+        "auto" => Ok(QueueChoice::Auto),
+        n => match n.parse::<u32>() {
+            Ok(n) if n > 0 => Ok(QueueChoice::Fixed(n)),
+            _ => Err("`auto` or a count >= 1".into()),
+        },
+    }
+}
+
+fn parse_bufsz(v: &str) -> Result<u32, String> {
+    match v {
+        "2" => Ok(2),
+        "4" => Ok(4),
+        _ => Err("2 or 4 (KiB)".into()),
+    }
+}
+
+fn parse_busy_poll(v: &str) -> Result<BusyPoll, String> {
+    let (t, b) = v.split_once(',').ok_or("TIMEOUT_US,BUDGET")?;
+    let num = |x: &str| match x.trim().parse::<u16>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{x:?}: a number from 1 to {}", u16::MAX)),
+    };
+    Ok(BusyPoll {
+        timeout_us: num(t)?,
+        budget: num(b)?,
+    })
+}
+
+fn parse_layout(v: &str) -> Result<DpLayout, String> {
+    Ok(DpLayout {
+        dir: PathBuf::from(v),
+        ..DpLayout::default()
+    })
 }
 
 impl Default for GenConfig {
@@ -201,130 +266,22 @@ impl Default for GenConfig {
             mtype: "4KB".to_owned(),
             busy_poll: None,
             layout: DpLayout::default(),
-            sys_class_net: PathBuf::from("/sys/class/net"),
+            sys_class_net: PathBuf::from(DEFAULT_SYS_CLASS_NET),
         }
     }
 }
 
-impl GenConfig {
-    /// Parses the `gen-config` arguments (without the program or subcommand name).
-    pub fn from_args<I, S>(args: I) -> Result<Self, PodConfigError>
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        let mut cfg = Self::default();
-        let mut it = args.into_iter().map(Into::into);
-        while let Some(arg) = it.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
-                _ => (arg.clone(), None),
-            };
-            let mut value = |name: &str| {
-                inline
-                    .clone()
-                    .or_else(|| it.next())
-                    .ok_or_else(|| PodConfigError::Usage(format!("{name} needs a value")))
-            };
-            match flag.as_str() {
-                "--nf-config" => cfg.nf_config = Some(PathBuf::from(value(&flag)?)),
-                "--section" => cfg.sections.push(value(&flag)?),
-                "--output" | "-o" => {
-                    let v = value(&flag)?;
-                    cfg.output = (v != "-").then(|| PathBuf::from(v));
-                }
-                "--app-name" => cfg.app_name = Some(value(&flag)?),
-                "--mode" => {
-                    cfg.mode = match value(&flag)?.as_str() {
-                        "auto" => ModeChoice::Auto,
-                        "uds" => ModeChoice::Uds,
-                        "pinned" => ModeChoice::Pinned,
-                        other => {
-                            return Err(usage(format!("--mode {other:?}: auto, uds or pinned")))
-                        }
-                    }
-                }
-                "--queues" => {
-                    let v = value(&flag)?;
-                    cfg.queues = if v == "auto" {
-                        QueueChoice::Auto
-                    } else {
-                        match v.parse::<u32>() {
-                            Ok(n) if n > 0 => QueueChoice::Fixed(n),
-                            _ => {
-                                return Err(usage(format!(
-                                    "--queues {v:?}: `auto` or a count >= 1"
-                                )))
-                            }
-                        }
-                    }
-                }
-                "--thread-type" => cfg.thread_type = value(&flag)?,
-                "--cpus" => cfg.cpus = Some(parse_cpu_list(&value(&flag)?)?),
-                "--bufcnt" => cfg.bufcnt_per_lport = parse_num(&flag, &value(&flag)?, 1, 1024)?,
-                "--bufsz" => {
-                    cfg.bufsz_kib = parse_num(&flag, &value(&flag)?, 2, 4)?;
-                    if cfg.bufsz_kib == 3 {
-                        return Err(usage("--bufsz: 2 or 4 (KiB)".into()));
-                    }
-                }
-                "--mtype" => {
-                    let v = value(&flag)?;
-                    if !matches!(v.as_str(), "4KB" | "2MB" | "1GB") {
-                        return Err(usage(format!("--mtype {v:?}: 4KB, 2MB or 1GB")));
-                    }
-                    cfg.mtype = v;
-                }
-                "--busy-poll" => {
-                    let v = value(&flag)?;
-                    let (t, b) = v
-                        .split_once(',')
-                        .ok_or_else(|| usage(format!("--busy-poll {v:?}: TIMEOUT_US,BUDGET")))?;
-                    cfg.busy_poll = Some(BusyPoll {
-                        timeout_us: parse_num(&flag, t, 1, u16::MAX)?,
-                        budget: parse_num(&flag, b, 1, u16::MAX)?,
-                    });
-                }
-                "--dp-dir" => cfg.layout.dir = PathBuf::from(value(&flag)?),
-                "--sys-class-net" => cfg.sys_class_net = PathBuf::from(value(&flag)?),
-                "--help" | "-h" => return Err(PodConfigError::Usage("help".into())),
-                other => return Err(usage(format!("unknown argument {other:?}"))),
-            }
-        }
-        Ok(cfg)
-    }
-}
-
-fn usage(msg: String) -> PodConfigError {
-    PodConfigError::Usage(msg)
-}
-
-fn parse_num<T>(flag: &str, v: &str, min: T, max: T) -> Result<T, PodConfigError>
-where
-    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
-{
-    match v.trim().parse::<T>() {
-        Ok(n) if n >= min && n <= max => Ok(n),
-        _ => Err(usage(format!("{flag} {v:?}: a number from {min} to {max}"))),
-    }
-}
-
-/// The `gen-config` subcommand: parses `args`, reads the pod's environment, CPUs and sysfs, and writes
-/// the configuration to `--output` (atomically, by rename) or standard output.
-pub fn run_gen_config<I, S>(args: I) -> Result<(), PodConfigError>
-where
-    I: IntoIterator<Item = S>,
-    S: Into<String>,
-{
-    let cfg = GenConfig::from_args(args)?;
+/// The `gen-config` subcommand: reads the pod's environment, CPUs and sysfs, and writes the
+/// configuration to `--output` (atomically, by rename) or standard output.
+pub fn run_gen_config(cfg: &GenConfig) -> Result<(), PodConfigError> {
     let devices = dp::devices_from_env()?;
     let cpus = match &cfg.cpus {
         Some(c) => c.clone(),
         None => allowed_cpus()?,
     };
-    let text = generate(&cfg, &devices, &cpus)?;
+    let text = generate(cfg, &devices, &cpus)?;
     match &cfg.output {
-        None => {
+        None | Some(Output::Stdout) => {
             let mut out = io::stdout().lock();
             out.write_all(text.as_bytes())
                 .and_then(|()| out.flush())
@@ -333,7 +290,7 @@ where
                     source,
                 })
         }
-        Some(path) => write_atomically(path, &text),
+        Some(Output::File(path)) => write_atomically(path, &text),
     }
 }
 
@@ -537,9 +494,12 @@ pub fn generate(
 fn render(sections: &[(String, Value)]) -> Result<String, PodConfigError> {
     let mut out = String::from("{\n");
     for (i, (key, value)) in sections.iter().enumerate() {
-        let k = serde_json::to_string(key).map_err(|e| usage(format!("rendering {key}: {e}")))?;
-        let v = serde_json::to_string_pretty(value)
-            .map_err(|e| usage(format!("rendering {key}: {e}")))?;
+        let render = |source| PodConfigError::Render {
+            section: key.clone(),
+            source,
+        };
+        let k = serde_json::to_string(key).map_err(render)?;
+        let v = serde_json::to_string_pretty(value).map_err(render)?;
         // JSON strings never contain raw newlines, so re-indenting by line is safe.
         out.push_str("  ");
         out.push_str(&k);
@@ -1020,9 +980,20 @@ mod tests {
         assert_eq!(mine, sorted, "ascending, no duplicates");
     }
 
+    /// `gen-config` as an NF's subcommand sees it.
+    fn from_args(args: &[&str]) -> Result<GenConfig, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Cmd {
+            #[command(flatten)]
+            cfg: GenConfig,
+        }
+        let argv = std::iter::once("gen-config").chain(args.iter().copied());
+        <Cmd as clap::Parser>::try_parse_from(argv).map(|c| c.cfg)
+    }
+
     #[test]
     fn args_parse() {
-        let cfg = GenConfig::from_args([
+        let cfg = from_args(&[
             "--nf-config",
             "/etc/cne/maglev.jsonc",
             "--section",
@@ -1052,8 +1023,8 @@ mod tests {
         );
         assert_eq!(cfg.sections, vec!["maglev"]);
         assert_eq!(
-            cfg.output.as_deref(),
-            Some(Path::new("/run/cne/config.jsonc"))
+            cfg.output,
+            Some(Output::File(PathBuf::from("/run/cne/config.jsonc")))
         );
         assert_eq!(cfg.mode, ModeChoice::Pinned);
         assert_eq!(cfg.queues, QueueChoice::Fixed(2));
@@ -1067,7 +1038,11 @@ mod tests {
         );
         assert_eq!((cfg.bufcnt_per_lport, cfg.mtype.as_str()), (4, "2MB"));
         assert_eq!(cfg.layout.dir, PathBuf::from("/x"));
-        assert_eq!(GenConfig::from_args(["-o", "-"]).unwrap().output, None);
+        assert_eq!(
+            from_args(&["-o", "-"]).unwrap().output,
+            Some(Output::Stdout)
+        );
+        assert_eq!(from_args(&[]).unwrap(), GenConfig::default());
         for bad in [
             &["--mode", "x"][..],
             &["--queues", "0"],
@@ -1076,13 +1051,7 @@ mod tests {
             &["--output"],
             &["--bufsz", "3"],
         ] {
-            assert!(
-                matches!(
-                    GenConfig::from_args(bad.iter().copied()),
-                    Err(PodConfigError::Usage(_))
-                ),
-                "{bad:?}"
-            );
+            assert!(from_args(bad).is_err(), "{bad:?}");
         }
     }
 

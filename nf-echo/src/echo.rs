@@ -1017,9 +1017,9 @@ mod tests {
         for fx in FIXTURES.iter().filter(checked) {
             let input = hex(fx.input);
             let info = parse_frame(&input).expect("fixture parses");
-            if !matches!(info.l4_protocol, IpProtocol::Udp | IpProtocol::Icmp)
-                && !(info.l4_protocol == IpProtocol::Icmpv6 && fx.name.starts_with("ICMPv6 echo"))
-            {
+            let echo6 =
+                info.l4_protocol == IpProtocol::Icmpv6 && fx.name.starts_with("ICMPv6 echo");
+            if !(matches!(info.l4_protocol, IpProtocol::Udp | IpProtocol::Icmp) || echo6) {
                 continue;
             }
             // The last payload byte (not the Ethernet padding): covered by the L4 checksum only.

@@ -67,14 +67,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Write a config for this pod from the device plugin's environment (AFXDP_DEVICES_*);
-    /// `nf-echo gen-config --help` lists its flags.
-    #[command(disable_help_flag = true)]
-    GenConfig {
-        /// Flags of gen-config.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
+    /// Write a config for this pod from the device plugin's environment (AFXDP_DEVICES_*).
+    GenConfig(Box<cne::podconfig::GenConfig>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -118,12 +112,8 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if let Some(Command::GenConfig { args }) = &cli.command {
-        if args.iter().any(|a| a == "--help" || a == "-h") {
-            print!("{}", cne::podconfig::USAGE);
-            return Ok(());
-        }
-        return cne::podconfig::run_gen_config(args.iter().cloned()).context("gen-config");
+    if let Some(Command::GenConfig(cfg)) = &cli.command {
+        return cne::podconfig::run_gen_config(cfg).context("gen-config");
     }
     let path = cli
         .config

@@ -111,14 +111,8 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Write a config for this pod from the device plugin's environment (AFXDP_DEVICES_*);
-    /// `nf-maglev gen-config --help` lists its flags.
-    #[command(disable_help_flag = true)]
-    GenConfig {
-        /// Flags of gen-config.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
+    /// Write a config for this pod from the device plugin's environment (AFXDP_DEVICES_*).
+    GenConfig(Box<cne::podconfig::GenConfig>),
 }
 
 fn main() -> ExitCode {
@@ -135,13 +129,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match &cli.command {
-        Some(Command::GenConfig { args }) => {
-            if args.iter().any(|a| a == "--help" || a == "-h") {
-                print!("{}", cne::podconfig::USAGE);
-                return Ok(());
-            }
-            cne::podconfig::run_gen_config(args.iter().cloned()).context("gen-config")
-        }
+        Some(Command::GenConfig(cfg)) => cne::podconfig::run_gen_config(cfg).context("gen-config"),
         Some(Command::Decap {
             dev,
             addrs,

@@ -265,7 +265,7 @@ mod tests {
         let all = all_reports(&[slot_a.clone(), slot_b.clone()]);
         assert_eq!(all.len(), 3);
         let later = Instant::now() + Duration::from_secs(3);
-        assert!(stalled(&[slot_a.clone()], later, Duration::from_secs(5)).is_empty());
+        assert!(stalled(std::slice::from_ref(&slot_a), later, Duration::from_secs(5)).is_empty());
         let s = stalled(&[slot_a, slot_b], later, Duration::from_secs(2));
         assert_eq!(s.len(), 2);
         assert!(

@@ -258,7 +258,7 @@ fn gen_config_help_prints_its_usage() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("gen-config:") && text.contains("--nf-config"),
+        text.contains("Usage: nf-maglev gen-config") && text.contains("--nf-config"),
         "{text}"
     );
 }
@@ -620,7 +620,7 @@ fn readyz_follows_the_link_and_a_deleted_interface_ends_the_process() {
     assert_eq!(ready(&lb), (200, "ready\n".into()), "{}", lb.log());
 
     run("ip", &["link", "set", &veth.a, "down"]);
-    let (status, body) = wait_for("/readyz to fail while the link is down", || {
+    let (_, body) = wait_for("/readyz to fail while the link is down", || {
         let r = ready(&lb);
         (r.0 == 503).then_some(r)
     });
