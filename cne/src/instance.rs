@@ -36,7 +36,7 @@ pub enum InstanceError {
     #[error("an instance is already open in this process (one instance per process)")]
     AlreadyOpen,
     /// A UMEM could not be created.
-    #[error("umem \"{umem}\": {source}")]
+    #[error("umem \"{umem}\"")]
     Umem {
         /// UMEM name from the config.
         umem: String,
@@ -45,7 +45,7 @@ pub enum InstanceError {
         source: UmemError,
     },
     /// The XDP program could not be attached.
-    #[error("netdev {netdev}: {source}")]
+    #[error("XDP program on netdev {netdev}")]
     Xdp {
         /// Netdev name.
         netdev: String,
@@ -54,7 +54,7 @@ pub enum InstanceError {
         source: XdpError,
     },
     /// A socket could not be opened.
-    #[error("lport \"{lport}\": {source}")]
+    #[error("lport \"{lport}\"")]
     Port {
         /// Lport name from the config.
         lport: String,
@@ -63,7 +63,7 @@ pub enum InstanceError {
         source: PortError,
     },
     /// The device-plugin handshake or the pinned map failed.
-    #[error("lport \"{lport}\": {source}")]
+    #[error("lport \"{lport}\"")]
     DevicePlugin {
         /// Lport name from the config.
         lport: String,
@@ -75,7 +75,7 @@ pub enum InstanceError {
     #[error("{0}: no thread owns an lport: add \"threads\" entries with \"lports\"")]
     NoWorkers(String),
     /// Pinning a worker thread to its CPUs failed.
-    #[error("worker \"{worker}\": cannot pin to CPUs {cpus:?}: {source}")]
+    #[error("worker \"{worker}\": cannot pin to CPUs {cpus:?}")]
     Affinity {
         /// Worker (thread) name.
         worker: String,

@@ -86,10 +86,10 @@ pub enum PodConfigError {
         reason: String,
     },
     /// `sched_getaffinity` failed.
-    #[error("sched_getaffinity: {0}")]
+    #[error("sched_getaffinity")]
     Affinity(#[source] io::Error),
     /// A file could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -97,7 +97,7 @@ pub enum PodConfigError {
         source: io::Error,
     },
     /// The output could not be written.
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}")]
     Write {
         /// The file (`-` for standard output).
         path: PathBuf,
@@ -105,7 +105,7 @@ pub enum PodConfigError {
         source: io::Error,
     },
     /// The NF's JSON-C file is not valid JSON once comments are removed.
-    #[error("{path}:{line}:{column}: {source}")]
+    #[error("{path}:{line}:{column}")]
     NfConfig {
         /// The file.
         path: PathBuf,
