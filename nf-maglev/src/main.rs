@@ -69,7 +69,8 @@ struct Cli {
     /// JSON-C config file: CNDP's sections plus a `maglev` section.
     #[arg(short = 'c', long = "config", value_name = "FILE.jsonc")]
     config: Option<PathBuf>,
-    /// Replace an XDP program another process left on an interface.
+    /// Replace an XDP program someone else attached to an interface (through netlink, or through a
+    /// bpf_link of another process). Our own program never needs it: it leaves with the process.
     #[arg(long)]
     force: bool,
     /// Address of the admin API and metrics endpoint (port 0 picks a free port; the log names it).

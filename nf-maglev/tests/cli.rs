@@ -281,6 +281,47 @@ fn a_missing_netdev_fails_clearly() {
         stderr.contains(&format!("netdev {netdev} not found")),
         "{stderr}"
     );
+    // The cause is printed once.
+    assert_eq!(stderr.matches("not found").count(), 1, "{stderr}");
+}
+
+/// A `maglev` section with one TCP VIP per port `1..=ports` of one address, without backends.
+fn port_vips(ports: u16) -> String {
+    let vips: Vec<String> = (1..=ports)
+        .map(|p| {
+            format!(
+                r#"{{ "name": "p{p}", "addr": "198.18.100.1", "proto": "tcp", "port": {p},
+                     "mode": "gre", "backends": [] }}"#
+            )
+        })
+        .collect();
+    format!(
+        r#"{{ "table_size": 251, "local_addrs": ["198.18.0.1"], "gateway_mac": "02:00:00:00:00:fe",
+             "vips": [{}] }}"#,
+        vips.join(",\n")
+    )
+}
+
+#[test]
+fn claims_beyond_the_filter_capacity_are_refused_before_start() {
+    let dir = TempDir::new("claims");
+    // 4096 ports of one address: 4096 rules plus the address's own entry, one more than the limit.
+    // The netdev does not exist: the check comes before anything touches the network.
+    let file = dir.write("many.jsonc", &config_text("nfmnone0", 0, &port_vips(4096)));
+    let (status, stderr) = check_output(&file);
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("maglev.vips: the VIPs need 4097 XDP claim entries")
+            && stderr.contains("limit of 4096"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("nfmnone0 not found"), "{stderr}");
+    // 4095 ports fit exactly (4096 entries): start-up goes on, to fail at the missing interface.
+    let file = dir.write("fits.jsonc", &config_text("nfmnone0", 0, &port_vips(4095)));
+    let (status, stderr) = check_output(&file);
+    assert!(!status.success(), "{stderr}");
+    assert!(!stderr.contains("claim entries"), "{stderr}");
+    assert!(stderr.contains("nfmnone0"), "{stderr}");
 }
 
 /// A running `nf-maglev` whose stderr is collected; killed on drop if still running.
