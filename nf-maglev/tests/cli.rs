@@ -324,6 +324,50 @@ fn claims_beyond_the_filter_capacity_are_refused_before_start() {
     assert!(stderr.contains("nfmnone0"), "{stderr}");
 }
 
+#[test]
+fn decap_killed_leaves_no_program_and_restarts_without_force() {
+    require_root!();
+    let veth = Veth::new("k");
+    run("ip", &["addr", "add", "198.18.77.2/32", "dev", &veth.a]);
+    let start = || {
+        let child = Command::new(BIN)
+            .args(["decap", "--dev", &veth.a])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn decap");
+        let mut attached = false;
+        for _ in 0..500 {
+            if veth.has_xdp() {
+                attached = true;
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        (child, attached)
+    };
+    let (mut first, attached) = start();
+    assert!(attached, "decap did not attach");
+    first.kill().expect("SIGKILL");
+    first.wait().expect("reap");
+    wait_for("the kernel to detach the killed decap's program", || {
+        (!veth.has_xdp()).then_some(())
+    });
+    // The same command line again: no --force needed.
+    let (mut second, attached) = start();
+    let alive = second.try_wait().ok().flatten().is_none();
+    let _ = second.kill();
+    let out = second.wait_with_output().expect("reap");
+    assert!(
+        attached && alive,
+        "restarted decap did not attach: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("the second program to leave", || {
+        (!veth.has_xdp()).then_some(())
+    });
+}
+
 /// A running `nf-maglev` whose stderr is collected; killed on drop if still running.
 struct Lb {
     child: Child,
