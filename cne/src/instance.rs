@@ -11,7 +11,9 @@
 //! CNDP allows one instance per process; so does this type (a second [`Instance::open`] fails while the
 //! first is alive). Drop order matters: sockets close when their workers end, and the XDP programs are
 //! detached when the instance is dropped, after the workers have been joined. The network functions
-//! return from `main` on SIGINT and SIGTERM, so this also happens on those signals and on error paths.
+//! return from `main` on SIGINT and SIGTERM, so this also happens on those signals and on error paths;
+//! when the process dies without unwinding (SIGKILL, OOM), the kernel detaches the programs itself, as
+//! they are held by `bpf_link`s of this process (see [`crate::xdp`]).
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
