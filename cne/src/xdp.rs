@@ -168,8 +168,8 @@ pub enum XdpError {
     },
     /// `--force` could not remove the `bpf_link` through which another process holds its program.
     #[error(
-        "{ifname}: XDP program id {id} ({name}) is held by bpf_link id {link_id} of another process and \
-         --force could not detach it; stop that process (or `bpftool link detach id {link_id}`)"
+        "{ifname}: XDP program id {id} ({name}) is held by {link} of another process and --force could \
+         not detach it; stop that process (or detach the link: `bpftool link detach id ID`)"
     )]
     ForeignLink {
         /// The interface.
@@ -178,8 +178,8 @@ pub enum XdpError {
         id: u32,
         /// Its name.
         name: String,
-        /// Kernel id of the link.
-        link_id: u32,
+        /// The link: `bpf_link id N`, or `a bpf_link` when it could not be listed.
+        link: String,
         /// Why `BPF_LINK_DETACH` failed.
         #[source]
         source: io::Error,
@@ -849,7 +849,7 @@ impl Attachment {
                     ifname: ifname.to_string(),
                     id,
                     name,
-                    link_id,
+                    link: format!("bpf_link id {link_id}"),
                     source,
                 })?;
                 continue;
@@ -865,7 +865,7 @@ impl Attachment {
                         ifname: ifname.to_string(),
                         id,
                         name,
-                        link_id: 0,
+                        link: "a bpf_link".to_string(),
                         source: e,
                     })
                 }

@@ -222,10 +222,10 @@ fn restart_sections_changed(old: &Config, new: &Config) -> Vec<&'static str> {
 /// belong to the connection they quote), plus ARP / neighbour discovery when the data plane answers them.
 /// Taken from the validated configuration, not the state, so the claims of a reload can be written
 /// before its state is published.
-fn claims(state: &Validated) -> (Vec<Rule>, Vec<(IpAddr, AddrFlags)>) {
-    let mut rules = Vec::with_capacity(state.vips.len());
+fn claims(config: &Validated) -> (Vec<Rule>, Vec<(IpAddr, AddrFlags)>) {
+    let mut rules = Vec::with_capacity(config.vips.len());
     let mut addrs = BTreeSet::new();
-    for v in &state.vips {
+    for v in &config.vips {
         let proto = v.proto.number();
         rules.push(if v.port.is_all() {
             Rule::proto(v.addr, proto)
@@ -234,7 +234,7 @@ fn claims(state: &Validated) -> (Vec<Rule>, Vec<(IpAddr, AddrFlags)>) {
         });
         addrs.insert(v.addr);
     }
-    let flags = if state.claim_all {
+    let flags = if config.claim_all {
         AddrFlags::FRAGS | AddrFlags::ICMP_ERRORS | AddrFlags::NEIGH
     } else {
         AddrFlags::FRAGS | AddrFlags::ICMP_ERRORS
