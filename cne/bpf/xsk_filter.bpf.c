@@ -23,6 +23,12 @@
  *                     balancer). Echo requests and other ICMP stay with the kernel.
  * Addresses are keyed as 16 bytes, IPv4 as the mapped form ::ffff:a.b.c.d. Ports are in network order.
  *
+ * The rules map holds two generations of claims, told apart by the key's `gen` byte; cfg[0].active names
+ * the one packets see. User space writes a new set of claims under the other generation, then flips
+ * `active` with one array write, then deletes the old generation: every packet sees either the old claims
+ * or the new ones, never a mix, and a write that fails half-way is never seen at all. `active` sits in the
+ * cfg value the program reads anyway, so the switch costs no extra lookup per packet.
+ *
  * Counters (per-CPU): claimed (a claim rule matched), passed (nothing matched), redirect_failed (claimed
  * but no socket at that queue: the packet is passed to the kernel instead, bpf_redirect_map's fallback).
  */
@@ -36,6 +42,7 @@
 #include <bpf/bpf_endian.h>
 
 #define XSKS_MAX_QUEUES 256
+/* Entries per generation; the map holds two generations. */
 #define RULES_MAX 4096
 /* Bound on IPv6 extension headers walked before giving up (the loop is unrolled). */
 #define IPV6_MAX_EXT_HDRS 6
@@ -50,12 +57,13 @@ enum { STAT_CLAIMED = 0, STAT_PASSED = 1, STAT_REDIRECT_FAILED = 2, STAT_MAX = 3
 struct rule_key {
 	__u32 addr[4];
 	__u8 proto;
-	__u8 pad;
+	__u8 gen; /* generation of the claims (0 or 1, see cfg.active) */
 	__u16 port; /* network order; 0 = all ports */
 };
 
 struct filter_cfg {
 	__u32 claim_all;
+	__u32 active; /* the generation of rules packets see */
 };
 
 struct vlan_hdr {
@@ -111,7 +119,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, RULES_MAX);
+	__uint(max_entries, 2 * RULES_MAX);
 	__type(key, struct rule_key);
 	__type(value, __u32);
 } rules SEC(".maps");
@@ -131,26 +139,27 @@ static __always_inline void count(__u32 idx)
 		*v += 1; /* per-CPU slot: no atomic needed */
 }
 
-static __always_inline void key_ipv4(struct rule_key *key, __be32 addr)
+static __always_inline void key_ipv4(struct rule_key *key, __be32 addr, __u8 gen)
 {
 	key->addr[0] = 0;
 	key->addr[1] = 0;
 	key->addr[2] = bpf_htonl(0x0000ffff);
 	key->addr[3] = addr;
 	key->proto = 0;
-	key->pad = 0;
+	key->gen = gen;
 	key->port = 0;
 }
 
-static __always_inline void key_ipv6(struct rule_key *key, const void *addr)
+static __always_inline void key_ipv6(struct rule_key *key, const void *addr, __u8 gen)
 {
 	__builtin_memcpy(key->addr, addr, 16);
 	key->proto = 0;
-	key->pad = 0;
+	key->gen = gen;
 	key->port = 0;
 }
 
-/* Flags of the per-address entry of key->addr (0 if none). Resets proto and port of key. */
+/* Flags of the per-address entry of key->addr in generation key->gen (0 if none). Resets proto and port
+ * of key. */
 static __always_inline __u32 addr_flags(struct rule_key *key)
 {
 	__u32 *flags;
@@ -176,7 +185,6 @@ static __always_inline int match_ip(struct rule_key *key, __u8 proto, void *l4, 
 	__u32 flags;
 
 	key->proto = proto;
-	key->pad = 0;
 	if (l4 && has_ports(proto)) {
 		__be16 *ports = l4;
 
@@ -205,7 +213,7 @@ static __always_inline int match_ip(struct rule_key *key, __u8 proto, void *l4, 
 	return 0;
 }
 
-static __always_inline int classify_arp(void *l3, void *end)
+static __always_inline int classify_arp(void *l3, void *end, __u8 gen)
 {
 	struct arp_eth_ipv4 *arp = l3;
 	struct rule_key key;
@@ -221,11 +229,11 @@ static __always_inline int classify_arp(void *l3, void *end)
 	if (op != 1 && op != 2)
 		return 0;
 	__builtin_memcpy(&tpa, arp->tpa, 4);
-	key_ipv4(&key, tpa);
+	key_ipv4(&key, tpa, gen);
 	return (addr_flags(&key) & (ADDR_NEIGH | ADDR_OWN_ALL)) != 0;
 }
 
-static __always_inline int classify_ipv4(void *l3, void *end)
+static __always_inline int classify_ipv4(void *l3, void *end, __u8 gen)
 {
 	struct iphdr *ip = l3;
 	struct rule_key key;
@@ -241,11 +249,11 @@ static __always_inline int classify_ipv4(void *l3, void *end)
 	/* MF or a non-zero offset: a fragment. Only the first (offset 0) carries the L4 header. */
 	is_frag = (frag & 0x3fff) != 0;
 	l4 = (frag & 0x1fff) ? 0 : l3 + ip->ihl * 4;
-	key_ipv4(&key, ip->daddr);
+	key_ipv4(&key, ip->daddr, gen);
 	return match_ip(&key, ip->protocol, l4, end, is_frag);
 }
 
-static __always_inline int classify_ipv6(void *l3, void *end)
+static __always_inline int classify_ipv6(void *l3, void *end, __u8 gen)
 {
 	struct ipv6hdr *ip6 = l3;
 	struct rule_key key;
@@ -284,7 +292,7 @@ static __always_inline int classify_ipv6(void *l3, void *end)
 		}
 	}
 
-	key_ipv6(&key, &ip6->daddr);
+	key_ipv6(&key, &ip6->daddr, gen);
 	if (nh == IPPROTO_ICMPV6 && first) {
 		struct icmp6_nd *nd = p;
 
@@ -293,7 +301,7 @@ static __always_inline int classify_ipv6(void *l3, void *end)
 				/* Neighbour solicitation: sent to the solicited-node group, so key on the target. */
 				struct rule_key tkey;
 
-				key_ipv6(&tkey, nd->target);
+				key_ipv6(&tkey, nd->target, gen);
 				if (addr_flags(&tkey) & (ADDR_NEIGH | ADDR_OWN_ALL))
 					return 1;
 			} else if (nd->type == 136 && nd->code == 0) {
@@ -306,7 +314,7 @@ static __always_inline int classify_ipv6(void *l3, void *end)
 	return match_ip(&key, nh, first ? p : 0, end, is_frag);
 }
 
-static __always_inline int classify(void *data, void *end)
+static __always_inline int classify(void *data, void *end, __u8 gen)
 {
 	struct ethhdr *eth = data;
 	__be16 proto;
@@ -325,11 +333,11 @@ static __always_inline int classify(void *data, void *end)
 		l3 = vh + 1;
 	}
 	if (proto == bpf_htons(ETH_P_IP))
-		return classify_ipv4(l3, end);
+		return classify_ipv4(l3, end, gen);
 	if (proto == bpf_htons(ETH_P_IPV6))
-		return classify_ipv6(l3, end);
+		return classify_ipv6(l3, end, gen);
 	if (proto == bpf_htons(ETH_P_ARP))
-		return classify_arp(l3, end);
+		return classify_arp(l3, end, gen);
 	return 0;
 }
 
@@ -343,7 +351,11 @@ int xsk_filter(struct xdp_md *ctx)
 	long act;
 
 	c = bpf_map_lookup_elem(&cfg, &zero);
-	if (!(c && c->claim_all) && !classify(data, end)) {
+	if (!c) {
+		count(STAT_PASSED);
+		return XDP_PASS;
+	}
+	if (!c->claim_all && !classify(data, end, c->active & 1)) {
 		count(STAT_PASSED);
 		return XDP_PASS;
 	}

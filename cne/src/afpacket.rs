@@ -35,7 +35,7 @@ pub enum AfPacketError {
         ifname: String,
     },
     /// A socket call failed.
-    #[error("{call} for AF_PACKET socket on {ifname} failed: {source}")]
+    #[error("{call} for AF_PACKET socket on {ifname} failed")]
     Socket {
         /// The failing call.
         call: &'static str,

@@ -12,8 +12,8 @@
 //!
 //! The local-address map is filled before the program is attached, so there is no moment at which GRE
 //! packets to a listed address pass undecapsulated. Attach and detach follow [`crate::xdp`]: a foreign
-//! program is refused unless forced, and dropping the [`DecapProgram`] detaches it only while it is still
-//! the attached one.
+//! program is refused unless forced, and the program is held by an XDP `bpf_link`, so dropping the
+//! [`DecapProgram`], or the end of the process (SIGKILL included), detaches it.
 
 use std::io;
 use std::net::IpAddr;

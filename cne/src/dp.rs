@@ -85,7 +85,7 @@ pub enum DpError {
         path: PathBuf,
     },
     /// A system call failed.
-    #[error("{call} on {path}: {source}")]
+    #[error("{call} on {path}")]
     Io {
         /// The failing call.
         call: &'static str,
@@ -758,7 +758,7 @@ impl DpSessions {
         let mut first = None;
         for (_, s) in self.sessions.drain() {
             if let Err(e) = s.fin() {
-                log::warn!("{e}");
+                log::warn!("{}", crate::error_chain(&e));
                 first.get_or_insert(e);
             }
         }

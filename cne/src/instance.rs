@@ -11,7 +11,9 @@
 //! CNDP allows one instance per process; so does this type (a second [`Instance::open`] fails while the
 //! first is alive). Drop order matters: sockets close when their workers end, and the XDP programs are
 //! detached when the instance is dropped, after the workers have been joined. The network functions
-//! return from `main` on SIGINT and SIGTERM, so this also happens on those signals and on error paths.
+//! return from `main` on SIGINT and SIGTERM, so this also happens on those signals and on error paths;
+//! when the process dies without unwinding (SIGKILL, OOM), the kernel detaches the programs itself, as
+//! they are held by `bpf_link`s of this process (see [`crate::xdp`]).
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
@@ -36,7 +38,7 @@ pub enum InstanceError {
     #[error("an instance is already open in this process (one instance per process)")]
     AlreadyOpen,
     /// A UMEM could not be created.
-    #[error("umem \"{umem}\": {source}")]
+    #[error("umem \"{umem}\"")]
     Umem {
         /// UMEM name from the config.
         umem: String,
@@ -45,7 +47,7 @@ pub enum InstanceError {
         source: UmemError,
     },
     /// The XDP program could not be attached.
-    #[error("netdev {netdev}: {source}")]
+    #[error("XDP program on netdev {netdev}")]
     Xdp {
         /// Netdev name.
         netdev: String,
@@ -54,7 +56,7 @@ pub enum InstanceError {
         source: XdpError,
     },
     /// A socket could not be opened.
-    #[error("lport \"{lport}\": {source}")]
+    #[error("lport \"{lport}\"")]
     Port {
         /// Lport name from the config.
         lport: String,
@@ -63,7 +65,7 @@ pub enum InstanceError {
         source: PortError,
     },
     /// The device-plugin handshake or the pinned map failed.
-    #[error("lport \"{lport}\": {source}")]
+    #[error("lport \"{lport}\"")]
     DevicePlugin {
         /// Lport name from the config.
         lport: String,
@@ -75,7 +77,7 @@ pub enum InstanceError {
     #[error("{0}: no thread owns an lport: add \"threads\" entries with \"lports\"")]
     NoWorkers(String),
     /// Pinning a worker thread to its CPUs failed.
-    #[error("worker \"{worker}\": cannot pin to CPUs {cpus:?}: {source}")]
+    #[error("worker \"{worker}\": cannot pin to CPUs {cpus:?}")]
     Affinity {
         /// Worker (thread) name.
         worker: String,

@@ -24,3 +24,16 @@ pub mod stats;
 pub mod umem;
 pub mod wire;
 pub mod xdp;
+
+/// `error` and its chain of causes, `outer: inner: innermost`: the errors of this crate print each
+/// cause once, through [`std::error::Error::source`], so a bare `{error}` shows only the outermost step.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}

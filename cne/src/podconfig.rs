@@ -66,10 +66,10 @@ pub enum PodConfigError {
         reason: String,
     },
     /// `sched_getaffinity` failed.
-    #[error("sched_getaffinity: {0}")]
+    #[error("sched_getaffinity")]
     Affinity(#[source] io::Error),
     /// A file could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -77,7 +77,7 @@ pub enum PodConfigError {
         source: io::Error,
     },
     /// The output could not be written.
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}")]
     Write {
         /// The file (`-` for standard output).
         path: PathBuf,
@@ -89,7 +89,7 @@ pub enum PodConfigError {
     #[error(transparent)]
     NfConfig(#[from] crate::config::ConfigError),
     /// A section could not be written as JSON.
-    #[error("rendering section {section}: {source}")]
+    #[error("rendering section {section}")]
     Render {
         /// The section.
         section: String,

@@ -213,7 +213,7 @@ pub enum PortError {
         qid: u32,
     },
     /// A system call failed.
-    #[error("{call} failed for {ifname}:{qid}: {source}")]
+    #[error("{call} failed for {ifname}:{qid}")]
     Syscall {
         /// The call and its argument, e.g. `setsockopt(XDP_UMEM_REG)`.
         call: &'static str,
@@ -226,7 +226,7 @@ pub enum PortError {
         source: io::Error,
     },
     /// `bind` refused the socket.
-    #[error("bind of the AF_XDP socket to {ifname} queue {qid} ({mode}) failed: {source}")]
+    #[error("bind of the AF_XDP socket to {ifname} queue {qid} ({mode}) failed")]
     Bind {
         /// Interface.
         ifname: String,
@@ -239,7 +239,7 @@ pub enum PortError {
         source: io::Error,
     },
     /// Loading or finding the XDP redirect program failed.
-    #[error("XDP program setup on {ifname} failed: {what}: {source}")]
+    #[error("XDP program setup on {ifname} failed: {what}")]
     XdpProgram {
         /// Interface.
         ifname: String,
@@ -250,7 +250,7 @@ pub enum PortError {
         source: io::Error,
     },
     /// Writing the socket into the XSKMAP failed.
-    #[error("inserting the socket of {ifname}:{qid} into XSKMAP fd {map_fd} failed: {source}")]
+    #[error("inserting the socket of {ifname}:{qid} into XSKMAP fd {map_fd} failed")]
     XskMap {
         /// Interface.
         ifname: String,

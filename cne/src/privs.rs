@@ -26,7 +26,7 @@ pub const DEVICE_PLUGIN_CAPS: [Capability; 3] = [
 #[derive(Debug, thiserror::Error)]
 pub enum PrivsError {
     /// A capability system call failed.
-    #[error("{call}: {source}")]
+    #[error("{call}")]
     Caps {
         /// The failing operation.
         call: &'static str,
@@ -44,7 +44,7 @@ pub enum PrivsError {
         caps: Vec<String>,
     },
     /// `prctl(PR_SET_NO_NEW_PRIVS)` failed.
-    #[error("prctl(PR_SET_NO_NEW_PRIVS): {0}")]
+    #[error("prctl(PR_SET_NO_NEW_PRIVS)")]
     NoNewPrivs(#[source] io::Error),
     /// After dropping, a set still holds a capability outside the kept ones.
     #[error("after dropping, the {set} set still holds {caps:?}")]

@@ -51,7 +51,7 @@ pub enum UmemError {
     #[error("invalid UMEM config: {0}")]
     Config(String),
     /// The memory mapping failed.
-    #[error("mmap of {len} bytes for the UMEM failed: {source}")]
+    #[error("mmap of {len} bytes for the UMEM failed")]
     Mmap {
         /// Bytes requested.
         len: usize,

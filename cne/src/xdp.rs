@@ -10,12 +10,22 @@
 //! Invariants:
 //! - Never replace someone else's program silently: an interface that already runs an XDP program is
 //!   refused unless `force` is given, and the error names the program.
-//! - Never leave a program behind: dropping the [`XdpProgram`] detaches it, but only if the interface still
-//!   runs *this* program (it is compared by id first, and the detach itself carries the program as the
-//!   expected old one, so a program attached by someone else in between is never removed). Network
-//!   functions return from `main` on SIGINT/SIGTERM (`ctrlc`) and on errors, so `Drop` runs on every
-//!   orderly exit; only SIGKILL or an abort leaves the program attached, and the next start then refuses
-//!   it by name until `--force` replaces it.
+//! - Never leave a program behind, whatever ends the process: programs are attached through an XDP
+//!   `bpf_link` (`bpf_link_create` with `BPF_XDP`), not through netlink. The link is a file descriptor of
+//!   this process; the kernel detaches the program when its last descriptor closes, which happens on
+//!   `Drop`, on an orderly exit, and also on SIGKILL, an OOM kill or an abort. A restart with the same
+//!   command line therefore finds the interface free and needs no `--force`. A program attached by
+//!   someone else (through netlink, or through a link of another process) is still refused without
+//!   `force`; with it, a netlink-attached program is detached and a foreign link is detached with
+//!   `BPF_LINK_DETACH` before ours is attached (the interface passes traffic to the kernel for that
+//!   moment: a link cannot atomically replace another attachment).
+//! - Claims change as one transaction: the rules map holds two generations (the key's `gen` byte) and
+//!   the `cfg` map names the active one. [`XdpProgram::stage_rules`] writes the new claims under the
+//!   inactive generation (packets do not see them), [`XdpProgram::switch_rules`] flips the active
+//!   generation with one array write, and [`XdpProgram::clear_inactive_rules`] deletes the old one. A
+//!   stage that fails removes what it wrote, so a failed update leaves the claims packets see, and the
+//!   room for the next update, as they were. Each generation holds at most [`RULE_CAPACITY`] entries;
+//!   more is refused before anything is written ([`XdpError::TooManyRules`]).
 //! - Native mode is never downgraded silently: asking for [`XdpMode::Native`] on an interface whose driver
 //!   has no XDP support fails with [`XdpError::NativeUnsupported`] instead of falling back to SKB mode,
 //!   because the AF_XDP sockets must then be bound in copy mode too and the operator should choose that
@@ -52,6 +62,20 @@ const STAT_REDIRECT_FAILED: u32 = 2;
 
 /// Value stored for a port or protocol rule (the program only tests presence).
 const RULE_PRESENT: u32 = 1;
+
+/// Rule-map entries one set of claims may use: port and protocol rules plus per-address entries
+/// (`RULES_MAX` of `bpf/xsk_filter.bpf.c`; the map holds two generations of this size).
+pub const RULE_CAPACITY: usize = 4096;
+
+/// The value of the filter's `cfg` map, as the C `struct filter_cfg`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct FilterCfg {
+    /// Non-zero: claim every packet.
+    claim_all: u32,
+    /// The generation of rules packets see (0 or 1).
+    active: u32,
+}
 
 /// How the program is attached to the interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -110,8 +134,8 @@ pub enum XdpError {
         /// The interface.
         ifname: String,
     },
-    /// A libbpf or `bpf(2)` call failed.
-    #[error("{call} on {target} failed: {source}")]
+    /// A libbpf or `bpf(2)` call failed (the cause is the error's source).
+    #[error("{call} on {target} failed")]
     Bpf {
         /// The failing call.
         call: &'static str,
@@ -130,6 +154,35 @@ pub enum XdpError {
         found: (u32, u32),
         /// Key and value size this crate uses.
         expected: (u32, u32),
+    },
+    /// More claims than one generation of the rule map holds; nothing was written.
+    #[error(
+        "the claims need {count} XDP rule-map entries, more than the filter's limit of {limit} \
+         (one per VIP protocol/port rule plus one per VIP address)"
+    )]
+    TooManyRules {
+        /// Entries the claims need.
+        count: usize,
+        /// Entries one generation holds.
+        limit: usize,
+    },
+    /// `--force` could not remove the `bpf_link` through which another process holds its program.
+    #[error(
+        "{ifname}: XDP program id {id} ({name}) is held by {link} of another process and --force could \
+         not detach it; stop that process (or detach the link: `bpftool link detach id ID`)"
+    )]
+    ForeignLink {
+        /// The interface.
+        ifname: String,
+        /// Kernel id of the program.
+        id: u32,
+        /// Its name.
+        name: String,
+        /// The link: `bpf_link id N`, or `a bpf_link` when it could not be listed.
+        link: String,
+        /// Why `BPF_LINK_DETACH` failed.
+        #[source]
+        source: io::Error,
     },
     /// A rule that cannot be expressed.
     #[error("invalid rule {rule}: {reason}")]
@@ -289,14 +342,15 @@ pub struct FilterStats {
 }
 
 /// Key of the filter's `rules` map and the decap program's `decap_addrs` map, laid out like the C
-/// `struct rule_key { __u32 addr[4]; __u8 proto; __u8 pad; __u16 port; }`: the address as 16 bytes in
-/// network order (IPv4 as `::ffff:a.b.c.d`), the port in network order.
+/// `struct rule_key { __u32 addr[4]; __u8 proto; __u8 gen; __u16 port; }`: the address as 16 bytes in
+/// network order (IPv4 as `::ffff:a.b.c.d`), the generation of the claims (always 0 in the decap map,
+/// whose C struct calls it `pad`), the port in network order.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub(crate) struct RuleKey {
     addr: [u8; 16],
     proto: u8,
-    pad: u8,
+    gen: u8,
     port: [u8; 2],
 }
 
@@ -309,9 +363,14 @@ impl RuleKey {
         RuleKey {
             addr,
             proto,
-            pad: 0,
+            gen: 0,
             port: port.to_be_bytes(),
         }
+    }
+
+    /// The same key in generation `gen`.
+    fn in_gen(self, gen: u8) -> Self {
+        RuleKey { gen, ..self }
     }
 
     /// The per-address entry of `addr`.
@@ -691,14 +750,59 @@ fn query(ifindex: u32, ifname: &str) -> Result<sys::bpf_xdp_query_opts, XdpError
     Ok(*opts.get_mut())
 }
 
-/// A program attached to one interface; detaches it on drop if it is still the one attached.
+/// The `bpf_link` of type XDP on `ifindex` that holds program `prog_id`, if there is one: its kernel id
+/// and an open descriptor. Links are global, interface indices are per network namespace: matching the
+/// program id as well keeps a link of another namespace from being taken for ours.
+fn find_xdp_link(ifindex: u32, prog_id: u32) -> Option<(u32, OwnedFd)> {
+    let mut id = 0u32;
+    loop {
+        let mut next = 0u32;
+        // SAFETY: next is a writable u32 for the call.
+        let rc = unsafe { sys::bpf_link_get_next_id(id, &mut next) };
+        if rc < 0 {
+            return None; // ENOENT: no more links (or no permission to list them)
+        }
+        id = next;
+        // SAFETY: plain syscall wrapper; the returned descriptor is owned below.
+        let fd = unsafe { sys::bpf_link_get_fd_by_id(id) };
+        if fd < 0 {
+            continue; // released meanwhile
+        }
+        // SAFETY: fd is a fresh descriptor this function owns and nothing else closes.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let mut info = sys::bpf_link_info::default();
+        let mut len = size_u32::<sys::bpf_link_info>();
+        // SAFETY: info is a writable bpf_link_info of len bytes; its pointer fields (for other link
+        // types) are zero, so the kernel writes nothing else.
+        let rc = unsafe {
+            sys::bpf_obj_get_info_by_fd(
+                fd.as_raw_fd(),
+                std::ptr::from_mut(&mut info).cast::<c_void>(),
+                &mut len,
+            )
+        };
+        if rc < 0 || info.type_ != sys::BPF_LINK_TYPE_XDP || info.prog_id != prog_id {
+            continue;
+        }
+        // SAFETY: the link is of type XDP, so `xdp` is the union member the kernel filled in.
+        let link_ifindex = unsafe { info.__bindgen_anon_1.xdp.ifindex };
+        if link_ifindex == ifindex {
+            return Some((id, fd));
+        }
+    }
+}
+
+/// A program attached to one interface through an XDP `bpf_link`: closing the link (on drop, or when the
+/// process dies) detaches the program.
 #[derive(Debug)]
 pub(crate) struct Attachment {
     ifname: String,
-    ifindex: c_int,
     mode: XdpMode,
     prog_id: u32,
     prog: OwnedFd,
+    /// The link holding `prog` on the interface. Only this process has it (the kernel creates link
+    /// descriptors close-on-exec), so nobody else can change what it attaches.
+    link: OwnedFd,
 }
 
 impl Attachment {
@@ -721,9 +825,59 @@ impl Attachment {
         }
     }
 
-    /// Attaches `prog` to `ifname`. Without `force`, an interface already running a program is refused;
-    /// with it, a program in the same mode is replaced atomically and one in another mode is detached
-    /// first (the kernel allows only one mode at a time).
+    /// Removes whatever XDP program `ifindex` runs (`--force`): a program held by a `bpf_link` is
+    /// detached through the link (`BPF_LINK_DETACH`), one attached through netlink is detached by netlink.
+    fn remove_existing(ifname: &str, ifindex: u32, index: c_int) -> Result<(), XdpError> {
+        let q = query(ifindex, ifname)?;
+        for (id, mode) in [
+            (q.drv_prog_id, sys::XDP_FLAGS_DRV_MODE),
+            (q.skb_prog_id, sys::XDP_FLAGS_SKB_MODE),
+            (q.hw_prog_id, sys::XDP_FLAGS_HW_MODE),
+        ] {
+            if id == 0 {
+                continue;
+            }
+            let name = prog_name_by_id(id);
+            if let Some((link_id, link)) = find_xdp_link(ifindex, id) {
+                log::warn!(
+                    "{ifname}: detaching XDP program id {id} ({name}) held by bpf_link id {link_id}, \
+                     as forced"
+                );
+                // SAFETY: plain syscall wrapper on an open link descriptor.
+                let rc = unsafe { sys::bpf_link_detach(link.as_raw_fd()) };
+                check(rc).map_err(|source| XdpError::ForeignLink {
+                    ifname: ifname.to_string(),
+                    id,
+                    name,
+                    link: format!("bpf_link id {link_id}"),
+                    source,
+                })?;
+                continue;
+            }
+            log::warn!("{ifname}: detaching XDP program id {id} ({name}), as forced");
+            // SAFETY: plain netlink request; a null opts pointer means no options.
+            let rc = unsafe { sys::bpf_xdp_detach(index, mode, std::ptr::null()) };
+            match check(rc) {
+                Ok(_) => {}
+                // Attached by a link we could not see (another user namespace, no permission to list).
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    return Err(XdpError::ForeignLink {
+                        ifname: ifname.to_string(),
+                        id,
+                        name,
+                        link: "a bpf_link".to_string(),
+                        source: e,
+                    })
+                }
+                Err(e) => return Err(XdpError::bpf("bpf_xdp_detach", ifname, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches `prog` to `ifname` through an XDP `bpf_link`. Without `force`, an interface already
+    /// running a program is refused; with it, that program is detached first (see
+    /// [`remove_existing`](Self::remove_existing)).
     pub(crate) fn attach(
         ifname: &str,
         ifindex: u32,
@@ -734,61 +888,55 @@ impl Attachment {
         let index = c_int::try_from(ifindex).map_err(|_| XdpError::NetdevNotFound {
             ifname: ifname.to_string(),
         })?;
-        Self::refuse_foreign(ifname, ifindex, force)?;
-        let mut flags = mode.flags();
         if force {
-            let q = query(ifindex, ifname)?;
-            for (id, other) in [
-                (q.drv_prog_id, sys::XDP_FLAGS_DRV_MODE),
-                (q.skb_prog_id, sys::XDP_FLAGS_SKB_MODE),
-                (q.hw_prog_id, sys::XDP_FLAGS_HW_MODE),
-            ] {
-                if id == 0 {
-                    continue;
-                }
-                log::warn!(
-                    "{ifname}: replacing XDP program id {id} ({}) as forced",
-                    prog_name_by_id(id)
-                );
-                if other != flags {
-                    // SAFETY: plain netlink request; a null opts pointer means no options.
-                    let rc = unsafe { sys::bpf_xdp_detach(index, other, std::ptr::null()) };
-                    check(rc).map_err(|e| XdpError::bpf("bpf_xdp_detach", ifname, e))?;
-                }
-            }
+            Self::remove_existing(ifname, ifindex, index)?;
         } else {
-            flags |= sys::XDP_FLAGS_UPDATE_IF_NOEXIST;
+            Self::refuse_foreign(ifname, ifindex, false)?;
         }
-
-        // SAFETY: plain netlink request on a valid program descriptor; null opts means no options.
-        let rc = unsafe { sys::bpf_xdp_attach(index, prog.as_raw_fd(), flags, std::ptr::null()) };
-        if let Err(e) = check(rc) {
-            return Err(match e.raw_os_error() {
-                Some(libc::EOPNOTSUPP) if mode == XdpMode::Native => XdpError::NativeUnsupported {
-                    ifname: ifname.to_string(),
-                },
-                Some(libc::ENODEV) => XdpError::NetdevNotFound {
-                    ifname: ifname.to_string(),
-                },
-                // Lost a race with another loader: report who won.
-                Some(libc::EBUSY | libc::EEXIST) => {
-                    match Self::refuse_foreign(ifname, ifindex, false) {
-                        Err(found @ XdpError::AlreadyAttached { .. }) => found,
-                        _ => XdpError::bpf("bpf_xdp_attach", ifname, e),
+        // SAFETY: bpf_link_create_opts holds integers, pointers and unions of those (all-zero is valid)
+        // and starts with `size_t sz`.
+        let mut opts = unsafe { LibbpfOpts::<sys::bpf_link_create_opts>::new() };
+        // Only the mode bit: the kernel refuses the other XDP flags on links. A link never replaces an
+        // attached program (EBUSY, or EEXIST for one in the other mode), which is the "no existing
+        // program" guard the netlink attach needed XDP_FLAGS_UPDATE_IF_NOEXIST for.
+        opts.get_mut().flags = mode.flags();
+        // SAFETY: prog is an open program descriptor, index a valid interface index, opts a valid
+        // bpf_link_create_opts for the call.
+        let rc =
+            unsafe { sys::bpf_link_create(prog.as_raw_fd(), index, sys::BPF_XDP, opts.as_ptr()) };
+        let fd = match check(rc) {
+            Ok(fd) => fd,
+            Err(e) => {
+                return Err(match e.raw_os_error() {
+                    Some(libc::EOPNOTSUPP) if mode == XdpMode::Native => {
+                        XdpError::NativeUnsupported {
+                            ifname: ifname.to_string(),
+                        }
                     }
-                }
-                _ => XdpError::bpf("bpf_xdp_attach", ifname, e),
-            });
-        }
+                    Some(libc::ENODEV) => XdpError::NetdevNotFound {
+                        ifname: ifname.to_string(),
+                    },
+                    // Lost a race with another loader: report who won.
+                    Some(libc::EBUSY | libc::EEXIST) => {
+                        match Self::refuse_foreign(ifname, ifindex, false) {
+                            Err(found @ XdpError::AlreadyAttached { .. }) => found,
+                            _ => XdpError::bpf("bpf_link_create(BPF_XDP)", ifname, e),
+                        }
+                    }
+                    _ => XdpError::bpf("bpf_link_create(BPF_XDP)", ifname, e),
+                });
+            }
+        };
+        // SAFETY: fd is the fresh link descriptor bpf_link_create returned; nothing else owns it.
+        let link = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         let mut attachment = Attachment {
             ifname: ifname.to_string(),
-            ifindex: index,
             mode,
             prog_id: 0,
             prog,
+            link,
         };
-        // From here on, dropping `attachment` detaches (prog_id 0 matches no program, so a failure to
-        // read the id detaches with the expected-fd guard only).
+        // From here on, dropping `attachment` detaches.
         let (prog_id, _) = prog_info(attachment.prog.as_fd())
             .map_err(|e| XdpError::bpf("bpf_obj_get_info_by_fd", ifname, e))?;
         attachment.prog_id = prog_id;
@@ -835,37 +983,17 @@ impl Attachment {
         Ok((o.retval, out))
     }
 
+    /// Detaches the program: `BPF_LINK_DETACH` on our link, so the program leaves the interface now
+    /// even if a copy of the descriptor lived on somewhere. A link detached already (by `--force` of
+    /// another instance, or because the interface is gone) is left alone.
     fn detach(&self) {
-        let mut current = 0u32;
-        // SAFETY: current is a writable u32 for the call.
-        let rc = unsafe {
-            sys::bpf_xdp_query_id(self.ifindex, self.mode.flags() as c_int, &mut current)
-        };
-        match check(rc) {
-            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return, // the interface is gone
-            Err(e) => log::warn!("{}: bpf_xdp_query_id failed: {e}", self.ifname),
-            Ok(_) if self.prog_id != 0 && current != self.prog_id => {
-                log::warn!(
-                    "{}: not detaching XDP: it now runs program id {current}, not ours ({})",
-                    self.ifname,
-                    self.prog_id
-                );
-                return;
-            }
-            Ok(_) => {}
-        }
-        // The expected-fd guard (XDP_FLAGS_REPLACE) makes the kernel refuse with EEXIST if another
-        // program was attached after the query above.
-        // SAFETY: bpf_xdp_attach_opts holds integers (all-zero is valid) and starts with `size_t sz`.
-        let mut opts = unsafe { LibbpfOpts::<sys::bpf_xdp_attach_opts>::new() };
-        opts.get_mut().old_prog_fd = self.prog.as_raw_fd();
-        // SAFETY: opts is a valid bpf_xdp_attach_opts for the call; old_prog_fd is our open program.
-        let rc = unsafe { sys::bpf_xdp_detach(self.ifindex, self.mode.flags(), opts.as_ptr()) };
+        // SAFETY: plain syscall wrapper on our open link descriptor.
+        let rc = unsafe { sys::bpf_link_detach(self.link.as_raw_fd()) };
         match check(rc) {
             Ok(_) => log::debug!("{}: detached XDP program id {}", self.ifname, self.prog_id),
-            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
             Err(e) => log::warn!(
-                "{}: detaching XDP program id {} failed: {e}",
+                "{}: detaching XDP program id {} (BPF_LINK_DETACH) failed: {e}; closing the link \
+                 detaches it",
                 self.ifname,
                 self.prog_id
             ),
@@ -887,7 +1015,7 @@ pub struct XdpProgram {
     // Declared first: dropped (detached) before the map descriptors close.
     attachment: Attachment,
     xsks_map: Map<u32, u32>,
-    cfg: Map<u32, u32>,
+    cfg: Map<u32, FilterCfg>,
     rules: Map<RuleKey, u32>,
     stats: Map<u32, u64>,
 }
@@ -985,7 +1113,18 @@ impl XdpProgram {
 
     /// Claims all traffic (like libxdp's default program) or only what the rules claim.
     pub fn set_claim_all(&self, on: bool) -> Result<(), XdpError> {
-        self.cfg.update(&0u32, &u32::from(on))
+        let mut c = self.filter_cfg()?;
+        c.claim_all = u32::from(on);
+        self.cfg.update(&0u32, &c)
+    }
+
+    fn filter_cfg(&self) -> Result<FilterCfg, XdpError> {
+        Ok(self.cfg.lookup(&0u32)?.unwrap_or_default())
+    }
+
+    /// The generation of rules packets see.
+    fn active_gen(&self) -> Result<u8, XdpError> {
+        Ok(u8::from(self.filter_cfg()?.active & 1 == 1))
     }
 
     fn validate(rule: &Rule) -> Result<(), XdpError> {
@@ -1006,16 +1145,16 @@ impl XdpProgram {
         }
     }
 
-    fn rule_key(rule: &Rule) -> Option<RuleKey> {
+    fn rule_key(rule: &Rule, gen: u8) -> Option<RuleKey> {
         rule.proto
-            .map(|p| RuleKey::new(rule.addr, p, rule.port.unwrap_or(0)))
+            .map(|p| RuleKey::new(rule.addr, p, rule.port.unwrap_or(0)).in_gen(gen))
     }
 
-    /// Claims the traffic `rule` describes. A rule without protocol sets [`AddrFlags::OWN_ALL`] on the
-    /// address, keeping its other flags.
+    /// Claims the traffic `rule` describes (in the claims packets see now). A rule without protocol
+    /// sets [`AddrFlags::OWN_ALL`] on the address, keeping its other flags.
     pub fn add_rule(&self, rule: &Rule) -> Result<(), XdpError> {
         Self::validate(rule)?;
-        match Self::rule_key(rule) {
+        match Self::rule_key(rule, self.active_gen()?) {
             Some(key) => self.rules.update(&key, &RULE_PRESENT),
             None => self.own_address(rule.addr, AddrFlags::OWN_ALL),
         }
@@ -1024,7 +1163,7 @@ impl XdpProgram {
     /// Stops claiming what `rule` describes; `false` when it was not claimed.
     pub fn remove_rule(&self, rule: &Rule) -> Result<bool, XdpError> {
         Self::validate(rule)?;
-        match Self::rule_key(rule) {
+        match Self::rule_key(rule, self.active_gen()?) {
             Some(key) => self.rules.delete(&key),
             None => {
                 let flags = self.address_flags(rule.addr)?;
@@ -1045,19 +1184,21 @@ impl XdpProgram {
 
     /// Removes the per-address entry of `addr` (its port and protocol rules stay); `false` if absent.
     pub fn disown_address(&self, addr: IpAddr) -> Result<bool, XdpError> {
-        self.rules.delete(&RuleKey::address(addr))
+        let key = RuleKey::address(addr).in_gen(self.active_gen()?);
+        self.rules.delete(&key)
     }
 
     /// The flags of the per-address entry of `addr` ([`AddrFlags::NONE`] when absent).
     pub fn address_flags(&self, addr: IpAddr) -> Result<AddrFlags, XdpError> {
+        let key = RuleKey::address(addr).in_gen(self.active_gen()?);
         Ok(self
             .rules
-            .lookup(&RuleKey::address(addr))?
+            .lookup(&key)?
             .map_or(AddrFlags::NONE, AddrFlags::from_bits_truncate))
     }
 
     fn set_address_flags(&self, addr: IpAddr, flags: AddrFlags) -> Result<(), XdpError> {
-        let key = RuleKey::address(addr);
+        let key = RuleKey::address(addr).in_gen(self.active_gen()?);
         if flags.is_empty() {
             self.rules.delete(&key).map(drop)
         } else {
@@ -1065,7 +1206,17 @@ impl XdpProgram {
         }
     }
 
-    /// Removes every rule and per-address entry.
+    /// Deletes every entry of generation `gen`.
+    fn clear_gen(&self, gen: u8) -> Result<(), XdpError> {
+        for key in self.rules.keys()? {
+            if key.gen == gen {
+                self.rules.delete(&key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every rule and per-address entry (of both generations).
     pub fn clear_rules(&self) -> Result<(), XdpError> {
         for key in self.rules.keys()? {
             self.rules.delete(&key)?;
@@ -1073,29 +1224,37 @@ impl XdpProgram {
         Ok(())
     }
 
-    /// Makes the claims exactly `rules` plus `addresses` (for configuration reloads): new entries are
-    /// written before stale ones are removed, so traffic claimed before and after the reload is never
-    /// passed to the kernel in between.
-    pub fn replace_rules(
-        &self,
+    /// The rule-map entries (generation 0) that `rules` plus `addresses` make: one per port or protocol
+    /// rule, one per address with flags (a rule without protocol adds [`AddrFlags::OWN_ALL`] to its
+    /// address), duplicates merged.
+    fn entries(
         rules: &[Rule],
         addresses: &[(IpAddr, AddrFlags)],
-    ) -> Result<(), XdpError> {
+    ) -> Result<Vec<(RuleKey, u32)>, XdpError> {
         let mut wanted: Vec<(RuleKey, u32)> = Vec::with_capacity(rules.len() + addresses.len());
+        let mut seen: HashSet<RuleKey> = HashSet::with_capacity(rules.len());
         let mut addr_flags: Vec<(IpAddr, AddrFlags)> = addresses.to_vec();
         for rule in rules {
             Self::validate(rule)?;
-            match Self::rule_key(rule) {
-                Some(key) => wanted.push((key, RULE_PRESENT)),
+            match Self::rule_key(rule, 0) {
+                Some(key) => {
+                    if seen.insert(key) {
+                        wanted.push((key, RULE_PRESENT));
+                    }
+                }
                 None => addr_flags.push((rule.addr, AddrFlags::OWN_ALL)),
             }
         }
         let mut merged: Vec<(RuleKey, AddrFlags)> = Vec::new();
+        let mut at: std::collections::HashMap<RuleKey, usize> = std::collections::HashMap::new();
         for (addr, flags) in addr_flags {
             let key = RuleKey::address(addr);
-            match merged.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, f)) => *f |= flags,
-                None => merged.push((key, flags)),
+            match at.get(&key) {
+                Some(&i) => merged[i].1 |= flags,
+                None => {
+                    at.insert(key, merged.len());
+                    merged.push((key, flags));
+                }
             }
         }
         wanted.extend(
@@ -1104,21 +1263,99 @@ impl XdpProgram {
                 .filter(|(_, f)| !f.is_empty())
                 .map(|(k, f)| (k, f.bits())),
         );
-        for (key, value) in &wanted {
-            self.rules.update(key, value)?;
+        Ok(wanted)
+    }
+
+    /// The rule-map entries `rules` plus `addresses` need (what is checked against
+    /// [`RULE_CAPACITY`]); errors for invalid rules.
+    pub fn entries_needed(
+        rules: &[Rule],
+        addresses: &[(IpAddr, AddrFlags)],
+    ) -> Result<usize, XdpError> {
+        Ok(Self::entries(rules, addresses)?.len())
+    }
+
+    /// Entries one set of claims may use on this program (half the rule map).
+    pub fn rule_capacity(&self) -> usize {
+        usize::try_from(self.rules.max_entries / 2).unwrap_or(usize::MAX)
+    }
+
+    /// Writes `rules` plus `addresses` as the inactive generation of claims, which packets do not see
+    /// until [`switch_rules`](Self::switch_rules). Whatever the inactive generation held before (the
+    /// claims before the last switch, or an abandoned stage) is deleted first.
+    ///
+    /// Errors: [`XdpError::TooManyRules`] when the claims need more than
+    /// [`rule_capacity`](Self::rule_capacity) entries (checked before anything is written);
+    /// [`XdpError::InvalidRule`]; [`XdpError::Bpf`] when a map write fails, after deleting what this
+    /// call wrote: on every error the claims packets see are untouched and the inactive generation is
+    /// empty, so a failure never takes room from the next attempt.
+    pub fn stage_rules(
+        &self,
+        rules: &[Rule],
+        addresses: &[(IpAddr, AddrFlags)],
+    ) -> Result<(), XdpError> {
+        let wanted = Self::entries(rules, addresses)?;
+        let limit = self.rule_capacity();
+        if wanted.len() > limit {
+            return Err(XdpError::TooManyRules {
+                count: wanted.len(),
+                limit,
+            });
         }
-        let keep: HashSet<RuleKey> = wanted.iter().map(|(k, _)| *k).collect();
-        for key in self.rules.keys()? {
-            if !keep.contains(&key) {
-                self.rules.delete(&key)?;
+        let inactive = 1 - self.active_gen()?;
+        self.clear_gen(inactive)?;
+        let written = wanted
+            .iter()
+            .try_for_each(|(key, value)| self.rules.update(&key.in_gen(inactive), value));
+        if let Err(e) = written {
+            if let Err(clear) = self.clear_gen(inactive) {
+                log::warn!(
+                    "{}: removing a failed stage of XDP claims: {}",
+                    self.ifname(),
+                    crate::error_chain(&clear)
+                );
             }
+            return Err(e);
         }
         Ok(())
     }
 
-    /// The number of rule-map entries (port/protocol rules plus per-address entries).
+    /// Makes the staged claims the ones packets see, with one write of the `cfg` map; the previous
+    /// claims become the inactive generation (a second switch brings them back) until
+    /// [`clear_inactive_rules`](Self::clear_inactive_rules) or the next stage deletes them.
+    pub fn switch_rules(&self) -> Result<(), XdpError> {
+        let mut c = self.filter_cfg()?;
+        c.active = u32::from(c.active & 1 == 0);
+        self.cfg.update(&0u32, &c)
+    }
+
+    /// Deletes the inactive generation of claims (the previous ones after a switch).
+    pub fn clear_inactive_rules(&self) -> Result<(), XdpError> {
+        self.clear_gen(1 - self.active_gen()?)
+    }
+
+    /// Makes the claims exactly `rules` plus `addresses`, as one transaction: stage, switch, clear the
+    /// old generation. On an error before the switch, the claims packets see are unchanged.
+    pub fn replace_rules(
+        &self,
+        rules: &[Rule],
+        addresses: &[(IpAddr, AddrFlags)],
+    ) -> Result<(), XdpError> {
+        self.stage_rules(rules, addresses)?;
+        self.switch_rules()?;
+        self.clear_inactive_rules()
+    }
+
+    /// The number of rule-map entries packets see (port/protocol rules plus per-address entries).
     pub fn rule_count(&self) -> Result<usize, XdpError> {
-        Ok(self.rules.keys()?.len())
+        let gen = self.active_gen()?;
+        Ok(self.rules.keys()?.iter().filter(|k| k.gen == gen).count())
+    }
+
+    /// The number of entries in the inactive generation (staged, or the previous claims).
+    pub fn inactive_rule_count(&self) -> Result<usize, XdpError> {
+        let gen = 1 - self.active_gen()?;
+        Ok(self.rules.keys()?.iter().filter(|k| k.gen == gen).count())
     }
 
     /// The counters, summed over all CPUs.
@@ -1151,7 +1388,7 @@ mod tests {
             let mut b = [0u8; 20];
             b[..16].copy_from_slice(&k.addr);
             b[16] = k.proto;
-            b[17] = k.pad;
+            b[17] = k.gen;
             b[18..].copy_from_slice(&k.port);
             b
         };

@@ -1611,3 +1611,285 @@ fn claimed_traffic_reaches_the_socket_at_its_queue() {
     assert!(ping("1"), "ping fails without a socket");
     assert!(prog.stats().expect("stats").redirect_failed > st.redirect_failed);
 }
+
+// ---- crash recovery: the bpf_link dies with its process -------------------------------------------
+
+/// Set in a child copy of this test binary: the interface its `hold_a_program_until_killed` attaches to.
+const HOLD_ENV: &str = "CNE_XDP_TEST_HOLD_IF";
+
+/// Not a test of its own: in a child started by [`Holder::start`] (the variable above is set), attaches
+/// the filter to the named interface and waits to be killed. Elsewhere it returns at once.
+#[test]
+fn hold_a_program_until_killed() {
+    let Ok(ifname) = std::env::var(HOLD_ENV) else {
+        return;
+    };
+    let prog = XdpProgram::attach(&ifname, XdpMode::Native, false).expect("child attach");
+    println!("attached {}", prog.prog_id());
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// Another process holding the filter on an interface through its bpf_link.
+struct Holder(std::process::Child);
+
+impl Holder {
+    fn start(ifname: &str) -> Holder {
+        let child = Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "hold_a_program_until_killed",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(HOLD_ENV, ifname)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn holder");
+        let holder = Holder(child);
+        let attached = (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            sh(&["ip", "-d", "link", "show", "dev", ifname]).contains("prog/xdp")
+        });
+        assert!(attached, "the holder did not attach within 5 s");
+        holder
+    }
+
+    fn kill(&mut self) {
+        self.0.kill().expect("SIGKILL");
+        self.0.wait().expect("reap");
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `ip link` until the interface runs no XDP program; the time it took, or `None` after 2 s.
+fn wait_detached(lab: &Lab) -> Option<Duration> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        if !lab.link_details().contains("prog/xdp") {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+#[test]
+fn a_killed_process_leaves_no_program_and_the_next_attach_needs_no_force() {
+    require_root!();
+    let lab = Lab::new();
+    let mut holder = Holder::start(&lab.host);
+    // While its owner lives, the program is foreign: refused without force.
+    let err = XdpProgram::attach(&lab.host, XdpMode::Native, false).expect_err("held by another");
+    assert!(matches!(err, XdpError::AlreadyAttached { .. }), "{err:?}");
+    assert!(err.to_string().contains("(xsk_filter)"), "{err}");
+
+    holder.kill();
+    let gone = wait_detached(&lab).expect("the program outlived its killed process");
+    eprintln!(
+        "SIGKILL: the kernel detached the program {} ms after the process was reaped",
+        gone.as_millis()
+    );
+    let prog = XdpProgram::attach(&lab.host, XdpMode::Native, false).expect("attach without force");
+    assert!(lab
+        .link_details()
+        .contains(&format!("prog/xdp id {}", prog.prog_id())));
+    drop(prog);
+    assert!(!lab.link_details().contains("prog/xdp"));
+}
+
+#[test]
+fn force_detaches_a_foreign_link_and_a_netlink_program() {
+    require_root!();
+    let lab = Lab::new();
+    // A link held by another live process.
+    let mut holder = Holder::start(&lab.host);
+    let prog = XdpProgram::attach(&lab.host, XdpMode::Native, true).expect("forced over a link");
+    assert!(lab
+        .link_details()
+        .contains(&format!("prog/xdp id {}", prog.prog_id())));
+    holder.kill();
+    // The holder's death does not take our program with it.
+    assert!(lab
+        .link_details()
+        .contains(&format!("prog/xdp id {}", prog.prog_id())));
+    drop(prog);
+    assert!(!lab.link_details().contains("prog/xdp"));
+
+    // A program attached through netlink (as `ip link` and older loaders do) stays until removed.
+    let obj = concat!(env!("OUT_DIR"), "/gre_decap.o");
+    sh(&[
+        "ip",
+        "link",
+        "set",
+        "dev",
+        &lab.host,
+        "xdpgeneric",
+        "obj",
+        obj,
+        "sec",
+        "xdp",
+    ]);
+    let err = XdpProgram::attach(&lab.host, XdpMode::Native, false).expect_err("netlink program");
+    assert!(err.to_string().contains("(gre_decap) attached"), "{err}");
+    assert!(err.to_string().contains("--force"), "{err}");
+    let prog = XdpProgram::attach(&lab.host, XdpMode::Native, true).expect("forced over netlink");
+    let details = lab.link_details();
+    assert!(
+        details.contains(&format!("prog/xdp id {}", prog.prog_id()))
+            && !details.contains("xdpgeneric"),
+        "{details}"
+    );
+    drop(prog);
+    assert!(!lab.link_details().contains("prog/xdp"));
+}
+
+// ---- claims as one transaction --------------------------------------------------------------------
+
+/// Kernel id of the `rules` map of the program `prog_id` (read with bpftool).
+fn rules_map_id(prog_id: u32) -> u32 {
+    let prog: serde_json::Value = serde_json::from_str(&sh(&[
+        "bpftool",
+        "-j",
+        "prog",
+        "show",
+        "id",
+        &prog_id.to_string(),
+    ]))
+    .expect("bpftool prog json");
+    prog["map_ids"]
+        .as_array()
+        .expect("map_ids")
+        .iter()
+        .filter_map(serde_json::Value::as_u64)
+        .find(|id| {
+            let map: serde_json::Value = serde_json::from_str(&sh(&[
+                "bpftool",
+                "-j",
+                "map",
+                "show",
+                "id",
+                &id.to_string(),
+            ]))
+            .expect("bpftool map json");
+            map["name"] == "rules"
+        })
+        .and_then(|id| u32::try_from(id).ok())
+        .expect("no rules map")
+}
+
+/// Runs `bpftool batch` on `count` entries of generation 2 (a generation the filter never uses):
+/// `update` fills the rules map with them, `delete` removes them again.
+fn foreign_entries(map_id: u32, count: usize, op: &str) {
+    let mut cmds = String::new();
+    for i in 0..count {
+        let n = u32::try_from(i).expect("fits").to_be_bytes();
+        let key = [
+            0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, n[0], n[1], n[2], n[3], 6, 2, 0, 80,
+        ];
+        let hex: Vec<String> = key.iter().map(|b| format!("{b:02x}")).collect();
+        cmds.push_str(&format!("map {op} id {map_id} key hex {}", hex.join(" ")));
+        if op == "update" {
+            cmds.push_str(" value hex 01 00 00 00");
+        }
+        cmds.push('\n');
+    }
+    let path = std::env::temp_dir().join(format!("cne-xdp-batch-{}", std::process::id()));
+    std::fs::write(&path, cmds).expect("batch file");
+    let out = Command::new("bpftool")
+        .args(["batch", "file"])
+        .arg(&path)
+        .output()
+        .expect("bpftool");
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        out.status.success(),
+        "bpftool batch {op}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn claims_switch_as_one_transaction_and_a_failed_stage_changes_nothing() {
+    require_root!();
+    let lab = Lab::new();
+    let prog = XdpProgram::attach(&lab.host, XdpMode::Skb, false).expect("attach");
+    let a = IpAddr::V4(v4(50));
+    let b = IpAddr::V4(v4(51));
+    let to_a = eth(ETH_IP, &ipv4(v4(1), v4(50), 17, 0, &udp(1, 53, b"")));
+    let to_b = eth(ETH_IP, &ipv4(v4(1), v4(51), 17, 0, &udp(1, 53, b"")));
+    let tcp_a = eth(ETH_IP, &ipv4(v4(1), v4(50), 6, 0, &tcp(1, 22)));
+    assert_eq!(prog.rule_capacity(), cne::xdp::RULE_CAPACITY);
+    prog.replace_rules(&[Rule::port(a, 17, 53)], &[(a, AddrFlags::FRAGS)])
+        .expect("first claims");
+    assert!(claimed(&prog, &to_a));
+
+    // Staged claims are invisible until the switch; the switch shows all of them at once.
+    prog.stage_rules(&[Rule::port(b, 17, 53)], &[(b, AddrFlags::FRAGS)])
+        .expect("stage");
+    assert!(claimed(&prog, &to_a) && !claimed(&prog, &to_b));
+    assert_eq!(prog.inactive_rule_count().expect("count"), 2);
+    prog.switch_rules().expect("switch");
+    assert!(!claimed(&prog, &to_a) && claimed(&prog, &to_b));
+    prog.clear_inactive_rules().expect("clear old");
+    assert_eq!(prog.inactive_rule_count().expect("count"), 0);
+    assert_eq!(prog.rule_count().expect("count"), 2);
+
+    // More than a generation holds: refused before anything is written, naming limit and count.
+    let many: Vec<Rule> = (1..=4096u16).map(|p| Rule::port(a, 6, p)).collect();
+    let err = prog
+        .stage_rules(&many, &[(a, AddrFlags::FRAGS)])
+        .expect_err("4097 entries");
+    assert!(
+        matches!(
+            err,
+            XdpError::TooManyRules {
+                count: 4097,
+                limit: 4096
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("4097") && err.to_string().contains("4096"),
+        "{err}"
+    );
+    assert_eq!(prog.inactive_rule_count().expect("count"), 0);
+    // Exactly the capacity fits.
+    prog.stage_rules(&many[..4095], &[(a, AddrFlags::FRAGS)])
+        .expect("4096 entries fit");
+    prog.clear_inactive_rules().expect("clear");
+
+    // A map write that fails half-way (the map is full of someone else's entries) leaves the claims
+    // packets see as they were and removes what it wrote.
+    let map = rules_map_id(prog.prog_id());
+    let free = 2 * cne::xdp::RULE_CAPACITY - prog.rule_count().expect("count");
+    foreign_entries(map, free - 100, "update");
+    let err = prog
+        .stage_rules(&many[..1000], &[(a, AddrFlags::FRAGS)])
+        .expect_err("the map is full");
+    assert!(
+        cne::error_chain(&err).contains("bpf_map_update_elem on rules failed: "),
+        "{}",
+        cne::error_chain(&err)
+    );
+    assert_eq!(
+        prog.inactive_rule_count().expect("count"),
+        0,
+        "the failed stage left entries"
+    );
+    assert_eq!(prog.rule_count().expect("count"), 2);
+    assert!(!claimed(&prog, &to_a) && claimed(&prog, &to_b));
+    // Once there is room again, the same change goes through.
+    foreign_entries(map, free - 100, "delete");
+    prog.replace_rules(&many[..1000], &[(a, AddrFlags::FRAGS)])
+        .expect("room again");
+    assert!(claimed(&prog, &tcp_a) && !claimed(&prog, &to_a) && !claimed(&prog, &to_b));
+    assert_eq!(prog.rule_count().expect("count"), 1001);
+}

@@ -871,6 +871,18 @@ impl MaglevLab {
         Ok(())
     }
 
+    /// Kills nf-maglev on load balancer `i` with SIGKILL (as a crash or an OOM kill would) and reaps
+    /// it; nothing of its own clean-up runs.
+    pub fn kill_lb(&mut self, i: usize) -> Result<()> {
+        let Some(mut p) = self.lbs[i].nf.take() else {
+            bail!("nf-maglev does not run on load balancer {i}");
+        };
+        p.signal(Signal::Kill)?;
+        p.wait_timeout(Duration::from_secs(5))?
+            .with_context(|| format!("nf-maglev on load balancer {i} survived SIGKILL"))?;
+        Ok(())
+    }
+
     /// True while nf-maglev runs on load balancer `i`.
     pub fn lb_running(&mut self, i: usize) -> bool {
         self.lbs[i].nf.as_mut().is_some_and(Proc::is_running)

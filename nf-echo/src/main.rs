@@ -48,7 +48,8 @@ struct Cli {
     /// Packet I/O backend.
     #[arg(long, value_enum, default_value_t = Backend::AfXdp)]
     backend: Backend,
-    /// Replace an XDP program another process left on the interface.
+    /// Replace an XDP program someone else attached to the interface (through netlink, or through a
+    /// bpf_link of another process). Our own program never needs it: it leaves with the process.
     #[arg(long)]
     force: bool,
     /// Seconds between stats lines (0: none).

@@ -357,6 +357,8 @@ fn missing_netdev_bad_queue_and_bad_config_fail_clearly() {
         err.contains("nosuchdev0") && err.contains("not found"),
         "{err}"
     );
+    // Each cause is printed once.
+    assert_eq!(err.matches("not found").count(), 1, "{err}");
 
     let bad_q = lab.config(1, json!({"mode": "echo", "addrs": [NF_V4]}));
     let text = std::fs::read_to_string(&bad_q)
@@ -440,4 +442,115 @@ fn a_link_down_is_ridden_out_and_a_deleted_interface_ends_the_process() {
         err.contains(&format!("netdev {} is gone", lab.nf_if())),
         "{err}"
     );
+}
+
+/// A UDP client that sends one numbered datagram every `interval` seconds for `duration` seconds and
+/// prints `sent answered longest_gap_ms`: the longest time between two answers is the outage.
+const UDP_LOAD: &str = r#"
+import select, socket, sys, time
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+dst = (sys.argv[1], int(sys.argv[2]))
+duration, interval = float(sys.argv[3]), float(sys.argv[4])
+s = socket.socket(family, socket.SOCK_DGRAM)
+s.setblocking(False)
+sent, answered, times = 0, set(), []
+start = time.monotonic()
+next_send = start
+while True:
+    now = time.monotonic()
+    if now - start > duration + 0.3:
+        break
+    if now >= next_send and now - start <= duration:
+        try:
+            s.sendto(sent.to_bytes(4, "big"), dst)
+        except OSError:
+            pass
+        sent += 1
+        next_send += interval
+    r, _, _ = select.select([s], [], [], max(0.0, min(next_send - time.monotonic(), 0.05)))
+    if r:
+        try:
+            data, _ = s.recvfrom(64)
+        except OSError:
+            continue
+        seq = int.from_bytes(data[:4], "big")
+        if seq not in answered:
+            answered.add(seq)
+            times.append(time.monotonic())
+gaps = [b - a for a, b in zip(times, times[1:])]
+print(sent, len(answered), int(max(gaps, default=duration) * 1000))
+"#;
+
+#[test]
+fn sigkill_under_load_then_the_same_command_serves_again() {
+    require_root!();
+    let lab = EchoLab::new(1);
+    let cfg = lab.echo_config(1);
+    let mut nf = lab.start(&cfg, &[]);
+    // 5 s of datagrams, one every 5 ms; the NF is killed after about 1.5 s.
+    let mut load = lab
+        .client
+        .spawn(
+            "udp-load",
+            &[
+                "python3",
+                "-c",
+                UDP_LOAD,
+                NF_V4,
+                &UDP_PORT.to_string(),
+                "5",
+                "0.005",
+            ],
+        )
+        .expect("spawn UDP load");
+    std::thread::sleep(Duration::from_millis(1500));
+    nf.signal(Signal::Kill).expect("SIGKILL");
+    let killed = std::time::Instant::now();
+    nf.wait_timeout(Duration::from_secs(5))
+        .expect("wait")
+        .expect("nf-echo survived SIGKILL");
+    // The kernel released the bpf_link with the process: nothing left on the interface.
+    assert!(
+        wait_for(Duration::from_secs(1), || !lab.xdp_attached()),
+        "the XDP program outlived the killed nf-echo"
+    );
+    let detached = killed.elapsed();
+
+    // The same command line, no --force, no manual step.
+    let mut again = lab.start(&cfg, &[]);
+    let serving = killed.elapsed();
+    assert!(
+        serving < Duration::from_secs(2) + detached,
+        "serving again {} ms after the kill",
+        serving.as_millis()
+    );
+    load.wait_timeout(Duration::from_secs(15))
+        .expect("wait")
+        .expect("UDP load did not finish");
+    let out = load.stdout();
+    let f: Vec<u64> = out
+        .split_whitespace()
+        .map(|n| n.parse().expect("number"))
+        .collect();
+    assert_eq!(f.len(), 3, "UDP load printed {out:?}: {}", load.stderr());
+    let (sent, answered, outage_ms) = (f[0], f[1], f[2]);
+    eprintln!(
+        "nf-echo SIGKILL and restart: program gone {} ms after the kill, restarted and bound {} ms \
+         after it; {answered} of {sent} datagrams answered, longest gap between answers {outage_ms} ms",
+        detached.as_millis(),
+        serving.as_millis()
+    );
+    assert!(
+        outage_ms < 2000,
+        "outage {outage_ms} ms ({answered} of {sent} answered)"
+    );
+    // Everything sent after the restart is answered: only the outage's datagrams are missing.
+    let lost = sent - answered;
+    assert!(
+        lost * 5 < outage_ms + 100,
+        "{lost} datagrams lost for an outage of {outage_ms} ms"
+    );
+    assert_eq!(udp_roundtrips(&lab, NF_V4, 4), 20);
+    stop(&mut again, Signal::Term);
+    assert!(!lab.xdp_attached());
 }

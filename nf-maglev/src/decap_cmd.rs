@@ -121,7 +121,7 @@ pub(crate) fn run(args: &DecapArgs) -> Result<()> {
                     );
                     let _ = stdout.flush();
                 }
-                Err(e) => log::warn!("reading the decap counters: {e}"),
+                Err(e) => log::warn!("reading the decap counters: {}", cne::error_chain(&e)),
             }
         }
     }

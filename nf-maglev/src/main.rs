@@ -20,9 +20,10 @@
 //!
 //! Reload: the file is read again; a change to the sections that shaped the sockets (`umems`, `lports`,
 //! `threads`, `lcore-groups`) is refused (it needs a restart), a `maglev` section that does not validate
-//! is refused with its reasons, and the old state keeps serving in both cases. A good one is published with
-//! one atomic swap, then the filter's claims are replaced (new entries are written before stale ones are
-//! removed), so no packet reaches the data plane before the state that handles it.
+//! or whose claims exceed the XDP filter's rule capacity is refused with its reasons, and the old state
+//! keeps serving in all these cases. A good one is published with the filter's claims as one transaction
+//! (see `Runtime::publish`): claims staged, state published, claims switched; a failing step undoes the
+//! earlier ones, so `/api/state` and the claims always agree.
 #![forbid(unsafe_code)]
 
 mod admin;
@@ -72,7 +73,8 @@ struct Cli {
     /// JSON-C config file: CNDP's sections plus a `maglev` section.
     #[arg(short = 'c', long = "config", value_name = "FILE.jsonc")]
     config: Option<PathBuf>,
-    /// Replace an XDP program another process left on an interface.
+    /// Replace an XDP program someone else attached to an interface (through netlink, or through a
+    /// bpf_link of another process). Our own program never needs it: it leaves with the process.
     #[arg(long)]
     force: bool,
     /// Address of the admin API and metrics endpoint (port 0 picks a free port; the log names it).
@@ -211,13 +213,15 @@ fn restart_sections_changed(old: &Config, new: &Config) -> Vec<&'static str> {
     changed
 }
 
-/// What the XDP filter must claim for `state`: each VIP's protocol and port (or all its ports), and per
+/// What the XDP filter must claim for `config`: each VIP's protocol and port (or all its ports), and per
 /// VIP address its fragments (non-first fragments carry no ports) and the ICMP errors sent to it (they
 /// belong to the connection they quote), plus ARP / neighbour discovery when the data plane answers them.
-fn claims(state: &State) -> (Vec<Rule>, Vec<(IpAddr, AddrFlags)>) {
-    let mut rules = Vec::with_capacity(state.vips().len());
+/// Taken from the validated configuration, not the state, so the claims of a reload can be written
+/// before its state is published.
+fn claims(config: &Validated) -> (Vec<Rule>, Vec<(IpAddr, AddrFlags)>) {
+    let mut rules = Vec::with_capacity(config.vips.len());
     let mut addrs = BTreeSet::new();
-    for v in state.vips() {
+    for v in &config.vips {
         let proto = v.proto.number();
         rules.push(if v.port.is_all() {
             Rule::proto(v.addr, proto)
@@ -226,12 +230,27 @@ fn claims(state: &State) -> (Vec<Rule>, Vec<(IpAddr, AddrFlags)>) {
         });
         addrs.insert(v.addr);
     }
-    let flags = if state.claim_all {
+    let flags = if config.claim_all {
         AddrFlags::FRAGS | AddrFlags::ICMP_ERRORS | AddrFlags::NEIGH
     } else {
         AddrFlags::FRAGS | AddrFlags::ICMP_ERRORS
     };
     (rules, addrs.into_iter().map(|a| (a, flags)).collect())
+}
+
+/// Refuses claims the XDP filter cannot hold, naming the limit and the count; checked before anything
+/// is built or written.
+fn check_claims_fit(origin: &str, rules: &[Rule], addrs: &[(IpAddr, AddrFlags)]) -> Result<()> {
+    let count = cne::xdp::XdpProgram::entries_needed(rules, addrs)
+        .with_context(|| format!("{origin}: maglev.vips"))?;
+    if count > cne::xdp::RULE_CAPACITY {
+        return Err(anyhow!(
+            "{origin}: maglev.vips: the VIPs need {count} XDP claim entries (one per VIP protocol and \
+             port, plus one per VIP address), more than the filter's limit of {}",
+            cne::xdp::RULE_CAPACITY
+        ));
+    }
+    Ok(())
 }
 
 /// The running load balancer, owned by the control thread.
@@ -247,31 +266,87 @@ struct Runtime {
     last_reload_error: Option<String>,
     /// The lports' interfaces.
     links: LinkWatch,
-    /// Whether the XDP filters hold the claims of the published state (false after a failed update).
+    /// Whether the XDP filters hold the claims of the published state: false only when a failed
+    /// switch could not be undone (then `/readyz` says so until a reload succeeds).
     claims_ok: bool,
 }
 
 impl Runtime {
-    /// Writes the filter claims of the current state into every XDP program we own.
-    fn apply_claims(&mut self) -> Result<(), ApiError> {
-        let r = self.write_claims();
-        self.claims_ok = r.is_ok();
-        r
-    }
-
-    fn write_claims(&self) -> Result<(), ApiError> {
-        let (rules, addrs) = claims(&self.control.state());
-        for p in self.instance.programs() {
-            p.replace_rules(&rules, &addrs).map_err(|e| {
-                ApiError::new(
-                    500,
-                    format!(
-                        "the new state is published but updating the XDP claims on {} failed: {e}",
-                        p.ifname()
-                    ),
-                )
-            })?;
+    /// Publishes `config` and its XDP claims as one transaction, in the order that keeps the rule "no
+    /// packet reaches the data plane before the state that handles it":
+    /// 1. the claims are staged in the inactive generation of every program's rule map (packets do not
+    ///    see them); on failure the staged entries are removed and nothing is published;
+    /// 2. the state is built and published (one atomic swap); on failure the staged claims are removed;
+    /// 3. every program switches to the staged claims (one array write each); on failure the programs
+    ///    already switched are switched back and the previous configuration is published again.
+    ///
+    /// Only then are the old claims deleted. Between 2 and 3 a VIP being removed may still be claimed
+    /// (its packets reach a data plane that drops them) while a VIP being added is not yet claimed (its
+    /// packets go to the kernel); neither reaches a state that does not know it.
+    fn publish(&mut self, config: &Validated) -> Result<(), ApiError> {
+        let (rules, addrs) = claims(config);
+        let programs = self.instance.programs();
+        let failed = |what: &str, ifname: &str, e: &cne::xdp::XdpError| {
+            ApiError::new(
+                500,
+                format!(
+                    "{what} on {ifname} failed: {}; the running state and claims stay",
+                    cne::error_chain(e)
+                ),
+            )
+        };
+        let unstage = |upto: usize| {
+            for p in &programs[..upto] {
+                if let Err(e) = p.clear_inactive_rules() {
+                    log::warn!(
+                        "{}: removing staged claims: {}",
+                        p.ifname(),
+                        cne::error_chain(&e)
+                    );
+                }
+            }
+        };
+        for (i, p) in programs.iter().enumerate() {
+            if let Err(e) = p.stage_rules(&rules, &addrs) {
+                unstage(i);
+                return Err(failed("writing the XDP claims", p.ifname(), &e));
+            }
         }
+        let previous = self.control.config().to_section();
+        if let Err(e) = self.control.reload(&config.to_section()) {
+            unstage(programs.len());
+            return Err(e.into());
+        }
+        for (i, p) in programs.iter().enumerate() {
+            if let Err(e) = p.switch_rules() {
+                for q in &programs[..i] {
+                    if let Err(e) = q.switch_rules() {
+                        log::error!(
+                            "{}: switching back to the previous claims: {}",
+                            q.ifname(),
+                            cne::error_chain(&e)
+                        );
+                        self.claims_ok = false;
+                    }
+                }
+                unstage(programs.len());
+                if let Err(e) = self.control.reload(&previous) {
+                    log::error!("publishing the previous state again: {e}");
+                    self.claims_ok = false;
+                }
+                return Err(failed("switching the XDP claims", p.ifname(), &e));
+            }
+        }
+        for p in programs {
+            if let Err(e) = p.clear_inactive_rules() {
+                log::warn!(
+                    "{}: deleting the previous claims: {} (the next change deletes them)",
+                    p.ifname(),
+                    cne::error_chain(&e)
+                );
+            }
+        }
+        self.claims_ok = true;
         Ok(())
     }
 
@@ -288,7 +363,8 @@ impl Runtime {
 
     fn try_reload(&mut self) -> Result<(), ApiError> {
         let origin = self.path.display().to_string();
-        let config = Config::load(&self.path).map_err(|e| ApiError::new(400, e.to_string()))?;
+        let config =
+            Config::load(&self.path).map_err(|e| ApiError::new(400, cne::error_chain(&e)))?;
         let changed = restart_sections_changed(self.instance.config(), &config);
         if !changed.is_empty() {
             return Err(ApiError::new(
@@ -305,8 +381,12 @@ impl Runtime {
             message: e.message,
             issues: e.issues,
         })?;
-        self.control.reload(&validated.to_section())?;
-        self.apply_claims()
+        if !self.instance.programs().is_empty() {
+            let (rules, addrs) = claims(&validated);
+            check_claims_fit(&origin, &rules, &addrs)
+                .map_err(|e| ApiError::new(400, format!("{e:#}")))?;
+        }
+        self.publish(&validated)
     }
 }
 
@@ -421,6 +501,14 @@ fn run_lb(cli: &Cli) -> Result<()> {
     let signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).context("registering signal handlers")?;
     let config = Config::load(&path)?;
     let validated = maglev_section(&config, cli.claim_all).map_err(|e| anyhow!(e.message))?;
+    let (rules, addrs) = claims(&validated);
+    if config
+        .lports()
+        .iter()
+        .any(|l| l.uds_path.is_none() && l.xsk_pin_path.is_none())
+    {
+        check_claims_fit(config.origin(), &rules, &addrs)?;
+    }
     let control = Control::new(validated).context("building the Maglev tables")?;
     let listener = TcpListener::bind(cli.listen)
         .with_context(|| format!("binding the admin/metrics address {}", cli.listen))?;
@@ -435,7 +523,6 @@ fn run_lb(cli: &Cli) -> Result<()> {
         claim_all: cli.claim_all,
     };
     let mut instance = Instance::open(config, &opts)?;
-    let (rules, addrs) = claims(&control.state());
     for p in instance.programs() {
         p.replace_rules(&rules, &addrs)
             .with_context(|| format!("installing the XDP claims on {}", p.ifname()))?;
@@ -730,8 +817,7 @@ mod tests {
     #[test]
     fn claims_cover_ports_all_ports_fragments_and_neighbours() {
         let v = maglev_section(&config(MAGLEV, "x", 0), false).expect("valid");
-        let state = Control::new(v).expect("builds").state();
-        let (rules, addrs) = claims(&state);
+        let (rules, addrs) = claims(&v);
         let vip: IpAddr = "198.18.100.1".parse().expect("ip");
         let v6: IpAddr = "2001:2::100".parse().expect("ip");
         assert_eq!(
@@ -747,7 +833,7 @@ mod tests {
         // --claim-all makes the data plane answer ARP / ND, so the filter claims them in rule mode too.
         let v = maglev_section(&config(MAGLEV, "x", 0), true).expect("valid");
         assert!(v.claim_all);
-        let (_, addrs) = claims(&Control::new(v).expect("builds").state());
+        let (_, addrs) = claims(&v);
         assert!(addrs
             .iter()
             .all(|(_, f)| *f == AddrFlags::FRAGS | AddrFlags::ICMP_ERRORS | AddrFlags::NEIGH));

@@ -281,6 +281,91 @@ fn a_missing_netdev_fails_clearly() {
         stderr.contains(&format!("netdev {netdev} not found")),
         "{stderr}"
     );
+    // The cause is printed once.
+    assert_eq!(stderr.matches("not found").count(), 1, "{stderr}");
+}
+
+/// A `maglev` section with one TCP VIP per port `1..=ports` of one address, without backends.
+fn port_vips(ports: u16) -> String {
+    let vips: Vec<String> = (1..=ports)
+        .map(|p| {
+            format!(
+                r#"{{ "name": "p{p}", "addr": "198.18.100.1", "proto": "tcp", "port": {p},
+                     "mode": "gre", "backends": [] }}"#
+            )
+        })
+        .collect();
+    format!(
+        r#"{{ "table_size": 251, "local_addrs": ["198.18.0.1"], "gateway_mac": "02:00:00:00:00:fe",
+             "vips": [{}] }}"#,
+        vips.join(",\n")
+    )
+}
+
+#[test]
+fn claims_beyond_the_filter_capacity_are_refused_before_start() {
+    let dir = TempDir::new("claims");
+    // 4096 ports of one address: 4096 rules plus the address's own entry, one more than the limit.
+    // The netdev does not exist: the check comes before anything touches the network.
+    let file = dir.write("many.jsonc", &config_text("nfmnone0", 0, &port_vips(4096)));
+    let (status, stderr) = check_output(&file);
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("maglev.vips: the VIPs need 4097 XDP claim entries")
+            && stderr.contains("limit of 4096"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("nfmnone0 not found"), "{stderr}");
+    // 4095 ports fit exactly (4096 entries): start-up goes on, to fail at the missing interface.
+    let file = dir.write("fits.jsonc", &config_text("nfmnone0", 0, &port_vips(4095)));
+    let (status, stderr) = check_output(&file);
+    assert!(!status.success(), "{stderr}");
+    assert!(!stderr.contains("claim entries"), "{stderr}");
+    assert!(stderr.contains("nfmnone0"), "{stderr}");
+}
+
+#[test]
+fn decap_killed_leaves_no_program_and_restarts_without_force() {
+    require_root!();
+    let veth = Veth::new("k");
+    run("ip", &["addr", "add", "198.18.77.2/32", "dev", &veth.a]);
+    let start = || {
+        let child = Command::new(BIN)
+            .args(["decap", "--dev", &veth.a])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn decap");
+        let mut attached = false;
+        for _ in 0..500 {
+            if veth.has_xdp() {
+                attached = true;
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        (child, attached)
+    };
+    let (mut first, attached) = start();
+    assert!(attached, "decap did not attach");
+    first.kill().expect("SIGKILL");
+    first.wait().expect("reap");
+    wait_for("the kernel to detach the killed decap's program", || {
+        (!veth.has_xdp()).then_some(())
+    });
+    // The same command line again: no --force needed.
+    let (mut second, attached) = start();
+    let alive = second.try_wait().ok().flatten().is_none();
+    let _ = second.kill();
+    let out = second.wait_with_output().expect("reap");
+    assert!(
+        attached && alive,
+        "restarted decap did not attach: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("the second program to leave", || {
+        (!veth.has_xdp()).then_some(())
+    });
 }
 
 /// A running `nf-maglev` whose stderr is collected; killed on drop if still running.

@@ -20,7 +20,7 @@ fn at(key_path: &str, message: &str) -> String {
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{path}: cannot read the configuration file: {source}")]
+    #[error("{path}: cannot read the configuration file")]
     Read {
         /// The path given to [`Config::load`](super::Config::load).
         path: String,
@@ -58,7 +58,7 @@ pub enum ConfigError {
 
     /// The queue count of a netdev named by an lport-group with `"queues": "all"` could not be read.
     #[error(
-        "{origin}:{line}: {}: cannot count the queues of netdev \"{netdev}\" ({sysfs}): {source}",
+        "{origin}:{line}: {}: cannot count the queues of netdev \"{netdev}\" ({sysfs})",
         key_path
     )]
     QueueCount {
