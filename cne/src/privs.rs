@@ -1,8 +1,11 @@
 //! Dropping privileges once the sockets exist.
 //!
-//! In a pod the device plugin owns the XDP program; the network function only needs `CAP_NET_RAW`
-//! (AF_XDP sockets), `CAP_IPC_LOCK` (UMEM registration without a memlock limit) and `CAP_BPF` (writing
-//! its socket into the XSKMAP). After setup and before the workers start, [`drop_privileges`] reduces
+//! A running network function needs only `CAP_NET_RAW` (AF_XDP sockets), `CAP_IPC_LOCK` (UMEM
+//! registration without a memlock limit) and `CAP_BPF` (the BPF maps: its socket in the XSKMAP, the
+//! filter's claims on reload, counters). That holds whether the device plugin owns the XDP program
+//! (in a pod) or the NF attached its own: that program hangs on a `bpf_link` whose descriptor the NF
+//! holds, and closing it, at exit or at death, detaches the program without `CAP_NET_ADMIN`. After
+//! setup and before any other thread starts, [`drop_privileges`] reduces
 //! the permitted, effective and inheritable sets and the bounding set to exactly those, clears the
 //! ambient set and sets `no_new_privs`, so nothing the process executes later can regain more.
 //!
@@ -15,8 +18,8 @@ use std::io;
 
 use caps::{CapSet, Capability, CapsHashSet};
 
-/// The capabilities a network function keeps in the device-plugin modes (UDS or pinned map).
-pub const DEVICE_PLUGIN_CAPS: [Capability; 3] = [
+/// The capabilities a network function keeps once set up, in every mode.
+pub const RUNNING_NF_CAPS: [Capability; 3] = [
     Capability::CAP_NET_RAW,
     Capability::CAP_IPC_LOCK,
     Capability::CAP_BPF,
@@ -174,9 +177,9 @@ pub fn drop_privileges(keep: &[Capability]) -> Result<PrivsReport, PrivsError> {
     Ok(report)
 }
 
-/// [`drop_privileges`] with [`DEVICE_PLUGIN_CAPS`].
-pub fn drop_to_device_plugin_caps() -> Result<PrivsReport, PrivsError> {
-    drop_privileges(&DEVICE_PLUGIN_CAPS)
+/// [`drop_privileges`] with [`RUNNING_NF_CAPS`].
+pub fn drop_to_running_nf_caps() -> Result<PrivsReport, PrivsError> {
+    drop_privileges(&RUNNING_NF_CAPS)
 }
 
 /// Whether `no_new_privs` is set on the calling thread.
@@ -236,8 +239,8 @@ mod tests {
             has(CapSet::Effective, Capability::CAP_NET_ADMIN),
             "child starts as root"
         );
-        let report = drop_to_device_plugin_caps().expect("drop");
-        assert_eq!(report.kept, DEVICE_PLUGIN_CAPS.to_vec());
+        let report = drop_to_running_nf_caps().expect("drop");
+        assert_eq!(report.kept, RUNNING_NF_CAPS.to_vec());
         assert!(report.missing.is_empty());
         assert!(report.dropped.contains(&Capability::CAP_NET_ADMIN));
         assert!(report.bounding_dropped.contains(&Capability::CAP_SYS_ADMIN));
@@ -257,7 +260,7 @@ mod tests {
                 "{set:?} still has SYS_ADMIN"
             );
         }
-        for cap in DEVICE_PLUGIN_CAPS {
+        for cap in RUNNING_NF_CAPS {
             assert!(has(CapSet::Effective, cap), "{cap} must stay effective");
             assert!(has(CapSet::Bounding, cap), "{cap} must stay in bounding");
         }

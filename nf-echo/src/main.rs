@@ -142,12 +142,10 @@ fn run(cli: Cli) -> Result<()> {
     }
 
     let stop = Arc::new(AtomicBool::new(false));
-    // The handler runs on a thread of its own. In device-plugin modes it starts after the capability
-    // drop so that thread holds only the pod's three capabilities too (we attach no XDP program
-    // there, so a signal during set-up leaves nothing behind); otherwise it starts first, so a signal
-    // during set-up still detaches our program.
-    let device_plugin = is_device_plugin(&config);
-    if !device_plugin || cli.backend == Backend::AfPacket {
+    // The handler runs on a thread of its own. Over AF_XDP it starts after the capability drop, so
+    // that thread holds only the three capabilities too; a signal during set-up ends the process,
+    // and the kernel detaches our program with its bpf_link.
+    if cli.backend == Backend::AfPacket {
         install_signal_handler(&stop)?;
     }
     let settings = Settings {
@@ -165,14 +163,6 @@ fn run(cli: Cli) -> Result<()> {
         Backend::AfXdp => run_af_xdp(config, &cli, &settings, &stop),
         Backend::AfPacket => run_af_packet(&config, &cli, &settings, &stop),
     }
-}
-
-/// Whether the config's lports get their XSKMAP from the device plugin (UDS or pinned map).
-fn is_device_plugin(config: &Config) -> bool {
-    config
-        .lports()
-        .iter()
-        .any(|l| l.uds_path.is_some() || l.xsk_pin_path.is_some())
 }
 
 /// SIGINT and SIGTERM set `stop`.
@@ -239,19 +229,9 @@ fn run_af_xdp(
             }
         }
     }
-    if is_device_plugin(instance.config()) {
-        if instance.programs().is_empty() {
-            // Sockets are set up and no thread has started yet: every thread inherits the reduced set.
-            let report = cne::privs::drop_to_device_plugin_caps()
-                .context("dropping capabilities in device-plugin mode")?;
-            log::info!(
-                "capabilities: kept {:?}, missing {:?}",
-                report.kept,
-                report.missing
-            );
-        }
-        install_signal_handler(stop)?;
-    }
+    // Sockets are set up and no thread has started yet: every thread inherits the reduced set.
+    cne::privs::drop_to_running_nf_caps().context("dropping capabilities after set-up")?;
+    install_signal_handler(stop)?;
     let links = watch_links(instance.config(), cli)?;
     let workers = instance.take_workers();
     let reports: Reports = Arc::new(Mutex::new(Vec::new()));

@@ -554,3 +554,38 @@ fn sigkill_under_load_then_the_same_command_serves_again() {
     stop(&mut again, Signal::Term);
     assert!(!lab.xdp_attached());
 }
+
+#[test]
+fn every_thread_runs_with_three_capabilities_and_the_program_still_leaves() {
+    require_root!();
+    let lab = EchoLab::new(2);
+    let cfg = lab.echo_config(2);
+    let mut nf = lab.start(&cfg, &[]);
+    assert!(lab.xdp_attached());
+    // CAP_NET_RAW (13), CAP_IPC_LOCK (14), CAP_BPF (39): effective, permitted and bounding, in the
+    // main thread, both workers and the signal thread.
+    let want = (1u64 << 13) | (1 << 14) | (1 << 39);
+    let mut threads = 0;
+    for t in std::fs::read_dir(format!("/proc/{}/task", nf.pid())).expect("task dir") {
+        let status =
+            std::fs::read_to_string(t.expect("task").path().join("status")).unwrap_or_default();
+        for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
+            let hex = status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .map(str::trim)
+                .unwrap_or_else(|| panic!("no {field} in {status}"));
+            let caps = u64::from_str_radix(hex, 16).expect("hex");
+            assert_eq!(caps, want, "{field} {caps:x} in\n{status}");
+        }
+        threads += 1;
+    }
+    assert!(threads >= 4, "{threads} threads");
+    let out = lab
+        .client
+        .exec(&["ping", "-c", "2", "-i", "0.2", "-W", "2", NF_V4])
+        .expect("ping");
+    assert!(out.contains("2 received"), "{out}");
+    stop(&mut nf, Signal::Term);
+    assert!(!lab.xdp_attached(), "the program stayed after SIGTERM");
+}

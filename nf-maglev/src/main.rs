@@ -10,8 +10,9 @@
 //! `file:line: key.path: message`) before anything touches the network; then the control plane builds the
 //! first state, the cne instance maps the UMEMs, attaches the XDP filter per netdev and binds one AF_XDP
 //! socket per lport, the filter is told which traffic to claim (each VIP's protocol and port, its
-//! fragments, and its ARP / neighbour discovery when the data plane answers them), capabilities are dropped
-//! in device-plugin mode, and one worker thread per `threads` entry runs the packet loop.
+//! fragments, and its ARP / neighbour discovery when the data plane answers them), every capability but
+//! CAP_NET_RAW, CAP_IPC_LOCK and CAP_BPF is dropped, and one worker thread per `threads` entry runs the
+//! packet loop.
 //!
 //! The main thread is the control thread: it serves the admin API and metrics ([`admin`]), reloads on
 //! `SIGHUP`, and on `SIGINT` / `SIGTERM` stops the workers, joins them and returns from `main`, so the
@@ -513,10 +514,6 @@ fn run_lb(cli: &Cli) -> Result<()> {
     let listener = TcpListener::bind(cli.listen)
         .with_context(|| format!("binding the admin/metrics address {}", cli.listen))?;
     let listen = listener.local_addr().unwrap_or(cli.listen);
-    let device_plugin = config
-        .lports()
-        .iter()
-        .any(|l| l.uds_path.is_some() || l.xsk_pin_path.is_some());
 
     let opts = InstanceOptions {
         force: cli.force,
@@ -537,23 +534,10 @@ fn run_lb(cli: &Cli) -> Result<()> {
             }
         );
     }
-    if device_plugin {
-        if instance.programs().is_empty() {
-            // Still single-threaded: every thread started from here on inherits the reduced set.
-            let report = cne::privs::drop_to_device_plugin_caps()
-                .context("dropping capabilities in device-plugin mode")?;
-            log::info!(
-                "capabilities: kept {:?}, missing {:?}",
-                report.kept,
-                report.missing
-            );
-        } else {
-            log::warn!(
-                "some lports use our own XDP program: keeping CAP_NET_ADMIN (and the other \
-                 capabilities) to detach it on exit"
-            );
-        }
-    }
+    // Still single-threaded: every thread started from here on (workers, the admin server, the
+    // signal thread) inherits the reduced set. Our own XDP programs hang on bpf_links that closing
+    // their descriptors detaches, so no capability is needed to leave cleanly.
+    cne::privs::drop_to_running_nf_caps().context("dropping capabilities after set-up")?;
 
     let links = LinkWatch::new(
         instance.config().lports().iter().map(|l| l.netdev.as_str()),

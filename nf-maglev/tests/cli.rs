@@ -838,7 +838,7 @@ fn device_plugin_mode_drops_capabilities() {
     assert!(!veth.has_xdp(), "device-plugin mode loads no XDP program");
     assert!(
         lb.log()
-            .contains("kept [CAP_NET_RAW, CAP_IPC_LOCK, CAP_BPF]"),
+            .contains(r#"kept ["CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_BPF"]"#),
         "{}",
         lb.log()
     );
@@ -855,4 +855,46 @@ fn device_plugin_mode_drops_capabilities() {
     lb.signal("TERM");
     let status = lb.wait();
     assert!(status.success(), "exit {status}:\n{}", lb.log());
+}
+
+#[test]
+fn self_attach_mode_drops_capabilities_and_still_reloads_and_detaches() {
+    require_root!();
+    let veth = Veth::new("s");
+    let dir = TempDir::new("caps");
+    let file = dir.write("lb.jsonc", &config_text(&veth.a, 0, &maglev("")));
+    let mut lb = Lb::start(&file, &[]);
+    assert!(veth.has_xdp(), "our own program is attached");
+    assert!(
+        lb.log()
+            .contains(r#"kept ["CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_BPF"]"#),
+        "{}",
+        lb.log()
+    );
+    // Every thread, the admin server's included, holds only CAP_NET_RAW, CAP_IPC_LOCK and CAP_BPF.
+    let want = (1u64 << 13) | (1 << 14) | (1 << 39);
+    let pid = lb.child.id();
+    for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        let caps = thread_caps(pid, field);
+        assert!(caps.len() >= 3, "{field} {caps:?}");
+        assert!(caps.iter().all(|&c| c == want), "{field} {caps:x?}");
+    }
+    // A reload rewrites the filter's claims with what is left; SIGTERM still detaches the program.
+    std::fs::write(
+        &file,
+        config_text(
+            &veth.a,
+            0,
+            &maglev(r#", { "name": "d", "addr": "198.18.1.9" }"#),
+        ),
+    )
+    .expect("rewrite config");
+    lb.signal("HUP");
+    wait_for("the reload", || {
+        (lb.state()["generation"] == 2).then_some(())
+    });
+    lb.signal("TERM");
+    let status = lb.wait();
+    assert!(status.success(), "exit {status}:\n{}", lb.log());
+    assert!(!veth.has_xdp(), "SIGTERM left an XDP program on {}", veth.a);
 }
