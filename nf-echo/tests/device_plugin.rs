@@ -36,7 +36,7 @@ const POD_CAPS: &str = "-all,+net_raw,+ipc_lock,+bpf";
 /// /proc/PID/status prints it.
 const POD_CAP_MASK: u64 = (1 << 13) | (1 << 14) | (1 << 39);
 /// What nf-echo logs after dropping to the pod's capabilities.
-const KEPT_LOG: &str = "capabilities: kept [CAP_NET_RAW, CAP_IPC_LOCK, CAP_BPF], missing []";
+const KEPT_LOG: &str = "capabilities: kept [\"CAP_NET_RAW\", \"CAP_IPC_LOCK\", \"CAP_BPF\"]";
 /// Bound on the stand-in server's life, far above what a run needs.
 const STAND_IN_LIMIT: Duration = Duration::from_secs(12);
 /// Busy-poll settings the UDS tests ask for.
