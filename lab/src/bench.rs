@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use crate::counters::Counters;
 use crate::forwarder::{tail, Forwarder, FwdCtx, Measure};
-use crate::gen::{GenLimit, GenReport};
+use crate::generator::{GenLimit, GenReport};
 use crate::lab::Lab;
 use crate::wait::wait_idle;
 

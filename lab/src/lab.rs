@@ -18,7 +18,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use crate::addr::Mac;
-use crate::gen::{GenLimit, GenSpec};
+use crate::generator::{GenLimit, GenSpec};
 use crate::netns::Netns;
 use crate::tools;
 use crate::veth::{VethEnd, VethPair};
