@@ -105,6 +105,10 @@ pub struct Counters {
     pub icmp_errors: u64,
     /// Packets whose connection-table entry named a backend that no longer exists: re-balanced.
     pub rerouted: u64,
+    /// TCP packets (not SYNs) without a connection-table entry sent by a past Maglev table of their VIP
+    /// rather than the current one (connections that began before a table change and moved; see
+    /// [`crate::control::VipState::past_pick`]). Recorded in the table, so counted once per flow and worker.
+    pub past_table: u64,
     /// Connection-table events.
     pub conntrack: ConnTrackStats,
     /// Per VIP, indexed by VIP id.
@@ -173,6 +177,7 @@ impl Counters {
         self.fragments += o.fragments;
         self.icmp_errors += o.icmp_errors;
         self.rerouted += o.rerouted;
+        self.past_table += o.past_table;
         let (a, b) = (&mut self.conntrack, &o.conntrack);
         a.inserted += b.inserted;
         a.evicted += b.evicted;

@@ -650,7 +650,7 @@ fn finish<F: Frame>(
 }
 
 /// The backend of the flow an ICMP error quotes: the connection table's if it has the flow, else the one
-/// the Maglev table gives the flow. Records nothing: an error does not open a connection.
+/// the Maglev tables give the flow (for TCP a past table first, as for the connection's own packets). Records nothing: an error does not open a connection.
 #[cold]
 fn follow<'s>(
     vip: &'s VipState,
@@ -661,6 +661,12 @@ fn follow<'s>(
 ) -> Option<(&'s BackendState, bool)> {
     if let Some(conn) = worker.conntrack.lookup(key, hash, now, false) {
         if let Some((_, b)) = vip.backend(conn.backend, conn.hint) {
+            return Some((b, false));
+        }
+    }
+    // An error about a TCP connection this worker does not know goes where that connection's packets go.
+    if key.proto == u8::from(IpProtocol::Tcp) {
+        if let Some((_, b, _)) = vip.past_pick(hash) {
             return Some((b, false));
         }
     }
@@ -691,7 +697,8 @@ fn select<'s>(
     let tcp = key.proto == u8::from(IpProtocol::Tcp);
     let syn = tcp && flags.contains(TcpFlags::SYN) && !flags.contains(TcpFlags::ACK);
     let closing = tcp && (flags.contains(TcpFlags::FIN) || flags.contains(TcpFlags::RST));
-    if let Some(conn) = worker.conntrack.lookup_at(key, slot, now, closing) {
+    let hit = worker.conntrack.lookup_at(key, slot, now, closing);
+    if let Some(conn) = hit {
         match vip.backend(conn.backend, conn.hint) {
             // A SYN opens a new connection: a draining backend gets none, even on a reused 5-tuple.
             Some((index, b)) if !(syn && b.weight == 0) => {
@@ -713,7 +720,13 @@ fn select<'s>(
             None => worker.counters.rerouted += 1,
         }
     }
-    let (index, b) = vip.pick(flow.hash)?;
+    // A connection (not a SYN) nobody here knows may have begun before the table changed: it goes where the
+    // oldest kept table sends it while that backend exists. Only after a change, and only on a miss.
+    let (index, b) = if hit.is_none() && tcp && !syn && vip.has_past() {
+        past_or_pick(vip, flow.hash, worker)?
+    } else {
+        vip.pick(flow.hash)?
+    };
     // A full table evicts, the flood guard may refuse: either way the Maglev table keeps the flow on `b`.
     worker.conntrack.insert_at(
         key,
@@ -726,6 +739,21 @@ fn select<'s>(
         now,
     );
     Some((b, true))
+}
+
+/// [`VipState::past_pick`], else the current table's pick.
+#[cold]
+#[inline(never)]
+fn past_or_pick<'s>(
+    vip: &'s VipState,
+    hash: u64,
+    worker: &mut Worker,
+) -> Option<(u16, &'s BackendState)> {
+    if let Some((i, b, _)) = vip.past_pick(hash) {
+        worker.counters.past_table += 1;
+        return Some((i, b));
+    }
+    vip.pick(hash)
 }
 
 /// The outer IP header of GRE packets to one backend, prepared when the state is built: per packet only
@@ -1857,6 +1885,100 @@ mod tests {
                 assert_eq!(a, b);
             }
         }
+    }
+
+    /// Table A (p0-p3), then B (p4 added): the flows whose slot B gives to p4.
+    fn moved_by_adding_p4(c: &mut Control, f: &[([u8; 4], u16)]) -> (Vec<[u8; 4]>, Vec<usize>) {
+        let mut w = Worker::new(LB_MAC, &c.state());
+        let under_a = backends_of(&c.state(), &mut w, f, SYN, 1);
+        let p4 = crate::config::BackendSection {
+            name: "p4".into(),
+            addr: "198.18.2.5".parse().expect("ip"),
+            weight: 1,
+            mac: None,
+        };
+        c.add_backend("pool", p4).expect("adds");
+        let mut fresh = Worker::new(LB_MAC, &c.state());
+        let under_b = backends_of(&c.state(), &mut fresh, f, SYN, 2);
+        let moved: Vec<usize> = (0..f.len()).filter(|&i| under_a[i] != under_b[i]).collect();
+        assert!(
+            moved.iter().all(|&i| under_b[i] == [198, 18, 2, 5]),
+            "adding a backend moves flows only to it"
+        );
+        assert!(moved.len() > 100, "{} of {} moved", moved.len(), f.len());
+        (under_a, moved)
+    }
+
+    #[test]
+    fn connections_that_lose_their_entry_keep_their_backend_after_a_table_change() {
+        let mut c = control();
+        c.set_now(Some(1_000_000));
+        let f = flows(1000);
+        let (under_a, moved) = moved_by_adding_p4(&mut c, &f);
+        assert_eq!(
+            c.state()
+                .vip_by_name("pool")
+                .expect("vip")
+                .past_tables()
+                .len(),
+            1
+        );
+        // Another worker (another queue, instance or a restart): an empty connection table. Packets of
+        // established connections go to the backend table A gave them, and stay there (recorded).
+        let mut other = Worker::new(LB_MAC, &c.state());
+        assert_eq!(backends_of(&c.state(), &mut other, &f, ACK, 3), under_a);
+        assert_eq!(other.counters().past_table, f.len() as u64);
+        assert_eq!(backends_of(&c.state(), &mut other, &f, ACK, 4), under_a);
+        assert_eq!(other.counters().past_table, f.len() as u64, "once per flow");
+        // A SYN is a new connection: the current table B.
+        let mut syn = Worker::new(LB_MAC, &c.state());
+        let new = backends_of(&c.state(), &mut syn, &f, SYN, 3);
+        assert!(moved.iter().all(|&i| new[i] == [198, 18, 2, 5]));
+        assert_eq!(syn.counters().past_table, 0);
+        // UDP follows the current table (no connections to keep).
+        let udp_vip = c.state();
+        let udp = udp_vip.vip_by_name("pool").expect("vip");
+        assert!(udp.has_past());
+    }
+
+    #[test]
+    fn past_tables_give_way_when_the_old_backend_is_removed_or_the_window_passes() {
+        let mut c = control();
+        c.set_now(Some(1_000_000));
+        let f = flows(1000);
+        let (under_a, moved) = moved_by_adding_p4(&mut c, &f);
+        // Draining the old backend keeps its connections where they are.
+        let victim = under_a[moved[0]];
+        let name = format!("p{}", victim[3] - 1);
+        c.drain("pool", &name).expect("drains");
+        let mut w = Worker::new(LB_MAC, &c.state());
+        let drained = backends_of(&c.state(), &mut w, &f, ACK, 3);
+        assert_eq!(drained, under_a, "drained backends keep their connections");
+        // Removed: its connections go where the current table sends them; everyone else's stay.
+        c.remove_backend("pool", &name).expect("removes");
+        let current = {
+            let mut syn = Worker::new(LB_MAC, &c.state());
+            backends_of(&c.state(), &mut syn, &f, SYN, 3)
+        };
+        let mut w = Worker::new(LB_MAC, &c.state());
+        let after = backends_of(&c.state(), &mut w, &f, ACK, 3);
+        for i in 0..f.len() {
+            if under_a[i] == victim {
+                assert_eq!(after[i], current[i], "flow {i} of the removed backend");
+            } else {
+                assert_eq!(after[i], under_a[i], "flow {i}");
+            }
+        }
+        // Once the TCP idle timeout (900 s) has passed since the change, the past tables are forgotten: every
+        // connection without an entry follows the current table.
+        c.set_now(Some(1_000_000 + 899));
+        assert!(!c.tick(), "nothing to forget yet");
+        c.set_now(Some(1_000_000 + 900));
+        assert!(c.tick());
+        assert!(!c.state().vip_by_name("pool").expect("vip").has_past());
+        let mut w = Worker::new(LB_MAC, &c.state());
+        assert_eq!(backends_of(&c.state(), &mut w, &f, ACK, 3), current);
+        assert_eq!(w.counters().past_table, 0);
     }
 
     #[test]

@@ -638,6 +638,8 @@ fn control_loop(
         if let Some((name, _)) = handles.iter().find(|(_, h)| h.is_finished()) {
             return Err(anyhow!("worker {name} stopped; shutting down"));
         }
+        // Past Maglev tables older than the TCP idle timeout are forgotten here.
+        rt.control.tick();
         match rx.recv_timeout(TICK) {
             Ok(Event::Stop(sig)) => {
                 log::info!("{sig}: shutting down");
