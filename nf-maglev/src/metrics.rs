@@ -182,7 +182,8 @@ const REPLIES: Def = counter(
 );
 const FRAGMENTS: Def = counter(
     "nf_maglev_fragments_total",
-    "IP fragments forwarded (hashed on source, destination and protocol).",
+    "IP fragments received for a VIP (hashed on source, destination and protocol to one backend), \
+     forwarded or not: drops are also counted by reason.",
     NONE,
 );
 const ICMP_ERRORS: Def = counter(
@@ -193,6 +194,16 @@ const ICMP_ERRORS: Def = counter(
 const REROUTED: Def = counter(
     "nf_maglev_rerouted_packets_total",
     "Packets of tracked flows whose backend was removed, given a new one by the Maglev table.",
+    NONE,
+);
+const GRE_FRAGMENTED: Def = counter(
+    "nf_maglev_gre_fragmented_packets_total",
+    "IPv4 packets without DF too big for the GRE tunnel, fragmented and sent as several GRE packets.",
+    NONE,
+);
+const GRE_FRAGMENTS: Def = counter(
+    "nf_maglev_gre_fragments_total",
+    "GRE packets sent carrying one fragment each of a fragmented packet.",
     NONE,
 );
 const PAST_TABLE: Def = counter(
@@ -305,6 +316,8 @@ const ALL: &[&Def] = &[
     &REPLIES,
     &FRAGMENTS,
     &REROUTED,
+    &GRE_FRAGMENTED,
+    &GRE_FRAGMENTS,
     &PAST_TABLE,
     &TABLE_GENERATIONS,
     &VIP_PACKETS,
@@ -516,6 +529,8 @@ impl Collector for LbCollector {
             (&ICMP_ERRORS, counters.icmp_errors),
             (&REROUTED, counters.rerouted),
             (&PAST_TABLE, counters.past_table),
+            (&GRE_FRAGMENTED, counters.gre_fragmented),
+            (&GRE_FRAGMENTS, counters.gre_fragments),
             (&REBUILDS, control.rebuilds),
         ] {
             let mut f = Family::new(def);
