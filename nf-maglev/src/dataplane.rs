@@ -44,15 +44,11 @@ pub enum Verdict {
     Tx,
     /// Drop it (already counted).
     Drop(DropReason),
-    /// An IPv4 packet that may be fragmented (no DF) is too big for the tunnel to `backend` (index in the
-    /// backends of the VIP at position `vip` of the state): pass the frame, untouched, to [`fragment`],
-    /// which sends it in several GRE packets in new frames.
-    Fragment {
-        /// Position of the VIP in [`State::vips`].
-        vip: u16,
-        /// Index of the backend in [`VipState::backends`].
-        backend: u16,
-    },
+    /// An IPv4 packet that may be fragmented (no DF) is too big for the GRE tunnel to its backend: pass the
+    /// frame, untouched, to [`fragment`], which sends it in several GRE packets in new frames. (The verdict
+    /// carries nothing, so that the verdicts of a burst stay two bytes each: [`fragment`] finds the backend
+    /// again, the rare packet paying for it rather than every packet.)
+    Fragment,
 }
 
 /// Everything a worker thread owns for the packet path: its connection table, counters and MAC address.
@@ -106,7 +102,7 @@ impl Worker {
             Verdict::Tx => self.counters.tx_packets += 1,
             Verdict::Drop(reason) => self.counters.drop(reason),
             // [`fragment`] counts the frames it sends.
-            Verdict::Fragment { .. } => {}
+            Verdict::Fragment => {}
         }
     }
 
@@ -626,7 +622,7 @@ fn finish<F: Frame>(
         vip.pick(flow.hash).map(|(_, b)| (b, false))
     } else if flow.meta.icmp_error {
         worker.counters.icmp_errors += 1;
-        follow(vip, flow.key, flow.hash, worker, now)
+        follow(vip, flow.key, flow.hash, worker, now, false)
     } else {
         select(vip, flow, TcpFlags(flow.meta.tcp_flags), worker, now)
     };
@@ -656,33 +652,29 @@ fn finish<F: Frame>(
             worker.counters.icmp_too_big += 1;
             Verdict::Tx
         }
-        Outcome::Fragment => {
-            worker
-                .counters
-                .forwarded(vip.id, backend.id, bytes, new_conn);
-            worker.counters.gre_fragmented += 1;
-            fragment_verdict(state, vip, backend)
-        }
+        Outcome::Fragment => fragmenting(worker, vip.id, backend.id, bytes, new_conn),
         Outcome::Dropped(reason) => Verdict::Drop(reason),
     }
 }
 
-/// [`Verdict::Fragment`] for a backend of a VIP of `state`.
+/// Counts a packet [`fragment`] will send (as forwarded: the load balancer chose its backend).
 #[cold]
-fn fragment_verdict(state: &State, vip: &VipState, backend: &BackendState) -> Verdict {
-    let v = state.vips().iter().position(|v| std::ptr::eq(&**v, vip));
-    let b = vip.backends().iter().position(|b| b.id == backend.id);
-    match (
-        v.and_then(|v| u16::try_from(v).ok()),
-        b.and_then(|b| u16::try_from(b).ok()),
-    ) {
-        (Some(vip), Some(backend)) => Verdict::Fragment { vip, backend },
-        _ => Verdict::Drop(DropReason::TooBig),
-    }
+#[inline(never)]
+fn fragmenting(
+    worker: &mut Worker,
+    vip: u32,
+    backend: u32,
+    bytes: usize,
+    new_conn: bool,
+) -> Verdict {
+    worker.counters.forwarded(vip, backend, bytes, new_conn);
+    worker.counters.gre_fragmented += 1;
+    Verdict::Fragment
 }
 
-/// The backend of the flow an ICMP error quotes: the connection table's if it has the flow, else the one
-/// the Maglev tables give the flow (for TCP a past table first, as for the connection's own packets). Records nothing: an error does not open a connection.
+/// The backend of the flow an ICMP error quotes (or of a packet [`fragment`] sends): the connection table's
+/// if it has the flow, else the one the Maglev tables give the flow (for TCP other than a SYN a past table
+/// first, as [`select`] does). Records nothing. Records nothing: an error does not open a connection.
 #[cold]
 fn follow<'s>(
     vip: &'s VipState,
@@ -690,6 +682,7 @@ fn follow<'s>(
     hash: u64,
     worker: &mut Worker,
     now: u32,
+    syn: bool,
 ) -> Option<(&'s BackendState, bool)> {
     if let Some(conn) = worker.conntrack.lookup(key, hash, now, false) {
         if let Some((_, b)) = vip.backend(conn.backend, conn.hint) {
@@ -697,7 +690,7 @@ fn follow<'s>(
         }
     }
     // An error about a TCP connection this worker does not know goes where that connection's packets go.
-    if key.proto == u8::from(IpProtocol::Tcp) {
+    if key.proto == u8::from(IpProtocol::Tcp) && !syn {
         if let Some((_, b, _)) = vip.past_pick(hash) {
             return Some((b, false));
         }
@@ -886,6 +879,7 @@ fn encap_gre<F: Frame>(
     if !write_gre_headers(
         data,
         l3,
+        overhead,
         backend,
         mac,
         flow.meta.tos,
@@ -903,13 +897,15 @@ fn encap_gre<F: Frame>(
 }
 
 /// Writes the MAC addresses, the outer EtherType, the outer IP header of `outer_len` bytes (with `tos`, and
-/// for IPv6 the flow label from `hash`) and the GRE header in front of an inner packet at `l3 + overhead`;
+/// for IPv6 the flow label from `hash`) and the GRE header in front of an inner packet at `l3 + overhead`
+/// (`overhead`: the backend's [`GreOuter::overhead`]);
 /// the VLAN tags (bytes 12..l3-2) are the caller's. `false` when the backend has no outer header.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn write_gre_headers(
     data: &mut [u8],
     l3: usize,
+    overhead: usize,
     backend: &BackendState,
     mac: [u8; 6],
     tos: u8,
@@ -950,7 +946,7 @@ fn write_gre_headers(
     } else {
         EtherType::Ipv4
     };
-    let g = l3 + backend.gre.overhead() - GRE_LEN;
+    let g = l3 + overhead - GRE_LEN;
     data[g..g + 2].copy_from_slice(&[0, 0]);
     data[g + 2..g + 4].copy_from_slice(&u16::from(inner_type).to_be_bytes());
     data[0..6].copy_from_slice(&backend.mac.0);
@@ -976,21 +972,26 @@ fn write_gre_headers(
 #[cold]
 #[inline(never)]
 pub fn fragment<F: Frame>(
-    frame: &F,
-    verdict: Verdict,
+    frame: &mut F,
     state: &State,
     worker: &mut Worker,
+    now: u32,
     mut alloc: impl FnMut() -> Option<F>,
     mut send: impl FnMut(F),
 ) -> usize {
-    let Verdict::Fragment { vip, backend } = verdict else {
-        return 0;
+    // The backend `process` chose: it recorded the flow (or, for a fragment, hashed it), so asking the same
+    // way again gives the same answer.
+    let (mut key, mut meta) = (FlowKey::default(), Meta::default());
+    let backend = match classify_full(frame, state, worker, &mut key, &mut meta) {
+        Ok((vip, hash)) if meta.fragment => vip.pick(hash).map(|(_, b)| b),
+        Ok((vip, hash)) => {
+            let f = TcpFlags(meta.tcp_flags);
+            let syn = f.contains(TcpFlags::SYN) && !f.contains(TcpFlags::ACK);
+            follow(vip, &key, hash, worker, now, syn).map(|(b, _)| b)
+        }
+        Err(_) => None,
     };
-    let Some(backend) = state
-        .vips()
-        .get(usize::from(vip))
-        .and_then(|v| v.backends().get(usize::from(backend)))
-    else {
+    let Some(backend) = backend else {
         worker.counters.drop(DropReason::TooBig);
         return 0;
     };
@@ -1084,6 +1085,7 @@ fn fragment_into<F: Frame>(
         if !write_gre_headers(
             out,
             l3,
+            overhead,
             backend,
             worker.mac,
             info.traffic_class,
@@ -2245,12 +2247,15 @@ mod tests {
         let mut f = VecFrame::new(input, 64, 4096);
         let v = process(&mut f, state, w, 1);
         let mut out = Vec::new();
+        if v != Verdict::Fragment {
+            return (v, out);
+        }
         let mut left = pool;
         let n = fragment(
-            &f,
-            v,
+            &mut f,
             state,
             w,
+            1,
             || {
                 left = left.checked_sub(1)?;
                 Some(VecFrame::new(&[], 64, 2048))
@@ -2326,7 +2331,7 @@ mod tests {
                 assert_eq!(v, Verdict::Tx);
                 continue;
             }
-            assert!(matches!(v, Verdict::Fragment { .. }), "{v:?}");
+            assert!(matches!(v, Verdict::Fragment), "{v:?}");
             assert!(out.len() >= 2);
             let mut next = None;
             for (j, o) in out.iter().enumerate() {
@@ -2375,7 +2380,7 @@ mod tests {
         let payload = vec![0x5a; 2000];
         let input = udp4_raw([198, 18, 100, 7], 1000, 0, &opts, &payload);
         let (v, out) = run_fragmenting(&state, &mut w, &input, 16);
-        assert!(matches!(v, Verdict::Fragment { .. }));
+        assert!(matches!(v, Verdict::Fragment));
         assert_eq!(out.len(), 2);
         let (ihl0, off0, mf0, d0) = inner_fragment(&out[0]);
         assert_eq!((ihl0, off0, mf0), (32, 0, true));
@@ -2394,7 +2399,7 @@ mod tests {
         assert_eq!(d0.len() + d1.len(), 2008);
         // No frame to be had: counted, nothing sent.
         let (v, out) = run_fragmenting(&state, &mut w, &input, 0);
-        assert!(matches!(v, Verdict::Fragment { .. }));
+        assert!(matches!(v, Verdict::Fragment));
         assert!(out.is_empty());
         assert_eq!(w.counters().drops_for(DropReason::NoFrame), 1);
         // With DF the client is told the MTU instead (as before).

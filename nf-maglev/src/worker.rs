@@ -127,18 +127,18 @@ pub(crate) fn run(w: cne::instance::Worker, setup: Setup) -> anyhow::Result<()> 
                     }
                     work += rx.len();
                     dataplane::process_burst(&mut rx, &mut verdicts, &state, dp, now);
-                    for (pkt, v) in rx.drain(..).zip(&verdicts) {
+                    for (mut pkt, v) in rx.drain(..).zip(&verdicts) {
                         // A dropped packet's frame goes back to the pool here.
                         match *v {
                             Verdict::Tx => tx.push(pkt),
                             Verdict::Drop(_) => {}
                             // Rare: sent as several GRE packets in new frames of the port's pool.
-                            Verdict::Fragment { .. } => {
+                            Verdict::Fragment => {
                                 dataplane::fragment(
-                                    &pkt,
-                                    *v,
+                                    &mut pkt,
                                     &state,
                                     dp,
+                                    now,
                                     || port.alloc(),
                                     |f| tx.push(f),
                                 );
