@@ -16,6 +16,7 @@ the "backend" field of the UDP answer), or the error. Every wait is bounded: soc
 waits and an overall deadline after which remaining work is reported as failed.
 """
 import argparse
+import errno
 import hashlib
 import json
 import os
@@ -143,12 +144,17 @@ def udp_one(a, i, deadline):
                 if time.monotonic() > deadline:
                     raise TimeoutError("deadline passed")
                 res["attempts"] += 1
-                s.send(payload)
                 try:
+                    s.send(payload)
                     reply = json.loads(s.recv(65535))
                     break
                 except socket.timeout:
                     if res["attempts"] >= a.attempts:
+                        raise
+                except OSError as e:
+                    # Path MTU discovery: an ICMP too-big for this socket's datagram is reported as
+                    # EMSGSIZE; the kernel now knows the path MTU and fragments the next send to fit.
+                    if e.errno != errno.EMSGSIZE or res["attempts"] >= a.attempts:
                         raise
             res["backend"] = reply["backend"]
             res["len"] = reply["len"]

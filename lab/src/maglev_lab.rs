@@ -176,6 +176,8 @@ pub struct LabSpec {
     pub lbs: usize,
     /// The `nf-maglev` binary (load balancer, and `decap` on GRE backends).
     pub nf_maglev: PathBuf,
+    /// MTU of the client's link ([`CLIENT_MTU`] unless set).
+    pub client_mtu: u32,
 }
 
 impl LabSpec {
@@ -186,6 +188,7 @@ impl LabSpec {
             backends: Vec::new(),
             lbs: 1,
             nf_maglev: nf_maglev.into(),
+            client_mtu: CLIENT_MTU,
         }
         .weights(&[1, 1, 2])
     }
@@ -206,6 +209,12 @@ impl LabSpec {
     /// Sets the number of load balancers.
     pub fn lbs(mut self, n: usize) -> LabSpec {
         self.lbs = n;
+        self
+    }
+
+    /// Sets the MTU of the client's link (at most [`LINK_MTU`]: the segment's).
+    pub fn client_mtu(mut self, mtu: u32) -> LabSpec {
+        self.client_mtu = mtu;
         self
     }
 }
@@ -229,6 +238,11 @@ impl Host {
     /// The interface on the segment.
     pub fn ifname(&self) -> &str {
         self.ifname
+    }
+
+    /// Name of the switch-side end of its link (in the switch namespace).
+    pub fn port(&self) -> &str {
+        &self.port
     }
     /// Its MAC.
     pub fn mac(&self) -> Mac {
@@ -525,7 +539,7 @@ impl MaglevLab {
                 ifname: CLIENT_IF,
                 port: "p-c".into(),
                 n: 1,
-                mtu: CLIENT_MTU,
+                mtu: spec.client_mtu,
                 queues: 1,
                 sysctls: &[],
             },

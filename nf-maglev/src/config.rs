@@ -215,6 +215,11 @@ pub struct MaglevSection {
     /// Next-hop MAC for GRE packets to backends without their own `mac`.
     #[serde(default)]
     pub gateway_mac: Option<Mac>,
+    /// Where to keep the VIPs' past Maglev tables across restarts (a small JSON file, replaced atomically on
+    /// every change, e.g. `/run/nf-maglev/generations.json`); none by default. A restarted instance reads it
+    /// and keeps serving connections that began under an earlier table by that table.
+    #[serde(default)]
+    pub generations_file: Option<std::path::PathBuf>,
     /// The virtual services.
     #[serde(default)]
     pub vips: Vec<VipSection>,
@@ -385,6 +390,8 @@ pub struct Validated {
     pub claim_all: bool,
     /// Default next-hop MAC for GRE backends added later without their own.
     pub gateway_mac: Option<Mac>,
+    /// File that keeps past Maglev tables across restarts.
+    pub generations_file: Option<std::path::PathBuf>,
     /// The VIPs, in configuration order.
     pub vips: Vec<Vip>,
 }
@@ -697,6 +704,7 @@ impl MaglevSection {
             mtu: self.mtu,
             claim_all: self.claim_all,
             gateway_mac: self.gateway_mac,
+            generations_file: self.generations_file.clone(),
             vips,
         })
     }
@@ -721,6 +729,7 @@ impl Validated {
             mtu: self.mtu,
             claim_all: self.claim_all,
             gateway_mac: self.gateway_mac,
+            generations_file: self.generations_file.clone(),
             vips: self
                 .vips
                 .iter()

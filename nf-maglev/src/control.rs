@@ -12,6 +12,13 @@
 //! tables store that id, not a table index, so after a rebuild the data plane finds the flow's backend again
 //! if it still exists: drained backends (weight 0) keep their flows and get no new ones; a removed backend's
 //! flows, and only those, move to the backend the new table gives them.
+//!
+//! Table generations: when a VIP's table changes, the table it replaces is kept in the new [`VipState`] as a
+//! [`PastTable`] for the TCP idle timeout (at most [`MAX_PAST_TABLES`] per VIP), so that a TCP connection whose
+//! packets reach a worker that has no entry for it (another queue, another instance, a restart) can still be
+//! sent to the backend it began with: see [`VipState::past_pick`] for the rule and its limits. With
+//! `generations_file` configured, the generations are also written to a file on every change and read back
+//! at start, so a restarted instance knows the tables its predecessor used.
 
 use crate::config::{
     format_issues, BackendSection, Issues, Mac, MaglevSection, Mode, Port, Proto, Validated, Vip,
@@ -20,9 +27,16 @@ use crate::conntrack::Timeouts;
 use crate::dataplane::GreOuter;
 use crate::maglev::{MaglevError, Member, Table};
 use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Most past tables a VIP keeps: each costs `2 * table_size` bytes (128 KiB at the default size). When more
+/// changes than this happen within the TCP idle timeout, the oldest generation is forgotten first.
+pub const MAX_PAST_TABLES: usize = 8;
 
 /// Stable identity of a backend of a VIP; never reused within a process.
 pub type BackendId = u32;
@@ -196,8 +210,33 @@ pub struct VipState {
     /// `(id, index into backends)`, sorted by id.
     by_id: Vec<(BackendId, u16)>,
     table: Table,
+    /// Tables this VIP used before `table`, oldest first, none older than the TCP idle timeout.
+    past: Vec<Arc<PastTable>>,
     /// The configuration this was built from, to reuse the state when a change leaves the VIP alone.
     source: Vip,
+}
+
+/// A Maglev table a VIP used before its current one, kept so connections that began under it keep their
+/// backend when their packets reach a worker without their connection-table entry.
+#[derive(Debug)]
+pub struct PastTable {
+    /// When it stopped being the current table, seconds since the Unix epoch.
+    pub replaced_at: u64,
+    /// The backends it was built from: name and weight, in the order its slots index.
+    members: Vec<(String, u32)>,
+    /// Backend id of each member (ids outlive removals, so a removed backend's id is simply absent from the
+    /// VIP's current backends).
+    ids: Vec<BackendId>,
+    table: Table,
+}
+
+impl PastTable {
+    /// The backend id this table gives a flow hash.
+    #[inline]
+    fn pick(&self, hash: u64) -> Option<BackendId> {
+        let i = self.table.lookup(hash)?;
+        self.ids.get(usize::from(i)).copied()
+    }
 }
 
 impl VipState {
@@ -216,6 +255,42 @@ impl VipState {
     pub fn pick(&self, hash: u64) -> Option<(u16, &BackendState)> {
         let i = self.table.lookup(hash)?;
         self.backends.get(usize::from(i)).map(|b| (i, b))
+    }
+
+    /// The past tables still kept, oldest first.
+    pub fn past_tables(&self) -> &[Arc<PastTable>] {
+        &self.past
+    }
+
+    /// Whether the VIP keeps any past table (the data plane asks before [`VipState::past_pick`]).
+    #[inline(always)]
+    pub fn has_past(&self) -> bool {
+        !self.past.is_empty()
+    }
+
+    /// The backend a TCP packet that is not a SYN goes to when no connection-table entry knows its flow: the
+    /// pick of the *oldest* kept table whose pick is a backend the VIP still has (a drained one included),
+    /// with the position of that table counted from the oldest (`(index, backend, generation)`); `None` when
+    /// no kept table gives a live backend (the current table decides then).
+    ///
+    /// Why the oldest: a packet without a connection-table entry carries no start time, so the load balancer
+    /// cannot know under which table its connection began, only that it began within the TCP idle timeout
+    /// (an entry older than that would have expired anyway), hence under one of the kept tables or the
+    /// current one. Connections that began under an older table are the ones a table change can break:
+    /// the current table may give them a new backend that has never seen them, whereas under the oldest
+    /// table their backend is the one that accepted them, as long as it exists. A table only differs from
+    /// the next for the slots whose backend changed, so a flow whose slot kept its backend across all
+    /// generations is unaffected by the rule. The cost of the rule: a connection that began under a *newer*
+    /// table, in a slot whose backend changed, and then loses its entry (moves to another queue or instance,
+    /// or the instance restarts) within the idle timeout after the change, goes to the older backend and is
+    /// reset there. A removed backend is skipped: its connections are lost anyway, and the next generation
+    /// that gives a live backend is the best guess left. Past the TCP idle timeout a table is forgotten.
+    #[cold]
+    pub fn past_pick(&self, hash: u64) -> Option<(u16, &BackendState, u32)> {
+        self.past.iter().enumerate().find_map(|(g, t)| {
+            let (i, b) = self.backend(t.pick(hash)?, u16::MAX)?;
+            Some((i, b, u32::try_from(g).unwrap_or(u32::MAX)))
+        })
     }
 
     /// The backend with this id if the VIP still has it (weight 0 included): `(index, backend)`. `hint` is
@@ -357,20 +432,50 @@ pub struct Control {
     registry: Registry,
     shared: SharedState,
     rebuilds: u64,
+    /// A fixed clock (seconds since the Unix epoch) instead of the system's, for tests.
+    fixed_now: Option<u64>,
 }
 
 impl Control {
-    /// Builds and publishes the first state.
+    /// Builds and publishes the first state. With a `generations_file`, the past tables it lists (those
+    /// younger than the TCP idle timeout, built with the same table size and seed) are rebuilt, and its
+    /// current tables become past tables of the VIPs whose backends differ now.
     pub fn new(config: Validated) -> Result<Self, ControlError> {
+        Self::new_at(config, None)
+    }
+
+    /// [`Control::new`] with the clock fixed at `now` (seconds since the Unix epoch), for tests.
+    pub fn new_at(config: Validated, now: Option<u64>) -> Result<Self, ControlError> {
         let mut registry = Registry::default();
         let mut rebuilds = 0;
-        let state = build_state(&config, &mut registry, None, 1, &mut rebuilds)?;
-        Ok(Self {
+        let fixed_now = now;
+        let now = now.unwrap_or_else(unix_now);
+        let mut state = build_state(&config, &mut registry, None, 1, &mut rebuilds, now)?;
+        if let Some(path) = &config.generations_file {
+            match read_history(path) {
+                Ok(Some(h)) => restore_history(&mut state, &config, &mut registry, &h, now),
+                Ok(None) => {}
+                Err(e) => log::warn!("{e}; starting without past tables"),
+            }
+        }
+        let control = Self {
             config,
             registry,
             shared: Arc::new(ArcSwap::from_pointee(state)),
             rebuilds,
-        })
+            fixed_now,
+        };
+        control.save_history();
+        Ok(control)
+    }
+
+    /// Fixes the clock at `now` seconds since the Unix epoch (`None`: the system clock again). For tests.
+    pub fn set_now(&mut self, now: Option<u64>) {
+        self.fixed_now = now;
+    }
+
+    fn now(&self) -> u64 {
+        self.fixed_now.unwrap_or_else(unix_now)
     }
 
     /// The handle workers load the current state from (`shared.load()` per burst).
@@ -391,6 +496,21 @@ impl Control {
     /// Maglev tables built since start (the first state's included).
     pub fn rebuilds(&self) -> u64 {
         self.rebuilds
+    }
+
+    /// Forgets past tables older than the TCP idle timeout, publishing a new state if there were any;
+    /// returns whether it did. Cheap when there is nothing to forget: call it about once a second.
+    pub fn tick(&mut self) -> bool {
+        let now = self.now();
+        let window = u64::from(self.config.conntrack.tcp_timeout_s);
+        let state = self.shared.load();
+        let stale = state.vips.iter().any(|v| {
+            v.past
+                .first()
+                .is_some_and(|t| t.replaced_at.saturating_add(window) <= now)
+        });
+        drop(state);
+        stale && self.publish(self.config.clone()).is_ok()
     }
 
     /// Sets a backend's weight (0 drains it).
@@ -453,23 +573,208 @@ impl Control {
 
     fn publish(&mut self, config: Validated) -> Result<(), ControlError> {
         let old = self.shared.load_full();
-        // The backends' GRE headers are built from the local addresses: a change rebuilds every VIP.
-        let reuse = (config.table_size == self.config.table_size
-            && config.hash_seed == self.config.hash_seed
-            && config.local_v4 == self.config.local_v4
-            && config.local_v6 == self.config.local_v6)
-            .then_some(&*old);
+        let now = self.now();
         let state = build_state(
             &config,
             &mut self.registry,
-            reuse,
+            Some((&*old, &self.config)),
             old.generation + 1,
             &mut self.rebuilds,
+            now,
         )?;
         self.shared.store(Arc::new(state));
         self.config = config;
+        self.save_history();
         Ok(())
     }
+
+    /// Writes the generations file, if one is configured (a failure is logged: it costs only the history
+    /// of a later restart).
+    fn save_history(&self) {
+        let Some(path) = &self.config.generations_file else {
+            return;
+        };
+        if let Err(e) = write_history(path, &self.config, &self.shared.load()) {
+            log::warn!("{e}");
+        }
+    }
+}
+
+/// Seconds since the Unix epoch: the clock of table generations, which must mean the same after a restart.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The generations file: per VIP the backends (name, weight) of its current table and of its past tables.
+/// A table is rebuilt from these, the table size and the seed alone.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct History {
+    table_size: u32,
+    hash_seed: u64,
+    vips: Vec<VipHistory>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VipHistory {
+    name: String,
+    current: Vec<(String, u32)>,
+    past: Vec<PastHistory>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PastHistory {
+    replaced_at: u64,
+    backends: Vec<(String, u32)>,
+}
+
+/// Largest generations file read (a few hundred VIPs with many backends fit easily).
+const MAX_HISTORY_BYTES: u64 = 16 << 20;
+
+fn read_history(path: &Path) -> Result<Option<History>, String> {
+    use std::io::Read;
+    let what = || format!("generations file {}", path.display());
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", what())),
+    };
+    let meta = file.metadata().map_err(|e| format!("{}: {e}", what()))?;
+    if !meta.is_file() || meta.len() > MAX_HISTORY_BYTES {
+        return Err(format!(
+            "{}: not a regular file of at most {MAX_HISTORY_BYTES} bytes",
+            what()
+        ));
+    }
+    let mut text = String::new();
+    file.take(MAX_HISTORY_BYTES)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("{}: {e}", what()))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| format!("{}: {e}", what()))
+}
+
+fn write_history(path: &Path, config: &Validated, state: &State) -> Result<(), String> {
+    let h = History {
+        table_size: config.table_size,
+        hash_seed: config.hash_seed,
+        vips: state
+            .vips
+            .iter()
+            .map(|v| VipHistory {
+                name: v.name.clone(),
+                current: v
+                    .backends
+                    .iter()
+                    .map(|b| (b.name.clone(), b.weight))
+                    .collect(),
+                past: v
+                    .past
+                    .iter()
+                    .map(|t| PastHistory {
+                        replaced_at: t.replaced_at,
+                        backends: t.members.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    let err =
+        |e: &dyn std::fmt::Display| format!("writing generations file {}: {e}", path.display());
+    let text = serde_json::to_string(&h).map_err(|e| err(&e))?;
+    // Written beside and renamed over: a reader (the next instance) sees the old file or the new one.
+    let mut tmp: PathBuf = path.to_path_buf();
+    tmp.as_mut_os_string().push(".tmp");
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+    }
+    std::fs::write(&tmp, text).map_err(|e| err(&e))?;
+    std::fs::rename(&tmp, path).map_err(|e| err(&e))
+}
+
+/// Gives the VIPs of a freshly built first state the past tables of the generations file: its past tables
+/// younger than the TCP idle timeout, and its current table where the VIP's backends differ now (replaced
+/// now, as far as this instance knows). Ignored when the table size or seed differ (the tables would not
+/// be the ones the flows were sent by).
+fn restore_history(
+    state: &mut State,
+    config: &Validated,
+    registry: &mut Registry,
+    h: &History,
+    now: u64,
+) {
+    if h.table_size != config.table_size || h.hash_seed != config.hash_seed {
+        log::info!("generations file: other table size or seed; past tables not restored");
+        return;
+    }
+    let window = u64::from(config.conntrack.tcp_timeout_s);
+    let mut restored = 0;
+    for vip in &mut state.vips {
+        let Some(old) = h.vips.iter().find(|o| o.name == vip.name) else {
+            continue;
+        };
+        let current: Vec<(String, u32)> = vip
+            .backends
+            .iter()
+            .map(|b| (b.name.clone(), b.weight))
+            .collect();
+        let mut lists: Vec<(u64, &[(String, u32)])> = old
+            .past
+            .iter()
+            .filter(|p| p.replaced_at.saturating_add(window) > now)
+            .map(|p| (p.replaced_at, &p.backends[..]))
+            .collect();
+        if old.current != current {
+            lists.push((now, &old.current[..]));
+        }
+        let start = lists.len().saturating_sub(MAX_PAST_TABLES);
+        let past: Vec<Arc<PastTable>> = lists[start..]
+            .iter()
+            .filter_map(|&(replaced_at, members)| {
+                past_table(registry, vip.id, members, replaced_at, config).ok()
+            })
+            .map(Arc::new)
+            .collect();
+        restored += past.len();
+        if let Some(v) = Arc::get_mut(vip) {
+            v.past = past;
+        }
+    }
+    if restored > 0 {
+        log::info!("generations file: {restored} past table(s) restored");
+    }
+}
+
+/// Builds a past table from its backends (name, weight).
+fn past_table(
+    registry: &mut Registry,
+    vip: VipId,
+    members: &[(String, u32)],
+    replaced_at: u64,
+    config: &Validated,
+) -> Result<PastTable, MaglevError> {
+    let m: Vec<Member<'_>> = members
+        .iter()
+        .map(|(name, weight)| Member {
+            name,
+            weight: *weight,
+        })
+        .collect();
+    let table = Table::build(&m, config.table_size, config.hash_seed)?;
+    Ok(PastTable {
+        replaced_at,
+        ids: members
+            .iter()
+            .map(|(name, _)| registry.backend(vip, name))
+            .collect(),
+        members: members.to_vec(),
+        table,
+    })
 }
 
 fn find_backend(v: &crate::config::VipSection, name: &str) -> Result<usize, ControlError> {
@@ -482,21 +787,51 @@ fn find_backend(v: &crate::config::VipSection, name: &str) -> Result<usize, Cont
         })
 }
 
-/// Builds a state from `config`; VIPs identical to one in `reuse` (same ids, same table parameters) share
-/// its `VipState` instead of rebuilding the table.
+/// Builds a state from `config`. `old` is the state published before and its configuration: VIPs identical
+/// to one there (same ids, same table parameters) share its `VipState` instead of rebuilding the table, and
+/// a VIP whose table changes keeps the old table as a past one (unless the table size or seed changed,
+/// which changes every flow's slot). Past tables older than the TCP idle timeout at `now` are dropped.
 fn build_state(
     config: &Validated,
     registry: &mut Registry,
-    reuse: Option<&State>,
+    old: Option<(&State, &Validated)>,
     generation: u64,
     rebuilds: &mut u64,
+    now: u64,
 ) -> Result<State, ControlError> {
+    let same_tables = old
+        .is_some_and(|(_, c)| c.table_size == config.table_size && c.hash_seed == config.hash_seed);
+    // The backends' GRE headers are built from the local addresses: a change rebuilds every VIP.
+    let reuse = same_tables
+        && old.is_some_and(|(_, c)| c.local_v4 == config.local_v4 && c.local_v6 == config.local_v6);
+    let window = u64::from(config.conntrack.tcp_timeout_s);
     let mut vips = Vec::with_capacity(config.vips.len());
     for v in &config.vips {
         let id = registry.vip(&v.name);
-        let same = reuse.and_then(|s| s.vips.iter().find(|old| old.id == id && old.source == *v));
-        if let Some(old) = same {
-            vips.push(Arc::clone(old));
+        let prev = old
+            .and_then(|(s, _)| s.vips.iter().find(|o| o.id == id))
+            .filter(|_| same_tables);
+        let mut past: Vec<Arc<PastTable>> = prev.map_or_else(Vec::new, |p| {
+            p.past
+                .iter()
+                .filter(|t| t.replaced_at.saturating_add(window) > now)
+                .cloned()
+                .collect()
+        });
+        if let Some(p) = prev.filter(|p| reuse && p.source == *v) {
+            if past.len() == p.past.len() {
+                vips.push(Arc::clone(p));
+            } else {
+                vips.push(Arc::new(VipState {
+                    past,
+                    backends: p.backends.clone(),
+                    by_id: p.by_id.clone(),
+                    table: p.table.clone(),
+                    source: p.source.clone(),
+                    name: p.name.clone(),
+                    ..**p
+                }));
+            }
             continue;
         }
         let backends: Vec<BackendState> = v
@@ -526,6 +861,23 @@ fn build_state(
                 }
             })?;
         *rebuilds += 1;
+        if let Some(p) = prev {
+            let members = |list: &[BackendState]| -> Vec<(String, u32)> {
+                list.iter().map(|b| (b.name.clone(), b.weight)).collect()
+            };
+            let before = members(&p.backends);
+            if before != members(&backends) {
+                past.push(Arc::new(PastTable {
+                    replaced_at: now,
+                    ids: p.backends.iter().map(|b| b.id).collect(),
+                    members: before,
+                    table: p.table.clone(),
+                }));
+                if past.len() > MAX_PAST_TABLES {
+                    past.remove(0);
+                }
+            }
+        }
         let mut by_id: Vec<(BackendId, u16)> = backends
             .iter()
             .enumerate()
@@ -542,6 +894,7 @@ fn build_state(
             backends,
             by_id,
             table,
+            past,
             source: v.clone(),
         }));
     }
@@ -821,6 +1174,101 @@ mod tests {
         assert!(c.reload(&too_heavy).is_err());
         assert!(Arc::ptr_eq(&old, &c.state()), "nothing was published");
         assert_eq!(c.rebuilds(), 5);
+    }
+
+    #[test]
+    fn past_tables_are_kept_for_the_tcp_idle_timeout_and_capped() {
+        let mut c = Control::new_at(config(), Some(5_000)).expect("builds");
+        let web = |c: &Control| {
+            c.state()
+                .vip_by_name("web")
+                .expect("vip")
+                .past_tables()
+                .len()
+        };
+        assert_eq!(web(&c), 0);
+        // A change that leaves the table alone (a MAC) keeps no past table.
+        let mut s = c.config().to_section();
+        s.vips[0].backends[0].mac = Some(Mac([2, 0, 0, 0, 0, 9]));
+        c.reload(&s).expect("reloads");
+        assert_eq!(web(&c), 0);
+        for w in 2..=12 {
+            c.set_weight("web", "a", w).expect("sets");
+        }
+        assert_eq!(web(&c), MAX_PAST_TABLES);
+        assert_eq!(
+            c.state()
+                .vip_by_name("any")
+                .expect("vip")
+                .past_tables()
+                .len(),
+            0,
+            "other VIPs untouched"
+        );
+        // A new seed moves every flow: past tables would mislead.
+        let mut s = c.config().to_section();
+        s.hash_seed = 3;
+        c.reload(&s).expect("reloads");
+        assert_eq!(web(&c), 0);
+    }
+
+    #[test]
+    fn a_restarted_instance_reads_its_past_tables_back() {
+        let dir = std::env::temp_dir().join(format!("nf-maglev-gen-{}", std::process::id()));
+        let path = dir.join("generations.json");
+        let _ = std::fs::remove_file(&path);
+        let mut s = config().to_section();
+        s.generations_file = Some(path.clone());
+        let first = s.validate().expect("valid");
+        let c = Control::new_at(first.clone(), Some(10_000)).expect("builds");
+        let table_a = c.state().vip_by_name("web").expect("vip").table().clone();
+        drop(c);
+        // The configuration file gained a backend while the instance was down.
+        let mut s2 = first.to_section();
+        s2.vips[0].backends.push(BackendSection {
+            name: "d".into(),
+            addr: "198.18.1.4".parse().expect("ip"),
+            weight: 1,
+            mac: None,
+        });
+        let c = Control::new_at(s2.validate().expect("valid"), Some(10_100)).expect("builds");
+        let state = c.state();
+        let web = state.vip_by_name("web").expect("vip");
+        assert_eq!(web.past_tables().len(), 1);
+        assert_eq!(web.past_tables()[0].replaced_at, 10_100);
+        let names = |v: &VipState, i: u16| v.backends()[usize::from(i)].name.clone();
+        let mut differ = 0;
+        for h in (0..20_000u64).map(|h| h.wrapping_mul(0x9e37_79b9_7f4a_7c15)) {
+            let was = table_a.lookup(h).map(|i| ["a", "b", "c"][usize::from(i)]);
+            let (_, b, _) = web.past_pick(h).expect("a live backend");
+            assert_eq!(Some(b.name.as_str()), was);
+            differ += usize::from(web.pick(h).map(|(i, _)| names(web, i)) != was.map(String::from));
+        }
+        assert!(differ > 1000, "{differ}");
+        drop(c);
+        // Restarted again with the same configuration: the past table is still there, until it is too old.
+        let again = s2.validate().expect("valid");
+        let c = Control::new_at(again.clone(), Some(10_200)).expect("builds");
+        assert_eq!(
+            c.state()
+                .vip_by_name("web")
+                .expect("vip")
+                .past_tables()
+                .len(),
+            1
+        );
+        drop(c);
+        let c = Control::new_at(again, Some(10_100 + 900)).expect("builds");
+        assert_eq!(
+            c.state()
+                .vip_by_name("web")
+                .expect("vip")
+                .past_tables()
+                .len(),
+            0
+        );
+        drop(c);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

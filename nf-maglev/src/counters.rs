@@ -29,11 +29,14 @@ pub enum DropReason {
     NoHeadroom,
     /// No GRE outer source address of the backend's family (configuration validation prevents this).
     NoLocalAddr,
+    /// A packet being fragmented for the tunnel found the worker's frame pool empty (the fragments not yet
+    /// sent are dropped).
+    NoFrame,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::Malformed,
         DropReason::NotIp,
         DropReason::NoVip,
@@ -42,6 +45,7 @@ impl DropReason {
         DropReason::TooBig,
         DropReason::NoHeadroom,
         DropReason::NoLocalAddr,
+        DropReason::NoFrame,
     ];
 
     /// Metric label.
@@ -55,6 +59,7 @@ impl DropReason {
             DropReason::TooBig => "too_big",
             DropReason::NoHeadroom => "no_headroom",
             DropReason::NoLocalAddr => "no_local_addr",
+            DropReason::NoFrame => "no_frame",
         }
     }
 
@@ -99,12 +104,21 @@ pub struct Counters {
     pub nd_replies: u64,
     /// ICMP "fragmentation needed" / ICMPv6 "packet too big" sent to clients.
     pub icmp_too_big: u64,
-    /// Fragments forwarded (hashed on source, destination and protocol).
+    /// IP fragments received for a VIP (hashed on source, destination and protocol), whatever became of
+    /// them: forwarded, fragmented further, or dropped (then also counted by drop reason).
     pub fragments: u64,
+    /// IPv4 packets without DF too big for the tunnel, sent to their backend as several GRE packets.
+    pub gre_fragmented: u64,
+    /// GRE packets those were sent in (each carries one fragment of the inner packet).
+    pub gre_fragments: u64,
     /// ICMP errors to a VIP forwarded to the backend of the connection they quote.
     pub icmp_errors: u64,
     /// Packets whose connection-table entry named a backend that no longer exists: re-balanced.
     pub rerouted: u64,
+    /// TCP packets (not SYNs) without a connection-table entry sent by a past Maglev table of their VIP
+    /// rather than the current one (connections that began before a table change and moved; see
+    /// [`crate::control::VipState::past_pick`]). Recorded in the table, so counted once per flow and worker.
+    pub past_table: u64,
     /// Connection-table events.
     pub conntrack: ConnTrackStats,
     /// Per VIP, indexed by VIP id.
@@ -173,6 +187,9 @@ impl Counters {
         self.fragments += o.fragments;
         self.icmp_errors += o.icmp_errors;
         self.rerouted += o.rerouted;
+        self.past_table += o.past_table;
+        self.gre_fragmented += o.gre_fragmented;
+        self.gre_fragments += o.gre_fragments;
         let (a, b) = (&mut self.conntrack, &o.conntrack);
         a.inserted += b.inserted;
         a.evicted += b.evicted;

@@ -44,6 +44,11 @@ pub enum Verdict {
     Tx,
     /// Drop it (already counted).
     Drop(DropReason),
+    /// An IPv4 packet that may be fragmented (no DF) is too big for the GRE tunnel to its backend: pass the
+    /// frame, untouched, to [`fragment`], which sends it in several GRE packets in new frames. (The verdict
+    /// carries nothing, so that the verdicts of a burst stay two bytes each: [`fragment`] finds the backend
+    /// again, the rare packet paying for it rather than every packet.)
+    Fragment,
 }
 
 /// Everything a worker thread owns for the packet path: its connection table, counters and MAC address.
@@ -96,6 +101,8 @@ impl Worker {
         match verdict {
             Verdict::Tx => self.counters.tx_packets += 1,
             Verdict::Drop(reason) => self.counters.drop(reason),
+            // [`fragment`] counts the frames it sends.
+            Verdict::Fragment => {}
         }
     }
 
@@ -615,7 +622,7 @@ fn finish<F: Frame>(
         vip.pick(flow.hash).map(|(_, b)| (b, false))
     } else if flow.meta.icmp_error {
         worker.counters.icmp_errors += 1;
-        follow(vip, flow.key, flow.hash, worker, now)
+        follow(vip, flow.key, flow.hash, worker, now, false)
     } else {
         select(vip, flow, TcpFlags(flow.meta.tcp_flags), worker, now)
     };
@@ -645,12 +652,29 @@ fn finish<F: Frame>(
             worker.counters.icmp_too_big += 1;
             Verdict::Tx
         }
+        Outcome::Fragment => fragmenting(worker, vip.id, backend.id, bytes, new_conn),
         Outcome::Dropped(reason) => Verdict::Drop(reason),
     }
 }
 
-/// The backend of the flow an ICMP error quotes: the connection table's if it has the flow, else the one
-/// the Maglev table gives the flow. Records nothing: an error does not open a connection.
+/// Counts a packet [`fragment`] will send (as forwarded: the load balancer chose its backend).
+#[cold]
+#[inline(never)]
+fn fragmenting(
+    worker: &mut Worker,
+    vip: u32,
+    backend: u32,
+    bytes: usize,
+    new_conn: bool,
+) -> Verdict {
+    worker.counters.forwarded(vip, backend, bytes, new_conn);
+    worker.counters.gre_fragmented += 1;
+    Verdict::Fragment
+}
+
+/// The backend of the flow an ICMP error quotes (or of a packet [`fragment`] sends): the connection table's
+/// if it has the flow, else the one the Maglev tables give the flow (for TCP other than a SYN a past table
+/// first, as [`select`] does). Records nothing. Records nothing: an error does not open a connection.
 #[cold]
 fn follow<'s>(
     vip: &'s VipState,
@@ -658,9 +682,16 @@ fn follow<'s>(
     hash: u64,
     worker: &mut Worker,
     now: u32,
+    syn: bool,
 ) -> Option<(&'s BackendState, bool)> {
     if let Some(conn) = worker.conntrack.lookup(key, hash, now, false) {
         if let Some((_, b)) = vip.backend(conn.backend, conn.hint) {
+            return Some((b, false));
+        }
+    }
+    // An error about a TCP connection this worker does not know goes where that connection's packets go.
+    if key.proto == u8::from(IpProtocol::Tcp) && !syn {
+        if let Some((_, b, _)) = vip.past_pick(hash) {
             return Some((b, false));
         }
     }
@@ -673,6 +704,8 @@ enum Outcome {
     Forwarded,
     /// The frame now carries an ICMP error back to the client.
     Replied,
+    /// The packet must be fragmented to fit the tunnel (the frame is untouched).
+    Fragment,
     /// Nothing to send.
     Dropped(DropReason),
 }
@@ -691,7 +724,8 @@ fn select<'s>(
     let tcp = key.proto == u8::from(IpProtocol::Tcp);
     let syn = tcp && flags.contains(TcpFlags::SYN) && !flags.contains(TcpFlags::ACK);
     let closing = tcp && (flags.contains(TcpFlags::FIN) || flags.contains(TcpFlags::RST));
-    if let Some(conn) = worker.conntrack.lookup_at(key, slot, now, closing) {
+    let hit = worker.conntrack.lookup_at(key, slot, now, closing);
+    if let Some(conn) = hit {
         match vip.backend(conn.backend, conn.hint) {
             // A SYN opens a new connection: a draining backend gets none, even on a reused 5-tuple.
             Some((index, b)) if !(syn && b.weight == 0) => {
@@ -713,7 +747,13 @@ fn select<'s>(
             None => worker.counters.rerouted += 1,
         }
     }
-    let (index, b) = vip.pick(flow.hash)?;
+    // A connection (not a SYN) nobody here knows may have begun before the table changed: it goes where the
+    // oldest kept table sends it while that backend exists. Only after a change, and only on a miss.
+    let (index, b) = if hit.is_none() && tcp && !syn && vip.has_past() {
+        past_or_pick(vip, flow.hash, worker)?
+    } else {
+        vip.pick(flow.hash)?
+    };
     // A full table evicts, the flood guard may refuse: either way the Maglev table keeps the flow on `b`.
     worker.conntrack.insert_at(
         key,
@@ -726,6 +766,21 @@ fn select<'s>(
         now,
     );
     Some((b, true))
+}
+
+/// [`VipState::past_pick`], else the current table's pick.
+#[cold]
+#[inline(never)]
+fn past_or_pick<'s>(
+    vip: &'s VipState,
+    hash: u64,
+    worker: &mut Worker,
+) -> Option<(u16, &'s BackendState)> {
+    if let Some((i, b, _)) = vip.past_pick(hash) {
+        worker.counters.past_table += 1;
+        return Some((i, b));
+    }
+    vip.pick(hash)
 }
 
 /// The outer IP header of GRE packets to one backend, prepared when the state is built: per packet only
@@ -821,13 +876,50 @@ fn encap_gre<F: Frame>(
     // Fits: the MTU check above bounds it by a u16.
     #[allow(clippy::cast_possible_truncation)]
     let outer_len = (overhead + inner_len) as u16;
+    if !write_gre_headers(
+        data,
+        l3,
+        overhead,
+        backend,
+        mac,
+        flow.meta.tos,
+        flow.hash,
+        outer_len,
+        flow.meta.v6,
+    ) {
+        return Outcome::Dropped(DropReason::NoLocalAddr);
+    }
+    // Ethernet padding of short frames is not part of the datagram: the new frame ends with it.
+    if !frame.set_len(l3 + overhead + inner_len) {
+        return Outcome::Dropped(DropReason::Malformed);
+    }
+    Outcome::Forwarded
+}
+
+/// Writes the MAC addresses, the outer EtherType, the outer IP header of `outer_len` bytes (with `tos`, and
+/// for IPv6 the flow label from `hash`) and the GRE header in front of an inner packet at `l3 + overhead`
+/// (`overhead`: the backend's [`GreOuter::overhead`]);
+/// the VLAN tags (bytes 12..l3-2) are the caller's. `false` when the backend has no outer header.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn write_gre_headers(
+    data: &mut [u8],
+    l3: usize,
+    overhead: usize,
+    backend: &BackendState,
+    mac: [u8; 6],
+    tos: u8,
+    hash: u64,
+    outer_len: u16,
+    inner_v6: bool,
+) -> bool {
     let outer_type = match &backend.gre {
         GreOuter::V4 { header, sum } => {
             let h = &mut data[l3..l3 + Ipv4Repr::HEADER_LEN];
             h.copy_from_slice(header);
-            h[1] = flow.meta.tos;
+            h[1] = tos;
             h[2..4].copy_from_slice(&outer_len.to_be_bytes());
-            let mut s = sum + u32::from(flow.meta.tos) + u32::from(outer_len);
+            let mut s = sum + u32::from(tos) + u32::from(outer_len);
             s = (s & 0xffff) + (s >> 16);
             s = (s & 0xffff) + (s >> 16);
             // Folded twice, the sum fits in 16 bits.
@@ -840,17 +932,16 @@ fn encap_gre<F: Frame>(
             h.copy_from_slice(header);
             // RFC 6438: the flow label of a tunnel carries the inner flow's entropy for ECMP.
             #[allow(clippy::cast_possible_truncation)]
-            let first =
-                (6u32 << 28) | (u32::from(flow.meta.tos) << 20) | (flow.hash as u32 & 0x000f_ffff);
+            let first = (6u32 << 28) | (u32::from(tos) << 20) | (hash as u32 & 0x000f_ffff);
             h[0..4].copy_from_slice(&first.to_be_bytes());
             let payload_len = outer_len - Ipv6Repr::HEADER_LEN as u16;
             h[4..6].copy_from_slice(&payload_len.to_be_bytes());
             EtherType::Ipv6
         }
-        GreOuter::None => return Outcome::Dropped(DropReason::NoLocalAddr),
+        GreOuter::None => return false,
     };
     // RFC 2784 without checksum, key or sequence number: flags and version zero, then the inner EtherType.
-    let inner_type = if flow.meta.v6 {
+    let inner_type = if inner_v6 {
         EtherType::Ipv6
     } else {
         EtherType::Ipv4
@@ -861,11 +952,175 @@ fn encap_gre<F: Frame>(
     data[0..6].copy_from_slice(&backend.mac.0);
     data[6..12].copy_from_slice(&mac);
     data[l3 - 2..l3].copy_from_slice(&u16::from(outer_type).to_be_bytes());
-    // Ethernet padding of short frames is not part of the datagram: the new frame ends with it.
-    if !frame.set_len(l3 + overhead + inner_len) {
-        return Outcome::Dropped(DropReason::Malformed);
+    true
+}
+
+/// Sends a packet that got [`Verdict::Fragment`] from [`process`] or [`process_burst`] (with the same
+/// `state`) to its backend in several GRE packets: the inner IPv4 packet is split into fragments (RFC 791;
+/// RFC 4459 section 3, as Linux's `ip_gre` does), each encapsulated in its own frame from `alloc` and given
+/// to `send`. Returns the number of frames sent.
+///
+/// Why the inner packet and not the outer one: each GRE packet then arrives whole, so the backends' decap
+/// step stays a header strip (`nf-maglev decap` has no reassembly), and the backend's kernel reassembles
+/// the inner datagram as it does for any fragmented packet. The inner packet may itself be a fragment
+/// (the client's kernel fragments datagrams larger than its own MTU): its fragments then carry offsets
+/// relative to the original datagram and its MF flag on the last one. Options are copied into the first
+/// fragment whole and into the others only where RFC 791 says so (the copied flag).
+///
+/// Nothing is allocated besides the frames; when `alloc` runs dry the rest of the packet is dropped and
+/// counted ([`DropReason::NoFrame`]). `frame` itself is left for the caller to release.
+#[cold]
+#[inline(never)]
+pub fn fragment<F: Frame>(
+    frame: &mut F,
+    state: &State,
+    worker: &mut Worker,
+    now: u32,
+    mut alloc: impl FnMut() -> Option<F>,
+    mut send: impl FnMut(F),
+) -> usize {
+    // The backend `process` chose: it recorded the flow (or, for a fragment, hashed it), so asking the same
+    // way again gives the same answer.
+    let (mut key, mut meta) = (FlowKey::default(), Meta::default());
+    let backend = match classify_full(frame, state, worker, &mut key, &mut meta) {
+        Ok((vip, hash)) if meta.fragment => vip.pick(hash).map(|(_, b)| b),
+        Ok((vip, hash)) => {
+            let f = TcpFlags(meta.tcp_flags);
+            let syn = f.contains(TcpFlags::SYN) && !f.contains(TcpFlags::ACK);
+            follow(vip, &key, hash, worker, now, syn).map(|(b, _)| b)
+        }
+        Err(_) => None,
+    };
+    let Some(backend) = backend else {
+        worker.counters.drop(DropReason::TooBig);
+        return 0;
+    };
+    match fragment_into(frame, state, worker, backend, &mut alloc, &mut send) {
+        Ok(n) => {
+            worker.counters.tx_packets += n as u64;
+            worker.counters.gre_fragments += n as u64;
+            n
+        }
+        Err((n, reason)) => {
+            worker.counters.tx_packets += n as u64;
+            worker.counters.gre_fragments += n as u64;
+            worker.counters.drop(reason);
+            n
+        }
     }
-    Outcome::Forwarded
+}
+
+/// [`fragment`]'s work: `Ok(frames sent)`, or the frames sent before it had to stop and why.
+fn fragment_into<F: Frame>(
+    frame: &F,
+    state: &State,
+    worker: &Worker,
+    backend: &BackendState,
+    alloc: &mut impl FnMut() -> Option<F>,
+    send: &mut impl FnMut(F),
+) -> Result<usize, (usize, DropReason)> {
+    const MF: u16 = 0x2000;
+    let d = frame.data();
+    let info = wire::parse_frame(d).map_err(|_| (0, DropReason::Malformed))?;
+    if info.ip_version != Some(IpVersion::V4) {
+        return Err((0, DropReason::TooBig));
+    }
+    let l3 = info.l3_offset;
+    let ip = d
+        .get(l3..l3 + info.ip_len)
+        .ok_or((0, DropReason::Malformed))?;
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if ihl < Ipv4Repr::HEADER_LEN || ihl > ip.len() {
+        return Err((0, DropReason::Malformed));
+    }
+    let flags = u16::from_be_bytes([ip[6], ip[7]]);
+    let (base, more) = (usize::from(flags & 0x1fff) * 8, flags & MF != 0);
+    // The options of the later fragments: those with the copied flag (RFC 791), padded to 4 bytes.
+    let mut later_opts = [0u8; 40];
+    let mut later_len = 0;
+    let mut at = Ipv4Repr::HEADER_LEN;
+    while at < ihl {
+        let kind = ip[at];
+        let len = match kind {
+            0 => break,
+            1 => 1,
+            _ => usize::from(*ip.get(at + 1).ok_or((0, DropReason::Malformed))?),
+        };
+        if len == 0 || at + len > ihl {
+            return Err((0, DropReason::Malformed));
+        }
+        if kind & 0x80 != 0 {
+            later_opts[later_len..later_len + len].copy_from_slice(&ip[at..at + len]);
+            later_len += len;
+        }
+        at += len;
+    }
+    let later_ihl = Ipv4Repr::HEADER_LEN + later_len.div_ceil(4) * 4;
+    let overhead = backend.gre.overhead();
+    let room = usize::from(state.mtu).saturating_sub(overhead);
+    let payload = &ip[ihl..];
+    let mut l2 = [0u8; MAX_L2];
+    l2[..l3].copy_from_slice(&d[..l3]);
+    let mut sent = 0;
+    let mut off = 0;
+    while off < payload.len() {
+        let hlen = if off == 0 { ihl } else { later_ihl };
+        // Every fragment but the last carries a multiple of 8 bytes.
+        let max = room.saturating_sub(hlen) / 8 * 8;
+        if max == 0 || base + off + payload.len().min(max) > 0xffff {
+            return Err((sent, DropReason::TooBig));
+        }
+        let take = max.min(payload.len() - off);
+        let last = off + take == payload.len();
+        let inner_len = hlen + take;
+        let mut f = alloc().ok_or((sent, DropReason::NoFrame))?;
+        if !f.set_len(l3 + overhead + inner_len) {
+            return Err((sent, DropReason::NoFrame));
+        }
+        let out = f.data_mut();
+        out[12..l3].copy_from_slice(&l2[12..l3]);
+        // Fits: at most the MTU.
+        #[allow(clippy::cast_possible_truncation)]
+        let outer_len = (overhead + inner_len) as u16;
+        if !write_gre_headers(
+            out,
+            l3,
+            overhead,
+            backend,
+            worker.mac,
+            info.traffic_class,
+            0,
+            outer_len,
+            false,
+        ) {
+            return Err((sent, DropReason::NoLocalAddr));
+        }
+        let h = &mut out[l3 + overhead..];
+        h[..Ipv4Repr::HEADER_LEN].copy_from_slice(&ip[..Ipv4Repr::HEADER_LEN]);
+        if off == 0 {
+            h[Ipv4Repr::HEADER_LEN..ihl].copy_from_slice(&ip[Ipv4Repr::HEADER_LEN..ihl]);
+        } else {
+            h[Ipv4Repr::HEADER_LEN..later_ihl].fill(0);
+            h[Ipv4Repr::HEADER_LEN..Ipv4Repr::HEADER_LEN + later_len]
+                .copy_from_slice(&later_opts[..later_len]);
+        }
+        // All fit in 16 bits: checked above.
+        #[allow(clippy::cast_possible_truncation)]
+        {
+            h[0] = 0x40 | (hlen / 4) as u8;
+            h[2..4].copy_from_slice(&(inner_len as u16).to_be_bytes());
+            let word = ((base + off) / 8) as u16 | if last && !more { 0 } else { MF };
+            h[6..8].copy_from_slice(&word.to_be_bytes());
+        }
+        h[10..12].copy_from_slice(&[0, 0]);
+        let sum = checksum::internet(&h[..hlen]);
+        h[10..12].copy_from_slice(&sum.to_be_bytes());
+        h[hlen..inner_len].copy_from_slice(&payload[off..off + take]);
+        send(f);
+        sent += 1;
+        off += take;
+    }
+    Ok(sent)
 }
 
 /// Writes destination and source MAC, the VLAN tags of `old_l2` (the original header) and `ethertype`.
@@ -878,8 +1133,9 @@ fn write_l2(data: &mut [u8], old_l2: &[u8], dst: [u8; 6], src: [u8; 6], ethertyp
     data[l3 - 2..l3].copy_from_slice(&u16::from(ethertype).to_be_bytes());
 }
 
-/// The packet would exceed the MTU once encapsulated: answer with ICMP "fragmentation needed" (IPv4 with DF)
-/// or ICMPv6 "packet too big", rewriting the frame in place; otherwise drop.
+/// The packet would exceed the MTU once encapsulated: IPv4 without DF is fragmented ([`fragment`]);
+/// otherwise answer with ICMP "fragmentation needed" (IPv4 with DF) or ICMPv6 "packet too big", rewriting
+/// the frame in place, or drop (a non-first IPv6 fragment).
 #[cold]
 fn too_big<F: Frame>(frame: &mut F, state: &State, mac: [u8; 6], overhead: usize) -> Outcome {
     // Rare: parse again rather than carry every header detail through the burst.
@@ -887,6 +1143,12 @@ fn too_big<F: Frame>(frame: &mut F, state: &State, mac: [u8; 6], overhead: usize
         return Outcome::Dropped(DropReason::Malformed);
     };
     let l3 = info.l3_offset;
+    // IPv4 without DF (fragments included): the sender allows fragmentation, so the packet is fragmented.
+    if info.ip_version == Some(IpVersion::V4)
+        && frame.data().get(l3 + 6).is_some_and(|b| b & 0x40 == 0)
+    {
+        return Outcome::Fragment;
+    }
     // RFC 1122 / 4443: errors only about first fragments; TCP and UDP (VIP traffic) are never ICMP errors.
     if info.fragment_offset != 0 {
         return Outcome::Dropped(DropReason::TooBig);
@@ -901,11 +1163,6 @@ fn too_big<F: Frame>(frame: &mut F, state: &State, mac: [u8; 6], overhead: usize
     let room = usize::from(state.mtu).saturating_sub(overhead);
     let sent = match (info.src, info.dst) {
         (IpAddr::V4(client), IpAddr::V4(vip)) => {
-            let dont_frag = frame.data().get(l3 + 6).is_some_and(|b| b & 0x40 != 0);
-            if !dont_frag {
-                // The sender allows fragmentation, which a load balancer does not do: drop.
-                return Outcome::Dropped(DropReason::TooBig);
-            }
             let ihl = info.l4_offset - l3;
             let quote = (ihl + 8).min(info.ip_len);
             icmpv4_frag_needed(frame, &l2[..l3], client_mac, mac, vip, client, quote, room)
@@ -1152,7 +1409,9 @@ mod tests {
             "backends": [ { "name": "b", "addr": "198.18.1.5" } ] },
           { "name": "udp-b", "addr": "198.18.100.5", "proto": "udp", "port": 2000, "mode": "gre",
             "backends": [ { "name": "b", "addr": "198.18.1.6" } ] },
-          { "name": "empty", "addr": "198.18.100.6", "proto": "tcp", "port": 80, "mode": "gre", "backends": [] }
+          { "name": "empty", "addr": "198.18.100.6", "proto": "tcp", "port": 80, "mode": "gre", "backends": [] },
+          { "name": "big", "addr": "198.18.100.7", "proto": "udp", "port": "all", "mode": "gre",
+            "backends": [ { "name": "b", "addr": "198.18.1.5" } ] }
         ] }"#;
 
     // Fixtures generated with scapy 2.8.0 (the input frame, and the frame the load balancer must send).
@@ -1887,6 +2146,298 @@ mod tests {
                 assert_eq!(a, b);
             }
         }
+    }
+
+    /// Table A (p0-p3), then B (p4 added): the flows whose slot B gives to p4.
+    fn moved_by_adding_p4(c: &mut Control, f: &[([u8; 4], u16)]) -> (Vec<[u8; 4]>, Vec<usize>) {
+        let mut w = Worker::new(LB_MAC, &c.state());
+        let under_a = backends_of(&c.state(), &mut w, f, SYN, 1);
+        let p4 = crate::config::BackendSection {
+            name: "p4".into(),
+            addr: "198.18.2.5".parse().expect("ip"),
+            weight: 1,
+            mac: None,
+        };
+        c.add_backend("pool", p4).expect("adds");
+        let mut fresh = Worker::new(LB_MAC, &c.state());
+        let under_b = backends_of(&c.state(), &mut fresh, f, SYN, 2);
+        let moved: Vec<usize> = (0..f.len()).filter(|&i| under_a[i] != under_b[i]).collect();
+        assert!(
+            moved.iter().all(|&i| under_b[i] == [198, 18, 2, 5]),
+            "adding a backend moves flows only to it"
+        );
+        assert!(moved.len() > 100, "{} of {} moved", moved.len(), f.len());
+        (under_a, moved)
+    }
+
+    #[test]
+    fn connections_that_lose_their_entry_keep_their_backend_after_a_table_change() {
+        let mut c = control();
+        c.set_now(Some(1_000_000));
+        let f = flows(1000);
+        let (under_a, moved) = moved_by_adding_p4(&mut c, &f);
+        assert_eq!(
+            c.state()
+                .vip_by_name("pool")
+                .expect("vip")
+                .past_tables()
+                .len(),
+            1
+        );
+        // Another worker (another queue, instance or a restart): an empty connection table. Packets of
+        // established connections go to the backend table A gave them, and stay there (recorded).
+        let mut other = Worker::new(LB_MAC, &c.state());
+        assert_eq!(backends_of(&c.state(), &mut other, &f, ACK, 3), under_a);
+        assert_eq!(other.counters().past_table, f.len() as u64);
+        assert_eq!(backends_of(&c.state(), &mut other, &f, ACK, 4), under_a);
+        assert_eq!(other.counters().past_table, f.len() as u64, "once per flow");
+        // A SYN is a new connection: the current table B.
+        let mut syn = Worker::new(LB_MAC, &c.state());
+        let new = backends_of(&c.state(), &mut syn, &f, SYN, 3);
+        assert!(moved.iter().all(|&i| new[i] == [198, 18, 2, 5]));
+        assert_eq!(syn.counters().past_table, 0);
+        // UDP follows the current table (no connections to keep).
+        let udp_vip = c.state();
+        let udp = udp_vip.vip_by_name("pool").expect("vip");
+        assert!(udp.has_past());
+    }
+
+    #[test]
+    fn past_tables_give_way_when_the_old_backend_is_removed_or_the_window_passes() {
+        let mut c = control();
+        c.set_now(Some(1_000_000));
+        let f = flows(1000);
+        let (under_a, moved) = moved_by_adding_p4(&mut c, &f);
+        // Draining the old backend keeps its connections where they are.
+        let victim = under_a[moved[0]];
+        let name = format!("p{}", victim[3] - 1);
+        c.drain("pool", &name).expect("drains");
+        let mut w = Worker::new(LB_MAC, &c.state());
+        let drained = backends_of(&c.state(), &mut w, &f, ACK, 3);
+        assert_eq!(drained, under_a, "drained backends keep their connections");
+        // Removed: its connections go where the current table sends them; everyone else's stay.
+        c.remove_backend("pool", &name).expect("removes");
+        let current = {
+            let mut syn = Worker::new(LB_MAC, &c.state());
+            backends_of(&c.state(), &mut syn, &f, SYN, 3)
+        };
+        let mut w = Worker::new(LB_MAC, &c.state());
+        let after = backends_of(&c.state(), &mut w, &f, ACK, 3);
+        for i in 0..f.len() {
+            if under_a[i] == victim {
+                assert_eq!(after[i], current[i], "flow {i} of the removed backend");
+            } else {
+                assert_eq!(after[i], under_a[i], "flow {i}");
+            }
+        }
+        // Once the TCP idle timeout (900 s) has passed since the change, the past tables are forgotten: every
+        // connection without an entry follows the current table.
+        c.set_now(Some(1_000_000 + 899));
+        assert!(!c.tick(), "nothing to forget yet");
+        c.set_now(Some(1_000_000 + 900));
+        assert!(c.tick());
+        assert!(!c.state().vip_by_name("pool").expect("vip").has_past());
+        let mut w = Worker::new(LB_MAC, &c.state());
+        assert_eq!(backends_of(&c.state(), &mut w, &f, ACK, 3), current);
+        assert_eq!(w.counters().past_table, 0);
+    }
+
+    /// An IPv4 UDP packet (or a piece of one) from 198.18.50.1 to `dst`:`dport` carrying `payload`, with the
+    /// flags/offset word `frag` (DF = 0x4000, MF = 0x2000) and header options `opts` (a multiple of 4).
+    fn udp4_raw(dst: [u8; 4], dport: u16, frag: u16, opts: &[u8], payload: &[u8]) -> Vec<u8> {
+        let ihl = 20 + opts.len();
+        let mut f = vec![2, 0, 0, 0, 0, 0xaa, 2, 0, 0, 0, 0, 0xcc, 8, 0];
+        let total = (ihl + 8 + payload.len()) as u16;
+        f.push(0x40 | (ihl / 4) as u8);
+        f.push(0x28);
+        f.extend_from_slice(&total.to_be_bytes());
+        f.extend_from_slice(&0x1234u16.to_be_bytes());
+        f.extend_from_slice(&frag.to_be_bytes());
+        f.extend_from_slice(&[64, 17, 0, 0, 198, 18, 50, 1]);
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(opts);
+        let sum = checksum::internet(&f[14..14 + ihl]);
+        f[24..26].copy_from_slice(&sum.to_be_bytes());
+        f.extend_from_slice(&5000u16.to_be_bytes());
+        f.extend_from_slice(&dport.to_be_bytes());
+        f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// Runs one frame through `process` and, for [`Verdict::Fragment`], through [`fragment`] with a pool of
+    /// `pool` frames: the verdict and the frames sent.
+    fn run_fragmenting(
+        state: &State,
+        w: &mut Worker,
+        input: &[u8],
+        pool: usize,
+    ) -> (Verdict, Vec<Vec<u8>>) {
+        let mut f = VecFrame::new(input, 64, 4096);
+        let v = process(&mut f, state, w, 1);
+        let mut out = Vec::new();
+        if v != Verdict::Fragment {
+            return (v, out);
+        }
+        let mut left = pool;
+        let n = fragment(
+            &mut f,
+            state,
+            w,
+            1,
+            || {
+                left = left.checked_sub(1)?;
+                Some(VecFrame::new(&[], 64, 2048))
+            },
+            |g| out.push(g.data().to_vec()),
+        );
+        assert_eq!(n, out.len());
+        (v, out)
+    }
+
+    /// Checks one GRE-over-IPv4 frame to 198.18.1.5 carrying an inner IPv4 fragment within the 1500-byte
+    /// MTU: (inner header length, offset in bytes, MF, inner payload).
+    fn inner_fragment(out: &[u8]) -> (usize, usize, bool, Vec<u8>) {
+        assert_eq!(&out[6..12], &LB_MAC.0, "from the load balancer");
+        assert_eq!(&out[12..14], &[8, 0]);
+        let outer = &out[14..34];
+        assert_eq!(outer[0], 0x45);
+        assert_eq!(&outer[16..20], &[198, 18, 1, 5], "to the backend");
+        assert_eq!(outer[9], 47);
+        assert_eq!(checksum::internet(outer), 0, "outer checksum");
+        let outer_len = usize::from(u16::from_be_bytes([outer[2], outer[3]]));
+        assert_eq!(outer_len, out.len() - 14);
+        assert!(outer_len <= 1500, "within the MTU: {outer_len}");
+        assert_eq!(&out[34..38], &[0, 0, 8, 0], "GRE carrying IPv4");
+        let inner = &out[38..];
+        let ihl = usize::from(inner[0] & 0xf) * 4;
+        assert_eq!(checksum::internet(&inner[..ihl]), 0, "inner checksum");
+        assert_eq!(
+            usize::from(u16::from_be_bytes([inner[2], inner[3]])),
+            inner.len()
+        );
+        assert_eq!(&inner[4..6], &[0x12, 0x34], "the datagram's id");
+        assert_eq!(inner[1], 0x28, "TOS kept");
+        assert_eq!(outer[1], 0x28, "TOS copied to the outer header");
+        let word = u16::from_be_bytes([inner[6], inner[7]]);
+        assert_eq!(word & 0x4000, 0, "no DF");
+        (
+            ihl,
+            usize::from(word & 0x1fff) * 8,
+            word & 0x2000 != 0,
+            inner[ihl..].to_vec(),
+        )
+    }
+
+    #[test]
+    fn gre_fragments_ipv4_packets_without_df_that_do_not_fit() {
+        let c = control();
+        let state = c.state();
+        let mut w = Worker::new(LB_MAC, &state);
+        let payload: Vec<u8> = (0..3972u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        // The whole 4000-byte datagram (a jumbo frame) and the client kernel's 1500-byte fragments of it.
+        let whole = udp4_raw([198, 18, 100, 7], 1000, 0, &[], &payload);
+        let udp = whole[34..].to_vec();
+        let mut pieces = vec![whole.clone()];
+        for (i, chunk) in udp.chunks(1480).enumerate() {
+            let more = (i + 1) * 1480 < udp.len();
+            let word = (i * 1480 / 8) as u16 | if more { 0x2000 } else { 0 };
+            let mut f = udp4_raw([198, 18, 100, 7], 1000, word, &[], &[]);
+            f.truncate(34);
+            f.extend_from_slice(chunk);
+            f[16..18].copy_from_slice(&((20 + chunk.len()) as u16).to_be_bytes());
+            f[24..26].copy_from_slice(&[0, 0]);
+            let sum = checksum::internet(&f[14..34]);
+            f[24..26].copy_from_slice(&sum.to_be_bytes());
+            pieces.push(f);
+        }
+        let mut sent = 0;
+        let mut reassembled = vec![None; udp.len()];
+        for (k, piece) in pieces.iter().enumerate() {
+            let (v, out) = run_fragmenting(&state, &mut w, piece, 16);
+            if k == 3 {
+                // The last client fragment (1040 bytes) fits: forwarded as it is.
+                assert_eq!(v, Verdict::Tx);
+                continue;
+            }
+            assert!(matches!(v, Verdict::Fragment), "{v:?}");
+            assert!(out.len() >= 2);
+            let mut next = None;
+            for (j, o) in out.iter().enumerate() {
+                let (ihl, off, mf, data) = inner_fragment(o);
+                assert_eq!(ihl, 20);
+                assert_eq!(off % 8, 0);
+                if let Some(n) = next {
+                    assert_eq!(off, n, "contiguous");
+                }
+                next = Some(off + data.len());
+                let last_of_input = j + 1 == out.len();
+                let input_more = piece[20] & 0x20 != 0;
+                assert_eq!(mf, !last_of_input || input_more, "MF of {k}/{j}");
+                if k > 0 {
+                    for (i, b) in data.iter().enumerate() {
+                        reassembled[off + i] = Some(*b);
+                    }
+                }
+            }
+            sent += out.len();
+        }
+        // The last client fragment, forwarded whole, completes the datagram.
+        let last = &pieces[3];
+        for (i, b) in last[34..].iter().enumerate() {
+            reassembled[2 * 1480 + i] = Some(*b);
+        }
+        let got: Vec<u8> = reassembled
+            .into_iter()
+            .map(|b| b.expect("every byte arrives"))
+            .collect();
+        assert_eq!(got, udp);
+        let counters = w.counters();
+        assert_eq!(counters.gre_fragmented, 3);
+        assert_eq!(counters.gre_fragments, sent as u64);
+        assert_eq!(counters.drops_for(DropReason::TooBig), 0);
+        assert_eq!(counters.tx_packets, sent as u64 + 1);
+    }
+
+    #[test]
+    fn gre_fragmentation_copies_only_copied_options_and_counts_an_empty_pool() {
+        let c = control();
+        let state = c.state();
+        let mut w = Worker::new(LB_MAC, &state);
+        // Router alert (copied) and record route (not copied; 7 bytes, then end of list).
+        let opts = [0x94, 4, 0, 0, 7, 7, 4, 0, 0, 0, 0, 0];
+        let payload = vec![0x5a; 2000];
+        let input = udp4_raw([198, 18, 100, 7], 1000, 0, &opts, &payload);
+        let (v, out) = run_fragmenting(&state, &mut w, &input, 16);
+        assert!(matches!(v, Verdict::Fragment));
+        assert_eq!(out.len(), 2);
+        let (ihl0, off0, mf0, d0) = inner_fragment(&out[0]);
+        assert_eq!((ihl0, off0, mf0), (32, 0, true));
+        assert_eq!(
+            &out[0][38 + 20..38 + 32],
+            &opts[..],
+            "all options in the first fragment"
+        );
+        let (ihl1, off1, mf1, d1) = inner_fragment(&out[1]);
+        assert_eq!((ihl1, off1, mf1), (24, d0.len(), false));
+        assert_eq!(
+            &out[1][38 + 20..38 + 24],
+            &[0x94, 4, 0, 0],
+            "only the copied option later"
+        );
+        assert_eq!(d0.len() + d1.len(), 2008);
+        // No frame to be had: counted, nothing sent.
+        let (v, out) = run_fragmenting(&state, &mut w, &input, 0);
+        assert!(matches!(v, Verdict::Fragment));
+        assert!(out.is_empty());
+        assert_eq!(w.counters().drops_for(DropReason::NoFrame), 1);
+        // With DF the client is told the MTU instead (as before).
+        let df = udp4_raw([198, 18, 100, 7], 1000, 0x4000, &[], &payload);
+        let (v, out) = run_fragmenting(&state, &mut w, &df, 16);
+        assert_eq!(v, Verdict::Tx);
+        assert!(out.is_empty());
+        assert_eq!(w.counters().icmp_too_big, 1);
     }
 
     #[test]

@@ -732,6 +732,8 @@ fn control_loop(
             return Err(anyhow!("worker {name} stopped; shutting down"));
         }
         rt.links.check(Instant::now())?;
+        // Past Maglev tables older than the TCP idle timeout are forgotten here.
+        rt.control.tick();
         match rx.recv_timeout(TICK) {
             Ok(Event::Stop(sig)) => {
                 log::info!("{sig}: shutting down");

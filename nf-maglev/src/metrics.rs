@@ -182,7 +182,8 @@ const REPLIES: Def = counter(
 );
 const FRAGMENTS: Def = counter(
     "nf_maglev_fragments_total",
-    "IP fragments forwarded (hashed on source, destination and protocol).",
+    "IP fragments received for a VIP (hashed on source, destination and protocol to one backend), \
+     forwarded or not: drops are also counted by reason.",
     NONE,
 );
 const ICMP_ERRORS: Def = counter(
@@ -194,6 +195,27 @@ const REROUTED: Def = counter(
     "nf_maglev_rerouted_packets_total",
     "Packets of tracked flows whose backend was removed, given a new one by the Maglev table.",
     NONE,
+);
+const GRE_FRAGMENTED: Def = counter(
+    "nf_maglev_gre_fragmented_packets_total",
+    "IPv4 packets without DF too big for the GRE tunnel, fragmented and sent as several GRE packets.",
+    NONE,
+);
+const GRE_FRAGMENTS: Def = counter(
+    "nf_maglev_gre_fragments_total",
+    "GRE packets sent carrying one fragment each of a fragmented packet.",
+    NONE,
+);
+const PAST_TABLE: Def = counter(
+    "nf_maglev_past_table_packets_total",
+    "TCP packets (not SYNs) without a connection-table entry sent by a past Maglev table of their VIP \
+     (connections that began before a table change and moved).",
+    NONE,
+);
+const TABLE_GENERATIONS: Def = gauge(
+    "nf_maglev_table_generations",
+    "Maglev tables a VIP keeps: the current one and the past ones younger than the TCP idle timeout.",
+    VIP,
 );
 const VIP_PACKETS: Def = counter(
     "nf_maglev_vip_packets_total",
@@ -294,6 +316,10 @@ const ALL: &[&Def] = &[
     &REPLIES,
     &FRAGMENTS,
     &REROUTED,
+    &GRE_FRAGMENTED,
+    &GRE_FRAGMENTS,
+    &PAST_TABLE,
+    &TABLE_GENERATIONS,
     &VIP_PACKETS,
     &VIP_BYTES,
     &VIP_NEW_CONNS,
@@ -502,6 +528,9 @@ impl Collector for LbCollector {
             (&FRAGMENTS, counters.fragments),
             (&ICMP_ERRORS, counters.icmp_errors),
             (&REROUTED, counters.rerouted),
+            (&PAST_TABLE, counters.past_table),
+            (&GRE_FRAGMENTED, counters.gre_fragmented),
+            (&GRE_FRAGMENTS, counters.gre_fragments),
             (&REBUILDS, control.rebuilds),
         ] {
             let mut f = Family::new(def);
@@ -520,10 +549,16 @@ impl Collector for LbCollector {
 
         let traffic =
             |list: &[Traffic], id: u32| list.get(id as usize).copied().unwrap_or_default();
-        let mut vf: Vec<Family> = [&VIP_PACKETS, &VIP_BYTES, &VIP_NEW_CONNS, &VIP_BACKENDS]
-            .into_iter()
-            .map(Family::new)
-            .collect();
+        let mut vf: Vec<Family> = [
+            &VIP_PACKETS,
+            &VIP_BYTES,
+            &VIP_NEW_CONNS,
+            &VIP_BACKENDS,
+            &TABLE_GENERATIONS,
+        ]
+        .into_iter()
+        .map(Family::new)
+        .collect();
         let mut bf: Vec<Family> = [
             &BACKEND_PACKETS,
             &BACKEND_BYTES,
@@ -542,6 +577,7 @@ impl Collector for LbCollector {
             vf[1].add(&v, t.bytes as f64);
             vf[2].add(&v, t.new_conns as f64);
             vf[3].add(&v, vip.backends().len() as f64);
+            vf[4].add(&v, (1 + vip.past_tables().len()) as f64);
             let entries = table_entries(vip);
             let size = vip.table().size().max(1) as f64;
             for (b, &n) in vip.backends().iter().zip(&entries) {

@@ -109,7 +109,8 @@ pub(crate) fn run(w: cne::instance::Worker, setup: Setup) -> anyhow::Result<()> 
             wait.watch(p);
         }
         let mut rx = Vec::with_capacity(BURST);
-        let mut tx = Vec::with_capacity(BURST);
+        // Room for the GRE packets of fragmented packets too (a few per packet), so pushing never allocates.
+        let mut tx = Vec::with_capacity(BURST * 8);
         let mut verdicts = [Verdict::Tx; BURST];
         let mut entries = vec![0u64; ports.len()];
         // Reports exist from the start, so metrics list every queue before its first packet.
@@ -128,10 +129,22 @@ pub(crate) fn run(w: cne::instance::Worker, setup: Setup) -> anyhow::Result<()> 
                     }
                     work += rx.len();
                     dataplane::process_burst(&mut rx, &mut verdicts, &state, dp, now);
-                    for (pkt, v) in rx.drain(..).zip(&verdicts) {
+                    for (mut pkt, v) in rx.drain(..).zip(&verdicts) {
                         // A dropped packet's frame goes back to the pool here.
-                        if *v == Verdict::Tx {
-                            tx.push(pkt);
+                        match *v {
+                            Verdict::Tx => tx.push(pkt),
+                            Verdict::Drop(_) => {}
+                            // Rare: sent as several GRE packets in new frames of the port's pool.
+                            Verdict::Fragment => {
+                                dataplane::fragment(
+                                    &mut pkt,
+                                    &state,
+                                    dp,
+                                    now,
+                                    || port.alloc(),
+                                    |f| tx.push(f),
+                                );
+                            }
                         }
                     }
                     if !tx.is_empty() {
