@@ -8,8 +8,9 @@
 //!   oldest connection that is not being answered (one still sending its request, or idle between
 //!   requests) is closed to make room, so holding connections open cannot lock out a scraper: the
 //!   newest client always gets its turn. Only when every connection is being answered is the new one
-//!   refused (a `503` written without waiting, then closed). Running out of file descriptors is handled
-//!   the same way.
+//!   refused (a `503` written without waiting, then closed). Running out of file descriptors in
+//!   `accept` closes idle connections the same way; [`Limits::within_open_files`] keeps the limit
+//!   below the process's open-file limit in the first place.
 //! - **head**: the request line and headers must arrive within `header_timeout` (for the request line,
 //!   then again for the headers; also between requests of a kept-alive connection) and fit in
 //!   `max_header_bytes`, or the connection is closed, with `431` when they are too large.
@@ -70,6 +71,9 @@ pub struct Limits {
     pub reply_timeout: Duration,
 }
 
+/// Connections closed at once when `accept` finds no free descriptor.
+const EVICT_BATCH: u64 = 16;
+
 /// Listen backlog of the server's socket.
 const BACKLOG: i32 = 1024;
 
@@ -100,6 +104,30 @@ impl Default for Limits {
             reply_timeout: REPLY_TIMEOUT,
         }
     }
+}
+
+/// Descriptors left to the rest of the process before the admin server gets half of the remainder.
+const RESERVED_FILES: u64 = 64;
+
+impl Limits {
+    /// These limits with `max_connections` lowered, if needed, to half of the descriptors a process
+    /// with this soft `RLIMIT_NOFILE` may open beyond a reserve of 64, so held connections can never
+    /// take the descriptors a reload or a worker needs.
+    pub fn within_open_files(mut self, soft_limit: u64) -> Self {
+        let room = usize::try_from(soft_limit.saturating_sub(RESERVED_FILES) / 2)
+            .unwrap_or(usize::MAX)
+            .max(1);
+        self.max_connections = self.max_connections.min(room);
+        self
+    }
+}
+
+/// The soft limit on open files of this process, from `/proc/self/limits` (`None` when unlimited or
+/// unknown).
+pub fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// A complete request.
@@ -385,19 +413,27 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: onesh
         match accepted {
             Ok((stream, _peer)) => admit(&shared, stream),
             Err(e) => {
-                let scarce = out_of_resources(&e);
-                if scarce {
-                    // Free a descriptor the way the connection limit does.
-                    if shared.table().evict_idle() {
-                        shared.stats.evicted.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
                 if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                     log::warn!("admin server: accept: {e}");
                     last_warning = Some(Instant::now());
                 }
-                if scarce {
-                    // Give the evicted connection's task a turn to close its socket.
+                if !out_of_resources(&e) {
+                    // A connection that failed before we took it (ECONNABORTED and the like).
+                    continue;
+                }
+                // Free descriptors the way the connection limit does, a few at a time.
+                let mut freed = 0;
+                {
+                    let mut table = shared.table();
+                    while freed < EVICT_BATCH && table.evict_idle() {
+                        freed += 1;
+                    }
+                }
+                shared.stats.evicted.fetch_add(freed, Ordering::Relaxed);
+                if freed > 0 {
+                    // The evicted connections' tasks run first and close their sockets.
+                    tokio::task::yield_now().await;
+                } else {
                     tokio::select! {
                         _ = &mut stop => return,
                         () = tokio::time::sleep(Duration::from_millis(10)) => {}
@@ -818,6 +854,17 @@ mod tests {
                 String::from_utf8_lossy(line)
             );
         }
+    }
+
+    #[test]
+    fn connections_fit_the_open_file_limit() {
+        let l = |n| Limits::default().within_open_files(n).max_connections;
+        assert_eq!(l(1_048_576), MAX_CONNECTIONS);
+        assert_eq!(l(20_000), MAX_CONNECTIONS);
+        assert_eq!(l(1024), 480);
+        assert_eq!(l(128), 32);
+        assert_eq!(l(10), 1);
+        assert!(open_files_limit().is_some_and(|n| n > 0));
     }
 
     #[test]

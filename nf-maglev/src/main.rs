@@ -719,10 +719,17 @@ fn serve(
         events: tx,
     };
     let authorised = token.is_some();
-    let settings = http::Settings {
-        limits: http::Limits::default(),
-        token,
-    };
+    let mut limits = http::Limits::default();
+    if let Some(files) = http::open_files_limit() {
+        limits = limits.within_open_files(files);
+        if limits.max_connections < http::MAX_CONNECTIONS {
+            log::info!(
+                "admin server: at most {} connections (open-file limit {files})",
+                limits.max_connections
+            );
+        }
+    }
+    let settings = http::Settings { limits, token };
     let server = http::Server::start("admin", listener, settings, Arc::new(front))
         .with_context(|| format!("starting the admin server on {listen}"))?;
     log::info!(

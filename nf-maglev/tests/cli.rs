@@ -1123,3 +1123,38 @@ fn reloads_of_fifos_and_devices_are_refused_and_sigterm_stops_fast() {
     assert!(took < Duration::from_secs(2), "SIGTERM took {took:?}");
     assert!(!veth.has_xdp());
 }
+
+#[test]
+fn a_low_open_file_limit_leaves_room_for_answers_and_reloads() {
+    require_root!();
+    let veth = Veth::new("n");
+    let dir = TempDir::new("nofile");
+    let file = dir.write("lb.jsonc", &config_text(&veth.a, 0, &maglev("")));
+    let script = format!(
+        "ulimit -n 128 && exec '{BIN}' -c '{}' --listen 127.0.0.1:0",
+        file.display()
+    );
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", &script]);
+    let mut lb = Lb::spawn(cmd);
+    assert!(
+        lb.log()
+            .contains("admin server: at most 32 connections (open-file limit 128)"),
+        "{}",
+        lb.log()
+    );
+    // Far more connections than descriptors: the oldest idle ones make room.
+    let held: Vec<TcpStream> = (0..1000)
+        .map_while(|_| TcpStream::connect(&lb.addr).ok())
+        .collect();
+    assert_eq!(held.len(), 1000);
+    timed_get(&lb, "/healthz");
+    timed_get(&lb, "/metrics");
+    // The admin server left the descriptors a reload needs.
+    let (st, v) = lb.json("POST", "/api/reload", "");
+    assert_eq!(st, 200, "{v}");
+    drop(held);
+    lb.signal("TERM");
+    let status = lb.wait();
+    assert!(status.success(), "exit {status}:\n{}", lb.log());
+}
