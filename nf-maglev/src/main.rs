@@ -268,6 +268,8 @@ struct Runtime {
     slots: Vec<Arc<Slot>>,
     registry: prometheus::Registry,
     last_reload_error: Option<String>,
+    /// When a failure to read the XDP filter counters was last logged.
+    filter_warning: Option<Instant>,
 }
 
 impl Runtime {
@@ -288,8 +290,10 @@ impl Runtime {
         Ok(())
     }
 
-    /// Reads the XDP filter counters into the figures the metrics show.
-    fn refresh_filters(&self) {
+    /// Reads the XDP filter counters into the figures the metrics show. Runs every [`TICK`], so a
+    /// failure is logged once a minute at most.
+    fn refresh_filters(&mut self) {
+        let mut failed = Vec::new();
         let filters = self
             .instance
             .programs()
@@ -297,11 +301,19 @@ impl Runtime {
             .filter_map(|p| match p.stats() {
                 Ok(s) => Some((p.ifname().to_owned(), s)),
                 Err(e) => {
-                    log::warn!("reading the XDP filter counters of {}: {e}", p.ifname());
+                    failed.push(format!("{}: {e}", p.ifname()));
                     None
                 }
             })
             .collect();
+        if !failed.is_empty()
+            && self
+                .filter_warning
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            log::warn!("reading the XDP filter counters: {}", failed.join("; "));
+            self.filter_warning = Some(Instant::now());
+        }
         if let Ok(mut s) = self.stats.lock() {
             s.filters = filters;
             s.rebuilds = self.control.rebuilds();
@@ -653,6 +665,7 @@ fn run_lb(cli: &Cli) -> Result<()> {
         slots,
         registry,
         last_reload_error: None,
+        filter_warning: None,
     };
     let result = match spawn_error {
         Some(e) => Err(e),
