@@ -229,6 +229,8 @@ pub struct Settings {
     pub limits: Limits,
     /// When set, changes (methods other than `GET` and `HEAD`) must carry it.
     pub token: Option<Token>,
+    /// Where the server counts its decisions (shared with whoever reports them).
+    pub stats: Arc<Stats>,
 }
 
 /// Counters of the server's own decisions.
@@ -240,6 +242,34 @@ pub struct Stats {
     pub evicted: AtomicU64,
     /// Connections refused because every slot was answering a request.
     pub refused: AtomicU64,
+    /// Changes refused for a missing or wrong token (401).
+    pub unauthorized: AtomicU64,
+    /// Bodies over the limit (413).
+    pub body_too_large: AtomicU64,
+    /// Bodies that did not arrive in time (408).
+    pub body_timeout: AtomicU64,
+    /// Connections speaking HTTP/2 or later (505).
+    pub unsupported_version: AtomicU64,
+}
+
+impl Stats {
+    /// `(name, value)` of every counter, for reports.
+    pub fn snapshot(&self) -> [(&'static str, u64); 7] {
+        let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("accepted", v(&self.accepted)),
+            ("evicted", v(&self.evicted)),
+            ("refused", v(&self.refused)),
+            ("unauthorized", v(&self.unauthorized)),
+            ("body_too_large", v(&self.body_too_large)),
+            ("body_timeout", v(&self.body_timeout)),
+            ("unsupported_version", v(&self.unsupported_version)),
+        ]
+    }
+}
+
+fn count(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Open connections, oldest first; removing an entry closes its connection.
@@ -342,7 +372,7 @@ impl Server {
             let _guard = runtime.enter();
             TcpListener::from_std(listener)?
         };
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::clone(&settings.stats);
         let shared = Arc::new(Shared {
             settings,
             service,
@@ -598,6 +628,7 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream, busy: Arc<AtomicBool>
     {
         Ok(Ok(FirstLine::Http1(prefix))) => prefix,
         Ok(Ok(FirstLine::Unsupported)) => {
+            count(&shared.stats.unsupported_version);
             let r = Response::error(
                 505,
                 "this endpoint speaks HTTP/1.1 only (HTTP/2 and later are not supported)",
@@ -651,6 +682,7 @@ async fn respond(
         if let Some(token) = &shared.settings.token {
             let header = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
             if !token.authorizes(header) {
+                count(&shared.stats.unauthorized);
                 return Response::error(
                     401,
                     "changes need `Authorization: Bearer <token>` with the token of --admin-token-file",
@@ -661,6 +693,7 @@ async fn respond(
         }
     }
     let too_large = || {
+        count(&shared.stats.body_too_large);
         Response::error(
             413,
             &format!("request body exceeds {} bytes", limits.max_body_bytes),
@@ -683,6 +716,7 @@ async fn respond(
             return Response::error(400, &format!("cannot read the request body: {e}")).closing()
         }
         Err(_) => {
+            count(&shared.stats.body_timeout);
             return Response::error(
                 408,
                 &format!(
@@ -690,7 +724,7 @@ async fn respond(
                     limits.body_timeout.as_secs_f64()
                 ),
             )
-            .closing()
+            .closing();
         }
     };
     let _busy = Busy::set(busy);

@@ -270,6 +270,8 @@ struct Runtime {
     last_reload_error: Option<String>,
     /// When a failure to read the XDP filter counters was last logged.
     filter_warning: Option<Instant>,
+    /// The admin server's counters (the metrics show them).
+    admin_stats: Arc<http::Stats>,
 }
 
 impl Runtime {
@@ -623,10 +625,12 @@ fn run_lb(cli: &Cli) -> Result<()> {
         rebuilds: control.rebuilds(),
         ..ControlStats::default()
     }));
+    let admin_stats = Arc::new(http::Stats::default());
     let registry = metrics::registry(Sources {
         state: control.shared(),
         workers: slots.clone(),
         control: Arc::clone(&stats),
+        admin: Arc::clone(&admin_stats),
     })
     .context("creating the metrics registry")?;
 
@@ -666,6 +670,7 @@ fn run_lb(cli: &Cli) -> Result<()> {
         registry,
         last_reload_error: None,
         filter_warning: None,
+        admin_stats,
     };
     let result = match spawn_error {
         Some(e) => Err(e),
@@ -742,7 +747,11 @@ fn serve(
             );
         }
     }
-    let settings = http::Settings { limits, token };
+    let settings = http::Settings {
+        limits,
+        token,
+        stats: Arc::clone(&rt.admin_stats),
+    };
     let server = http::Server::start("admin", listener, settings, Arc::new(front))
         .with_context(|| format!("starting the admin server on {listen}"))?;
     log::info!(

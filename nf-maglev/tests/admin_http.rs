@@ -82,7 +82,11 @@ impl Harness {
         let server = Server::start(
             "admin-test",
             listener,
-            Settings { limits, token },
+            Settings {
+                limits,
+                token,
+                ..Settings::default()
+            },
             Arc::clone(&fake) as Arc<dyn http::Service>,
         )
         .expect("start");
@@ -92,6 +96,17 @@ impl Harness {
     fn addr(&self) -> SocketAddr {
         self.server.local_addr()
     }
+}
+
+/// One of the server's counters, by its report name.
+fn counter(h: &Harness, name: &str) -> u64 {
+    h.server
+        .stats()
+        .snapshot()
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("no counter {name}"))
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {
@@ -381,6 +396,7 @@ fn bodies_over_the_limit_get_413() {
     raw.extend_from_slice(b"0\r\n\r\n");
     let (status, head, _) = exchange(addr, &raw);
     assert_eq!(status, 413, "chunked: {head}");
+    assert_eq!(counter(&h, "body_too_large"), 2);
     // 64 KiB exactly is accepted and reaches the control thread.
     let body = "d".repeat(64 * 1024);
     let (status, _, text) = request(addr, "POST", "/api/x", "", &body);
@@ -410,6 +426,7 @@ fn a_stalled_body_holds_up_nothing() {
     // The stalled request never reached the control thread and is cut off after the body timeout.
     let (status, head, _) = read_response(&mut stalled);
     assert_eq!(status, 408, "{head}");
+    assert_eq!(counter(&h, "body_timeout"), 1);
     let seen = h.seen.lock().expect("lock");
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].method, "PUT");
@@ -429,6 +446,7 @@ fn http2_gets_505_and_malformed_request_lines_400() {
     assert_eq!(status, 505, "{head}");
     let (status, head, _) = exchange(addr, b"GET /healthz HTTP/3\r\n\r\n");
     assert_eq!(status, 505, "{head}");
+    assert_eq!(counter(&h, "unsupported_version"), 3);
     for bad in [
         &b"garbage\r\n\r\n"[..],
         b"GET /healthz HTTP/1.1 extra\r\n\r\n",
@@ -471,6 +489,7 @@ fn changes_need_the_bearer_token() {
         h.seen.lock().expect("lock").is_empty(),
         "no unauthorised change reached the control thread"
     );
+    assert_eq!(counter(&h, "unauthorized"), 4);
     // Reads need no token.
     scrape(addr, "/metrics");
     let (status, _, _) = request(addr, "GET", "/api/state", "", "");

@@ -934,6 +934,18 @@ fn admin_endpoint_resists_hostile_clients() {
     assert_eq!(threads_of(pid), threads);
     drop(held);
     timed_get(&lb, "/metrics");
+    let (_, metrics) = lb.http("GET", "/metrics", "");
+    let evicted: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("nf_maglev_admin_connections_total{result=\"evicted\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no eviction counter in:\n{metrics}"));
+    assert!(evicted >= 9_000.0, "{evicted}");
+    assert!(
+        metrics
+            .contains("nf_maglev_admin_requests_rejected_total{reason=\"unsupported_version\"} 1"),
+        "{metrics}"
+    );
     assert_eq!(
         backend(&lb.state(), "web", "a").expect("a")["weight"],
         3,
