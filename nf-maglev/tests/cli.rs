@@ -1170,3 +1170,105 @@ fn a_low_open_file_limit_leaves_room_for_answers_and_reloads() {
     let status = lb.wait();
     assert!(status.success(), "exit {status}:\n{}", lb.log());
 }
+
+/// A pids cgroup (v1 or v2) with `pids.max` set, removed on drop (after the processes in it ended).
+struct PidsCgroup(PathBuf);
+
+impl PidsCgroup {
+    /// `None` when this machine has no writable pids controller.
+    fn new(tag: &str, max: u32) -> Option<Self> {
+        let name = format!("nf-maglev-test-{}-{tag}", std::process::id());
+        let v1 = Path::new("/sys/fs/cgroup/pids");
+        let v2 = Path::new("/sys/fs/cgroup");
+        let parent = if v1.join("pids.max").exists() || v1.join("cgroup.procs").exists() {
+            v1
+        } else if std::fs::read_to_string(v2.join("cgroup.subtree_control"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "pids"))
+        {
+            v2
+        } else {
+            return None;
+        };
+        let dir = parent.join(name);
+        std::fs::create_dir(&dir).ok()?;
+        let cg = Self(dir);
+        std::fs::write(cg.0.join("pids.max"), max.to_string()).ok()?;
+        Some(cg)
+    }
+
+    fn procs(&self) -> PathBuf {
+        self.0.join("cgroup.procs")
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        // The processes are gone by now (the load balancer is dropped first); retry briefly meanwhile.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn a_pod_sized_pids_limit_costs_no_answers() {
+    require_root!();
+    let Some(cgroup) = PidsCgroup::new("pids", 40) else {
+        eprintln!("skipped: no writable pids cgroup controller");
+        return;
+    };
+    let veth = Veth::new("l");
+    let dir = TempDir::new("pids");
+    let file = dir.write("lb.jsonc", &config_text(&veth.a, 0, &maglev("")));
+    let script = format!(
+        "echo $$ > '{}' && exec '{BIN}' -c '{}' --listen 127.0.0.1:0",
+        cgroup.procs().display(),
+        file.display()
+    );
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", &script]);
+    let mut lb = Lb::spawn(cmd);
+    let pid = lb.child.id();
+    let name = cgroup
+        .0
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    assert!(membership.contains(&name), "not in {name}: {membership}");
+    let threads = threads_of(pid);
+    // 100 connections held open, then 100 complete requests at once.
+    let held: Vec<TcpStream> = (0..100)
+        .map(|i| {
+            let mut s = TcpStream::connect(&lb.addr).expect("connect");
+            if i % 2 == 0 {
+                let _ = s.write_all(b"GET /metrics HTTP/1.1\r\n");
+            }
+            s
+        })
+        .collect();
+    let clients: Vec<_> = (0..100)
+        .map(|i| {
+            let addr = lb.addr.clone();
+            thread::spawn(move || {
+                let path = if i % 2 == 0 { "/metrics" } else { "/api/state" };
+                http(&addr, "GET", path, "").0
+            })
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().expect("client"), 200);
+    }
+    timed_get(&lb, "/healthz");
+    assert_eq!(threads_of(pid), threads, "connections started threads");
+    eprintln!("pids.max 40: 100 held connections and 100 requests at once, {threads} threads");
+    drop(held);
+    lb.signal("TERM");
+    let status = lb.wait();
+    assert!(status.success(), "exit {status}:\n{}", lb.log());
+    assert!(!lb.log().contains("panicked"), "{}", lb.log());
+}
