@@ -794,6 +794,12 @@ fn stalled_body(addr: &str) -> TcpStream {
 #[test]
 fn admin_endpoint_resists_hostile_clients() {
     require_root!();
+    // Both ends of the held connections below count against the limit (the child inherits it).
+    let files = raise_open_files();
+    let n = 10_000.min(usize::try_from(files.saturating_sub(2048)).unwrap_or(0));
+    if n < 10_000 {
+        eprintln!("open-file limit {files}: holding {n} connections");
+    }
     let veth = Veth::new("h");
     let dir = TempDir::new("hostile");
     let file = dir.write("lb.jsonc", &config_text(&veth.a, 0, &maglev("")));
@@ -912,9 +918,9 @@ fn admin_endpoint_resists_hostile_clients() {
     );
     drop(slow);
 
-    // 10k held connections.
+    // 10k held connections (the load balancer inherited the raised open-file limit).
     let before = rss_of(pid);
-    let held: Vec<TcpStream> = (0..10_000)
+    let held: Vec<TcpStream> = (0..n)
         .map_while(|_| TcpStream::connect(&addr).ok())
         .collect();
     let latency = timed_get(&lb, "/healthz");
@@ -926,7 +932,7 @@ fn admin_endpoint_resists_hostile_clients() {
         after >> 20,
         threads_of(pid)
     );
-    assert!(held.len() >= 5_000, "only {} connections", held.len());
+    assert_eq!(held.len(), n, "connections refused");
     assert!(
         after.saturating_sub(before) < 200 << 20,
         "{before} -> {after}"
@@ -940,7 +946,7 @@ fn admin_endpoint_resists_hostile_clients() {
         .find_map(|l| l.strip_prefix("nf_maglev_admin_connections_total{result=\"evicted\"} "))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no eviction counter in:\n{metrics}"));
-    assert!(evicted >= 9_000.0, "{evicted}");
+    assert!(evicted >= n.saturating_sub(512) as f64, "{evicted}");
     assert!(
         metrics
             .contains("nf_maglev_admin_requests_rejected_total{reason=\"unsupported_version\"} 1"),
@@ -1271,4 +1277,18 @@ fn a_pod_sized_pids_limit_costs_no_answers() {
     let status = lb.wait();
     assert!(status.success(), "exit {status}:\n{}", lb.log());
     assert!(!lb.log().contains("panicked"), "{}", lb.log());
+}
+
+/// Raises this process's soft limit on open files to its hard limit (at most 65536), so a test can hold
+/// 10k connections where the default soft limit is 1024; children started afterwards inherit it.
+fn raise_open_files() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    let want = hard.min(65_536).max(soft);
+    if want > soft && setrlimit(Resource::RLIMIT_NOFILE, want, hard).is_ok() {
+        return want;
+    }
+    soft
 }
