@@ -2,7 +2,10 @@
 //! `127.0.0.1:9100`).
 //!
 //! Requests are handled one at a time on the control thread, the only thread that changes the
-//! configuration, so operations never race each other or a reload. Every change goes through the control
+//! configuration, so operations never race each other or a reload. `GET /metrics` and `GET /healthz`
+//! are answered by the HTTP server's thread itself from shared state ([`crate::Front`]), so a slow
+//! reload never holds up a scrape; `/healthz` fails (503) when the control thread has not come round
+//! its loop for 15 s. Every change goes through the control
 //! plane: it is validated like the configuration file and published with one atomic swap, or rejected with
 //! the reasons while the running state keeps serving. Changes made here live in memory only: a reload
 //! (`SIGHUP` or `POST /api/reload`) replaces them with what the file says.
@@ -32,18 +35,19 @@
 //! socket counters.
 //!
 //! Errors are JSON, `{"error": "message"}` (validation failures add `"issues": [{"path", "message"}]`):
-//! 400 for a malformed request or a configuration that does not validate, 403 for changes when the API is
-//! read-only (`--read-only-admin`; `GET` still works and `SIGHUP` still reloads), 404 for an unknown
-//! path, VIP or backend, 405 for a wrong method, 409 for a backend name that already exists or a reload
-//! that changes sections needing a restart (`umems`, `lports`, `threads`, `lcore-groups`), 413 for a body
-//! over 64 KiB, 500 when the XDP claims could not be updated (the new state is published then), 503 while
-//! shutting down.
+//! 400 for a malformed request or a configuration that does not validate, 401 for a change without the
+//! bearer token of `--admin-token-file` (with `WWW-Authenticate: Bearer`), 403 for changes when the API
+//! is read-only (`--read-only-admin`; `GET` still works and `SIGHUP` still reloads), 404 for an unknown
+//! path, VIP or backend, 405 for a wrong method, 408 for a body that does not arrive in time, 409 for a
+//! backend name that already exists or a reload that changes sections needing a restart (`umems`,
+//! `lports`, `threads`, `lcore-groups`), 413 for a body over 64 KiB, 431 for headers over 16 KiB, 500
+//! when the XDP claims could not be updated (the new state is published then), 503 while shutting down
+//! or when too many requests wait for the control thread, 505 for HTTP/2 and later.
 //!
-//! Threads: the server thread reads each request (body included) and writes the reply; only routing runs
-//! on the control thread, so a slow client can delay other admin requests but never signal handling or
-//! reloads.
+//! Threads: the HTTP server ([`nf_maglev::http`]) reads each request whole (body included, under its
+//! size and time limits) on its own thread and writes the reply; only routing runs on the control
+//! thread, which therefore never waits for a client.
 
-use std::io::Read;
 use std::sync::Arc;
 
 use nf_maglev::config::{BackendSection, Mode, Port};
@@ -54,9 +58,6 @@ use serde_json::{json, Value};
 
 use crate::metrics;
 use crate::worker::{self, PortReport};
-
-/// Largest request body accepted.
-const MAX_BODY: u64 = 64 * 1024;
 
 /// A change to the running configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -478,28 +479,6 @@ pub(crate) struct Incoming {
     pub(crate) body: Vec<u8>,
 }
 
-/// Reads the method, URL and body (at most [`MAX_BODY`] bytes) of `req`, or the error reply to send.
-/// Runs on the server thread, so a client that is slow to send its body never holds up the control
-/// thread.
-pub(crate) fn read_request(req: &mut tiny_http::Request) -> Result<Incoming, Reply> {
-    let mut body = Vec::new();
-    match req.as_reader().take(MAX_BODY + 1).read_to_end(&mut body) {
-        Err(e) => Err(Reply::error(&ApiError::new(
-            400,
-            format!("cannot read the request body: {e}"),
-        ))),
-        Ok(_) if body.len() as u64 > MAX_BODY => Err(Reply::error(&ApiError::new(
-            413,
-            format!("request body exceeds {MAX_BODY} bytes"),
-        ))),
-        Ok(_) => Ok(Incoming {
-            method: req.method().to_string(),
-            url: req.url().to_owned(),
-            body,
-        }),
-    }
-}
-
 /// Routes a request on the control thread and logs changes and failures.
 pub(crate) fn handle_request(api: &mut dyn Api, read_only: bool, req: &Incoming) -> Reply {
     let reply = route(api, read_only, &req.method, &req.url, &req.body);
@@ -520,19 +499,6 @@ pub(crate) fn handle_request(api: &mut dyn Api, read_only: bool, req: &Incoming)
 /// The reply when the control thread is gone (shutting down).
 pub(crate) fn unavailable() -> Reply {
     Reply::error(&ApiError::new(503, "nf-maglev is shutting down"))
-}
-
-/// Sends `reply` on the server thread.
-pub(crate) fn respond(req: tiny_http::Request, reply: Reply) {
-    let mut response = tiny_http::Response::from_string(reply.body).with_status_code(reply.status);
-    if let Ok(h) =
-        tiny_http::Header::from_bytes(&b"Content-Type"[..], reply.content_type.as_bytes())
-    {
-        response.add_header(h);
-    }
-    if let Err(e) = req.respond(response) {
-        log::debug!("admin: sending a reply failed: {e}");
-    }
 }
 
 #[cfg(test)]

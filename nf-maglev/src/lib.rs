@@ -3,13 +3,17 @@
 //! The crate is split the way Katran splits its library from its BPF program: pure table building
 //! ([`maglev`], [`hash`]), configuration ([`config`]), a control plane that builds immutable state off the
 //! packet path and publishes it with one atomic swap ([`control`]), and the per-worker data plane
-//! ([`conntrack`], [`dataplane`], [`counters`]) that fixtures can drive without any socket.
+//! ([`conntrack`], [`dataplane`], [`counters`]) that fixtures can drive without any socket. The admin
+//! endpoint's HTTP server ([`http`]) and its authorisation ([`auth`]) live here too, so tests and
+//! benchmarks can run them without the rest of the binary.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod conntrack;
 pub mod control;
 pub mod counters;
 pub mod dataplane;
 pub mod hash;
+pub mod http;
 pub mod maglev;

@@ -1,7 +1,8 @@
 //! `nf-maglev`: the Maglev load balancer over AF_XDP, and the `decap` step its GRE backends run.
 //!
 //! ```text
-//! nf-maglev -c FILE.jsonc [--force] [--listen ADDR] [--read-only-admin] [--claim-all]
+//! nf-maglev -c FILE.jsonc [--force] [--listen ADDR] [--read-only-admin] [--admin-token-file FILE]
+//!           [--claim-all]
 //! nf-maglev decap --dev IF [--addr IP]... [--skb] [--force]
 //! nf-maglev gen-config ARGS...
 //! ```
@@ -14,10 +15,17 @@
 //! CAP_NET_RAW, CAP_IPC_LOCK and CAP_BPF is dropped, and one worker thread per `threads` entry runs the
 //! packet loop.
 //!
-//! The main thread is the control thread: it serves the admin API and metrics ([`admin`]), reloads on
-//! `SIGHUP`, and on `SIGINT` / `SIGTERM` stops the workers, joins them and returns from `main`, so the
-//! instance is dropped and every XDP program detached. Signals are registered before the instance exists,
-//! so a signal during start-up is handled the same way once the main loop runs.
+//! The main thread is the control thread: it answers the admin API ([`admin`]), reloads on `SIGHUP`,
+//! and on `SIGINT` / `SIGTERM` stops the workers, joins them and returns from `main`, so the instance is
+//! dropped and every XDP program detached. Signals are registered before the instance exists, so a
+//! signal during start-up is handled the same way once the main loop runs. The HTTP server
+//! ([`nf_maglev::http`]) runs on a thread of its own: it reads each request whole and under limits, serves
+//! `GET /metrics` and `GET /healthz` itself from shared state (so a slow reload never holds up a scrape),
+//! and hands every other request to the control thread through a bounded queue.
+//!
+//! Exposure: with `--listen` on an address other than loopback, changes through the admin API need
+//! either `--admin-token-file` (a bearer token) or `--read-only-admin`; nf-maglev refuses to start
+//! otherwise.
 //!
 //! Reload: the file is read again; a change to the sections that shaped the sockets (`umems`, `lports`,
 //! `threads`, `lcore-groups`) is refused (it needs a restart), a `maglev` section that does not validate
@@ -36,7 +44,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -48,8 +56,10 @@ use cne::instance::{Instance, InstanceOptions};
 use cne::netdev::LinkWatch;
 use cne::xdp::{AddrFlags, Rule};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use nf_maglev::auth::Token;
 use nf_maglev::config::{Mac, Validated};
 use nf_maglev::control::{Control, ControlError, State};
+use nf_maglev::http;
 use serde_json::{json, Value};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -58,11 +68,16 @@ use admin::{Api, ApiError, Change};
 use metrics::{ControlStats, Sources};
 use worker::{PortReport, Slot};
 
-/// How often the control thread checks that the workers are alive when nothing else happens.
+/// How often the control thread checks that the workers are alive and refreshes the XDP filter
+/// counters the metrics show.
 const TICK: Duration = Duration::from_millis(250);
 /// A worker that has not published a report for this long counts as stalled (not ready). Workers
 /// publish every 250 ms, also when idle (they sleep at most 100 ms in `poll`).
 const STALL_AFTER: Duration = Duration::from_secs(5);
+/// `/healthz` fails when the control thread has not come round its loop for this long.
+const CONTROL_STALL: Duration = Duration::from_secs(15);
+/// Admin requests waiting for the control thread; more are answered 503 at once.
+const QUEUE: usize = 256;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -84,6 +99,10 @@ struct Cli {
     /// Refuse every change through the admin API (GET requests still work; SIGHUP still reloads).
     #[arg(long)]
     read_only_admin: bool,
+    /// File holding a bearer token that changes through the admin API must carry
+    /// (`Authorization: Bearer <token>`); only its owner may read it (mode 600 or 400).
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
     /// Claim every packet of the configured queues, as in device-plugin mode (nothing reaches the kernel
     /// on them); the data plane then answers ARP and neighbour discovery for the VIPs.
     #[arg(long)]
@@ -270,6 +289,10 @@ struct Runtime {
     /// Whether the XDP filters hold the claims of the published state: false only when a failed
     /// switch could not be undone (then `/readyz` says so until a reload succeeds).
     claims_ok: bool,
+    /// When a failure to read the XDP filter counters was last logged.
+    filter_warning: Option<Instant>,
+    /// The admin server's counters (the metrics show them).
+    admin_stats: Arc<http::Stats>,
 }
 
 impl Runtime {
@@ -349,6 +372,36 @@ impl Runtime {
         }
         self.claims_ok = true;
         Ok(())
+    }
+
+    /// Reads the XDP filter counters into the figures the metrics show. Runs every [`TICK`], so a
+    /// failure is logged once a minute at most.
+    fn refresh_filters(&mut self) {
+        let mut failed = Vec::new();
+        let filters = self
+            .instance
+            .programs()
+            .iter()
+            .filter_map(|p| match p.stats() {
+                Ok(s) => Some((p.ifname().to_owned(), s)),
+                Err(e) => {
+                    failed.push(format!("{}: {e}", p.ifname()));
+                    None
+                }
+            })
+            .collect();
+        if !failed.is_empty()
+            && self
+                .filter_warning
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            log::warn!("reading the XDP filter counters: {}", failed.join("; "));
+            self.filter_warning = Some(Instant::now());
+        }
+        if let Ok(mut s) = self.stats.lock() {
+            s.filters = filters;
+            s.rebuilds = self.control.rebuilds();
+        }
     }
 
     fn update_stats(&self, reload: Option<bool>) {
@@ -436,22 +489,7 @@ impl Api for Runtime {
     }
 
     fn metrics(&mut self) -> Result<String, ApiError> {
-        let filters = self
-            .instance
-            .programs()
-            .iter()
-            .filter_map(|p| match p.stats() {
-                Ok(s) => Some((p.ifname().to_owned(), s)),
-                Err(e) => {
-                    log::warn!("reading the XDP filter counters of {}: {e}", p.ifname());
-                    None
-                }
-            })
-            .collect();
-        if let Ok(mut s) = self.stats.lock() {
-            s.filters = filters;
-            s.rebuilds = self.control.rebuilds();
-        }
+        self.refresh_filters();
         metrics::render(&self.registry).map_err(|e| ApiError::new(500, e.to_string()))
     }
 
@@ -488,8 +526,108 @@ enum Event {
     Stop(&'static str),
     /// SIGHUP.
     Reload,
-    /// An admin or metrics request, and where its reply goes.
-    Http(admin::Incoming, Sender<admin::Reply>),
+    /// An admin request, and where its reply goes.
+    Http(admin::Incoming, http::Responder),
+}
+
+/// When the control thread last came round its loop, in milliseconds since `epoch`.
+#[derive(Debug)]
+struct Heartbeat {
+    epoch: Instant,
+    last: AtomicU64,
+}
+
+impl Heartbeat {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn beat(&self) {
+        self.last.store(self.now(), Ordering::Relaxed);
+    }
+
+    /// Time since the last beat.
+    fn age(&self) -> Duration {
+        Duration::from_millis(self.now().saturating_sub(self.last.load(Ordering::Relaxed)))
+    }
+}
+
+/// What the HTTP server calls on its own thread: `/metrics` and `/healthz` are answered there from
+/// shared state, everything else is queued for the control thread.
+struct Front {
+    registry: prometheus::Registry,
+    heartbeat: Arc<Heartbeat>,
+    events: Sender<Event>,
+}
+
+fn to_response(r: admin::Reply) -> http::Response {
+    http::Response::new(r.status, r.content_type, r.body)
+}
+
+impl http::Service for Front {
+    fn call(&self, req: http::Request) -> http::Answer {
+        let path = req.target.split(['?', '#']).next().unwrap_or("");
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let read = req.method == "GET" || req.method == "HEAD";
+        match (read, segments.as_slice()) {
+            (true, ["metrics"]) => {
+                return http::Answer::Now(match metrics::render(&self.registry) {
+                    Ok(text) => http::Response::new(200, metrics::CONTENT_TYPE, text),
+                    Err(e) => http::Response::error(500, &e.to_string()),
+                })
+            }
+            (true, ["healthz"]) => {
+                let age = self.heartbeat.age();
+                return http::Answer::Now(if age < CONTROL_STALL {
+                    http::Response::new(200, "text/plain", "ok\n")
+                } else {
+                    http::Response::new(
+                        503,
+                        "text/plain",
+                        format!(
+                            "the control thread has not run for {:.1} s\n",
+                            age.as_secs_f64()
+                        ),
+                    )
+                });
+            }
+            _ => {}
+        }
+        let incoming = admin::Incoming {
+            method: req.method,
+            url: req.target,
+            body: req.body,
+        };
+        let (responder, waiter) = http::reply_channel();
+        match self.events.try_send(Event::Http(incoming, responder)) {
+            Ok(()) => http::Answer::Later(waiter),
+            Err(crossbeam_channel::TrySendError::Full(_)) => http::Answer::Now(
+                http::Response::error(503, "too many admin requests are waiting; try again"),
+            ),
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                http::Answer::Now(to_response(admin::unavailable()))
+            }
+        }
+    }
+}
+
+/// Refuses a configuration where anyone who can reach `listen` could change the load balancer.
+fn check_exposure(listen: SocketAddr, read_only: bool, token: bool) -> Result<()> {
+    if read_only || token || listen.ip().is_loopback() {
+        return Ok(());
+    }
+    Err(anyhow!(
+        "--listen {listen} is not a loopback address and the admin API would accept changes from \
+         anyone who can reach it: give --admin-token-file FILE (changes then need \
+         `Authorization: Bearer <token>`), or --read-only-admin, or listen on 127.0.0.1"
+    ))
 }
 
 fn run_lb(cli: &Cli) -> Result<()> {
@@ -499,6 +637,20 @@ fn run_lb(cli: &Cli) -> Result<()> {
         .context("no config: pass -c FILE.jsonc (or a subcommand: decap, gen-config)")?;
     // Registered first: from here on SIGINT/SIGTERM/SIGHUP wait in the queue for the main loop instead of
     // killing a process that may already hold XDP programs.
+    let token = cli
+        .admin_token_file
+        .as_deref()
+        .map(Token::from_file)
+        .transpose()?;
+    check_exposure(cli.listen, cli.read_only_admin, token.is_some())?;
+    if let Some(t) = &token {
+        if t.len() < nf_maglev::auth::SHORT_TOKEN_BYTES {
+            log::warn!(
+                "the admin token has only {} bytes; use a long random one (head -c 32 /dev/urandom | base64)",
+                t.len()
+            );
+        }
+    }
     let signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).context("registering signal handlers")?;
     let config = Config::load(&path)?;
     let validated = maglev_section(&config, cli.claim_all).map_err(|e| anyhow!(e.message))?;
@@ -564,10 +716,12 @@ fn run_lb(cli: &Cli) -> Result<()> {
         rebuilds: control.rebuilds(),
         ..ControlStats::default()
     }));
+    let admin_stats = Arc::new(http::Stats::default());
     let registry = metrics::registry(Sources {
         state: control.shared(),
         workers: slots.clone(),
         control: Arc::clone(&stats),
+        admin: Arc::clone(&admin_stats),
     })
     .context("creating the metrics registry")?;
 
@@ -608,10 +762,12 @@ fn run_lb(cli: &Cli) -> Result<()> {
         last_reload_error: None,
         links,
         claims_ok: true,
+        filter_warning: None,
+        admin_stats,
     };
     let result = match spawn_error {
         Some(e) => Err(e),
-        None => serve(&mut rt, cli, listener, listen, signals, &handles),
+        None => serve(&mut rt, cli, token, listener, listen, signals, &handles),
     };
 
     stop.store(true, Ordering::SeqCst);
@@ -635,15 +791,18 @@ fn run_lb(cli: &Cli) -> Result<()> {
 }
 
 /// Runs the control loop until a stop signal or a worker's end.
+#[allow(clippy::too_many_arguments)]
 fn serve(
     rt: &mut Runtime,
     cli: &Cli,
+    token: Option<Token>,
     listener: TcpListener,
     listen: SocketAddr,
     mut signals: Signals,
     handles: &[(String, thread::JoinHandle<Result<()>>)],
 ) -> Result<()> {
-    let (tx, rx): (Sender<Event>, Receiver<Event>) = crossbeam_channel::unbounded();
+    // Bounded: the HTTP server answers 503 when it is full; the signal thread waits for room.
+    let (tx, rx): (Sender<Event>, Receiver<Event>) = crossbeam_channel::bounded(QUEUE);
     let signal_handle = signals.handle();
     let signal_thread = {
         let tx = tx.clone();
@@ -663,61 +822,50 @@ fn serve(
             })
             .context("spawning the signal thread")?
     };
-    let server = Arc::new(
-        tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| anyhow!("starting the admin server on {listen}: {e}"))?,
-    );
-    let http_stop = Arc::new(AtomicBool::new(false));
-    let http_thread = {
-        let (server, stop) = (Arc::clone(&server), Arc::clone(&http_stop));
-        thread::Builder::new()
-            .name("admin".into())
-            .spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    let mut rq = match server.recv() {
-                        Ok(rq) => rq,
-                        Err(e) if !stop.load(Ordering::SeqCst) => {
-                            log::warn!("admin server: {e}");
-                            thread::sleep(Duration::from_millis(100));
-                            continue;
-                        }
-                        Err(_) => break,
-                    };
-                    let reply = match admin::read_request(&mut rq) {
-                        Err(reply) => reply,
-                        Ok(incoming) => {
-                            let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
-                            if tx.send(Event::Http(incoming, reply_tx)).is_err() {
-                                admin::respond(rq, admin::unavailable());
-                                break;
-                            }
-                            reply_rx.recv().unwrap_or_else(|_| admin::unavailable())
-                        }
-                    };
-                    admin::respond(rq, reply);
-                }
-            })
-            .context("spawning the admin server thread")?
+    let heartbeat = Arc::new(Heartbeat::new());
+    heartbeat.beat();
+    let front = Front {
+        registry: rt.registry.clone(),
+        heartbeat: Arc::clone(&heartbeat),
+        events: tx,
     };
+    let authorised = token.is_some();
+    let mut limits = http::Limits::default();
+    if let Some(files) = http::open_files_limit() {
+        limits = limits.within_open_files(files);
+        if limits.max_connections < http::MAX_CONNECTIONS {
+            log::info!(
+                "admin server: at most {} connections (open-file limit {files})",
+                limits.max_connections
+            );
+        }
+    }
+    let settings = http::Settings {
+        limits,
+        token,
+        stats: Arc::clone(&rt.admin_stats),
+    };
+    let server = http::Server::start("admin", listener, settings, Arc::new(front))
+        .with_context(|| format!("starting the admin server on {listen}"))?;
     log::info!(
         "running: {} worker(s); admin API and metrics listening on http://{listen}{}",
         handles.len(),
         if cli.read_only_admin {
             " (read-only)"
+        } else if authorised {
+            " (changes need the bearer token)"
         } else {
             ""
         }
     );
 
-    let result = control_loop(rt, cli.read_only_admin, &rx, handles);
+    let result = control_loop(rt, cli.read_only_admin, &rx, handles, &heartbeat);
 
     signal_handle.close();
-    http_stop.store(true, Ordering::SeqCst);
-    server.unblock();
     // Dropping the queue drops the reply senders of requests still in it: their clients get a 503.
     drop(rx);
+    server.stop();
     let _ = signal_thread.join();
-    let _ = http_thread.join();
     result
 }
 
@@ -726,8 +874,16 @@ fn control_loop(
     read_only: bool,
     rx: &Receiver<Event>,
     handles: &[(String, thread::JoinHandle<Result<()>>)],
+    heartbeat: &Heartbeat,
 ) -> Result<()> {
+    let mut refreshed = Instant::now();
+    rt.refresh_filters();
     loop {
+        heartbeat.beat();
+        if refreshed.elapsed() >= TICK {
+            rt.refresh_filters();
+            refreshed = Instant::now();
+        }
         if let Some((name, _)) = handles.iter().find(|(_, h)| h.is_finished()) {
             return Err(anyhow!("worker {name} stopped; shutting down"));
         }
@@ -745,8 +901,8 @@ fn control_loop(
                 let _ = rt.reload();
             }
             Ok(Event::Http(req, reply)) => {
-                // The server thread may have given up on the client; nothing to do then.
-                let _ = reply.send(admin::handle_request(rt, read_only, &req));
+                // The server may have given up on the client; nothing to do then.
+                reply.send(to_response(admin::handle_request(rt, read_only, &req)));
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
@@ -848,6 +1004,43 @@ mod tests {
         let e = maglev_section(&Config::parse(&text, "t.jsonc").expect("parses"), false)
             .expect_err("no section");
         assert!(e.message.contains("no maglev section"), "{}", e.message);
+    }
+
+    #[test]
+    fn changes_on_a_non_loopback_address_need_a_token_or_read_only() {
+        let any: SocketAddr = "0.0.0.0:9100".parse().expect("addr");
+        let e = check_exposure(any, false, false)
+            .expect_err("refused")
+            .to_string();
+        for part in [
+            "--listen 0.0.0.0:9100 is not a loopback address",
+            "--admin-token-file",
+            "--read-only-admin",
+            "127.0.0.1",
+        ] {
+            assert!(e.contains(part), "{part} missing in: {e}");
+        }
+        assert!(check_exposure(any, true, false).is_ok());
+        assert!(check_exposure(any, false, true).is_ok());
+        for ok in ["127.0.0.1:9100", "127.0.0.2:0", "[::1]:9100"] {
+            assert!(
+                check_exposure(ok.parse().expect("addr"), false, false).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in ["198.18.0.1:9100", "[::]:9100", "[::ffff:127.0.0.1]:9100"] {
+            assert!(
+                check_exposure(bad.parse().expect("addr"), false, false).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn heartbeat_ages() {
+        let h = Heartbeat::new();
+        h.beat();
+        assert!(h.age() < CONTROL_STALL);
     }
 
     #[test]

@@ -21,6 +21,8 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricType};
 use prometheus::{Encoder, Registry, TextEncoder};
 
+use nf_maglev::http;
+
 use crate::worker::{self, Slot};
 
 /// A metric family: name, help, type and label names.
@@ -282,6 +284,18 @@ const GENERATION: Def = gauge(
     "Generation of the published state; increases with every applied change.",
     NONE,
 );
+const ADMIN_CONNECTIONS: Def = counter(
+    "nf_maglev_admin_connections_total",
+    "Connections to the admin endpoint by result: accepted, evicted (an idle one closed to make room \
+     for a new one), refused (every connection was being answered).",
+    &["result"],
+);
+const ADMIN_REJECTED: Def = counter(
+    "nf_maglev_admin_requests_rejected_total",
+    "Admin requests refused before any handler saw them, by reason: unauthorized (401), \
+     body_too_large (413), body_timeout (408), unsupported_version (505).",
+    &["reason"],
+);
 const BUILD_INFO: Def = gauge(
     "nf_maglev_build_info",
     "Build information (value 1).",
@@ -333,6 +347,8 @@ const ALL: &[&Def] = &[
     &REBUILDS,
     &RELOADS,
     &GENERATION,
+    &ADMIN_CONNECTIONS,
+    &ADMIN_REJECTED,
     &BUILD_INFO,
 ];
 
@@ -416,6 +432,8 @@ pub(crate) struct Sources {
     pub(crate) workers: Vec<Arc<Slot>>,
     /// The control thread's figures.
     pub(crate) control: Arc<Mutex<ControlStats>>,
+    /// The admin server's counters.
+    pub(crate) admin: Arc<http::Stats>,
 }
 
 /// Table slots held by each backend of `vip`, indexed like [`VipState::backends`].
@@ -594,6 +612,20 @@ impl Collector for LbCollector {
         out.extend(vf.into_iter().map(Family::finish));
         out.extend(bf.into_iter().map(Family::finish));
 
+        let (mut conns, mut rejected) = (
+            Family::new(&ADMIN_CONNECTIONS),
+            Family::new(&ADMIN_REJECTED),
+        );
+        for (i, (name, value)) in self.sources.admin.snapshot().into_iter().enumerate() {
+            if i < 3 {
+                conns.add(&[name], value as f64);
+            } else {
+                rejected.add(&[name], value as f64);
+            }
+        }
+        out.push(conns.finish());
+        out.push(rejected.finish());
+
         let mut info = Family::new(&BUILD_INFO);
         info.add(&[env!("CARGO_PKG_VERSION")], 1.0);
         out.push(info.finish());
@@ -754,6 +786,11 @@ mod tests {
             state: c.shared(),
             workers: vec![slot],
             control: control_stats,
+            admin: Arc::new(http::Stats {
+                evicted: 3.into(),
+                unauthorized: 2.into(),
+                ..http::Stats::default()
+            }),
         })
         .expect("registers");
         let text = render(&reg).expect("renders");
@@ -796,6 +833,21 @@ mod tests {
             ("nf_maglev_backend_table_share", &wb[..], 0.0),
             ("nf_maglev_table_rebuilds_total", &[][..], 1.0),
             (
+                "nf_maglev_admin_connections_total",
+                &[("result", "evicted")][..],
+                3.0,
+            ),
+            (
+                "nf_maglev_admin_requests_rejected_total",
+                &[("reason", "unauthorized")][..],
+                2.0,
+            ),
+            (
+                "nf_maglev_admin_requests_rejected_total",
+                &[("reason", "body_timeout")][..],
+                0.0,
+            ),
+            (
                 "nf_maglev_reloads_total",
                 &[("result", "rejected")][..],
                 2.0,
@@ -829,6 +881,7 @@ mod tests {
             state: c.shared(),
             workers: Vec::new(),
             control: Arc::default(),
+            admin: Arc::default(),
         })
         .expect("registers");
         c.set_weight("web", "b", 1).expect("sets");

@@ -678,6 +678,12 @@ fn read_only_admin_and_sigint() {
     let file = dir.write("lb.jsonc", &config_text(&veth.a, 0, &maglev("")));
     let mut lb = Lb::start(&file, &["--read-only-admin", "--claim-all"]);
     assert!(veth.has_xdp());
+    // A body that never comes holds up nothing, read-only too.
+    let stalled = stalled_body(&lb.addr);
+    thread::sleep(Duration::from_millis(200));
+    timed_get(&lb, "/metrics");
+    timed_get(&lb, "/healthz");
+    timed_get(&lb, "/api/state");
     let (st, v) = lb.json("PUT", "/api/vips/web/backends/a/weight", r#"{"weight": 3}"#);
     assert_eq!(st, 403, "{v}");
     let (st, _) = lb.json("POST", "/api/reload", "");
@@ -688,6 +694,7 @@ fn read_only_admin_and_sigint() {
         (&1.into(), &true.into(), &true.into())
     );
 
+    drop(stalled);
     lb.signal("INT");
     let status = lb.wait();
     assert!(status.success(), "exit {status}:\n{}", lb.log());
@@ -897,4 +904,559 @@ fn self_attach_mode_drops_capabilities_and_still_reloads_and_detaches() {
     let status = lb.wait();
     assert!(status.success(), "exit {status}:\n{}", lb.log());
     assert!(!veth.has_xdp(), "SIGTERM left an XDP program on {}", veth.a);
+}
+
+/// Resident set size of process `pid`, in bytes.
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+/// Threads of process `pid`.
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .count()
+}
+
+/// Sends `raw` on a new connection and returns the status of the response (0 when the server closed
+/// without one).
+fn raw_status(addr: &str, raw: &[u8]) -> u16 {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    let _ = s.write_all(raw);
+    let mut text = Vec::new();
+    let _ = s.read_to_end(&mut text);
+    String::from_utf8_lossy(&text)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `GET path` answered 200 within 2 s; returns the latency.
+fn timed_get(lb: &Lb, path: &str) -> Duration {
+    let start = Instant::now();
+    let (status, body) = lb.http("GET", path, "");
+    let took = start.elapsed();
+    assert_eq!(status, 200, "{path}: {body}");
+    assert!(took < Duration::from_secs(2), "{path} took {took:?}");
+    took
+}
+
+/// A request head with `Content-Length: 2000` and no body, held open.
+fn stalled_body(addr: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.write_all(
+        b"PUT /api/vips/web/backends/a/weight HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n",
+    )
+    .expect("send head");
+    s
+}
+
+#[test]
+fn admin_endpoint_resists_hostile_clients() {
+    require_root!();
+    // Both ends of the held connections below count against the limit (the child inherits it).
+    let files = raise_open_files();
+    let n = 10_000.min(usize::try_from(files.saturating_sub(2048)).unwrap_or(0));
+    if n < 10_000 {
+        eprintln!("open-file limit {files}: holding {n} connections");
+    }
+    let veth = Veth::new("h");
+    let dir = TempDir::new("hostile");
+    let file = dir.write("lb.jsonc", &config_text(&veth.a, 0, &maglev("")));
+    let mut lb = Lb::start(&file, &[]);
+    let pid = lb.child.id();
+    let addr = lb.addr.clone();
+
+    // A body that never comes holds up neither reads nor changes.
+    let stalled = stalled_body(&addr);
+    thread::sleep(Duration::from_millis(200));
+    timed_get(&lb, "/metrics");
+    timed_get(&lb, "/healthz");
+    timed_get(&lb, "/api/state");
+    let start = Instant::now();
+    let (st, v) = lb.json("PUT", "/api/vips/web/backends/a/weight", r#"{"weight": 3}"#);
+    assert_eq!(st, 200, "{v}");
+    assert!(start.elapsed() < Duration::from_secs(2));
+    drop(stalled);
+
+    // Connections cost no thread.
+    let threads = threads_of(pid);
+    let idle: Vec<TcpStream> = (0..100)
+        .map(|i| {
+            let mut s = TcpStream::connect(&addr).expect("connect");
+            if i % 2 == 0 {
+                let _ = s.write_all(b"GET /metrics HTTP/1.1\r\n");
+            }
+            s
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    timed_get(&lb, "/healthz");
+    assert_eq!(threads_of(pid), threads, "100 connections started threads");
+    eprintln!("100 open connections: {threads} threads before and after");
+    drop(idle);
+
+    // Limits: headers, bodies, versions.
+    let mut big = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    big.resize(big.len() + (16 << 20), b'a');
+    big.extend_from_slice(b"\r\n\r\n");
+    assert_eq!(raw_status(&addr, &big), 431, "16 MiB header line");
+    drop(big);
+    let (st, _) = lb.http("POST", "/api/vips/web/backends", &"x".repeat(70_000));
+    assert_eq!(st, 413);
+    assert_eq!(
+        raw_status(
+            &addr,
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0"
+        ),
+        505,
+        "HTTP/2 preface"
+    );
+    assert_eq!(raw_status(&addr, b"garbage\r\n\r\n"), 400);
+
+    // 4 x 64 MiB of header that never ends.
+    let before = rss_of(pid);
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = addr.clone();
+            thread::spawn(move || {
+                let mut s = TcpStream::connect(&addr).expect("connect");
+                let _ = s.write_all(b"GET / HTTP/1.1\r\nX-Endless: ");
+                let chunk = vec![b'b'; 64 * 1024];
+                for _ in 0..1024 {
+                    if s.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("writer");
+    }
+    let after = rss_of(pid);
+    eprintln!(
+        "4 x 64 MiB unterminated headers: nf-maglev RSS {} -> {} MiB",
+        before >> 20,
+        after >> 20
+    );
+    assert!(
+        after.saturating_sub(before) < 32 << 20,
+        "{before} -> {after}"
+    );
+
+    // 100 clients trickling heads and bodies at 1 byte/s while /metrics is scraped 50 times.
+    let mut slow: Vec<(TcpStream, Vec<u8>)> = (0..100)
+        .map(|i| {
+            let mut s = TcpStream::connect(&addr).expect("connect");
+            if i % 2 == 0 {
+                (s, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".to_vec())
+            } else {
+                s.write_all(
+                    b"POST /api/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n",
+                )
+                .expect("head");
+                (s, vec![b'a'; 2000])
+            }
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for round in 0..50 {
+        if round % 10 == 0 {
+            for (s, bytes) in &mut slow {
+                let _ = s.write_all(&bytes[round / 10..round / 10 + 1]);
+            }
+        }
+        lat.push(timed_get(&lb, "/metrics"));
+        thread::sleep(Duration::from_millis(100));
+    }
+    lat.sort();
+    eprintln!(
+        "50 scrapes with 100 clients trickling 1 byte/s: p50 {:?}, p99 {:?}",
+        lat[lat.len() / 2],
+        lat[lat.len() * 99 / 100]
+    );
+    drop(slow);
+
+    // 10k held connections (the load balancer inherited the raised open-file limit).
+    let before = rss_of(pid);
+    let held: Vec<TcpStream> = (0..n)
+        .map_while(|_| TcpStream::connect(&addr).ok())
+        .collect();
+    let latency = timed_get(&lb, "/healthz");
+    let after = rss_of(pid);
+    eprintln!(
+        "{} held connections: nf-maglev RSS {} -> {} MiB, {} threads; /healthz in {latency:?}",
+        held.len(),
+        before >> 20,
+        after >> 20,
+        threads_of(pid)
+    );
+    assert_eq!(held.len(), n, "connections refused");
+    assert!(
+        after.saturating_sub(before) < 200 << 20,
+        "{before} -> {after}"
+    );
+    assert_eq!(threads_of(pid), threads);
+    drop(held);
+    timed_get(&lb, "/metrics");
+    let (_, metrics) = lb.http("GET", "/metrics", "");
+    let evicted: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("nf_maglev_admin_connections_total{result=\"evicted\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no eviction counter in:\n{metrics}"));
+    assert!(evicted >= n.saturating_sub(512) as f64, "{evicted}");
+    assert!(
+        metrics
+            .contains("nf_maglev_admin_requests_rejected_total{reason=\"unsupported_version\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(
+        backend(&lb.state(), "web", "a").expect("a")["weight"],
+        3,
+        "the state is the one set above"
+    );
+
+    lb.signal("TERM");
+    let status = lb.wait();
+    assert!(status.success(), "exit {status}:\n{}", lb.log());
+    assert!(!lb.log().contains("panicked"), "{}", lb.log());
+}
+
+#[test]
+fn writable_admin_on_a_non_loopback_address_needs_a_token() {
+    let dir = TempDir::new("expose");
+    let file = dir.write("lb.jsonc", &config_text("nfmnone0", 0, &maglev("")));
+    let out = Command::new(BIN)
+        .arg("-c")
+        .arg(&file)
+        .args(["--listen", "0.0.0.0:0"])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    for part in [
+        "--listen 0.0.0.0:0 is not a loopback address",
+        "give --admin-token-file FILE",
+        "or --read-only-admin, or listen on 127.0.0.1",
+    ] {
+        assert!(stderr.contains(part), "{part} missing in:\n{stderr}");
+    }
+    // A token file others can read is refused, naming the fix.
+    let token = dir.write("token", "0123456789abcdef0123456789abcdef\n");
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    let out = Command::new(BIN)
+        .arg("-c")
+        .arg(&file)
+        .args(["--listen", "0.0.0.0:0", "--admin-token-file"])
+        .arg(&token)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("accessible to group or others (mode 644)") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn changes_need_the_bearer_token_of_the_token_file() {
+    require_root!();
+    let veth = Veth::new("t");
+    let dir = TempDir::new("token");
+    let file = dir.write("lb.jsonc", &config_text(&veth.a, 0, &maglev("")));
+    let secret = "Zm9vYmFyYmF6cXV4MDEyMzQ1Njc4OWFiY2RlZg==";
+    let token = dir.write("token", &format!("{secret}\n"));
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let lb = Lb::start(&file, &["--admin-token-file", &token.display().to_string()]);
+    let add = r#"{"name": "evil", "addr": "198.18.9.9", "weight": 1000000}"#;
+    let send = |auth: &str| {
+        let mut s = TcpStream::connect(&lb.addr).expect("connect");
+        s.set_read_timeout(Some(WAIT)).expect("timeout");
+        write!(
+            s,
+            "POST /api/vips/web/backends HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\
+             Content-Length: {}\r\n\r\n{add}",
+            add.len()
+        )
+        .expect("send");
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        text
+    };
+    for auth in [
+        String::new(),
+        "Authorization: Bearer wrong\r\n".to_owned(),
+        format!("Authorization: Bearer {}\r\n", &secret[1..]),
+        format!("Authorization: Basic {secret}\r\n"),
+    ] {
+        let text = send(&auth);
+        assert!(text.starts_with("HTTP/1.1 401 "), "{auth:?}: {text}");
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("www-authenticate: bearer"),
+            "{text}"
+        );
+    }
+    let s = lb.state();
+    assert_eq!(s["generation"], 1, "no change was made");
+    assert!(backend(&s, "web", "evil").is_none());
+    let (st, _) = lb.http("POST", "/api/reload", "");
+    assert_eq!(st, 401);
+    timed_get(&lb, "/metrics");
+    timed_get(&lb, "/healthz");
+
+    let text = send(&format!("Authorization: Bearer {secret}\r\n"));
+    assert!(text.starts_with("HTTP/1.1 201 "), "{text}");
+    assert!(backend(&lb.state(), "web", "evil").is_some());
+    assert!(
+        lb.log().contains("(changes need the bearer token)"),
+        "{}",
+        lb.log()
+    );
+}
+
+#[test]
+fn config_paths_that_are_not_regular_files_are_refused_at_start() {
+    let dir = TempDir::new("notreg");
+    let fifo = dir.0.join("fifo.jsonc");
+    run("mkfifo", &[&fifo.display().to_string()]);
+    let zero = dir.0.join("zero.jsonc");
+    std::os::unix::fs::symlink("/dev/zero", &zero).expect("symlink");
+    for (path, what) in [
+        (&fifo, "a FIFO"),
+        (&zero, "a character device"),
+        (&dir.0, "a directory"),
+    ] {
+        let start = Instant::now();
+        let (status, stderr) = check_output(path);
+        assert!(!status.success(), "{stderr}");
+        let want = format!(
+            "{}: cannot read the configuration file: not a regular file (it is {what})",
+            path.display()
+        );
+        assert!(stderr.contains(&want), "expected `{want}` in:\n{stderr}");
+        assert!(start.elapsed() < Duration::from_secs(5), "{what}: blocked");
+    }
+}
+
+#[test]
+fn reloads_of_fifos_and_devices_are_refused_and_sigterm_stops_fast() {
+    require_root!();
+    let veth = Veth::new("f");
+    let dir = TempDir::new("fifo");
+    let file = dir.write("lb.jsonc", &config_text(&veth.a, 0, &maglev("")));
+    let mut lb = Lb::start(&file, &[]);
+    let pid = lb.child.id();
+
+    // The config path becomes a FIFO nobody writes to.
+    std::fs::remove_file(&file).expect("rm");
+    run("mkfifo", &[&file.display().to_string()]);
+    lb.signal("HUP");
+    let s = wait_for("the FIFO reload to be rejected", || {
+        let s = lb.state();
+        (s["reloads"]["rejected"] == 1).then_some(s)
+    });
+    let err = s["reloads"]["last_error"].as_str().expect("last error");
+    assert!(err.contains("not a regular file (it is a FIFO)"), "{err}");
+    timed_get(&lb, "/healthz");
+    let (st, v) = lb.json("POST", "/api/reload", "");
+    assert_eq!(st, 400, "{v}");
+
+    // Then a symlink to /dev/zero.
+    std::fs::remove_file(&file).expect("rm");
+    std::os::unix::fs::symlink("/dev/zero", &file).expect("symlink");
+    let before = rss_of(pid);
+    lb.signal("HUP");
+    let s = wait_for("the /dev/zero reload to be rejected", || {
+        let s = lb.state();
+        (s["reloads"]["rejected"] == 3).then_some(s)
+    });
+    let err = s["reloads"]["last_error"].as_str().expect("last error");
+    assert!(err.contains("(it is a character device)"), "{err}");
+    let after = rss_of(pid);
+    eprintln!(
+        "reload of a symlink to /dev/zero: nf-maglev RSS {} -> {} MiB",
+        before >> 20,
+        after >> 20
+    );
+    assert!(
+        after.saturating_sub(before) < 32 << 20,
+        "{before} -> {after}"
+    );
+    assert_eq!(s["generation"], 1, "the running state stays");
+    timed_get(&lb, "/healthz");
+
+    // SIGTERM ends the process within 2 s.
+    let start = Instant::now();
+    lb.signal("TERM");
+    let status = lb.wait();
+    let took = start.elapsed();
+    eprintln!("SIGTERM to exit: {took:?}");
+    assert!(status.success(), "exit {status}:\n{}", lb.log());
+    assert!(took < Duration::from_secs(2), "SIGTERM took {took:?}");
+    assert!(!veth.has_xdp());
+}
+
+#[test]
+fn a_low_open_file_limit_leaves_room_for_answers_and_reloads() {
+    require_root!();
+    let veth = Veth::new("n");
+    let dir = TempDir::new("nofile");
+    let file = dir.write("lb.jsonc", &config_text(&veth.a, 0, &maglev("")));
+    let script = format!(
+        "ulimit -n 128 && exec '{BIN}' -c '{}' --listen 127.0.0.1:0",
+        file.display()
+    );
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", &script]);
+    let mut lb = Lb::spawn(cmd);
+    assert!(
+        lb.log()
+            .contains("admin server: at most 32 connections (open-file limit 128)"),
+        "{}",
+        lb.log()
+    );
+    // Far more connections than descriptors: the oldest idle ones make room.
+    let held: Vec<TcpStream> = (0..1000)
+        .map_while(|_| TcpStream::connect(&lb.addr).ok())
+        .collect();
+    assert_eq!(held.len(), 1000);
+    timed_get(&lb, "/healthz");
+    timed_get(&lb, "/metrics");
+    // The admin server left the descriptors a reload needs.
+    let (st, v) = lb.json("POST", "/api/reload", "");
+    assert_eq!(st, 200, "{v}");
+    drop(held);
+    lb.signal("TERM");
+    let status = lb.wait();
+    assert!(status.success(), "exit {status}:\n{}", lb.log());
+}
+
+/// A pids cgroup (v1 or v2) with `pids.max` set, removed on drop (after the processes in it ended).
+struct PidsCgroup(PathBuf);
+
+impl PidsCgroup {
+    /// `None` when this machine has no writable pids controller.
+    fn new(tag: &str, max: u32) -> Option<Self> {
+        let name = format!("nf-maglev-test-{}-{tag}", std::process::id());
+        let v1 = Path::new("/sys/fs/cgroup/pids");
+        let v2 = Path::new("/sys/fs/cgroup");
+        let parent = if v1.join("pids.max").exists() || v1.join("cgroup.procs").exists() {
+            v1
+        } else if std::fs::read_to_string(v2.join("cgroup.subtree_control"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "pids"))
+        {
+            v2
+        } else {
+            return None;
+        };
+        let dir = parent.join(name);
+        std::fs::create_dir(&dir).ok()?;
+        let cg = Self(dir);
+        std::fs::write(cg.0.join("pids.max"), max.to_string()).ok()?;
+        Some(cg)
+    }
+
+    fn procs(&self) -> PathBuf {
+        self.0.join("cgroup.procs")
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        // The processes are gone by now (the load balancer is dropped first); retry briefly meanwhile.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn a_pod_sized_pids_limit_costs_no_answers() {
+    require_root!();
+    let Some(cgroup) = PidsCgroup::new("pids", 40) else {
+        eprintln!("skipped: no writable pids cgroup controller");
+        return;
+    };
+    let veth = Veth::new("l");
+    let dir = TempDir::new("pids");
+    let file = dir.write("lb.jsonc", &config_text(&veth.a, 0, &maglev("")));
+    let script = format!(
+        "echo $$ > '{}' && exec '{BIN}' -c '{}' --listen 127.0.0.1:0",
+        cgroup.procs().display(),
+        file.display()
+    );
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", &script]);
+    let mut lb = Lb::spawn(cmd);
+    let pid = lb.child.id();
+    let name = cgroup
+        .0
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    assert!(membership.contains(&name), "not in {name}: {membership}");
+    let threads = threads_of(pid);
+    // 100 connections held open, then 100 complete requests at once.
+    let held: Vec<TcpStream> = (0..100)
+        .map(|i| {
+            let mut s = TcpStream::connect(&lb.addr).expect("connect");
+            if i % 2 == 0 {
+                let _ = s.write_all(b"GET /metrics HTTP/1.1\r\n");
+            }
+            s
+        })
+        .collect();
+    let clients: Vec<_> = (0..100)
+        .map(|i| {
+            let addr = lb.addr.clone();
+            thread::spawn(move || {
+                let path = if i % 2 == 0 { "/metrics" } else { "/api/state" };
+                http(&addr, "GET", path, "").0
+            })
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().expect("client"), 200);
+    }
+    timed_get(&lb, "/healthz");
+    assert_eq!(threads_of(pid), threads, "connections started threads");
+    eprintln!("pids.max 40: 100 held connections and 100 requests at once, {threads} threads");
+    drop(held);
+    lb.signal("TERM");
+    let status = lb.wait();
+    assert!(status.success(), "exit {status}:\n{}", lb.log());
+    assert!(!lb.log().contains("panicked"), "{}", lb.log());
+}
+
+/// Raises this process's soft limit on open files to its hard limit (at most 65536), so a test can hold
+/// 10k connections where the default soft limit is 1024; children started afterwards inherit it.
+fn raise_open_files() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    let want = hard.min(65_536).max(soft);
+    if want > soft && setrlimit(Resource::RLIMIT_NOFILE, want, hard).is_ok() {
+        return want;
+    }
+    soft
 }

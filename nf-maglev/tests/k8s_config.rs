@@ -54,3 +54,24 @@ fn benchmark_lab_config_validates() {
     });
     assert_eq!(validated.vips[0].backends.len(), 4);
 }
+
+#[test]
+fn daemonset_admin_api_is_not_writable_without_a_token() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../k8s/nf-maglev-daemonset.yaml"
+    );
+    let yaml = std::fs::read_to_string(path).expect("read DaemonSet");
+    let args: String = yaml
+        .lines()
+        .skip_while(|l| !l.contains("exec nf-maglev -c"))
+        .take_while(|l| !l.trim_start().starts_with("env:"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(args.contains("--listen 0.0.0.0:9100"), "{args}");
+    // nf-maglev refuses to start otherwise (a non-loopback address with changes enabled).
+    assert!(
+        args.contains("--read-only-admin") || args.contains("--admin-token-file"),
+        "{args}"
+    );
+}

@@ -22,12 +22,14 @@
 //! [`Config::error_at`].
 
 mod error;
+mod file;
 mod range;
 mod resolve;
 mod schema;
 mod source;
 
 pub use error::ConfigError;
+pub use file::{open_regular, read_regular_to_string, MAX_CONFIG_BYTES};
 pub use schema::*;
 
 use resolve::{Origin, Parts, KNOWN_SECTIONS};
@@ -99,12 +101,16 @@ fn read_document(text: &str, origin: &str) -> Result<(Map<String, Value>, Origin
 
 impl Config {
     /// Reads and checks the configuration file at `path`. Error messages name the file as given.
+    ///
+    /// Only a regular file (symlinks followed) of at most [`MAX_CONFIG_BYTES`] is read: a FIFO, a device
+    /// or a directory is refused at once, without blocking (see [`read_regular_to_string`]).
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text =
+            read_regular_to_string(path, MAX_CONFIG_BYTES).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
         Self::parse(&text, &path.display().to_string())
     }
 
