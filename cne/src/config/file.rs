@@ -115,10 +115,10 @@ mod tests {
             .is_ok_and(|s| s.success());
         let zero = d.join("zero.jsonc");
         std::os::unix::fs::symlink("/dev/zero", &zero).expect("symlink");
-        // Config::load names the file once, then the problem.
+        // Config::load names the file once, then the problem (its source).
         let e = crate::config::Config::load(&zero).expect_err("refused");
         assert_eq!(
-            e.to_string(),
+            crate::error_chain(&e),
             format!(
                 "{}: cannot read the configuration file: not a regular file (it is a character device)",
                 zero.display()
