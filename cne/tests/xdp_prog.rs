@@ -4,7 +4,7 @@
 //! one end in the test's network namespace (where the programs are attached) and the other moved into a
 //! fresh namespace of its own. `Drop` deletes both even when the test fails. Addresses come from
 //! 198.18.0.0/15 and 2001:2::/48 only. Filter and decap verdicts are checked with `BPF_PROG_RUN` on crafted
-//! frames; real traffic crosses only the lab's veth pair. Without root the tests report a skip and pass.
+//! frames; real traffic crosses only the lab's veth pair. The tests are `#[ignore = "needs root"]`; run anyway without root they fail.
 
 use std::fs::File;
 use std::io;
@@ -19,27 +19,9 @@ use cne::decap::{DecapProgram, DecapStats};
 use cne::frame::{Frame, VecFrame};
 use cne::xdp::{AddrFlags, FilterStats, Rule, XdpError, XdpMode, XdpProgram};
 
+use lab::require_root;
+
 const XDP_PASS: u32 = 2;
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (CAP_NET_ADMIN, CAP_BPF)");
-            return;
-        }
-    };
-}
 
 /// Runs a command, panicking with its stderr when it fails; returns its stdout.
 fn sh(args: &[&str]) -> String {
@@ -81,10 +63,12 @@ impl Lab {
         let sub = u8::try_from(pid % 256).expect("fits");
         let host_off = u8::try_from((n % 63) * 4 + 1).expect("fits");
         let nb = u8::try_from(n % 256).expect("fits");
+        // Names carry lab's prefix, so `lab cleanup` finds what a killed run left behind.
+        let (host, peer) = lab::names::unique_pair().expect("veth names");
         let lab = Lab {
-            host: format!("xa{pid}n{n}"),
-            peer: format!("xb{pid}n{n}"),
-            ns: format!("cnexdp{pid}n{n}"),
+            host,
+            peer,
+            ns: lab::names::unique("x").expect("namespace name"),
             host_ip: Ipv4Addr::new(198, 19, sub, host_off),
             peer_ip: Ipv4Addr::new(198, 19, sub, host_off + 1),
             host_mac: [0x02, 0xc0, 0xde, sub, nb, 0x01],
@@ -380,8 +364,9 @@ fn v6(d: u16) -> Ipv6Addr {
 // ---- attach / detach ------------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs root"]
 fn attach_shows_in_ip_link_and_drop_detaches() {
-    require_root!();
+    require_root();
     let lab = Lab::new();
     let prog = XdpProgram::attach(&lab.host, XdpMode::Native, false).expect("attach native");
     assert_eq!(prog.ifname(), lab.host);
@@ -410,8 +395,9 @@ fn attach_shows_in_ip_link_and_drop_detaches() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn second_attach_is_refused_and_force_replaces() {
-    require_root!();
+    require_root();
     let lab = Lab::new();
     let first = XdpProgram::attach(&lab.host, XdpMode::Native, false).expect("attach");
     let err = XdpProgram::attach(&lab.host, XdpMode::Native, false).expect_err("must be refused");
@@ -458,14 +444,11 @@ fn second_attach_is_refused_and_force_replaces() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn native_mode_on_an_interface_without_driver_support_is_an_error() {
-    require_root!();
+    require_root();
     let mut lab = Lab::new();
-    let bridge = format!(
-        "xr{}n{}",
-        std::process::id(),
-        NEXT_LAB.fetch_add(1, Ordering::Relaxed)
-    );
+    let bridge = lab::names::unique("br").expect("bridge name");
     lab.extra_links.push(bridge.clone());
     sh(&["ip", "link", "add", &bridge, "type", "bridge"]);
     let err =
@@ -503,8 +486,9 @@ fn claimed(prog: &XdpProgram, frame: &[u8]) -> bool {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn filter_claims_exactly_the_configured_traffic() {
-    require_root!();
+    require_root();
     let lab = Lab::new();
     let prog = XdpProgram::attach(&lab.host, XdpMode::Native, false).expect("attach");
 
@@ -800,8 +784,9 @@ fn filter_claims_exactly_the_configured_traffic() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn icmp_errors_to_an_address_are_claimed_only_with_their_flag() {
-    require_root!();
+    require_root();
     let lab = Lab::new();
     let prog = XdpProgram::attach(&lab.host, XdpMode::Skb, false).expect("attach");
     let (router4, vip4) = (v4(60), v4(40));
@@ -870,8 +855,9 @@ fn icmp_errors_to_an_address_are_claimed_only_with_their_flag() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn rules_can_be_removed_cleared_and_replaced() {
-    require_root!();
+    require_root();
     let lab = Lab::new();
     let prog = XdpProgram::attach(&lab.host, XdpMode::Skb, false).expect("attach");
     let a = IpAddr::V4(v4(40));
@@ -947,8 +933,9 @@ fn rules_can_be_removed_cleared_and_replaced() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn filter_passes_unclaimed_host_traffic_on_the_wire() {
-    require_root!();
+    require_root();
     let lab = Lab::new();
     let prog = XdpProgram::attach(&lab.host, XdpMode::Native, false).expect("attach");
     prog.own_address(IpAddr::V4(lab.host_ip), AddrFlags::NEIGH)
@@ -998,8 +985,9 @@ const MALFORMED: DecapStats = DecapStats {
 };
 
 #[test]
+#[ignore = "needs root"]
 fn decap_strips_gre_and_passes_everything_else_untouched() {
-    require_root!();
+    require_root();
     let lab = Lab::new();
     let local4 = v4(50);
     let local6 = v6(0x50);
@@ -1197,8 +1185,9 @@ fn decap_strips_gre_and_passes_everything_else_untouched() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn decapsulated_packets_reach_the_host_stack() {
-    require_root!();
+    require_root();
     let lab = Lab::new();
     let _decap = DecapProgram::attach(
         &lab.host,
@@ -1307,8 +1296,9 @@ fn recv_marked(sock: &mut AfPacket, marker: u8, want: usize) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn afpacket_receives_and_sends_batches() {
-    require_root!();
+    require_root();
     let lab = Lab::new();
     let err = AfPacket::open("cne-no-such-if").expect_err("no such netdev");
     assert_eq!(err.to_string(), "netdev cne-no-such-if not found");
@@ -1547,8 +1537,9 @@ impl Drop for TestXsk {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn claimed_traffic_reaches_the_socket_at_its_queue() {
-    require_root!();
+    require_root();
     let lab = Lab::new();
     let prog = XdpProgram::attach(&lab.host, XdpMode::Native, false).expect("attach");
     let host_ip = IpAddr::V4(lab.host_ip);
@@ -1681,8 +1672,9 @@ fn wait_detached(lab: &Lab) -> Option<Duration> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_killed_process_leaves_no_program_and_the_next_attach_needs_no_force() {
-    require_root!();
+    require_root();
     let lab = Lab::new();
     let mut holder = Holder::start(&lab.host);
     // While its owner lives, the program is foreign: refused without force.
@@ -1705,8 +1697,9 @@ fn a_killed_process_leaves_no_program_and_the_next_attach_needs_no_force() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn force_detaches_a_foreign_link_and_a_netlink_program() {
-    require_root!();
+    require_root();
     let lab = Lab::new();
     // A link held by another live process.
     let mut holder = Holder::start(&lab.host);
@@ -1816,8 +1809,9 @@ fn foreign_entries(map_id: u32, count: usize, op: &str) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn claims_switch_as_one_transaction_and_a_failed_stage_changes_nothing() {
-    require_root!();
+    require_root();
     let lab = Lab::new();
     let prog = XdpProgram::attach(&lab.host, XdpMode::Skb, false).expect("attach");
     let a = IpAddr::V4(v4(50));

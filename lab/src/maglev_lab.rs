@@ -1666,8 +1666,6 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-pub use crate::is_root;
-
 /// Options of [`demo`].
 #[derive(Debug, Clone)]
 pub struct DemoOpts {

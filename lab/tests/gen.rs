@@ -12,8 +12,9 @@ use lab::{tools, wait_for, GenLimit, Lab};
 const N: u64 = 20_000;
 
 #[test]
+#[ignore = "needs root"]
 fn peer_with_xdp_program_sees_every_frame() {
-    require_root!();
+    require_root();
     let lab = Lab::new(1).unwrap();
     lab.dut_if()
         .attach_xdp(Path::new(tools::XDP_DROP_OBJ), "xdp")
@@ -36,8 +37,9 @@ fn peer_with_xdp_program_sees_every_frame() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn peer_with_gro_sees_ipv6_frames_and_flows_vary() {
-    require_root!();
+    require_root();
     let lab = Lab::new(1).unwrap();
     lab.dut_if().set_gro(true).unwrap();
     let before = lab.dut_if().stats().unwrap();
@@ -61,8 +63,9 @@ fn peer_with_gro_sees_ipv6_frames_and_flows_vary() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn without_xdp_or_gro_the_peer_drops_live_frames() {
-    require_root!();
+    require_root();
     let lab = Lab::new(1).unwrap();
     lab.dut_if().set_gro(false).unwrap();
     let before = lab.dut_if().stats().unwrap();
@@ -74,8 +77,9 @@ fn without_xdp_or_gro_the_peer_drops_live_frames() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn two_threads_feed_two_queues() {
-    require_root!();
+    require_root();
     if common::ncpus() < 2 {
         eprintln!("skipped: needs 2 CPUs");
         return;
@@ -100,10 +104,11 @@ fn two_threads_feed_two_queues() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn holding_the_program_keeps_the_generator_busy() {
     // Each BPF_PROG_RUN otherwise adds and removes the program from the XDP dispatcher, two RCU
     // grace periods per call in which nothing is sent (a third of the time on a 2-CPU VM).
-    require_root!();
+    require_root();
     let lab = Lab::new(1).unwrap();
     lab.dut_if()
         .attach_xdp(Path::new(tools::XDP_DROP_OBJ), "xdp")

@@ -72,10 +72,7 @@ fn kept(what: &str, first: &BTreeMap<u16, String>, step: &[ConnResult]) -> usize
 }
 
 fn continuity(mode: Mode) {
-    if !maglev_lab::is_root() {
-        eprintln!("skipped: needs root (network namespaces, veth, XDP)");
-        return;
-    }
+    lab::require_root();
     let _serial = maglev_lab::serial();
     let spec = LabSpec::new(mode, NF_MAGLEV).weights(&[1, 1, 1, 1]);
     let mut lab = MaglevLab::build(&spec).unwrap();
@@ -175,11 +172,13 @@ fn continuity(mode: Mode) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn held_connections_survive_table_change_then_queue_change_or_restart_gre() {
     continuity(Mode::Gre);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn held_connections_survive_table_change_then_queue_change_or_restart_l2dsr() {
     continuity(Mode::L2dsr);
 }

@@ -19,10 +19,7 @@ const HELD: u32 = 60;
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn failover(mode: Mode) {
-    if !maglev_lab::is_root() {
-        eprintln!("skipped: needs root (network namespaces, veth, XDP)");
-        return;
-    }
+    lab::require_root();
     let _serial = maglev_lab::serial();
     let spec = LabSpec::new(mode, NF_MAGLEV).weights(&[1, 1, 1, 1]);
     let mut lab = MaglevLab::build(&spec).unwrap();
@@ -123,11 +120,13 @@ fn failover(mode: Mode) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn removal_and_drain_gre() {
     failover(Mode::Gre);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn removal_and_drain_l2dsr() {
     failover(Mode::L2dsr);
 }

@@ -23,11 +23,9 @@ const DATAGRAMS: u32 = 20;
 const SIZE: u32 = 4000;
 
 #[test]
+#[ignore = "needs root"]
 fn big_datagrams_arrive_whole_over_gre() {
-    if !maglev_lab::is_root() {
-        eprintln!("skipped: needs root (network namespaces, veth, XDP)");
-        return;
-    }
+    lab::require_root();
     let _serial = maglev_lab::serial();
     let spec = LabSpec::new(Mode::Gre, NF_MAGLEV).client_mtu(LINK_MTU);
     let mut lab = MaglevLab::build(&spec).unwrap();

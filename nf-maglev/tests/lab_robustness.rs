@@ -151,11 +151,9 @@ fn state(lab: &MaglevLab) -> serde_json::Value {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn malformed_frames_and_bad_reloads() {
-    if !maglev_lab::is_root() {
-        eprintln!("skipped: needs root (network namespaces, veth, XDP)");
-        return;
-    }
+    lab::require_root();
     let _serial = maglev_lab::serial();
     let spec = LabSpec::new(Mode::Gre, NF_MAGLEV);
     let mut lab = MaglevLab::build(&spec).unwrap();

@@ -80,10 +80,7 @@ fn spread_check(lab: &MaglevLab, spec: &LabSpec, vip: IpAddr, n: u32) {
 }
 
 fn traffic(mode: Mode) {
-    if !maglev_lab::is_root() {
-        eprintln!("skipped: needs root (network namespaces, veth, XDP)");
-        return;
-    }
+    lab::require_root();
     let _serial = maglev_lab::serial();
     let spec = LabSpec::new(mode, NF_MAGLEV);
     let mut lab = MaglevLab::build(&spec).unwrap();
@@ -179,11 +176,13 @@ fn traffic(mode: Mode) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn traffic_gre() {
     traffic(Mode::Gre);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn traffic_l2dsr() {
     traffic(Mode::L2dsr);
 }

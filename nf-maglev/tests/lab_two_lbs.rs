@@ -35,10 +35,7 @@ fn flows(lab: &MaglevLab) -> Vec<(String, u16, String)> {
 }
 
 fn two_instances(mode: Mode) {
-    if !maglev_lab::is_root() {
-        eprintln!("skipped: needs root (network namespaces, veth, XDP)");
-        return;
-    }
+    lab::require_root();
     let _serial = maglev_lab::serial();
     let spec = LabSpec::new(mode, NF_MAGLEV).lbs(2);
     let mut lab = MaglevLab::build(&spec).unwrap();
@@ -105,11 +102,13 @@ fn two_instances(mode: Mode) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn two_instances_agree_gre() {
     two_instances(Mode::Gre);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn two_instances_agree_l2dsr() {
     two_instances(Mode::L2dsr);
 }

@@ -1,6 +1,7 @@
 //! A throw-away network lab for root-only tests: a veth pair whose host end stays in this process's
 //! namespace (where the AF_XDP port is opened) and whose peer end lives in a fresh namespace, from
-//! which frames are sent and captured. Names carry the pid and a counter; everything is deleted in
+//! which frames are sent and captured. Names come from `lab::names` (prefix, pid, counter: `lab cleanup`
+//! finds leftovers); everything is deleted in
 //! `Drop`, also when a test fails. IPv6 is disabled on both ends so the kernel sends nothing on its
 //! own and every frame seen is one the test made.
 #![allow(dead_code)]
@@ -29,25 +30,17 @@ pub(crate) fn run(args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Whether this process runs as root with `ip` and `python3` at hand.
-pub(crate) fn privileged() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
-    root && run(&["ip", "-V"]).is_ok() && run(&["python3", "-c", "pass"]).is_ok()
-}
-
-/// Takes the lab lock (labs are built one at a time: XDP program loads are not meant to race) or
-/// returns `None` with a note when the test cannot run here.
-pub(crate) fn lab_lock(test: &str) -> Option<MutexGuard<'static, ()>> {
-    if !privileged() {
-        eprintln!("skipping {test}: needs root, ip and python3");
-        return None;
+/// Takes the lab lock (labs are built one at a time: XDP program loads are not meant to race) after
+/// checking that this process is root (the one check, [`lab::require_root`]) with `ip` and `python3`
+/// at hand; fails the test otherwise. Callers are `#[ignore = "needs root"]`.
+pub(crate) fn lab_lock() -> MutexGuard<'static, ()> {
+    lab::require_root();
+    for tool in [&["ip", "-V"][..], &["python3", "-c", "pass"]] {
+        if let Err(e) = run(tool) {
+            panic!("the veth lab needs {}: {e}", tool[0]);
+        }
     }
-    Some(SERIAL.lock().unwrap_or_else(PoisonError::into_inner))
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A veth pair: `host` in our namespace, `peer` in namespace `ns` with 198.18.0.2/24.
@@ -66,10 +59,12 @@ impl VethLab {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let tag = (pid % 256) as u8;
+        // Names carry lab's prefix, so `lab cleanup` finds what a killed run left behind.
+        let (host, peer) = lab::names::unique_pair().expect("veth names");
         let lab = Self {
-            ns: format!("cne{pid}n{n}"),
-            host: format!("cx{pid}a{n}"),
-            peer: format!("cx{pid}b{n}"),
+            ns: lab::names::unique("n").expect("namespace name"),
+            host,
+            peer,
             host_mac: [0x02, 0xc0, tag, n as u8, 0, 1],
             peer_mac: [0x02, 0xc0, tag, n as u8, 0, 2],
         };
