@@ -25,7 +25,7 @@ pub mod dp_standin;
 pub mod forwarder;
 pub mod generator;
 pub mod lab;
-pub mod maglev_lab;
+pub mod maglev;
 pub mod names;
 pub mod netns;
 pub mod process;

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use lab::maglev_lab::{self, ConnResult, LabSpec, MaglevLab, Mode, VIP4};
+use lab::maglev::{self, ConnResult, LabSpec, MaglevLab, Mode, VIP4};
 use lab::wait_for;
 use serde_json::Value;
 
@@ -73,7 +73,7 @@ fn kept(what: &str, first: &BTreeMap<u16, String>, step: &[ConnResult]) -> usize
 
 fn continuity(mode: Mode) {
     lab::require_root();
-    let _serial = maglev_lab::serial();
+    let _serial = maglev::serial();
     let spec = LabSpec::new(mode, NF_MAGLEV).weights(&[1, 1, 1, 1]);
     let mut lab = MaglevLab::build(&spec).unwrap();
     lab.write_config(0, &config(&lab, false)).unwrap();

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use lab::maglev_lab::{self, BackendSpec, LabSpec, MaglevLab, Mode, Spread, VIP4};
+use lab::maglev::{self, BackendSpec, LabSpec, MaglevLab, Mode, Spread, VIP4};
 
 const NF_MAGLEV: &str = env!("CARGO_BIN_EXE_nf-maglev");
 const HELD: u32 = 60;
@@ -20,7 +20,7 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn failover(mode: Mode) {
     lab::require_root();
-    let _serial = maglev_lab::serial();
+    let _serial = maglev::serial();
     let spec = LabSpec::new(mode, NF_MAGLEV).weights(&[1, 1, 1, 1]);
     let mut lab = MaglevLab::build(&spec).unwrap();
     lab.start_lb(0, &[]).unwrap();

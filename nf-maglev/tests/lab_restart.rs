@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lab::maglev_lab::{self, LabSpec, MaglevLab, Mode, Spread, HTTP_PORT, LB_IF, VIP4};
+use lab::maglev::{self, LabSpec, MaglevLab, Mode, Spread, HTTP_PORT, LB_IF, VIP4};
 use lab::wait_for;
 use serde_json::{json, Value};
 
@@ -60,7 +60,7 @@ fn xdp_attached(lab: &MaglevLab) -> bool {
 
 fn restart_after_sigkill(mode: Mode) {
     lab::require_root();
-    let _serial = maglev_lab::serial();
+    let _serial = maglev::serial();
     let spec = LabSpec::new(mode, NF_MAGLEV).weights(&[1, 1, 1, 1]);
     let mut lab = MaglevLab::build(&spec).unwrap();
     lab.start_lb(0, &[]).unwrap();
@@ -248,7 +248,7 @@ fn own_entries(keys: &[Vec<u8>]) -> BTreeSet<Vec<u8>> {
 #[ignore = "needs root"]
 fn a_reload_whose_claims_cannot_be_written_changes_nothing() {
     lab::require_root();
-    let _serial = maglev_lab::serial();
+    let _serial = maglev::serial();
     let spec = LabSpec::new(Mode::Gre, NF_MAGLEV).weights(&[1, 1, 1, 1]);
     let mut lab = MaglevLab::build(&spec).unwrap();
     lab.start_lb(0, &[]).unwrap();

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use lab::maglev_lab::{self, LabSpec, MaglevLab, Mode, VIP4, VIP6};
+use lab::maglev::{self, LabSpec, MaglevLab, Mode, VIP4, VIP6};
 
 const NF_MAGLEV: &str = env!("CARGO_BIN_EXE_nf-maglev");
 
@@ -36,7 +36,7 @@ fn flows(lab: &MaglevLab) -> Vec<(String, u16, String)> {
 
 fn two_instances(mode: Mode) {
     lab::require_root();
-    let _serial = maglev_lab::serial();
+    let _serial = maglev::serial();
     let spec = LabSpec::new(mode, NF_MAGLEV).lbs(2);
     let mut lab = MaglevLab::build(&spec).unwrap();
     let (mut c0, mut c1) = (lab.config(0), lab.config(1));
