@@ -48,7 +48,7 @@ static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 struct Lab {
     host: String,
     peer: String,
-    ns: String,
+    ns: lab::Netns,
     host_ip: Ipv4Addr,
     peer_ip: Ipv4Addr,
     host_mac: [u8; 6],
@@ -68,7 +68,7 @@ impl Lab {
         let lab = Lab {
             host,
             peer,
-            ns: lab::names::unique("x").expect("namespace name"),
+            ns: lab::Netns::new("x").expect("lab namespace"),
             host_ip: Ipv4Addr::new(198, 19, sub, host_off),
             peer_ip: Ipv4Addr::new(198, 19, sub, host_off + 1),
             host_mac: [0x02, 0xc0, 0xde, sub, nb, 0x01],
@@ -82,7 +82,6 @@ impl Lab {
                 .collect::<Vec<_>>()
                 .join(":")
         };
-        sh(&["ip", "netns", "add", &lab.ns]);
         sh(&[
             "ip",
             "link",
@@ -104,12 +103,12 @@ impl Lab {
             "-qw",
             &format!("net.ipv6.conf.{}.disable_ipv6=1", lab.host),
         ]);
-        sh(&["ip", "link", "set", &lab.peer, "netns", &lab.ns]);
+        sh(&["ip", "link", "set", &lab.peer, "netns", lab.ns.name()]);
         sh(&[
             "ip",
             "netns",
             "exec",
-            &lab.ns,
+            lab.ns.name(),
             "sysctl",
             "-qw",
             &format!("net.ipv6.conf.{}.disable_ipv6=1", lab.peer),
@@ -126,15 +125,14 @@ impl Lab {
         sh(&[
             "ip",
             "-n",
-            &lab.ns,
+            lab.ns.name(),
             "addr",
             "add",
             &format!("{}/30", lab.peer_ip),
             "dev",
             &lab.peer,
         ]);
-        sh(&["ip", "-n", &lab.ns, "link", "set", &lab.peer, "up"]);
-        sh(&["ip", "-n", &lab.ns, "link", "set", "lo", "up"]);
+        sh(&["ip", "-n", lab.ns.name(), "link", "set", &lab.peer, "up"]);
         lab
     }
 
@@ -145,7 +143,7 @@ impl Lab {
 
     /// Runs `f` on a thread that has entered the lab's namespace (sockets it opens stay there).
     fn in_peer_ns<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.ns);
+        let path = format!("/run/netns/{}", self.ns.name());
         std::thread::spawn(move || {
             let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
             // SAFETY: ns is an open network-namespace descriptor; setns moves only this thread, which
@@ -161,7 +159,7 @@ impl Lab {
     /// An interface counter of the peer end, read inside its namespace.
     fn peer_counter(&self, name: &str) -> u64 {
         let path = format!("/sys/class/net/{}/statistics/{name}", self.peer);
-        sh(&["ip", "netns", "exec", &self.ns, "cat", &path])
+        sh(&["ip", "netns", "exec", self.ns.name(), "cat", &path])
             .trim()
             .parse()
             .expect("counter")
@@ -173,9 +171,9 @@ impl Drop for Lab {
         for link in &self.extra_links {
             sh_quiet(&["ip", "link", "del", link]);
         }
-        // Deleting one end of a veth pair deletes the other, wherever it is.
+        // Deleting one end of a veth pair deletes the other, wherever it is; the namespace goes when
+        // the `ns` field drops after this.
         sh_quiet(&["ip", "link", "del", &self.host]);
-        sh_quiet(&["ip", "netns", "del", &self.ns]);
     }
 }
 
@@ -944,7 +942,18 @@ fn filter_passes_unclaimed_host_traffic_on_the_wire() {
     // the kernel); the echo requests are not claimed. Either way the host stack answers.
     let host_ip = lab.host_ip.to_string();
     sh(&[
-        "ip", "netns", "exec", &lab.ns, "ping", "-c", "2", "-i", "0.2", "-W", "2", &host_ip,
+        "ip",
+        "netns",
+        "exec",
+        lab.ns.name(),
+        "ping",
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        &host_ip,
     ]);
     let st = prog.stats().expect("stats");
     assert!(st.claimed >= 1, "{st:?}");
@@ -1564,7 +1573,15 @@ fn claimed_traffic_reaches_the_socket_at_its_queue() {
     let ping = |count: &str| {
         Command::new("ip")
             .args([
-                "netns", "exec", &lab.ns, "ping", "-c", count, "-W", "1", &host,
+                "netns",
+                "exec",
+                lab.ns.name(),
+                "ping",
+                "-c",
+                count,
+                "-W",
+                "1",
+                &host,
             ])
             .output()
             .expect("run ping")

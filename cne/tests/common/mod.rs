@@ -46,7 +46,7 @@ pub(crate) fn lab_lock() -> MutexGuard<'static, ()> {
 /// A veth pair: `host` in our namespace, `peer` in namespace `ns` with 198.18.0.2/24.
 #[derive(Debug)]
 pub(crate) struct VethLab {
-    pub(crate) ns: String,
+    pub(crate) ns: lab::Netns,
     pub(crate) host: String,
     pub(crate) peer: String,
     pub(crate) host_mac: [u8; 6],
@@ -62,7 +62,7 @@ impl VethLab {
         // Names carry lab's prefix, so `lab cleanup` finds what a killed run left behind.
         let (host, peer) = lab::names::unique_pair().expect("veth names");
         let lab = Self {
-            ns: lab::names::unique("n").expect("namespace name"),
+            ns: lab::Netns::new("n").expect("lab namespace"),
             host,
             peer,
             host_mac: [0x02, 0xc0, tag, n as u8, 0, 1],
@@ -76,7 +76,6 @@ impl VethLab {
     fn build(&self, queues: u32) -> Result<(), String> {
         let q = queues.to_string();
         let (hm, pm) = (mac_str(&self.host_mac), mac_str(&self.peer_mac));
-        run(&["ip", "netns", "add", &self.ns])?;
         run(&[
             "ip",
             "link",
@@ -100,7 +99,7 @@ impl VethLab {
             "numtxqueues",
             &q,
             "netns",
-            &self.ns,
+            self.ns.name(),
         ])?;
         std::fs::write(
             format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", self.host),
@@ -116,24 +115,23 @@ impl VethLab {
             ),
         ])?;
         run(&["ip", "link", "set", &self.host, "up"])?;
-        run(&["ip", "-n", &self.ns, "link", "set", "lo", "up"])?;
         run(&[
             "ip",
             "-n",
-            &self.ns,
+            self.ns.name(),
             "addr",
             "add",
             "198.18.0.2/24",
             "dev",
             &self.peer,
         ])?;
-        run(&["ip", "-n", &self.ns, "link", "set", &self.peer, "up"])?;
+        run(&["ip", "-n", self.ns.name(), "link", "set", &self.peer, "up"])?;
         Ok(())
     }
 
     /// Runs a command inside the namespace.
     pub(crate) fn in_ns(&self, args: &[&str]) -> Result<String, String> {
-        let mut all = vec!["ip", "netns", "exec", &self.ns];
+        let mut all = vec!["ip", "netns", "exec", self.ns.name()];
         all.extend_from_slice(args);
         run(&all)
     }
@@ -152,7 +150,14 @@ impl VethLab {
             args.extend(["taskset", "-c", c.as_str()]);
         }
         args.extend([
-            "ip", "netns", "exec", &self.ns, "python3", "-c", SCRIPT, &self.peer,
+            "ip",
+            "netns",
+            "exec",
+            self.ns.name(),
+            "python3",
+            "-c",
+            SCRIPT,
+            &self.peer,
         ]);
         args.extend(hex.iter().map(String::as_str));
         run(&args).expect("sending frames from the peer");
@@ -175,7 +180,13 @@ impl VethLab {
             \x20 print(d.hex(),flush=True); got+=1\n";
         let mut child = Command::new("ip")
             .args([
-                "netns", "exec", &self.ns, "python3", "-c", SCRIPT, &self.peer,
+                "netns",
+                "exec",
+                self.ns.name(),
+                "python3",
+                "-c",
+                SCRIPT,
+                &self.peer,
             ])
             .arg(format!("{ethertype:x}"))
             .arg(count.to_string())
@@ -205,8 +216,7 @@ impl VethLab {
 
 impl Drop for VethLab {
     fn drop(&mut self) {
-        // Deleting the namespace deletes the peer, and with it the host end of the pair.
-        let _ = run(&["ip", "netns", "del", &self.ns]);
+        // Deleting one end deletes the pair; the namespace goes when the `ns` field drops after this.
         let _ = run(&["ip", "link", "del", &self.host]);
     }
 }
