@@ -44,16 +44,19 @@ fn sh_quiet(args: &[&str]) {
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
-/// A veth pair: `host` in this namespace, `peer` in the namespace `ns`, with a /30 of 198.19.0.0/16.
+/// A veth pair ([`lab::VethPair::from_here`]): `host` in this namespace, `peer` in the namespace `ns`,
+/// with a /30 of 198.19.0.0/16.
 struct Lab {
     host: String,
     peer: String,
-    ns: lab::Netns,
     host_ip: Ipv4Addr,
     peer_ip: Ipv4Addr,
     host_mac: [u8; 6],
     peer_mac: [u8; 6],
     extra_links: Vec<String>,
+    // Field order is drop order: the pair, then its namespace.
+    pair: lab::VethPair,
+    ns: lab::Netns,
 }
 
 impl Lab {
@@ -63,76 +66,30 @@ impl Lab {
         let sub = u8::try_from(pid % 256).expect("fits");
         let host_off = u8::try_from((n % 63) * 4 + 1).expect("fits");
         let nb = u8::try_from(n % 256).expect("fits");
-        // Names carry lab's prefix, so `lab cleanup` finds what a killed run left behind.
-        let (host, peer) = lab::names::unique_pair().expect("veth names");
+        let ns = lab::Netns::new("x").expect("lab namespace");
+        let pair = lab::VethPair::from_here(Some(&ns), 1).expect("veth pair");
         let lab = Lab {
-            host,
-            peer,
-            ns: lab::Netns::new("x").expect("lab namespace"),
+            host: pair.a().name().to_string(),
+            peer: pair.b().name().to_string(),
             host_ip: Ipv4Addr::new(198, 19, sub, host_off),
             peer_ip: Ipv4Addr::new(198, 19, sub, host_off + 1),
             host_mac: [0x02, 0xc0, 0xde, sub, nb, 0x01],
             peer_mac: [0x02, 0xc0, 0xde, sub, nb, 0x02],
             extra_links: Vec::new(),
+            pair,
+            ns,
         };
-        // `lab` exists before anything is created, so a failing step below still cleans up.
-        let mac = |m: [u8; 6]| {
-            m.iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":")
-        };
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            &lab.host,
-            "address",
-            &mac(lab.host_mac),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &lab.peer,
-            "address",
-            &mac(lab.peer_mac),
-        ]);
+        // `lab` exists before anything is configured, so a failing step below still cleans up.
+        let (host, peer) = (lab.pair.a(), lab.pair.b());
+        host.set_mac(lab::Mac(lab.host_mac)).expect("host MAC");
+        peer.set_mac(lab::Mac(lab.peer_mac)).expect("peer MAC");
         // No IPv6 on the lab links: keeps router solicitations and MLD reports off the sockets.
-        sh(&[
-            "sysctl",
-            "-qw",
-            &format!("net.ipv6.conf.{}.disable_ipv6=1", lab.host),
-        ]);
-        sh(&["ip", "link", "set", &lab.peer, "netns", lab.ns.name()]);
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            lab.ns.name(),
-            "sysctl",
-            "-qw",
-            &format!("net.ipv6.conf.{}.disable_ipv6=1", lab.peer),
-        ]);
-        sh(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{}/30", lab.host_ip),
-            "dev",
-            &lab.host,
-        ]);
-        sh(&["ip", "link", "set", &lab.host, "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            lab.ns.name(),
-            "addr",
-            "add",
-            &format!("{}/30", lab.peer_ip),
-            "dev",
-            &lab.peer,
-        ]);
-        sh(&["ip", "-n", lab.ns.name(), "link", "set", &lab.peer, "up"]);
+        host.disable_ipv6().expect("no IPv6 on the host end");
+        peer.disable_ipv6().expect("no IPv6 on the peer end");
+        host.add_addr(lab.host_ip.into(), 30).expect("host address");
+        host.up().expect("host end up");
+        peer.add_addr(lab.peer_ip.into(), 30).expect("peer address");
+        peer.up().expect("peer end up");
         lab
     }
 
@@ -171,9 +128,7 @@ impl Drop for Lab {
         for link in &self.extra_links {
             sh_quiet(&["ip", "link", "del", link]);
         }
-        // Deleting one end of a veth pair deletes the other, wherever it is; the namespace goes when
-        // the `ns` field drops after this.
-        sh_quiet(&["ip", "link", "del", &self.host]);
+        // The pair and then its namespace go when the fields drop after this.
     }
 }
 

@@ -72,36 +72,29 @@ impl Drop for TempDir {
     }
 }
 
-/// A veth pair `lab<pid>_<n>a` / `...b` (names from [`lab::names`], so `lab cleanup` removes what a
-/// killed run leaves), both up, in this process's namespace; deleted on drop.
+/// A veth pair in this process's namespace ([`lab::VethPair::from_here`], so `lab cleanup` removes what
+/// a killed run leaves), both ends up; deleted on drop.
 struct Veth {
+    /// The end nf-maglev runs on.
     a: String,
-    b: String,
+    _pair: lab::VethPair,
 }
 
 impl Veth {
     fn new() -> Self {
-        let (a, b) = lab::names::unique_pair().expect("veth names");
-        run(
-            "ip",
-            &["link", "add", &a, "type", "veth", "peer", "name", &b],
-        );
-        let v = Self { a, b };
-        run("ip", &["link", "set", &v.a, "up"]);
-        run("ip", &["link", "set", &v.b, "up"]);
-        v
+        let pair = lab::VethPair::from_here(None, 1).expect("veth pair");
+        pair.a().up().expect("veth end a up");
+        pair.b().up().expect("veth end b up");
+        Self {
+            a: pair.a().name().to_string(),
+            _pair: pair,
+        }
     }
 
     /// Whether an XDP program is attached to the `a` side.
     fn has_xdp(&self) -> bool {
         let out = run("ip", &["-details", "link", "show", "dev", &self.a]);
         out.contains("prog/xdp")
-    }
-}
-
-impl Drop for Veth {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.a]).output();
     }
 }
 

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -43,89 +44,48 @@ pub(crate) fn lab_lock() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A veth pair: `host` in our namespace, `peer` in namespace `ns` with 198.18.0.2/24.
+/// A veth pair ([`lab::VethPair::from_here`]): `host` in our namespace, `peer` in namespace `ns` with
+/// 198.18.0.2/24.
 #[derive(Debug)]
 pub(crate) struct VethLab {
-    pub(crate) ns: lab::Netns,
     pub(crate) host: String,
     pub(crate) peer: String,
     pub(crate) host_mac: [u8; 6],
     pub(crate) peer_mac: [u8; 6],
+    // Field order is drop order: the pair, then its namespace.
+    pair: lab::VethPair,
+    pub(crate) ns: lab::Netns,
 }
 
 impl VethLab {
     /// Builds the lab with `queues` RX/TX queues on each end.
     pub(crate) fn new(queues: u32) -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let pid = std::process::id();
-        let tag = (pid % 256) as u8;
-        // Names carry lab's prefix, so `lab cleanup` finds what a killed run left behind.
-        let (host, peer) = lab::names::unique_pair().expect("veth names");
+        let tag = (std::process::id() % 256) as u8;
+        let ns = lab::Netns::new("n").expect("lab namespace");
+        let pair = lab::VethPair::from_here(Some(&ns), queues).expect("veth pair");
         let lab = Self {
-            ns: lab::Netns::new("n").expect("lab namespace"),
-            host,
-            peer,
+            host: pair.a().name().to_string(),
+            peer: pair.b().name().to_string(),
             host_mac: [0x02, 0xc0, tag, n as u8, 0, 1],
             peer_mac: [0x02, 0xc0, tag, n as u8, 0, 2],
+            pair,
+            ns,
         };
         // From here on Drop cleans up whatever was created.
-        lab.build(queues).expect("building the veth lab");
+        lab.build().expect("building the veth lab");
         lab
     }
 
-    fn build(&self, queues: u32) -> Result<(), String> {
-        let q = queues.to_string();
-        let (hm, pm) = (mac_str(&self.host_mac), mac_str(&self.peer_mac));
-        run(&[
-            "ip",
-            "link",
-            "add",
-            &self.host,
-            "address",
-            &hm,
-            "numrxqueues",
-            &q,
-            "numtxqueues",
-            &q,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &self.peer,
-            "address",
-            &pm,
-            "numrxqueues",
-            &q,
-            "numtxqueues",
-            &q,
-            "netns",
-            self.ns.name(),
-        ])?;
-        std::fs::write(
-            format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", self.host),
-            "1",
-        )
-        .map_err(|e| format!("disable IPv6 on {}: {e}", self.host))?;
-        self.in_ns(&[
-            "sh",
-            "-c",
-            &format!(
-                "echo 1 > /proc/sys/net/ipv6/conf/{}/disable_ipv6",
-                self.peer
-            ),
-        ])?;
-        run(&["ip", "link", "set", &self.host, "up"])?;
-        run(&[
-            "ip",
-            "-n",
-            self.ns.name(),
-            "addr",
-            "add",
-            "198.18.0.2/24",
-            "dev",
-            &self.peer,
-        ])?;
-        run(&["ip", "-n", self.ns.name(), "link", "set", &self.peer, "up"])?;
+    fn build(&self) -> Result<(), String> {
+        let (host, peer) = (self.pair.a(), self.pair.b());
+        step(host.set_mac(lab::Mac(self.host_mac)))?;
+        step(peer.set_mac(lab::Mac(self.peer_mac)))?;
+        step(host.disable_ipv6())?;
+        step(peer.disable_ipv6())?;
+        step(host.up())?;
+        step(peer.add_addr(Ipv4Addr::new(198, 18, 0, 2).into(), 24))?;
+        step(peer.up())?;
         Ok(())
     }
 
@@ -214,11 +174,9 @@ impl VethLab {
     }
 }
 
-impl Drop for VethLab {
-    fn drop(&mut self) {
-        // Deleting one end deletes the pair; the namespace goes when the `ns` field drops after this.
-        let _ = run(&["ip", "link", "del", &self.host]);
-    }
+/// A lab step's error as text (the lab's errors are `anyhow` chains).
+fn step<E: std::fmt::Display>(r: Result<(), E>) -> Result<(), String> {
+    r.map_err(|e| format!("{e:#}"))
 }
 
 /// A running capture on the peer.
