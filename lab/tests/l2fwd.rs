@@ -42,7 +42,7 @@ fn run_l2fwd(name: &str, queues: u32, gen_cpus: Vec<usize>) -> (u64, serde_json:
     let mut spec = lab.gen_spec_v4(GenLimit::Packets(200_000));
     spec.cpus = gen_cpus;
     spec.flows = 16;
-    spec.run(&lab.gen).unwrap();
+    spec.run(&lab.generator).unwrap();
 
     run.proc.signal(Signal::Int).unwrap();
     let st = run

@@ -130,7 +130,7 @@ fn everything_is_removed_after_a_panic() {
         lab.sink_returns().unwrap();
         seen.lock()
             .unwrap()
-            .extend([lab.gen.name().to_string(), lab.dut.name().to_string()]);
+            .extend([lab.generator.name().to_string(), lab.dut.name().to_string()]);
         panic!("test body fails while the lab is up");
     }));
     assert!(result.is_err());
