@@ -4,7 +4,7 @@
 //! run a stand-in written here from the plugin's protocol: a one-shot `SOCK_SEQPACKET` server in a temp
 //! directory that creates a real XSKMAP (as the plugin does after loading its XDP program), answers the
 //! requests and passes the map by `SCM_RIGHTS`. Each scripted misbehaviour checks that the client
-//! reports the matching [`DpError`] variant. Without root (no `CAP_BPF` for the XSKMAP) they are skipped.
+//! reports the matching [`DpError`] variant. They need root (`CAP_BPF` for the XSKMAP): `#[ignore = "needs root"]`, and they fail when run anyway without it.
 
 use std::io;
 use std::mem::size_of;
@@ -17,23 +17,11 @@ use std::time::Duration;
 
 use cne::dp::{self, DpError, DpSession, DpSessions, MapSource};
 
+use lab::require_root;
+
 const HOST: &str = "cne-test-pod";
 /// Bound on how long the stand-in waits for anything, so a broken client cannot hang the suite.
 const STAND_IN_LIMIT: Duration = Duration::from_secs(10);
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: the stand-in needs CAP_BPF to create an XSKMAP");
-            return;
-        }
-    };
-}
 
 /// How the stand-in answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -428,8 +416,9 @@ fn short() -> Duration {
 // ---- tests ---------------------------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs root"]
 fn handshake_hands_over_a_valid_xskmap() {
-    require_root!();
+    require_root();
     let dir = TempDir::new("ok");
     let server = StandIn::start(&dir.0, "ens1", Script::Plugin);
     let session = DpSession::connect(&server.path, HOST, dp::DEFAULT_TIMEOUT).expect("connect");
@@ -458,8 +447,9 @@ fn handshake_hands_over_a_valid_xskmap() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn host_nak_is_reported() {
-    require_root!();
+    require_root();
     let dir = TempDir::new("hostnak");
     let server = StandIn::start(&dir.0, "ens1", Script::HostNak);
     let err = DpSession::connect(&server.path, HOST, short()).unwrap_err();
@@ -472,8 +462,9 @@ fn host_nak_is_reported() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn wrong_hostname_gets_host_nak() {
-    require_root!();
+    require_root();
     let dir = TempDir::new("wronghost");
     let server = StandIn::start(&dir.0, "ens1", Script::Plugin);
     let err = DpSession::connect(&server.path, "some-other-pod", short()).unwrap_err();
@@ -482,8 +473,9 @@ fn wrong_hostname_gets_host_nak() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn server_error_and_unexpected_reply_are_distinct() {
-    require_root!();
+    require_root();
     let dir = TempDir::new("error");
     let server = StandIn::start(&dir.0, "ens1", Script::ErrorOnConnect);
     let err = DpSession::connect(&server.path, HOST, short()).unwrap_err();
@@ -502,8 +494,9 @@ fn server_error_and_unexpected_reply_are_distinct() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn fd_nak_is_reported() {
-    require_root!();
+    require_root();
     let dir = TempDir::new("fdnak");
     let server = StandIn::start(&dir.0, "ens1", Script::FdNak);
     let session = DpSession::connect(&server.path, HOST, short()).expect("connect");
@@ -518,8 +511,9 @@ fn fd_nak_is_reported() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn silent_server_times_out() {
-    require_root!();
+    require_root();
     let dir = TempDir::new("silent");
     let server = StandIn::start(&dir.0, "ens1", Script::Silent);
     let err = DpSession::connect(&server.path, HOST, Duration::from_millis(200)).unwrap_err();
@@ -552,8 +546,9 @@ fn missing_socket_is_reported() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn fd_ack_without_fd_is_reported() {
-    require_root!();
+    require_root();
     let dir = TempDir::new("zerofd");
     let server = StandIn::start(&dir.0, "ens1", Script::FdAckNoFd);
     let session = DpSession::connect(&server.path, HOST, short()).expect("connect");
@@ -567,8 +562,9 @@ fn fd_ack_without_fd_is_reported() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn fd_ack_with_two_fds_is_reported_and_both_closed() {
-    require_root!();
+    require_root();
     let dir = TempDir::new("twofd");
     let server = StandIn::start(&dir.0, "ens1", Script::FdAckTwoFds);
     let session = DpSession::connect(&server.path, HOST, short()).expect("connect");
@@ -587,8 +583,9 @@ fn fd_ack_with_two_fds_is_reported_and_both_closed() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn map_of_the_wrong_type_is_reported() {
-    require_root!();
+    require_root();
     let dir = TempDir::new("wrongmap");
     let server = StandIn::start(&dir.0, "ens1", Script::WrongMapType);
     let session = DpSession::connect(&server.path, HOST, short()).expect("connect");
@@ -602,8 +599,9 @@ fn map_of_the_wrong_type_is_reported() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn busy_poll_request_carries_the_socket() {
-    require_root!();
+    require_root();
     let dir = TempDir::new("busypoll");
     let server = StandIn::start(&dir.0, "ens1", Script::Plugin);
     let session = DpSession::connect(&server.path, HOST, short()).expect("connect");
@@ -621,8 +619,9 @@ fn busy_poll_request_carries_the_socket() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn busy_poll_nak_is_reported() {
-    require_root!();
+    require_root();
     let dir = TempDir::new("busynak");
     let server = StandIn::start(&dir.0, "ens1", Script::BusyPollNak);
     let session = DpSession::connect(&server.path, HOST, short()).expect("connect");
@@ -644,8 +643,9 @@ fn busy_poll_nak_is_reported() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn two_lports_on_one_netdev_share_one_connection() {
-    require_root!();
+    require_root();
     let dir = TempDir::new("shared");
     let server = StandIn::start(&dir.0, "ens1", Script::Plugin);
     // A second netdev whose socket is the same server (how one plugin server per pod is mounted).
@@ -702,8 +702,9 @@ fn two_lports_on_one_netdev_share_one_connection() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn session_is_unusable_after_fin() {
-    require_root!();
+    require_root();
     let dir = TempDir::new("afterfin");
     let server = StandIn::start(&dir.0, "ens1", Script::Plugin);
     let session = DpSession::connect(&server.path, HOST, short()).expect("connect");
@@ -715,8 +716,9 @@ fn session_is_unusable_after_fin() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn pinned_map_on_bpffs_opens_as_xskmap() {
-    require_root!();
+    require_root();
     let dir = TempDir::new("pinned");
     let mnt = BpffsMount::new(&dir.0.join("bpffs"));
     let map = dp::create_xskmap(2).expect("map");

@@ -1,6 +1,6 @@
 //! AF_XDP ports on a real veth pair: frames sent from a peer namespace arrive in `rx_burst`, frames
 //! given to `tx_burst` arrive at the peer, UMEM sharing across queues, frame accounting, errors.
-//! Root-only tests build their own lab (see `common`) and skip themselves otherwise.
+//! Root-only tests build their own lab (see `common`) and are `#[ignore = "needs root"]`.
 
 mod common;
 
@@ -65,10 +65,9 @@ fn invalid_ring_size_is_rejected_before_any_syscall() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn qid_beyond_the_queues_is_a_clear_error() {
-    let Some(_serial) = lab_lock("qid_beyond_the_queues_is_a_clear_error") else {
-        return;
-    };
+    let _serial = lab_lock();
     let lab = VethLab::new(1);
     let umem = new_umem(1024, vec![]);
     let pool = FramePool::new(&umem, 0).expect("pool");
@@ -83,10 +82,9 @@ fn qid_beyond_the_queues_is_a_clear_error() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn rx_burst_receives_the_peers_frames() {
-    let Some(_serial) = lab_lock("rx_burst_receives_the_peers_frames") else {
-        return;
-    };
+    let _serial = lab_lock();
     let lab = VethLab::new(1);
     let umem = new_umem(1024, vec![]);
     let pool = FramePool::new(&umem, 0).expect("pool");
@@ -145,10 +143,9 @@ fn rx_burst_receives_the_peers_frames() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn tx_burst_reaches_the_peer_and_frames_come_back() {
-    let Some(_serial) = lab_lock("tx_burst_reaches_the_peer_and_frames_come_back") else {
-        return;
-    };
+    let _serial = lab_lock();
     let lab = VethLab::new(1);
     let umem = new_umem(1024, vec![]);
     let pool = FramePool::new(&umem, 0).expect("pool");
@@ -190,10 +187,9 @@ fn tx_burst_reaches_the_peer_and_frames_come_back() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn received_packets_are_echoed_in_place() {
-    let Some(_serial) = lab_lock("received_packets_are_echoed_in_place") else {
-        return;
-    };
+    let _serial = lab_lock();
     let lab = VethLab::new(1);
     let umem = new_umem(1024, vec![]);
     let pool = FramePool::new(&umem, 0).expect("pool");
@@ -230,10 +226,9 @@ fn received_packets_are_echoed_in_place() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn ports_on_two_queues_share_one_umem() {
-    let Some(_serial) = lab_lock("ports_on_two_queues_share_one_umem") else {
-        return;
-    };
+    let _serial = lab_lock();
     let lab = VethLab::new(2);
     let umem = new_umem(2048, vec![1024, 1024]);
     let pool0 = FramePool::new(&umem, 0).expect("region 0");
@@ -301,10 +296,9 @@ fn ports_on_two_queues_share_one_umem() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn ports_sharing_a_pool_forward_between_each_other() {
-    let Some(_serial) = lab_lock("ports_sharing_a_pool_forward_between_each_other") else {
-        return;
-    };
+    let _serial = lab_lock();
     let lab = VethLab::new(2);
     let umem = new_umem(2048, vec![]);
     let pool = FramePool::new(&umem, 0).expect("pool");
@@ -337,11 +331,9 @@ fn ports_sharing_a_pool_forward_between_each_other() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn dropping_a_port_returns_its_frames_and_detaches_the_program() {
-    let Some(_serial) = lab_lock("dropping_a_port_returns_its_frames_and_detaches_the_program")
-    else {
-        return;
-    };
+    let _serial = lab_lock();
     let lab = VethLab::new(1);
     let umem = new_umem(1024, vec![]);
     let pool = FramePool::new(&umem, 0).expect("pool");
@@ -373,10 +365,9 @@ fn dropping_a_port_returns_its_frames_and_detaches_the_program() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn idle_worker_sleeps_and_wakes_on_traffic() {
-    let Some(_serial) = lab_lock("idle_worker_sleeps_and_wakes_on_traffic") else {
-        return;
-    };
+    let _serial = lab_lock();
     let lab = VethLab::new(1);
     let umem = new_umem(1024, vec![]);
     let pool = FramePool::new(&umem, 0).expect("pool");
@@ -411,10 +402,9 @@ fn idle_worker_sleeps_and_wakes_on_traffic() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn our_xdp_program_feeds_a_port_through_its_map() {
-    let Some(_serial) = lab_lock("our_xdp_program_feeds_a_port_through_its_map") else {
-        return;
-    };
+    let _serial = lab_lock();
     let lab = VethLab::new(1);
     let prog = cne::xdp::XdpProgram::attach(&lab.host, XdpMode::Native, false).expect("xsk_filter");
     prog.set_claim_all(true).expect("claim all");
@@ -442,11 +432,9 @@ fn our_xdp_program_feeds_a_port_through_its_map() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn zero_copy_request_falls_back_to_copy_and_busy_poll_receives() {
-    let Some(_serial) = lab_lock("zero_copy_request_falls_back_to_copy_and_busy_poll_receives")
-    else {
-        return;
-    };
+    let _serial = lab_lock();
     let lab = VethLab::new(1);
     let umem = new_umem(1024, vec![]);
     let pool = FramePool::new(&umem, 0).expect("pool");

@@ -4,7 +4,7 @@
 //! one end in the test's network namespace (where the programs are attached) and the other moved into a
 //! fresh namespace of its own. `Drop` deletes both even when the test fails. Addresses come from
 //! 198.18.0.0/15 and 2001:2::/48 only. Filter and decap verdicts are checked with `BPF_PROG_RUN` on crafted
-//! frames; real traffic crosses only the lab's veth pair. Without root the tests report a skip and pass.
+//! frames; real traffic crosses only the lab's veth pair. The tests are `#[ignore = "needs root"]`; run anyway without root they fail.
 
 use std::fs::File;
 use std::io;
@@ -19,27 +19,9 @@ use cne::decap::{DecapProgram, DecapStats};
 use cne::frame::{Frame, VecFrame};
 use cne::xdp::{AddrFlags, FilterStats, Rule, XdpError, XdpMode, XdpProgram};
 
+use lab::require_root;
+
 const XDP_PASS: u32 = 2;
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (CAP_NET_ADMIN, CAP_BPF)");
-            return;
-        }
-    };
-}
 
 /// Runs a command, panicking with its stderr when it fails; returns its stdout.
 fn sh(args: &[&str]) -> String {
@@ -62,16 +44,19 @@ fn sh_quiet(args: &[&str]) {
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
-/// A veth pair: `host` in this namespace, `peer` in the namespace `ns`, with a /30 of 198.19.0.0/16.
+/// A veth pair ([`lab::VethPair::from_here`]): `host` in this namespace, `peer` in the namespace `ns`,
+/// with a /30 of 198.19.0.0/16.
 struct Lab {
     host: String,
     peer: String,
-    ns: String,
     host_ip: Ipv4Addr,
     peer_ip: Ipv4Addr,
     host_mac: [u8; 6],
     peer_mac: [u8; 6],
     extra_links: Vec<String>,
+    // Field order is drop order: the pair, then its namespace.
+    pair: lab::VethPair,
+    ns: lab::Netns,
 }
 
 impl Lab {
@@ -81,76 +66,30 @@ impl Lab {
         let sub = u8::try_from(pid % 256).expect("fits");
         let host_off = u8::try_from((n % 63) * 4 + 1).expect("fits");
         let nb = u8::try_from(n % 256).expect("fits");
+        let ns = lab::Netns::new("x").expect("lab namespace");
+        let pair = lab::VethPair::from_here(Some(&ns), 1).expect("veth pair");
         let lab = Lab {
-            host: format!("xa{pid}n{n}"),
-            peer: format!("xb{pid}n{n}"),
-            ns: format!("cnexdp{pid}n{n}"),
+            host: pair.a().name().to_string(),
+            peer: pair.b().name().to_string(),
             host_ip: Ipv4Addr::new(198, 19, sub, host_off),
             peer_ip: Ipv4Addr::new(198, 19, sub, host_off + 1),
             host_mac: [0x02, 0xc0, 0xde, sub, nb, 0x01],
             peer_mac: [0x02, 0xc0, 0xde, sub, nb, 0x02],
             extra_links: Vec::new(),
+            pair,
+            ns,
         };
-        // `lab` exists before anything is created, so a failing step below still cleans up.
-        let mac = |m: [u8; 6]| {
-            m.iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":")
-        };
-        sh(&["ip", "netns", "add", &lab.ns]);
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            &lab.host,
-            "address",
-            &mac(lab.host_mac),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &lab.peer,
-            "address",
-            &mac(lab.peer_mac),
-        ]);
+        // `lab` exists before anything is configured, so a failing step below still cleans up.
+        let (host, peer) = (lab.pair.a(), lab.pair.b());
+        host.set_mac(lab::Mac(lab.host_mac)).expect("host MAC");
+        peer.set_mac(lab::Mac(lab.peer_mac)).expect("peer MAC");
         // No IPv6 on the lab links: keeps router solicitations and MLD reports off the sockets.
-        sh(&[
-            "sysctl",
-            "-qw",
-            &format!("net.ipv6.conf.{}.disable_ipv6=1", lab.host),
-        ]);
-        sh(&["ip", "link", "set", &lab.peer, "netns", &lab.ns]);
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &lab.ns,
-            "sysctl",
-            "-qw",
-            &format!("net.ipv6.conf.{}.disable_ipv6=1", lab.peer),
-        ]);
-        sh(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{}/30", lab.host_ip),
-            "dev",
-            &lab.host,
-        ]);
-        sh(&["ip", "link", "set", &lab.host, "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            &lab.ns,
-            "addr",
-            "add",
-            &format!("{}/30", lab.peer_ip),
-            "dev",
-            &lab.peer,
-        ]);
-        sh(&["ip", "-n", &lab.ns, "link", "set", &lab.peer, "up"]);
-        sh(&["ip", "-n", &lab.ns, "link", "set", "lo", "up"]);
+        host.disable_ipv6().expect("no IPv6 on the host end");
+        peer.disable_ipv6().expect("no IPv6 on the peer end");
+        host.add_addr(lab.host_ip.into(), 30).expect("host address");
+        host.up().expect("host end up");
+        peer.add_addr(lab.peer_ip.into(), 30).expect("peer address");
+        peer.up().expect("peer end up");
         lab
     }
 
@@ -161,7 +100,7 @@ impl Lab {
 
     /// Runs `f` on a thread that has entered the lab's namespace (sockets it opens stay there).
     fn in_peer_ns<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.ns);
+        let path = format!("/run/netns/{}", self.ns.name());
         std::thread::spawn(move || {
             let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
             // SAFETY: ns is an open network-namespace descriptor; setns moves only this thread, which
@@ -177,7 +116,7 @@ impl Lab {
     /// An interface counter of the peer end, read inside its namespace.
     fn peer_counter(&self, name: &str) -> u64 {
         let path = format!("/sys/class/net/{}/statistics/{name}", self.peer);
-        sh(&["ip", "netns", "exec", &self.ns, "cat", &path])
+        sh(&["ip", "netns", "exec", self.ns.name(), "cat", &path])
             .trim()
             .parse()
             .expect("counter")
@@ -189,9 +128,7 @@ impl Drop for Lab {
         for link in &self.extra_links {
             sh_quiet(&["ip", "link", "del", link]);
         }
-        // Deleting one end of a veth pair deletes the other, wherever it is.
-        sh_quiet(&["ip", "link", "del", &self.host]);
-        sh_quiet(&["ip", "netns", "del", &self.ns]);
+        // The pair and then its namespace go when the fields drop after this.
     }
 }
 
@@ -380,8 +317,9 @@ fn v6(d: u16) -> Ipv6Addr {
 // ---- attach / detach ------------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs root"]
 fn attach_shows_in_ip_link_and_drop_detaches() {
-    require_root!();
+    require_root();
     let lab = Lab::new();
     let prog = XdpProgram::attach(&lab.host, XdpMode::Native, false).expect("attach native");
     assert_eq!(prog.ifname(), lab.host);
@@ -410,8 +348,9 @@ fn attach_shows_in_ip_link_and_drop_detaches() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn second_attach_is_refused_and_force_replaces() {
-    require_root!();
+    require_root();
     let lab = Lab::new();
     let first = XdpProgram::attach(&lab.host, XdpMode::Native, false).expect("attach");
     let err = XdpProgram::attach(&lab.host, XdpMode::Native, false).expect_err("must be refused");
@@ -458,14 +397,11 @@ fn second_attach_is_refused_and_force_replaces() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn native_mode_on_an_interface_without_driver_support_is_an_error() {
-    require_root!();
+    require_root();
     let mut lab = Lab::new();
-    let bridge = format!(
-        "xr{}n{}",
-        std::process::id(),
-        NEXT_LAB.fetch_add(1, Ordering::Relaxed)
-    );
+    let bridge = lab::names::unique("br").expect("bridge name");
     lab.extra_links.push(bridge.clone());
     sh(&["ip", "link", "add", &bridge, "type", "bridge"]);
     let err =
@@ -503,8 +439,9 @@ fn claimed(prog: &XdpProgram, frame: &[u8]) -> bool {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn filter_claims_exactly_the_configured_traffic() {
-    require_root!();
+    require_root();
     let lab = Lab::new();
     let prog = XdpProgram::attach(&lab.host, XdpMode::Native, false).expect("attach");
 
@@ -800,8 +737,9 @@ fn filter_claims_exactly_the_configured_traffic() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn icmp_errors_to_an_address_are_claimed_only_with_their_flag() {
-    require_root!();
+    require_root();
     let lab = Lab::new();
     let prog = XdpProgram::attach(&lab.host, XdpMode::Skb, false).expect("attach");
     let (router4, vip4) = (v4(60), v4(40));
@@ -870,8 +808,9 @@ fn icmp_errors_to_an_address_are_claimed_only_with_their_flag() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn rules_can_be_removed_cleared_and_replaced() {
-    require_root!();
+    require_root();
     let lab = Lab::new();
     let prog = XdpProgram::attach(&lab.host, XdpMode::Skb, false).expect("attach");
     let a = IpAddr::V4(v4(40));
@@ -947,8 +886,9 @@ fn rules_can_be_removed_cleared_and_replaced() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn filter_passes_unclaimed_host_traffic_on_the_wire() {
-    require_root!();
+    require_root();
     let lab = Lab::new();
     let prog = XdpProgram::attach(&lab.host, XdpMode::Native, false).expect("attach");
     prog.own_address(IpAddr::V4(lab.host_ip), AddrFlags::NEIGH)
@@ -957,7 +897,18 @@ fn filter_passes_unclaimed_host_traffic_on_the_wire() {
     // the kernel); the echo requests are not claimed. Either way the host stack answers.
     let host_ip = lab.host_ip.to_string();
     sh(&[
-        "ip", "netns", "exec", &lab.ns, "ping", "-c", "2", "-i", "0.2", "-W", "2", &host_ip,
+        "ip",
+        "netns",
+        "exec",
+        lab.ns.name(),
+        "ping",
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        &host_ip,
     ]);
     let st = prog.stats().expect("stats");
     assert!(st.claimed >= 1, "{st:?}");
@@ -998,8 +949,9 @@ const MALFORMED: DecapStats = DecapStats {
 };
 
 #[test]
+#[ignore = "needs root"]
 fn decap_strips_gre_and_passes_everything_else_untouched() {
-    require_root!();
+    require_root();
     let lab = Lab::new();
     let local4 = v4(50);
     let local6 = v6(0x50);
@@ -1197,8 +1149,9 @@ fn decap_strips_gre_and_passes_everything_else_untouched() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn decapsulated_packets_reach_the_host_stack() {
-    require_root!();
+    require_root();
     let lab = Lab::new();
     let _decap = DecapProgram::attach(
         &lab.host,
@@ -1307,8 +1260,9 @@ fn recv_marked(sock: &mut AfPacket, marker: u8, want: usize) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn afpacket_receives_and_sends_batches() {
-    require_root!();
+    require_root();
     let lab = Lab::new();
     let err = AfPacket::open("cne-no-such-if").expect_err("no such netdev");
     assert_eq!(err.to_string(), "netdev cne-no-such-if not found");
@@ -1547,8 +1501,9 @@ impl Drop for TestXsk {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn claimed_traffic_reaches_the_socket_at_its_queue() {
-    require_root!();
+    require_root();
     let lab = Lab::new();
     let prog = XdpProgram::attach(&lab.host, XdpMode::Native, false).expect("attach");
     let host_ip = IpAddr::V4(lab.host_ip);
@@ -1573,7 +1528,15 @@ fn claimed_traffic_reaches_the_socket_at_its_queue() {
     let ping = |count: &str| {
         Command::new("ip")
             .args([
-                "netns", "exec", &lab.ns, "ping", "-c", count, "-W", "1", &host,
+                "netns",
+                "exec",
+                lab.ns.name(),
+                "ping",
+                "-c",
+                count,
+                "-W",
+                "1",
+                &host,
             ])
             .output()
             .expect("run ping")
@@ -1681,8 +1644,9 @@ fn wait_detached(lab: &Lab) -> Option<Duration> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_killed_process_leaves_no_program_and_the_next_attach_needs_no_force() {
-    require_root!();
+    require_root();
     let lab = Lab::new();
     let mut holder = Holder::start(&lab.host);
     // While its owner lives, the program is foreign: refused without force.
@@ -1705,8 +1669,9 @@ fn a_killed_process_leaves_no_program_and_the_next_attach_needs_no_force() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn force_detaches_a_foreign_link_and_a_netlink_program() {
-    require_root!();
+    require_root();
     let lab = Lab::new();
     // A link held by another live process.
     let mut holder = Holder::start(&lab.host);
@@ -1816,8 +1781,9 @@ fn foreign_entries(map_id: u32, count: usize, op: &str) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn claims_switch_as_one_transaction_and_a_failed_stage_changes_nothing() {
-    require_root!();
+    require_root();
     let lab = Lab::new();
     let prog = XdpProgram::attach(&lab.host, XdpMode::Skb, false).expect("attach");
     let a = IpAddr::V4(v4(50));

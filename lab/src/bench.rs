@@ -574,14 +574,14 @@ fn window(
     spec.cpus = pin.gen_cpus.clone();
     spec.flows = opts.flows;
     spec.size = opts.size;
-    let mut gen = spec.spawn(&lab.gen)?;
+    let mut generator = spec.spawn(&lab.generator)?;
 
     std::thread::sleep(secs(opts.warmup));
     let (a0, ta0, b0, tb0) = snapshot(lab)?;
     std::thread::sleep(secs(opts.seconds));
     let (a1, ta1, b1, tb1) = snapshot(lab)?;
 
-    let gen_report = GenReport::from_proc(&mut gen);
+    let gen_report = GenReport::from_proc(&mut generator);
     if let Some(st) = fwd.proc.try_wait()? {
         bail!(
             "{} exited during the run ({st}): {}",

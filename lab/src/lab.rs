@@ -1,14 +1,14 @@
 //! The standard two-namespace lab: a generator side and a device-under-test side.
 //!
 //! ```text
-//!   netns gen                         netns dut
-//!   [gen end] 198.18.0.1/24  <-veth->  [dut end] 198.18.0.2/24
-//!             2001:2::1/64                        2001:2::2/64
-//!             02:1a:b0:00:00:01                    02:1a:b0:00:00:02
+//!   netns generator                         netns dut
+//!   [generator end] 198.18.0.1/24  <-veth->  [dut end] 198.18.0.2/24
+//!                   2001:2::1/64                       2001:2::2/64
+//!                   02:1a:b0:00:00:01                  02:1a:b0:00:00:02
 //! ```
 //! Both ends get N queues, fixed MACs and addresses, static neighbour entries for each other (no
 //! ARP/NDP needed before traffic flows) and are up. Nothing is attached: a test picks the XDP
-//! program or forwarder it needs. A second veth pair, both ends in `gen` and down, carries no
+//! program or forwarder it needs. A second veth pair, both ends in `generator` and down, carries no
 //! traffic: the generator holds its program on it (see [`GenSpec::hold_dev`]). Fields drop in
 //! declaration order, so the veths go before the namespaces.
 
@@ -41,12 +41,12 @@ pub const UDP_PORT: u16 = 9;
 /// A generator namespace and a device-under-test namespace joined by one veth pair.
 #[derive(Debug)]
 pub struct Lab {
-    /// The veth pair: end `a` in `gen`, end `b` in `dut`.
+    /// The veth pair: end `a` in `generator`, end `b` in `dut`.
     pub link: VethPair,
-    /// Both ends in `gen`, down: the generator's program holder.
+    /// Both ends in `generator`, down: the generator's program holder.
     pub hold: VethPair,
     /// Generator namespace.
-    pub gen: Netns,
+    pub generator: Netns,
     /// Device-under-test namespace.
     pub dut: Netns,
 }
@@ -54,14 +54,14 @@ pub struct Lab {
 impl Lab {
     /// Builds the lab with `queues` rx/tx queues on both ends.
     pub fn new(queues: u32) -> Result<Lab> {
-        let gen = Netns::new("g")?;
+        let generator = Netns::new("g")?;
         let dut = Netns::new("d")?;
-        let link = VethPair::new(&gen, &dut, queues)?;
-        let hold = VethPair::new(&gen, &gen, 1)?;
+        let link = VethPair::new(&generator, &dut, queues)?;
+        let hold = VethPair::new(&generator, &generator, 1)?;
         let lab = Lab {
             link,
             hold,
-            gen,
+            generator,
             dut,
         };
         lab.configure().context("configuring the lab veth pair")?;

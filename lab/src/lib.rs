@@ -8,6 +8,10 @@
 //! test are plugged in as command templates ([`forwarder::Forwarder`]). The crate shells out to
 //! `ip`, `ethtool` and `kill` instead of calling the kernel directly: it forbids `unsafe`, and the
 //! exact commands it runs are what an operator would type to reproduce a result.
+//!
+//! Tests that need root are `#[ignore = "needs root"]` and start with [`require_root`], the one root
+//! check of the workspace: a plain `cargo test` as another user lists them as ignored, and
+//! `--include-ignored` without root fails them with [`NEEDS_ROOT`] rather than passing them unseen.
 #![forbid(unsafe_code)]
 
 pub mod addr;
@@ -21,7 +25,7 @@ pub mod dp_standin;
 pub mod forwarder;
 pub mod generator;
 pub mod lab;
-pub mod maglev_lab;
+pub mod maglev;
 pub mod names;
 pub mod netns;
 pub mod process;
@@ -41,7 +45,7 @@ pub use veth::{VethEnd, VethPair};
 pub use wait::{wait_for, wait_idle, IdleOutcome};
 
 /// True when the effective uid is 0 (read from /proc/self/status): the labs need root for network
-/// namespaces, veth pairs and XDP programs.
+/// namespaces, veth pairs and XDP programs. This is the one root check of the workspace.
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -53,13 +57,18 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// Returns early from a test that needs root when the process is not root, saying so.
-#[macro_export]
-macro_rules! require_root {
-    () => {
-        if !$crate::is_root() {
-            eprintln!("skipped: needs root (network namespaces, veth pairs, XDP)");
-            return;
-        }
-    };
+/// Message of [`require_root`]'s panic.
+pub const NEEDS_ROOT: &str =
+    "needs root (network namespaces, veth pairs, XDP): run the ignored tests as root, \
+     e.g. `sudo scripts/test.sh` or `cargo test -- --include-ignored` as root";
+
+/// First line of every test that needs root; such a test is also marked `#[ignore = "needs root"]`.
+///
+/// A plain `cargo test` as any user then lists it as ignored instead of passing it unseen, and
+/// `scripts/test.sh` (root, `--include-ignored`) runs it. Asked to run it anyway without root
+/// (`--include-ignored` or `--ignored` as another user), the test fails here with [`NEEDS_ROOT`]
+/// rather than returning early and showing as passed: a test that did not run never reports success.
+#[track_caller]
+pub fn require_root() {
+    assert!(is_root(), "{NEEDS_ROOT}");
 }

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use lab::bench::{self, BenchOpts};
-use lab::maglev_lab::{self, DemoOpts, Mode};
+use lab::maglev::{self, DemoOpts, Mode};
 use lab::{cleanup, forwarder, tools};
 
 #[derive(Debug, Parser)]
@@ -143,7 +143,7 @@ fn main() -> Result<()> {
             let mode: Mode = mode.parse()?;
             // Ctrl-C unwinds the lab (every wait gives up), so `Drop` removes it; a second one exits.
             ctrlc::set_handler(|| {
-                if maglev_lab::interrupt() {
+                if maglev::interrupt() {
                     std::process::exit(130);
                 }
                 eprintln!("interrupted: tearing the lab down");
@@ -158,13 +158,13 @@ fn main() -> Result<()> {
                 "maglev demo: mode {mode}, {connections} connections, {}",
                 nf_maglev.display()
             );
-            let report = match maglev_lab::demo(&DemoOpts {
+            let report = match maglev::demo(&DemoOpts {
                 mode,
                 connections,
                 nf_maglev,
             }) {
                 Ok(r) => r,
-                Err(e) if maglev_lab::interrupted() => {
+                Err(e) if maglev::interrupted() => {
                     log::debug!("{e:#}");
                     eprintln!("maglev demo interrupted; the lab is removed");
                     std::process::exit(130);

@@ -1,4 +1,7 @@
-//! veth pairs between lab namespaces.
+//! veth pairs between lab namespaces, or from this process's own namespace into one
+//! ([`VethPair::from_here`]: the end where a test opens its AF_XDP socket or attaches its program).
+//! This is the one veth helper of the workspace: every test lab builds its links with it, so every
+//! interface is named by [`crate::names`] and found by `lab cleanup`.
 //!
 //! Both ends are created at once, directly inside their namespaces, with the same number of rx
 //! and tx queues (`numrxqueues N numtxqueues N`): a veth delivers frames sent from CPU c to the
@@ -18,10 +21,10 @@ use crate::counters::{self, Counters, XdpProg};
 use crate::names;
 use crate::netns::Netns;
 
-/// One end of a veth pair: an interface name inside a namespace.
+/// One end of a veth pair: an interface name inside a lab namespace, or in this process's own.
 #[derive(Debug, Clone)]
 pub struct VethEnd {
-    ns: String,
+    ns: Option<String>,
     name: String,
 }
 
@@ -36,44 +39,41 @@ impl VethPair {
     /// Creates end `a` in `ns_a` and end `b` in `ns_b` (may be the same namespace), each with
     /// `queues` rx and tx queues. Both ends start down.
     pub fn new(ns_a: &Netns, ns_b: &Netns, queues: u32) -> Result<VethPair> {
+        VethPair::create(Some(ns_a), Some(ns_b), queues)
+    }
+
+    /// Creates end `a` in this process's own namespace (where a test opens its AF_XDP socket or
+    /// attaches its XDP program) and end `b` in `ns_b`, or here too when `None`; `queues` rx and tx
+    /// queues each, both ends down. The names carry the lab prefix, so `lab cleanup` finds an end
+    /// left in the root namespace by a killed run.
+    pub fn from_here(ns_b: Option<&Netns>, queues: u32) -> Result<VethPair> {
+        VethPair::create(None, ns_b, queues)
+    }
+
+    fn create(ns_a: Option<&Netns>, ns_b: Option<&Netns>, queues: u32) -> Result<VethPair> {
         if queues == 0 || queues > 64 {
             bail!("veth queue count {queues} out of range 1..=64");
         }
         let (name_a, name_b) = names::unique_pair()?;
         let q = queues.to_string();
-        cmd::ip(
-            None,
-            &[
-                "link",
-                "add",
-                &name_a,
-                "netns",
-                ns_a.name(),
-                "numtxqueues",
-                &q,
-                "numrxqueues",
-                &q,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &name_b,
-                "netns",
-                ns_b.name(),
-                "numtxqueues",
-                &q,
-                "numrxqueues",
-                &q,
-            ],
-        )
-        .with_context(|| format!("creating veth pair {name_a}/{name_b}"))?;
+        let mut args = vec!["link", "add", name_a.as_str()];
+        if let Some(ns) = ns_a {
+            args.extend(["netns", ns.name()]);
+        }
+        args.extend(["numtxqueues", &q, "numrxqueues", &q]);
+        args.extend(["type", "veth", "peer", "name", &name_b]);
+        if let Some(ns) = ns_b {
+            args.extend(["netns", ns.name()]);
+        }
+        args.extend(["numtxqueues", &q, "numrxqueues", &q]);
+        cmd::ip(None, &args).with_context(|| format!("creating veth pair {name_a}/{name_b}"))?;
         let pair = VethPair {
             a: VethEnd {
-                ns: ns_a.name().to_string(),
+                ns: ns_a.map(|n| n.name().to_string()),
                 name: name_a,
             },
             b: VethEnd {
-                ns: ns_b.name().to_string(),
+                ns: ns_b.map(|n| n.name().to_string()),
                 name: name_b,
             },
         };
@@ -115,17 +115,38 @@ impl VethEnd {
         &self.name
     }
 
-    /// Name of the namespace holding this end.
-    pub fn ns(&self) -> &str {
-        &self.ns
+    /// Name of the lab namespace holding this end (`None`: this process's own namespace).
+    pub fn ns(&self) -> Option<&str> {
+        self.ns.as_deref()
+    }
+
+    /// The lab namespace, for the readings that run inside one.
+    fn lab_ns(&self) -> Result<&str> {
+        self.ns
+            .as_deref()
+            .with_context(|| format!("{} is in this process's namespace, not a lab's", self.name))
     }
 
     fn ip(&self, args: &[&str]) -> Result<String> {
-        cmd::ip(Some(&self.ns), args)
+        cmd::ip(self.ns.as_deref(), args)
     }
 
     fn exec(&self, argv: &[&str]) -> Result<String> {
-        cmd::run(&mut cmd::in_netns(&self.ns, argv))
+        match &self.ns {
+            Some(ns) => cmd::run(&mut cmd::in_netns(ns, argv)),
+            None => cmd::run_argv(argv),
+        }
+    }
+
+    /// Turns IPv6 off on this interface, so the kernel sends nothing on it by itself (router
+    /// solicitations, MLD reports) and every frame seen is one a test made.
+    pub fn disable_ipv6(&self) -> Result<()> {
+        self.exec(&[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv6.conf.{}.disable_ipv6=1", self.name),
+        ])?;
+        Ok(())
     }
 
     /// Sets the Ethernet address.
@@ -241,17 +262,17 @@ impl VethEnd {
 
     /// `/sys/class/net/IF/statistics/*`.
     pub fn stats(&self) -> Result<Counters> {
-        counters::if_stats(&self.ns, &self.name)
+        counters::if_stats(self.lab_ns()?, &self.name)
     }
 
     /// `ethtool -S IF` (per-queue counters).
     pub fn ethtool_stats(&self) -> Result<Counters> {
-        counters::ethtool_stats(&self.ns, &self.name)
+        counters::ethtool_stats(self.lab_ns()?, &self.name)
     }
 
     /// The attached XDP program, if any.
     pub fn xdp_prog(&self) -> Result<Option<XdpProg>> {
-        counters::xdp_prog(&self.ns, &self.name)
+        counters::xdp_prog(self.lab_ns()?, &self.name)
     }
 
     /// Attaches program section `section` of BPF object `obj` in native (driver) mode.
@@ -268,12 +289,12 @@ impl VethEnd {
 
     /// Sends raw Ethernet frames out of this end (AF_PACKET; see [`capture::send_frames`]).
     pub fn send_frames(&self, frames: &[Vec<u8>]) -> Result<()> {
-        capture::send_frames(&self.ns, &self.name, frames)
+        capture::send_frames(self.lab_ns()?, &self.name, frames)
     }
 
     /// Starts a capture of up to `count` frames arriving on this end (see [`Capture`]).
     pub fn capture(&self, count: u32, filter: Option<&str>) -> Result<Capture> {
-        Capture::start(&self.ns, &self.name, count, filter)
+        Capture::start(self.lab_ns()?, &self.name, count, filter)
     }
 
     /// Detaches whatever XDP program is attached (native or generic).

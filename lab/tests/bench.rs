@@ -38,8 +38,9 @@ fn absent_binaries_are_skipped_with_a_reason() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn c_reference_produces_a_rate() {
-    require_root!();
+    require_root();
     let fws = forwarder::builtin(Path::new("/nonexistent"));
     let report = bench::run(&quick(&["c-l2fwd"]), &fws).unwrap();
     let r = &report.results[0];
@@ -50,8 +51,9 @@ fn c_reference_produces_a_rate() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn an_interrupted_bench_leaves_nothing_behind() {
-    require_root!();
+    require_root();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lab"))
         .args([
             "bench",

@@ -42,7 +42,7 @@ fn run_l2fwd(name: &str, queues: u32, gen_cpus: Vec<usize>) -> (u64, serde_json:
     let mut spec = lab.gen_spec_v4(GenLimit::Packets(200_000));
     spec.cpus = gen_cpus;
     spec.flows = 16;
-    spec.run(&lab.gen).unwrap();
+    spec.run(&lab.generator).unwrap();
 
     run.proc.signal(Signal::Int).unwrap();
     let st = run
@@ -73,8 +73,9 @@ fn run_l2fwd(name: &str, queues: u32, gen_cpus: Vec<usize>) -> (u64, serde_json:
 }
 
 #[test]
+#[ignore = "needs root"]
 fn c_l2fwd_forwards_generator_traffic_back() {
-    require_root!();
+    require_root();
     let (returned, t) = run_l2fwd(C_L2FWD, 1, vec![0]);
     assert!(returned > 0, "nothing came back: {t}");
     assert!(t["tx"].as_u64().unwrap() > 0, "{t}");
@@ -90,16 +91,18 @@ fn c_l2fwd_forwards_generator_traffic_back() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn c_l2fwd_drop_consumes_without_sending() {
-    require_root!();
+    require_root();
     let (_, t) = run_l2fwd(C_L2FWD_DROP, 1, vec![0]);
     assert!(t["rx"].as_u64().unwrap() > 0, "{t}");
     assert_eq!(t["tx"].as_u64(), Some(0), "{t}");
 }
 
 #[test]
+#[ignore = "needs root"]
 fn c_l2fwd_serves_two_queues() {
-    require_root!();
+    require_root();
     if common::ncpus() < 2 {
         eprintln!("skipped: needs 2 CPUs");
         return;

@@ -11,8 +11,9 @@ use std::sync::Mutex;
 use lab::{netns, tools, Lab, Mac, Netns, VethPair};
 
 #[test]
+#[ignore = "needs root"]
 fn netns_and_veth_exist_until_dropped() {
-    require_root!();
+    require_root();
     let a = Netns::new("x").unwrap();
     let b = Netns::new("y").unwrap();
     assert_ne!(a.name(), b.name());
@@ -102,8 +103,9 @@ fn netns_and_veth_exist_until_dropped() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn xdp_attach_is_visible_and_detaches() {
-    require_root!();
+    require_root();
     let a = Netns::new("x").unwrap();
     let b = Netns::new("y").unwrap();
     let pair = VethPair::new(&a, &b, 1).unwrap();
@@ -119,15 +121,16 @@ fn xdp_attach_is_visible_and_detaches() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn everything_is_removed_after_a_panic() {
-    require_root!();
+    require_root();
     let seen: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let result = catch_unwind(AssertUnwindSafe(|| {
         let lab = Lab::new(1).unwrap();
         lab.sink_returns().unwrap();
         seen.lock()
             .unwrap()
-            .extend([lab.gen.name().to_string(), lab.dut.name().to_string()]);
+            .extend([lab.generator.name().to_string(), lab.dut.name().to_string()]);
         panic!("test body fails while the lab is up");
     }));
     assert!(result.is_err());

@@ -16,8 +16,9 @@ fn comm(pid: u32) -> String {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn signal_reaches_the_program_by_pid() {
-    require_root!();
+    require_root();
     let ns = Netns::new("p").unwrap();
     let mut p = ns.spawn("sleeper", &["sleep", "60"]).unwrap();
     let pid = p.pid();
@@ -38,8 +39,9 @@ fn signal_reaches_the_program_by_pid() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn drop_terminates_the_process() {
-    require_root!();
+    require_root();
     let ns = Netns::new("p").unwrap();
     let p = ns.spawn("sleeper", &["sleep", "61"]).unwrap();
     let pid = p.pid();
@@ -52,8 +54,9 @@ fn drop_terminates_the_process() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn output_is_captured_and_bpffs_can_be_mounted() {
-    require_root!();
+    require_root();
     let ns = Netns::new("p").unwrap();
     let mut p = ns
         .spawn_with_bpffs(

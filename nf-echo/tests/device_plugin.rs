@@ -473,8 +473,9 @@ fn assert_uds_exchange(seen: &Seen, netdev: &str, nf: &Proc) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn pinned_map_mode_serves_traffic_with_pod_capabilities() {
-    require_root!();
+    require_root();
     let lab = DpLab::new();
     let pin = lab.pinned_map();
     let cfg = lab.config(
@@ -497,8 +498,9 @@ fn pinned_map_mode_serves_traffic_with_pod_capabilities() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn uds_mode_handshake_and_traffic_with_pod_capabilities() {
-    require_root!();
+    require_root();
     let lab = DpLab::new();
     let server = lab.stand_in(&hostname(), Behaviour::Plugin);
     let cfg = lab.config(
@@ -525,8 +527,9 @@ fn uds_mode_handshake_and_traffic_with_pod_capabilities() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn uds_mode_refusals_fail_clearly() {
-    require_root!();
+    require_root();
     let lab = DpLab::new();
 
     // The plugin refuses a hostname that is not the pod's name.
@@ -652,8 +655,9 @@ fn generated_lport<'a>(cfg: &'a Value, netdev: &str) -> &'a Map<String, Value> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn gen_config_for_a_pinned_map_runs_nf_echo() {
-    require_root!();
+    require_root();
     let lab = DpLab::new();
     // The bpffs is laid out as the plugin's directory: <dir>/<netdev>/xsks_map.
     let (cfg, path) = gen_config(&lab, &lab.bpffs.0, &[]);
@@ -680,8 +684,9 @@ fn gen_config_for_a_pinned_map_runs_nf_echo() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn gen_config_for_the_uds_runs_nf_echo() {
-    require_root!();
+    require_root();
     let lab = DpLab::new();
     let server = lab.stand_in(&hostname(), Behaviour::Plugin);
     let busy = format!("{BUSY_TIMEOUT_US},{BUSY_BUDGET}");

@@ -175,8 +175,9 @@ fn udp_roundtrips(lab: &EchoLab, dst: &str, flows: u32) -> u64 {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn ping_and_ping6_are_answered() {
-    require_root!();
+    require_root();
     let lab = EchoLab::new(1);
     let cfg = lab.echo_config(1);
     let mut nf = lab.start(&cfg, &[]);
@@ -209,8 +210,9 @@ fn ping_and_ping6_are_answered() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn udp_datagrams_come_back_byte_for_byte() {
-    require_root!();
+    require_root();
     let lab = EchoLab::new(1);
     let cfg = lab.echo_config(1);
     let mut nf = lab.start(&cfg, &[]);
@@ -221,8 +223,9 @@ fn udp_datagrams_come_back_byte_for_byte() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn two_queues_two_workers_both_carry_traffic() {
-    require_root!();
+    require_root();
     let lab = EchoLab::new(2);
     let cfg = lab.echo_config(2);
     let mut nf = lab.start(&cfg, &[]);
@@ -239,8 +242,9 @@ fn two_queues_two_workers_both_carry_traffic() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn sigint_and_sigterm_leave_no_xdp_program() {
-    require_root!();
+    require_root();
     let lab = EchoLab::new(1);
     let cfg = lab.echo_config(1);
     for sig in [Signal::Int, Signal::Term] {
@@ -252,8 +256,9 @@ fn sigint_and_sigterm_leave_no_xdp_program() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn foreign_xdp_program_is_not_replaced_without_force() {
-    require_root!();
+    require_root();
     let lab = EchoLab::new(1);
     let cfg = lab.echo_config(1);
     let mut first = lab.start(&cfg, &[]);
@@ -270,8 +275,9 @@ fn foreign_xdp_program_is_not_replaced_without_force() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn mac_swap_mode_reflects_every_frame() {
-    require_root!();
+    require_root();
     let lab = EchoLab::new(1);
     let cfg = lab.echo_config(1);
     let mut nf = lab.start(&cfg, &["--mode", "mac-swap"]);
@@ -298,8 +304,9 @@ fn mac_swap_mode_reflects_every_frame() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn idle_nf_echo_uses_under_one_percent_cpu() {
-    require_root!();
+    require_root();
     let lab = EchoLab::new(2);
     let cfg = lab.echo_config(2);
     let mut nf = lab.start(&cfg, &[]);
@@ -344,8 +351,9 @@ fn run_expect_failure(lab: &EchoLab, config: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn missing_netdev_bad_queue_and_bad_config_fail_clearly() {
-    require_root!();
+    require_root();
     let lab = EchoLab::new(1);
 
     let cfg = lab.echo_config(1);
@@ -390,8 +398,9 @@ fn missing_netdev_bad_queue_and_bad_config_fail_clearly() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_link_down_is_ridden_out_and_a_deleted_interface_ends_the_process() {
-    require_root!();
+    require_root();
     let lab = EchoLab::new(1);
     let cfg = lab.echo_config(1);
     let mut nf = lab.start(&cfg, &["--netdev-timeout", "2"]);
@@ -482,8 +491,9 @@ print(sent, len(answered), int(max(gaps, default=duration) * 1000))
 "#;
 
 #[test]
+#[ignore = "needs root"]
 fn sigkill_under_load_then_the_same_command_serves_again() {
-    require_root!();
+    require_root();
     let lab = EchoLab::new(1);
     let cfg = lab.echo_config(1);
     let mut nf = lab.start(&cfg, &[]);
@@ -556,8 +566,9 @@ fn sigkill_under_load_then_the_same_command_serves_again() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn every_thread_runs_with_three_capabilities_and_the_program_still_leaves() {
-    require_root!();
+    require_root();
     let lab = EchoLab::new(2);
     let cfg = lab.echo_config(2);
     let mut nf = lab.start(&cfg, &[]);

@@ -4,11 +4,9 @@
 //! bytes copied, included in the time), as a NIC would have written it into the UMEM frame.
 use cne::frame::{Frame, VecFrame};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use fixture::{control, established_worker, fill, flow_picker, template, BURST};
 use nf_maglev::dataplane::{process, process_burst, Verdict};
+use nf_maglev::testing::{control, established_worker, fill, flow_picker, template, BURST};
 use std::hint::black_box;
-
-mod fixture;
 
 fn dataplane(c: &mut Criterion) {
     let mut g = c.benchmark_group("process");

@@ -6,11 +6,8 @@
 use cne::frame::VecFrame;
 use nf_maglev::control::Control;
 use nf_maglev::dataplane::{process_burst, Verdict, Worker};
+use nf_maglev::testing::{control, established_worker, fill, flow_picker, template, BURST};
 use std::hint::black_box;
-
-#[path = "../benches/fixture/mod.rs"]
-mod fixture;
-use fixture::{control, established_worker, fill, flow_picker, template, BURST};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

@@ -17,3 +17,5 @@ pub mod dataplane;
 pub mod hash;
 pub mod http;
 pub mod maglev;
+#[doc(hidden)]
+pub mod testing;

@@ -72,38 +72,29 @@ impl Drop for TempDir {
     }
 }
 
-/// A veth pair `nfm<pid><tag>a` / `...b`, both up; deleted on drop.
+/// A veth pair in this process's namespace ([`lab::VethPair::from_here`], so `lab cleanup` removes what
+/// a killed run leaves), both ends up; deleted on drop.
 struct Veth {
+    /// The end nf-maglev runs on.
     a: String,
-    b: String,
+    _pair: lab::VethPair,
 }
 
 impl Veth {
-    fn new(tag: &str) -> Self {
-        let base = format!("nfm{}{tag}", std::process::id() % 100_000);
-        let (a, b) = (format!("{base}a"), format!("{base}b"));
-        assert!(a.len() <= 15, "interface name {a} too long");
-        let _ = Command::new("ip").args(["link", "del", &a]).output();
-        run(
-            "ip",
-            &["link", "add", &a, "type", "veth", "peer", "name", &b],
-        );
-        let v = Self { a, b };
-        run("ip", &["link", "set", &v.a, "up"]);
-        run("ip", &["link", "set", &v.b, "up"]);
-        v
+    fn new() -> Self {
+        let pair = lab::VethPair::from_here(None, 1).expect("veth pair");
+        pair.a().up().expect("veth end a up");
+        pair.b().up().expect("veth end b up");
+        Self {
+            a: pair.a().name().to_string(),
+            _pair: pair,
+        }
     }
 
     /// Whether an XDP program is attached to the `a` side.
     fn has_xdp(&self) -> bool {
         let out = run("ip", &["-details", "link", "show", "dev", &self.a]);
         out.contains("prog/xdp")
-    }
-}
-
-impl Drop for Veth {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.a]).output();
     }
 }
 
@@ -264,10 +255,11 @@ fn gen_config_help_prints_its_usage() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_missing_netdev_fails_clearly() {
-    require_root!();
+    require_root();
     let dir = TempDir::new("nodev");
-    let netdev = format!("nfm{}zz", std::process::id() % 100_000);
+    let netdev = lab::names::unique("none").expect("a name no interface has");
     let file = dir.write("c.jsonc", &config_text(&netdev, 0, &maglev("")));
     let out = Command::new(BIN)
         .arg("-c")
@@ -325,9 +317,10 @@ fn claims_beyond_the_filter_capacity_are_refused_before_start() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn decap_killed_leaves_no_program_and_restarts_without_force() {
-    require_root!();
-    let veth = Veth::new("k");
+    require_root();
+    let veth = Veth::new();
     run("ip", &["addr", "add", "198.18.77.2/32", "dev", &veth.a]);
     let start = || {
         let child = Command::new(BIN)
@@ -521,9 +514,10 @@ fn backend<'a>(state: &'a Value, vip: &str, name: &str) -> Option<&'a Value> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn admin_api_round_trip_and_reloads() {
-    require_root!();
-    let veth = Veth::new("r");
+    require_root();
+    let veth = Veth::new();
     let dir = TempDir::new("api");
     let file = dir.write("lb.jsonc", &config_text(&veth.a, 0, &maglev("")));
     let mut lb = Lb::start(&file, &[]);
@@ -671,9 +665,10 @@ fn admin_api_round_trip_and_reloads() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn read_only_admin_and_sigint() {
-    require_root!();
-    let veth = Veth::new("o");
+    require_root();
+    let veth = Veth::new();
     let dir = TempDir::new("ro");
     let file = dir.write("lb.jsonc", &config_text(&veth.a, 0, &maglev("")));
     let mut lb = Lb::start(&file, &["--read-only-admin", "--claim-all"]);
@@ -702,9 +697,10 @@ fn read_only_admin_and_sigint() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn readyz_follows_the_link_and_a_deleted_interface_ends_the_process() {
-    require_root!();
-    let veth = Veth::new("r");
+    require_root();
+    let veth = Veth::new();
     let dir = TempDir::new("ready");
     let file = dir.write("lb.jsonc", &config_text(&veth.a, 0, &maglev("")));
     let mut lb = Lb::start(&file, &["--netdev-timeout", "2"]);
@@ -743,9 +739,10 @@ fn readyz_follows_the_link_and_a_deleted_interface_ends_the_process() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn decap_attaches_and_detaches() {
-    require_root!();
-    let veth = Veth::new("d");
+    require_root();
+    let veth = Veth::new();
     run("ip", &["addr", "add", "198.18.77.1/32", "dev", &veth.a]);
     let mut child = Command::new(BIN)
         .args(["decap", "--dev", &veth.a])
@@ -817,9 +814,10 @@ fn thread_caps(pid: u32, field: &str) -> Vec<u64> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn device_plugin_mode_drops_capabilities() {
-    require_root!();
-    let veth = Veth::new("p");
+    require_root();
+    let veth = Veth::new();
     let dir = TempDir::new("dp");
     let bpffs = dir.0.join("bpffs");
     std::fs::create_dir_all(&bpffs).expect("mkdir");
@@ -865,9 +863,10 @@ fn device_plugin_mode_drops_capabilities() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn self_attach_mode_drops_capabilities_and_still_reloads_and_detaches() {
-    require_root!();
-    let veth = Veth::new("s");
+    require_root();
+    let veth = Veth::new();
     let dir = TempDir::new("caps");
     let file = dir.write("lb.jsonc", &config_text(&veth.a, 0, &maglev("")));
     let mut lb = Lb::start(&file, &[]);
@@ -960,15 +959,16 @@ fn stalled_body(addr: &str) -> TcpStream {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn admin_endpoint_resists_hostile_clients() {
-    require_root!();
+    require_root();
     // Both ends of the held connections below count against the limit (the child inherits it).
     let files = raise_open_files();
     let n = 10_000.min(usize::try_from(files.saturating_sub(2048)).unwrap_or(0));
     if n < 10_000 {
         eprintln!("open-file limit {files}: holding {n} connections");
     }
-    let veth = Veth::new("h");
+    let veth = Veth::new();
     let dir = TempDir::new("hostile");
     let file = dir.write("lb.jsonc", &config_text(&veth.a, 0, &maglev("")));
     let mut lb = Lb::start(&file, &[]);
@@ -1171,9 +1171,10 @@ fn writable_admin_on_a_non_loopback_address_needs_a_token() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn changes_need_the_bearer_token_of_the_token_file() {
-    require_root!();
-    let veth = Veth::new("t");
+    require_root();
+    let veth = Veth::new();
     let dir = TempDir::new("token");
     let file = dir.write("lb.jsonc", &config_text(&veth.a, 0, &maglev("")));
     let secret = "Zm9vYmFyYmF6cXV4MDEyMzQ1Njc4OWFiY2RlZg==";
@@ -1253,9 +1254,10 @@ fn config_paths_that_are_not_regular_files_are_refused_at_start() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn reloads_of_fifos_and_devices_are_refused_and_sigterm_stops_fast() {
-    require_root!();
-    let veth = Veth::new("f");
+    require_root();
+    let veth = Veth::new();
     let dir = TempDir::new("fifo");
     let file = dir.write("lb.jsonc", &config_text(&veth.a, 0, &maglev("")));
     let mut lb = Lb::start(&file, &[]);
@@ -1311,9 +1313,10 @@ fn reloads_of_fifos_and_devices_are_refused_and_sigterm_stops_fast() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_low_open_file_limit_leaves_room_for_answers_and_reloads() {
-    require_root!();
-    let veth = Veth::new("n");
+    require_root();
+    let veth = Veth::new();
     let dir = TempDir::new("nofile");
     let file = dir.write("lb.jsonc", &config_text(&veth.a, 0, &maglev("")));
     let script = format!(
@@ -1388,13 +1391,14 @@ impl Drop for PidsCgroup {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_pod_sized_pids_limit_costs_no_answers() {
-    require_root!();
+    require_root();
     let Some(cgroup) = PidsCgroup::new("pids", 40) else {
         eprintln!("skipped: no writable pids cgroup controller");
         return;
     };
-    let veth = Veth::new("l");
+    let veth = Veth::new();
     let dir = TempDir::new("pids");
     let file = dir.write("lb.jsonc", &config_text(&veth.a, 0, &maglev("")));
     let script = format!(

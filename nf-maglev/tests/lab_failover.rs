@@ -12,18 +12,15 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use lab::maglev_lab::{self, BackendSpec, LabSpec, MaglevLab, Mode, Spread, VIP4};
+use lab::maglev::{self, BackendSpec, LabSpec, MaglevLab, Mode, Spread, VIP4};
 
 const NF_MAGLEV: &str = env!("CARGO_BIN_EXE_nf-maglev");
 const HELD: u32 = 60;
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn failover(mode: Mode) {
-    if !maglev_lab::is_root() {
-        eprintln!("skipped: needs root (network namespaces, veth, XDP)");
-        return;
-    }
-    let _serial = maglev_lab::serial();
+    lab::require_root();
+    let _serial = maglev::serial();
     let spec = LabSpec::new(mode, NF_MAGLEV).weights(&[1, 1, 1, 1]);
     let mut lab = MaglevLab::build(&spec).unwrap();
     lab.start_lb(0, &[]).unwrap();
@@ -123,11 +120,13 @@ fn failover(mode: Mode) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn removal_and_drain_gre() {
     failover(Mode::Gre);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn removal_and_drain_l2dsr() {
     failover(Mode::L2dsr);
 }

@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lab::maglev_lab::{self, LabSpec, MaglevLab, Mode, Spread, HTTP_PORT, LB_IF, VIP4};
+use lab::maglev::{self, LabSpec, MaglevLab, Mode, Spread, HTTP_PORT, LB_IF, VIP4};
 use lab::wait_for;
 use serde_json::{json, Value};
 
@@ -59,11 +59,8 @@ fn xdp_attached(lab: &MaglevLab) -> bool {
 }
 
 fn restart_after_sigkill(mode: Mode) {
-    if !maglev_lab::is_root() {
-        eprintln!("skipped: needs root (network namespaces, veth, XDP)");
-        return;
-    }
-    let _serial = maglev_lab::serial();
+    lab::require_root();
+    let _serial = maglev::serial();
     let spec = LabSpec::new(mode, NF_MAGLEV).weights(&[1, 1, 1, 1]);
     let mut lab = MaglevLab::build(&spec).unwrap();
     lab.start_lb(0, &[]).unwrap();
@@ -142,11 +139,13 @@ fn restart_after_sigkill(mode: Mode) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn sigkill_then_the_same_command_keeps_held_connections_gre() {
     restart_after_sigkill(Mode::Gre);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn sigkill_then_the_same_command_keeps_held_connections_l2dsr() {
     restart_after_sigkill(Mode::L2dsr);
 }
@@ -246,12 +245,10 @@ fn own_entries(keys: &[Vec<u8>]) -> BTreeSet<Vec<u8>> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_reload_whose_claims_cannot_be_written_changes_nothing() {
-    if !maglev_lab::is_root() {
-        eprintln!("skipped: needs root (network namespaces, veth, XDP)");
-        return;
-    }
-    let _serial = maglev_lab::serial();
+    lab::require_root();
+    let _serial = maglev::serial();
     let spec = LabSpec::new(Mode::Gre, NF_MAGLEV).weights(&[1, 1, 1, 1]);
     let mut lab = MaglevLab::build(&spec).unwrap();
     lab.start_lb(0, &[]).unwrap();

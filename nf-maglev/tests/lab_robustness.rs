@@ -11,7 +11,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use lab::maglev_lab::{self, LabSpec, MaglevLab, Mode, Spread, HTTP_PORT, VIP4, VIP6};
+use lab::maglev::{self, LabSpec, MaglevLab, Mode, Spread, HTTP_PORT, VIP4, VIP6};
 use lab::{wait_for, Mac};
 
 const NF_MAGLEV: &str = env!("CARGO_BIN_EXE_nf-maglev");
@@ -151,12 +151,10 @@ fn state(lab: &MaglevLab) -> serde_json::Value {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn malformed_frames_and_bad_reloads() {
-    if !maglev_lab::is_root() {
-        eprintln!("skipped: needs root (network namespaces, veth, XDP)");
-        return;
-    }
-    let _serial = maglev_lab::serial();
+    lab::require_root();
+    let _serial = maglev::serial();
     let spec = LabSpec::new(Mode::Gre, NF_MAGLEV);
     let mut lab = MaglevLab::build(&spec).unwrap();
     lab.start_lb(0, &[]).unwrap();

@@ -1,5 +1,5 @@
 //! End-to-end traffic through nf-maglev, in both forwarding modes (GRE and L2 DSR), on the Maglev lab
-//! (`lab::maglev_lab`: a client, nf-maglev on a 2-queue veth, backends with weights 1/1/2 running real
+//! (`lab::maglev`: a client, nf-maglev on a 2-queue veth, backends with weights 1/1/2 running real
 //! HTTP and UDP servers, one bridged segment, replies straight from the backends to the client).
 //!
 //! One lab per mode, reused for every check: 1000 real TCP connections spread by weight; keep-alive
@@ -11,7 +11,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use lab::maglev_lab::{self, LabSpec, MaglevLab, Mode, Spread, VIP4, VIP6};
+use lab::maglev::{self, LabSpec, MaglevLab, Mode, Spread, VIP4, VIP6};
 use lab::wait_for;
 
 const NF_MAGLEV: &str = env!("CARGO_BIN_EXE_nf-maglev");
@@ -80,11 +80,8 @@ fn spread_check(lab: &MaglevLab, spec: &LabSpec, vip: IpAddr, n: u32) {
 }
 
 fn traffic(mode: Mode) {
-    if !maglev_lab::is_root() {
-        eprintln!("skipped: needs root (network namespaces, veth, XDP)");
-        return;
-    }
-    let _serial = maglev_lab::serial();
+    lab::require_root();
+    let _serial = maglev::serial();
     let spec = LabSpec::new(mode, NF_MAGLEV);
     let mut lab = MaglevLab::build(&spec).unwrap();
     lab.start_lb(0, &[]).unwrap();
@@ -102,7 +99,7 @@ fn traffic(mode: Mode) {
         let neigh = lab
             .client()
             .ns()
-            .ip(&["neigh", "show", &addr, "dev", maglev_lab::CLIENT_IF])
+            .ip(&["neigh", "show", &addr, "dev", maglev::CLIENT_IF])
             .unwrap();
         assert!(
             neigh.contains(&lb_mac) && !neigh.contains("PERMANENT"),
@@ -179,11 +176,13 @@ fn traffic(mode: Mode) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn traffic_gre() {
     traffic(Mode::Gre);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn traffic_l2dsr() {
     traffic(Mode::L2dsr);
 }

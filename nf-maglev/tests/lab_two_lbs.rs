@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use lab::maglev_lab::{self, LabSpec, MaglevLab, Mode, VIP4, VIP6};
+use lab::maglev::{self, LabSpec, MaglevLab, Mode, VIP4, VIP6};
 
 const NF_MAGLEV: &str = env!("CARGO_BIN_EXE_nf-maglev");
 
@@ -35,11 +35,8 @@ fn flows(lab: &MaglevLab) -> Vec<(String, u16, String)> {
 }
 
 fn two_instances(mode: Mode) {
-    if !maglev_lab::is_root() {
-        eprintln!("skipped: needs root (network namespaces, veth, XDP)");
-        return;
-    }
-    let _serial = maglev_lab::serial();
+    lab::require_root();
+    let _serial = maglev::serial();
     let spec = LabSpec::new(mode, NF_MAGLEV).lbs(2);
     let mut lab = MaglevLab::build(&spec).unwrap();
     let (mut c0, mut c1) = (lab.config(0), lab.config(1));
@@ -105,11 +102,13 @@ fn two_instances(mode: Mode) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn two_instances_agree_gre() {
     two_instances(Mode::Gre);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn two_instances_agree_l2dsr() {
     two_instances(Mode::L2dsr);
 }

@@ -1,11 +1,13 @@
 //! A throw-away network lab for root-only tests: a veth pair whose host end stays in this process's
 //! namespace (where the AF_XDP port is opened) and whose peer end lives in a fresh namespace, from
-//! which frames are sent and captured. Names carry the pid and a counter; everything is deleted in
+//! which frames are sent and captured. Names come from `lab::names` (prefix, pid, counter: `lab cleanup`
+//! finds leftovers); everything is deleted in
 //! `Drop`, also when a test fails. IPv6 is disabled on both ends so the kernel sends nothing on its
 //! own and every frame seen is one the test made.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -29,116 +31,67 @@ pub(crate) fn run(args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Whether this process runs as root with `ip` and `python3` at hand.
-pub(crate) fn privileged() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
-    root && run(&["ip", "-V"]).is_ok() && run(&["python3", "-c", "pass"]).is_ok()
-}
-
-/// Takes the lab lock (labs are built one at a time: XDP program loads are not meant to race) or
-/// returns `None` with a note when the test cannot run here.
-pub(crate) fn lab_lock(test: &str) -> Option<MutexGuard<'static, ()>> {
-    if !privileged() {
-        eprintln!("skipping {test}: needs root, ip and python3");
-        return None;
+/// Takes the lab lock (labs are built one at a time: XDP program loads are not meant to race) after
+/// checking that this process is root (the one check, [`lab::require_root`]) with `ip` and `python3`
+/// at hand; fails the test otherwise. Callers are `#[ignore = "needs root"]`.
+pub(crate) fn lab_lock() -> MutexGuard<'static, ()> {
+    lab::require_root();
+    for tool in [&["ip", "-V"][..], &["python3", "-c", "pass"]] {
+        if let Err(e) = run(tool) {
+            panic!("the veth lab needs {}: {e}", tool[0]);
+        }
     }
-    Some(SERIAL.lock().unwrap_or_else(PoisonError::into_inner))
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A veth pair: `host` in our namespace, `peer` in namespace `ns` with 198.18.0.2/24.
+/// A veth pair ([`lab::VethPair::from_here`]): `host` in our namespace, `peer` in namespace `ns` with
+/// 198.18.0.2/24.
 #[derive(Debug)]
 pub(crate) struct VethLab {
-    pub(crate) ns: String,
     pub(crate) host: String,
     pub(crate) peer: String,
     pub(crate) host_mac: [u8; 6],
     pub(crate) peer_mac: [u8; 6],
+    // Field order is drop order: the pair, then its namespace.
+    pair: lab::VethPair,
+    pub(crate) ns: lab::Netns,
 }
 
 impl VethLab {
     /// Builds the lab with `queues` RX/TX queues on each end.
     pub(crate) fn new(queues: u32) -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let pid = std::process::id();
-        let tag = (pid % 256) as u8;
+        let tag = (std::process::id() % 256) as u8;
+        let ns = lab::Netns::new("n").expect("lab namespace");
+        let pair = lab::VethPair::from_here(Some(&ns), queues).expect("veth pair");
         let lab = Self {
-            ns: format!("cne{pid}n{n}"),
-            host: format!("cx{pid}a{n}"),
-            peer: format!("cx{pid}b{n}"),
+            host: pair.a().name().to_string(),
+            peer: pair.b().name().to_string(),
             host_mac: [0x02, 0xc0, tag, n as u8, 0, 1],
             peer_mac: [0x02, 0xc0, tag, n as u8, 0, 2],
+            pair,
+            ns,
         };
         // From here on Drop cleans up whatever was created.
-        lab.build(queues).expect("building the veth lab");
+        lab.build().expect("building the veth lab");
         lab
     }
 
-    fn build(&self, queues: u32) -> Result<(), String> {
-        let q = queues.to_string();
-        let (hm, pm) = (mac_str(&self.host_mac), mac_str(&self.peer_mac));
-        run(&["ip", "netns", "add", &self.ns])?;
-        run(&[
-            "ip",
-            "link",
-            "add",
-            &self.host,
-            "address",
-            &hm,
-            "numrxqueues",
-            &q,
-            "numtxqueues",
-            &q,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &self.peer,
-            "address",
-            &pm,
-            "numrxqueues",
-            &q,
-            "numtxqueues",
-            &q,
-            "netns",
-            &self.ns,
-        ])?;
-        std::fs::write(
-            format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", self.host),
-            "1",
-        )
-        .map_err(|e| format!("disable IPv6 on {}: {e}", self.host))?;
-        self.in_ns(&[
-            "sh",
-            "-c",
-            &format!(
-                "echo 1 > /proc/sys/net/ipv6/conf/{}/disable_ipv6",
-                self.peer
-            ),
-        ])?;
-        run(&["ip", "link", "set", &self.host, "up"])?;
-        run(&["ip", "-n", &self.ns, "link", "set", "lo", "up"])?;
-        run(&[
-            "ip",
-            "-n",
-            &self.ns,
-            "addr",
-            "add",
-            "198.18.0.2/24",
-            "dev",
-            &self.peer,
-        ])?;
-        run(&["ip", "-n", &self.ns, "link", "set", &self.peer, "up"])?;
+    fn build(&self) -> Result<(), String> {
+        let (host, peer) = (self.pair.a(), self.pair.b());
+        step(host.set_mac(lab::Mac(self.host_mac)))?;
+        step(peer.set_mac(lab::Mac(self.peer_mac)))?;
+        step(host.disable_ipv6())?;
+        step(peer.disable_ipv6())?;
+        step(host.up())?;
+        step(peer.add_addr(Ipv4Addr::new(198, 18, 0, 2).into(), 24))?;
+        step(peer.up())?;
         Ok(())
     }
 
     /// Runs a command inside the namespace.
     pub(crate) fn in_ns(&self, args: &[&str]) -> Result<String, String> {
-        let mut all = vec!["ip", "netns", "exec", &self.ns];
+        let mut all = vec!["ip", "netns", "exec", self.ns.name()];
         all.extend_from_slice(args);
         run(&all)
     }
@@ -157,7 +110,14 @@ impl VethLab {
             args.extend(["taskset", "-c", c.as_str()]);
         }
         args.extend([
-            "ip", "netns", "exec", &self.ns, "python3", "-c", SCRIPT, &self.peer,
+            "ip",
+            "netns",
+            "exec",
+            self.ns.name(),
+            "python3",
+            "-c",
+            SCRIPT,
+            &self.peer,
         ]);
         args.extend(hex.iter().map(String::as_str));
         run(&args).expect("sending frames from the peer");
@@ -180,7 +140,13 @@ impl VethLab {
             \x20 print(d.hex(),flush=True); got+=1\n";
         let mut child = Command::new("ip")
             .args([
-                "netns", "exec", &self.ns, "python3", "-c", SCRIPT, &self.peer,
+                "netns",
+                "exec",
+                self.ns.name(),
+                "python3",
+                "-c",
+                SCRIPT,
+                &self.peer,
             ])
             .arg(format!("{ethertype:x}"))
             .arg(count.to_string())
@@ -208,12 +174,9 @@ impl VethLab {
     }
 }
 
-impl Drop for VethLab {
-    fn drop(&mut self) {
-        // Deleting the namespace deletes the peer, and with it the host end of the pair.
-        let _ = run(&["ip", "netns", "del", &self.ns]);
-        let _ = run(&["ip", "link", "del", &self.host]);
-    }
+/// A lab step's error as text (the lab's errors are `anyhow` chains).
+fn step<E: std::fmt::Display>(r: Result<(), E>) -> Result<(), String> {
+    r.map_err(|e| format!("{e:#}"))
 }
 
 /// A running capture on the peer.

@@ -1,0 +1,242 @@
+//! nf-maglev on the load balancers (configuration, start, stop, kill, reload signals, logs) and
+//! `nf-maglev decap` on GRE backends.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::{json, Value};
+
+use super::{
+    check_interrupt, interrupted, spawn_logged, tail, MaglevLab, Mode, ADMIN_ADDR, BACKEND_IF,
+    HASH_SEED, LB_IF, LB_QUEUES, LINK_MTU, START_TIMEOUT, VIPS,
+};
+use crate::cmd;
+use crate::process::{Proc, Signal};
+use crate::wait::wait_for;
+
+impl MaglevLab {
+    pub(super) fn start_decap(&mut self, i: usize) -> Result<()> {
+        crate::tools::require_executable(&self.nf_maglev)
+            .context("GRE backends decapsulate with `nf-maglev decap`")?;
+        let b = &mut self.backends[i];
+        let cmd = b.host.ns.command_with_bpffs(&[
+            self.nf_maglev.to_string_lossy().into_owned(),
+            "decap".into(),
+            "--dev".into(),
+            BACKEND_IF.into(),
+            "--addr".into(),
+            b.host.v4.to_string(),
+            "--addr".into(),
+            b.host.v6.to_string(),
+        ]);
+        let mut p = spawn_logged(&format!("decap-{}", b.spec.name), cmd)?;
+        let ns = &b.host.ns;
+        let attached = wait_for(START_TIMEOUT, || {
+            matches!(ns.xdp_prog(BACKEND_IF), Ok(Some(_))) || !p.is_running() || interrupted()
+        });
+        check_interrupt()?;
+        if !attached || !p.is_running() {
+            bail!(
+                "`nf-maglev decap` on backend {} did not attach: {}",
+                b.spec.name,
+                tail(&p.stderr(), 20)
+            );
+        }
+        b.decap = Some(p);
+        Ok(())
+    }
+
+    /// The generated nf-maglev configuration for load balancer `i`: CNDP sections for `lb0` with
+    /// [`LB_QUEUES`] queues and one worker each, and a `maglev` section with the four [`VIPS`], every
+    /// backend in every VIP (by its address of the VIP's family and its MAC). In l2dsr mode the
+    /// configuration does not depend on `i` at all.
+    pub fn config(&self, i: usize) -> Value {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut lports = serde_json::Map::new();
+        let mut threads = serde_json::Map::new();
+        let mut groups = serde_json::Map::new();
+        groups.insert("initial".into(), json!([0]));
+        threads.insert(
+            "main".into(),
+            json!({"group": "initial", "description": "control plane"}),
+        );
+        let regions: Vec<u32> = (0..LB_QUEUES).map(|_| 8).collect();
+        for q in 0..LB_QUEUES {
+            let lport = format!("{LB_IF}:{q}");
+            lports.insert(
+                lport.clone(),
+                json!({"pmd": "net_af_xdp", "qid": q, "umem": "umem0", "region": q,
+                       "description": format!("queue {q}")}),
+            );
+            let core = usize::try_from(q).unwrap_or(0) % cpus;
+            groups.insert(format!("group{q}"), json!([core]));
+            threads.insert(
+                format!("lb:{q}"),
+                json!({"group": format!("group{q}"), "lports": [lport]}),
+            );
+        }
+        let lb = &self.lbs[i].host;
+        let vips: Vec<Value> = VIPS
+            .iter()
+            .map(|&(name, addr, proto, port)| {
+                let backends: Vec<Value> = self
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        json!({
+                            "name": b.spec.name,
+                            "addr": b.host.addr_like(addr).to_string(),
+                            "weight": b.spec.weight,
+                            "mac": b.host.mac.to_string(),
+                        })
+                    })
+                    .collect();
+                json!({"name": name, "addr": addr.to_string(), "proto": proto, "port": port,
+                       "mode": self.mode.as_str(), "backends": backends})
+            })
+            .collect();
+        let mut maglev = json!({
+            "table_size": 65537,
+            "hash_seed": HASH_SEED,
+            "conntrack": {"size": 65536},
+            "mtu": LINK_MTU,
+            "claim_all": false,
+            "vips": vips,
+        });
+        if self.mode == Mode::Gre {
+            maglev["local_addrs"] = json!([lb.v4.to_string(), lb.v6.to_string()]);
+        }
+        json!({
+            "application": {"name": "nf-maglev", "description": "Maglev lab load balancer"},
+            "defaults": {"bufcnt": 16, "bufsz": 2, "rxdesc": 0, "txdesc": 0, "cache": 256, "mtype": "4KB"},
+            "umems": {"umem0": {"bufcnt": 8 * LB_QUEUES, "bufsz": 2, "mtype": "4KB", "regions": regions,
+                                "rxdesc": 0, "txdesc": 0}},
+            "lports": lports,
+            "lcore-groups": groups,
+            "options": {"pkt_api": "xskdev"},
+            "threads": threads,
+            "maglev": maglev,
+        })
+    }
+
+    /// Path of load balancer `i`'s configuration file.
+    pub fn config_path(&self, i: usize) -> &Path {
+        &self.lbs[i].config
+    }
+
+    /// Replaces load balancer `i`'s configuration file (for reload tests).
+    pub fn write_config(&self, i: usize, text: &str) -> Result<()> {
+        let p = &self.lbs[i].config;
+        std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))
+    }
+
+    /// Starts nf-maglev on load balancer `i` with its configuration file, the admin API on
+    /// [`ADMIN_ADDR`] and `extra` arguments; returns once the admin API answers and the XDP program is
+    /// attached.
+    pub fn start_lb(&mut self, i: usize, extra: &[&str]) -> Result<()> {
+        if let Some(p) = self.lbs[i].nf.as_mut() {
+            if p.is_running() {
+                bail!("nf-maglev already runs on load balancer {i}");
+            }
+        }
+        crate::tools::require_executable(&self.nf_maglev)
+            .context("the load balancer is nf-maglev")?;
+        let lb = &self.lbs[i];
+        let mut argv = vec![
+            self.nf_maglev.to_string_lossy().into_owned(),
+            "-c".into(),
+            lb.config.to_string_lossy().into_owned(),
+            "--listen".into(),
+            ADMIN_ADDR.into(),
+        ];
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        let cmd = lb.host.ns.command_with_bpffs(&argv);
+        let proc = spawn_logged(&format!("nf-maglev-lb{i}"), cmd)?;
+        self.lbs[i].nf = Some(proc);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let running = self.lbs[i].nf.as_mut().is_some_and(Proc::is_running);
+            if !running {
+                bail!(
+                    "nf-maglev on load balancer {i} exited during start-up:\n{}",
+                    tail(&self.lb_log(i), 30)
+                );
+            }
+            let attached = matches!(self.lbs[i].host.ns.xdp_prog(LB_IF), Ok(Some(_)));
+            if attached && matches!(self.admin(i, "GET", "/api/state", None), Ok((200, _))) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "nf-maglev on load balancer {i} not ready after {START_TIMEOUT:?} (XDP attached: \
+                     {attached}):\n{}",
+                    tail(&self.lb_log(i), 30)
+                );
+            }
+            check_interrupt()?;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Stops nf-maglev on load balancer `i` (SIGINT, then harder); errors when it does not exit
+    /// cleanly or leaves its XDP program attached.
+    pub fn stop_lb(&mut self, i: usize) -> Result<()> {
+        let Some(mut p) = self.lbs[i].nf.take() else {
+            return Ok(());
+        };
+        let st = p.stop(Duration::from_secs(5))?;
+        let log = p.stderr();
+        ensure!(
+            st.success(),
+            "nf-maglev on load balancer {i} exited with {st}:\n{}",
+            tail(&log, 30)
+        );
+        ensure!(
+            self.lbs[i].host.ns.xdp_prog(LB_IF)?.is_none(),
+            "nf-maglev on load balancer {i} left its XDP program attached"
+        );
+        Ok(())
+    }
+
+    /// Kills nf-maglev on load balancer `i` with SIGKILL (as a crash or an OOM kill would) and reaps
+    /// it; nothing of its own clean-up runs.
+    pub fn kill_lb(&mut self, i: usize) -> Result<()> {
+        let Some(mut p) = self.lbs[i].nf.take() else {
+            bail!("nf-maglev does not run on load balancer {i}");
+        };
+        p.signal(Signal::Kill)?;
+        p.wait_timeout(Duration::from_secs(5))?
+            .with_context(|| format!("nf-maglev on load balancer {i} survived SIGKILL"))?;
+        Ok(())
+    }
+
+    /// True while nf-maglev runs on load balancer `i`.
+    pub fn lb_running(&mut self, i: usize) -> bool {
+        self.lbs[i].nf.as_mut().is_some_and(Proc::is_running)
+    }
+
+    /// The PID of nf-maglev on load balancer `i`, while it runs.
+    pub fn lb_pid(&mut self, i: usize) -> Option<u32> {
+        let p = self.lbs[i].nf.as_mut()?;
+        p.is_running().then(|| p.pid())
+    }
+
+    /// Sends SIGHUP (reload) to nf-maglev on load balancer `i`, by its PID.
+    pub fn sighup_lb(&mut self, i: usize) -> Result<()> {
+        let pid = self
+            .lb_pid(i)
+            .with_context(|| format!("nf-maglev does not run on load balancer {i}"))?;
+        cmd::run_argv(&["kill", "-s", "HUP", &pid.to_string()])?;
+        Ok(())
+    }
+
+    /// stderr of nf-maglev on load balancer `i` (its log).
+    pub fn lb_log(&self, i: usize) -> String {
+        self.lbs[i]
+            .nf
+            .as_ref()
+            .map(Proc::stderr)
+            .unwrap_or_default()
+    }
+}
