@@ -3,7 +3,7 @@
 //!
 //! Requests are handled one at a time on the control thread, the only thread that changes the
 //! configuration, so operations never race each other or a reload. `GET /metrics` and `GET /healthz`
-//! are answered by the HTTP server's thread itself from shared state ([`crate::Front`]), so a slow
+//! are answered by the HTTP server's thread itself from shared state ([`crate::runtime::Front`]), so a slow
 //! reload never holds up a scrape; `/healthz` fails (503) when the control thread has not come round
 //! its loop for 15 s. Every change goes through the control
 //! plane: it is validated like the configuration file and published with one atomic swap, or rejected with
