@@ -4,7 +4,7 @@
 //! bytes copied, included in the time), as a NIC would have written it into the UMEM frame.
 use cne::frame::{Frame, VecFrame};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use fixture::{control, established_worker, fill, flow_picker, template, BURST};
+use fixture::{control, established_plane, fill, flow_picker, template, BURST};
 use nf_maglev::dataplane::{process, process_burst, Verdict};
 use std::hint::black_box;
 
@@ -23,7 +23,7 @@ fn dataplane(c: &mut Criterion) {
     ] {
         let ctl = control(flows, mode);
         let shared = ctl.shared();
-        let mut worker = established_worker(&ctl, flows, &tpl);
+        let mut plane = established_plane(&ctl, flows, &tpl);
         let mut frames: Vec<VecFrame> = (0..BURST).map(|_| VecFrame::from_bytes(&tpl)).collect();
         let mut next = flow_picker(flows);
         g.bench_function(
@@ -33,7 +33,7 @@ fn dataplane(c: &mut Criterion) {
                     let state = shared.load();
                     for f in frames.iter_mut() {
                         fill(f, &tpl, next(), 0x10);
-                        black_box(process(f, &state, &mut worker, 2));
+                        black_box(process(f, &state, &mut plane, 2));
                     }
                 })
             },
@@ -47,7 +47,7 @@ fn dataplane(c: &mut Criterion) {
                     for f in frames.iter_mut() {
                         fill(f, &tpl, next(), 0x10);
                     }
-                    process_burst(&mut frames, &mut verdicts, &state, &mut worker, 2);
+                    process_burst(&mut frames, &mut verdicts, &state, &mut plane, 2);
                     black_box(&verdicts);
                 })
             },

@@ -54,7 +54,7 @@ use signal_hook::iterator::Signals;
 
 use crate::admin::{self, Api, ApiError, Change};
 use crate::metrics::{self, ControlStats, Sources};
-use crate::worker::{self, PortReport, Slot};
+use crate::worker::{self, PortReport, ReportSlot};
 
 /// How often the control thread checks that the workers are alive and refreshes the XDP filter
 /// counters the metrics show.
@@ -198,7 +198,7 @@ struct Runtime {
     instance: Instance,
     control: Control,
     stats: Arc<Mutex<ControlStats>>,
-    slots: Vec<Arc<Slot>>,
+    slots: Vec<Arc<ReportSlot>>,
     registry: prometheus::Registry,
     last_reload_error: Option<String>,
     /// The lports' interfaces.
@@ -627,7 +627,7 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
             .collect::<Result<Vec<_>>>()?;
         setups.push(lports);
     }
-    let slots: Vec<Arc<Slot>> = workers.iter().map(|_| worker::new_slot()).collect();
+    let slots: Vec<Arc<ReportSlot>> = workers.iter().map(|_| worker::new_report_slot()).collect();
     let stats = Arc::new(Mutex::new(ControlStats {
         rebuilds: control.rebuilds(),
         ..ControlStats::default()

@@ -10,7 +10,7 @@
 
 use super::icmp::{classify_icmp_error, is_icmp_error};
 use super::neighbor::{answer_arp, answer_neighbor_solicitation};
-use super::{Meta, Verdict, Worker};
+use super::{Meta, PortPlane, Verdict};
 use crate::conntrack::FlowKey;
 use crate::control::{Addr, FragmentVip, State, VipState};
 use crate::counters::DropReason;
@@ -23,14 +23,14 @@ use cne::wire::{self, EtherType, IpProtocol, IpVersion};
 pub(super) fn classify<'s, F: Frame>(
     frame: &mut F,
     state: &'s State,
-    worker: &mut Worker,
+    plane: &mut PortPlane,
     key: &mut FlowKey,
     meta: &mut Meta,
     last_vip: &mut LastVip<'s>,
 ) -> Result<(&'s VipState, u64), Verdict> {
     match classify_fast(frame.data(), state, key, meta, last_vip) {
         Some(r) => r,
-        None => classify_full(frame, state, worker, key, meta),
+        None => classify_full(frame, state, plane, key, meta),
     }
 }
 
@@ -182,7 +182,7 @@ impl<'s> LastVip<'s> {
 pub(super) fn classify_full<'s, F: Frame>(
     frame: &mut F,
     state: &'s State,
-    worker: &mut Worker,
+    plane: &mut PortPlane,
     key: &mut FlowKey,
     meta: &mut Meta,
 ) -> Result<(&'s VipState, u64), Verdict> {
@@ -191,14 +191,14 @@ pub(super) fn classify_full<'s, F: Frame>(
     };
     let Some(version) = info.ip_version else {
         if info.ethertype == EtherType::Arp && state.claim_all {
-            return Err(answer_arp(frame, &info, state, worker));
+            return Err(answer_arp(frame, &info, state, plane));
         }
         return Err(Verdict::Drop(DropReason::NotIp));
     };
     let proto = u8::from(info.l4_protocol);
     let (src, dst) = (Addr::from(info.src), Addr::from(info.dst));
     if version == IpVersion::V6 && info.l4_protocol == IpProtocol::Icmpv6 && state.claim_all {
-        if let Some(v) = answer_neighbor_solicitation(frame, &info, state, worker) {
+        if let Some(v) = answer_neighbor_solicitation(frame, &info, state, plane) {
             return Err(v);
         }
     }
@@ -246,7 +246,7 @@ mod tests {
     use super::*;
     use crate::conntrack::FlowKey;
     use crate::dataplane::testing::*;
-    use crate::dataplane::Worker;
+    use crate::dataplane::PortPlane;
     use cne::frame::VecFrame;
     use proptest::prelude::*;
 
@@ -259,7 +259,7 @@ mod tests {
         else {
             return Ok(());
         };
-        let mut w = Worker::new(LB_MAC, &state);
+        let mut w = PortPlane::new(LB_MAC, &state);
         let (mut k2, mut m2) = (FlowKey::default(), Meta::default());
         let mut f = VecFrame::new(frame, 64, 2048);
         let full = classify_full(&mut f, &state, &mut w, &mut k2, &mut m2);

@@ -9,7 +9,7 @@
 use super::classify::classify_full;
 use super::icmp::too_big;
 use super::select::follow;
-use super::{Flow, Meta, Outcome, Worker, MAX_L2};
+use super::{Flow, Meta, Outcome, PortPlane, MAX_L2};
 use crate::conntrack::FlowKey;
 use crate::control::{BackendState, State};
 use crate::counters::DropReason;
@@ -145,7 +145,7 @@ fn write_gre_headers(
 pub fn fragment<F: Frame>(
     frame: &mut F,
     state: &State,
-    worker: &mut Worker,
+    plane: &mut PortPlane,
     now: u32,
     mut alloc: impl FnMut() -> Option<F>,
     mut send: impl FnMut(F),
@@ -153,29 +153,29 @@ pub fn fragment<F: Frame>(
     // The backend `process` chose: it recorded the flow (or, for a fragment, hashed it), so asking the same
     // way again gives the same answer.
     let (mut key, mut meta) = (FlowKey::default(), Meta::default());
-    let backend = match classify_full(frame, state, worker, &mut key, &mut meta) {
+    let backend = match classify_full(frame, state, plane, &mut key, &mut meta) {
         Ok((vip, hash)) if meta.fragment => vip.pick(hash).map(|(_, b)| b),
         Ok((vip, hash)) => {
             let f = TcpFlags(meta.tcp_flags);
             let syn = f.contains(TcpFlags::SYN) && !f.contains(TcpFlags::ACK);
-            follow(vip, &key, hash, worker, now, syn).map(|(b, _)| b)
+            follow(vip, &key, hash, plane, now, syn).map(|(b, _)| b)
         }
         Err(_) => None,
     };
     let Some(backend) = backend else {
-        worker.counters.drop(DropReason::TooBig);
+        plane.counters.drop(DropReason::TooBig);
         return 0;
     };
-    match fragment_into(frame, state, worker, backend, &mut alloc, &mut send) {
+    match fragment_into(frame, state, plane, backend, &mut alloc, &mut send) {
         Ok(n) => {
-            worker.counters.tx_packets += n as u64;
-            worker.counters.gre_fragments += n as u64;
+            plane.counters.tx_packets += n as u64;
+            plane.counters.gre_fragments += n as u64;
             n
         }
         Err((n, reason)) => {
-            worker.counters.tx_packets += n as u64;
-            worker.counters.gre_fragments += n as u64;
-            worker.counters.drop(reason);
+            plane.counters.tx_packets += n as u64;
+            plane.counters.gre_fragments += n as u64;
+            plane.counters.drop(reason);
             n
         }
     }
@@ -185,7 +185,7 @@ pub fn fragment<F: Frame>(
 fn fragment_into<F: Frame>(
     frame: &F,
     state: &State,
-    worker: &Worker,
+    plane: &PortPlane,
     backend: &BackendState,
     alloc: &mut impl FnMut() -> Option<F>,
     send: &mut impl FnMut(F),
@@ -258,7 +258,7 @@ fn fragment_into<F: Frame>(
             l3,
             overhead,
             backend,
-            worker.mac,
+            plane.mac,
             info.traffic_class,
             0,
             outer_len,
@@ -298,7 +298,7 @@ fn fragment_into<F: Frame>(
 mod tests {
     use super::*;
     use crate::dataplane::testing::*;
-    use crate::dataplane::{Verdict, Worker};
+    use crate::dataplane::{PortPlane, Verdict};
     use crate::{conntrack::FlowKey, counters::DropReason};
 
     #[test]
@@ -349,7 +349,7 @@ mod tests {
     fn gre_fragments_ipv4_packets_without_df_that_do_not_fit() {
         let c = control();
         let state = c.state();
-        let mut w = Worker::new(LB_MAC, &state);
+        let mut w = PortPlane::new(LB_MAC, &state);
         let payload: Vec<u8> = (0..3972u32).map(|i| (i * 7 + i / 251) as u8).collect();
         // The whole 4000-byte datagram (a jumbo frame) and the client kernel's 1500-byte fragments of it.
         let whole = udp4_raw([198, 18, 100, 7], 1000, 0, &[], &payload);
@@ -408,7 +408,7 @@ mod tests {
             .map(|b| b.expect("every byte arrives"))
             .collect();
         assert_eq!(got, udp);
-        let counters = w.counters();
+        let counters = w.refresh_counters();
         assert_eq!(counters.gre_fragmented, 3);
         assert_eq!(counters.gre_fragments, sent as u64);
         assert_eq!(counters.drops_for(DropReason::TooBig), 0);
@@ -419,7 +419,7 @@ mod tests {
     fn gre_fragmentation_copies_only_copied_options_and_counts_an_empty_pool() {
         let c = control();
         let state = c.state();
-        let mut w = Worker::new(LB_MAC, &state);
+        let mut w = PortPlane::new(LB_MAC, &state);
         // Router alert (copied) and record route (not copied; 7 bytes, then end of list).
         let opts = [0x94, 4, 0, 0, 7, 7, 4, 0, 0, 0, 0, 0];
         let payload = vec![0x5a; 2000];
@@ -446,12 +446,12 @@ mod tests {
         let (v, out) = run_fragmenting(&state, &mut w, &input, 0);
         assert!(matches!(v, Verdict::Fragment));
         assert!(out.is_empty());
-        assert_eq!(w.counters().drops_for(DropReason::NoFrame), 1);
+        assert_eq!(w.refresh_counters().drops_for(DropReason::NoFrame), 1);
         // With DF the client is told the MTU instead (as before).
         let df = udp4_raw([198, 18, 100, 7], 1000, 0x4000, &[], &payload);
         let (v, out) = run_fragmenting(&state, &mut w, &df, 16);
         assert_eq!(v, Verdict::Tx);
         assert!(out.is_empty());
-        assert_eq!(w.counters().icmp_too_big, 1);
+        assert_eq!(w.refresh_counters().icmp_too_big, 1);
     }
 }

@@ -274,7 +274,7 @@ mod tests {
     use super::*;
     use crate::counters::DropReason;
     use crate::dataplane::testing::*;
-    use crate::dataplane::{Verdict, Worker};
+    use crate::dataplane::{PortPlane, Verdict};
 
     #[test]
     fn fixture_too_big_ipv4_gets_fragmentation_needed() {
@@ -297,7 +297,7 @@ mod tests {
     #[test]
     fn icmp_errors_follow_the_connection_they_quote() {
         let mut c = control();
-        let mut w = Worker::new(LB_MAC, &c.state());
+        let mut w = PortPlane::new(LB_MAC, &c.state());
         let f = flows(1000);
         let first = backends_of(&c.state(), &mut w, &f, SYN, 1);
         // Drained, p2 keeps its connections while the Maglev table sends these flows elsewhere: errors
@@ -327,11 +327,11 @@ mod tests {
             followed_drained > 150,
             "{followed_drained} errors of drained connections"
         );
-        assert_eq!(w.counters().icmp_errors, 3000);
+        assert_eq!(w.refresh_counters().icmp_errors, 3000);
 
         // A worker that never saw these flows sends their errors where the Maglev table sends the flows,
         // and records nothing: an error opens no connection.
-        let mut fresh = Worker::new(LB_MAC, &state);
+        let mut fresh = PortPlane::new(LB_MAC, &state);
         for &(src, sport) in &f[..50] {
             let (v, out) = run(
                 &state,
@@ -340,7 +340,7 @@ mod tests {
                 2,
             );
             assert_eq!(v, Verdict::Tx);
-            let mut probe = Worker::new(LB_MAC, &state);
+            let mut probe = PortPlane::new(LB_MAC, &state);
             let want = backends_of(&state, &mut probe, &[(src, sport)], ACK, 2);
             assert_eq!(outer_dst(&out), want[0]);
         }
@@ -405,7 +405,7 @@ mod tests {
     fn icmpv6_packet_too_big_follows_its_connection() {
         let c = control();
         let state = c.state();
-        let mut w = Worker::new(LB_MAC, &state);
+        let mut w = PortPlane::new(LB_MAC, &state);
         // GRE6_IN: client 2001:2:50::1 -> VIP web6 2001:2::100:80; its only backend is 2001:2:1::1.
         let (v, _) = run(&state, &mut w, &bytes(GRE6_IN, None), 1);
         assert_eq!(v, Verdict::Tx);
@@ -439,6 +439,6 @@ mod tests {
             &frame[14..],
             "the whole ICMPv6 packet is the GRE payload"
         );
-        assert_eq!(w.counters().icmp_errors, 1);
+        assert_eq!(w.refresh_counters().icmp_errors, 1);
     }
 }

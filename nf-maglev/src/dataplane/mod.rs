@@ -13,12 +13,12 @@
 //! reason and dropped.
 //!
 //! The files follow the packet the way Katran's BPF headers do: this one holds the entry points
-//! ([`process`], [`process_burst`], [`fragment`]), the [`Verdict`] and what each port owns ([`Worker`]);
+//! ([`process`], [`process_burst`], [`fragment`]), the [`Verdict`] and what each port owns ([`PortPlane`]);
 //! the steps live in the submodules and share the small per-frame records defined here.
 //!
 //! Invariants: the path never panics on any input (a property test feeds it arbitrary bytes), never
 //! allocates and never blocks: the state is an immutable snapshot the caller loaded for the burst,
-//! everything mutable is the caller's [`Worker`].
+//! everything mutable is the caller's [`PortPlane`].
 
 mod classify;
 mod encap;
@@ -58,17 +58,18 @@ pub enum Verdict {
     Fragment,
 }
 
-/// Everything a worker thread owns for the packet path: its connection table, counters and MAC address.
+/// What the packet path keeps for one port: its connection table, counters and MAC address. A worker
+/// thread owns one per port it serves; nothing in it is shared.
 #[derive(Debug)]
-pub struct Worker {
+pub struct PortPlane {
     mac: [u8; 6],
     conntrack: ConnTrack,
     counters: Counters,
     generation: u64,
 }
 
-impl Worker {
-    /// A worker whose port has the MAC address `mac` (source of every frame it sends), with a connection
+impl PortPlane {
+    /// The plane of a port with the MAC address `mac` (source of every frame it sends), with a connection
     /// table sized by `state`. Allocates the table: call at start-up.
     pub fn new(mac: Mac, state: &State) -> Self {
         let mut w = Self {
@@ -95,8 +96,8 @@ impl Worker {
         &self.conntrack
     }
 
-    /// The counters, with the connection table's events brought up to date.
-    pub fn counters(&mut self) -> &Counters {
+    /// Copies the connection table's event counts into the counters, then returns them.
+    pub fn refresh_counters(&mut self) -> &Counters {
         self.counters.conntrack = self.conntrack.stats();
         &self.counters
     }
@@ -128,12 +129,12 @@ impl Worker {
 /// Decides what to do with one frame and rewrites it for transmission. `now` is a monotonic clock in
 /// seconds, read once per burst. [`process_burst`] does the same for many frames, faster.
 #[inline]
-pub fn process<F: Frame>(frame: &mut F, state: &State, worker: &mut Worker, now: u32) -> Verdict {
-    if worker.generation != state.generation {
-        worker.adopt(state);
+pub fn process<F: Frame>(frame: &mut F, state: &State, plane: &mut PortPlane, now: u32) -> Verdict {
+    if plane.generation != state.generation {
+        plane.adopt(state);
     }
     let (mut key, mut meta, mut last_vip) = (FlowKey::default(), Meta::default(), LastVip::NONE);
-    let verdict = match classify(frame, state, worker, &mut key, &mut meta, &mut last_vip) {
+    let verdict = match classify(frame, state, plane, &mut key, &mut meta, &mut last_vip) {
         Err(v) => v,
         Ok((vip, hash)) => finish(
             frame,
@@ -141,15 +142,15 @@ pub fn process<F: Frame>(frame: &mut F, state: &State, worker: &mut Worker, now:
                 vip,
                 key: &key,
                 hash,
-                slot: worker.conntrack.slot(hash),
+                slot: plane.conntrack.slot(hash),
                 meta,
             },
             state,
-            worker,
+            plane,
             now,
         ),
     };
-    worker.count(verdict);
+    plane.count(verdict);
     verdict
 }
 
@@ -174,11 +175,11 @@ pub fn process_burst<F: Frame>(
     frames: &mut [F],
     verdicts: &mut [Verdict],
     state: &State,
-    worker: &mut Worker,
+    plane: &mut PortPlane,
     now: u32,
 ) {
-    if worker.generation != state.generation {
-        worker.adopt(state);
+    if plane.generation != state.generation {
+        plane.adopt(state);
     }
     let n = frames.len().min(verdicts.len());
     let mut vips: [Option<&VipState>; PIPELINE] = [None; PIPELINE];
@@ -204,7 +205,7 @@ pub fn process_burst<F: Frame>(
             match classify(
                 &mut frames[i],
                 state,
-                worker,
+                plane,
                 &mut keys[i],
                 &mut metas[i],
                 &mut last_vip,
@@ -219,11 +220,11 @@ pub fn process_burst<F: Frame>(
                     }
                     vips[i] = Some(vip);
                     hashes[i] = hash;
-                    slots[i] = worker.conntrack.slot(hash);
+                    slots[i] = plane.conntrack.slot(hash);
                     // Parsing the next frames overlaps this bucket's load.
                     tracked[i] = !metas[i].fragment;
                     if tracked[i] {
-                        worker.conntrack.prefetch_bucket_at(slots[i]);
+                        plane.conntrack.prefetch_bucket_at(slots[i]);
                     }
                 }
                 Err(v) => {
@@ -233,17 +234,17 @@ pub fn process_burst<F: Frame>(
                 }
             }
             if lag != 0 && i >= lag && tracked[i - lag] {
-                worker.conntrack.prefetch_entry_at(slots[i - lag]);
+                plane.conntrack.prefetch_entry_at(slots[i - lag]);
             }
         }
         if lag == 0 {
             for j in (0..m).filter(|&j| tracked[j]) {
-                worker.conntrack.prefetch_entry_at(slots[j]);
+                plane.conntrack.prefetch_entry_at(slots[j]);
             }
         }
         for i in 0..m {
             if i < lag && tracked[m - lag + i] {
-                worker.conntrack.prefetch_entry_at(slots[m - lag + i]);
+                plane.conntrack.prefetch_entry_at(slots[m - lag + i]);
             }
             if let Some(vip) = vips[i] {
                 let flow = Flow {
@@ -253,9 +254,9 @@ pub fn process_burst<F: Frame>(
                     slot: slots[i],
                     meta: metas[i],
                 };
-                verdicts[i] = finish(&mut frames[i], &flow, state, worker, now);
+                verdicts[i] = finish(&mut frames[i], &flow, state, plane, now);
             }
-            worker.count(verdicts[i]);
+            plane.count(verdicts[i]);
         }
     }
 }
@@ -282,7 +283,7 @@ struct Flow<'s, 'k> {
     vip: &'s VipState,
     key: &'k FlowKey,
     hash: u64,
-    /// The flow's place in the worker's connection table, from `hash`.
+    /// The flow's place in the port's connection table, from `hash`.
     slot: Slot,
     meta: Meta,
 }
@@ -293,18 +294,18 @@ fn finish<F: Frame>(
     frame: &mut F,
     flow: &Flow<'_, '_>,
     state: &State,
-    worker: &mut Worker,
+    plane: &mut PortPlane,
     now: u32,
 ) -> Verdict {
     let vip = flow.vip;
     let picked = if flow.meta.fragment {
-        worker.counters.fragments += 1;
+        plane.counters.fragments += 1;
         vip.pick(flow.hash).map(|(_, b)| (b, false))
     } else if flow.meta.icmp_error {
-        worker.counters.icmp_errors += 1;
-        follow(vip, flow.key, flow.hash, worker, now, false)
+        plane.counters.icmp_errors += 1;
+        follow(vip, flow.key, flow.hash, plane, now, false)
     } else {
-        select::select(vip, flow, TcpFlags(flow.meta.tcp_flags), worker, now)
+        select::select(vip, flow, TcpFlags(flow.meta.tcp_flags), plane, now)
     };
     let Some((backend, new_conn)) = picked else {
         return Verdict::Drop(DropReason::NoBackend);
@@ -314,25 +315,25 @@ fn finish<F: Frame>(
         Mode::L2dsr => {
             let d = frame.data_mut();
             d[0..6].copy_from_slice(&backend.mac.0);
-            d[6..12].copy_from_slice(&worker.mac);
+            d[6..12].copy_from_slice(&plane.mac);
             Outcome::Forwarded
         }
-        Mode::Gre => encap_gre(frame, flow, state, worker.mac, backend),
+        Mode::Gre => encap_gre(frame, flow, state, plane.mac, backend),
     };
     match outcome {
         Outcome::Forwarded => {
-            worker
+            plane
                 .counters
                 .forwarded(vip.id, backend.id, bytes, new_conn);
             Verdict::Tx
         }
         Outcome::Replied => {
             // The packet itself is dropped as too big; the port sends the ICMP error in its place.
-            worker.counters.drop(DropReason::TooBig);
-            worker.counters.icmp_too_big += 1;
+            plane.counters.drop(DropReason::TooBig);
+            plane.counters.icmp_too_big += 1;
             Verdict::Tx
         }
-        Outcome::Fragment => fragmenting(worker, vip.id, backend.id, bytes, new_conn),
+        Outcome::Fragment => fragmenting(plane, vip.id, backend.id, bytes, new_conn),
         Outcome::Dropped(reason) => Verdict::Drop(reason),
     }
 }
@@ -341,14 +342,14 @@ fn finish<F: Frame>(
 #[cold]
 #[inline(never)]
 fn fragmenting(
-    worker: &mut Worker,
+    plane: &mut PortPlane,
     vip: u32,
     backend: u32,
     bytes: usize,
     new_conn: bool,
 ) -> Verdict {
-    worker.counters.forwarded(vip, backend, bytes, new_conn);
-    worker.counters.gre_fragmented += 1;
+    plane.counters.forwarded(vip, backend, bytes, new_conn);
+    plane.counters.gre_fragmented += 1;
     Verdict::Fragment
 }
 
@@ -379,7 +380,7 @@ mod tests {
     use super::*;
     use crate::counters::DropReason;
     use crate::dataplane::testing::*;
-    use crate::dataplane::{process, process_burst, Verdict, Worker};
+    use crate::dataplane::{process, process_burst, PortPlane, Verdict};
     use cne::frame::{Frame, VecFrame};
     use proptest::prelude::*;
 
@@ -392,7 +393,7 @@ mod tests {
     fn drops_are_counted_by_reason() {
         let c = control();
         let state = c.state();
-        let mut w = Worker::new(LB_MAC, &state);
+        let mut w = PortPlane::new(LB_MAC, &state);
         let cases: Vec<(Vec<u8>, DropReason)> = vec![
             (
                 tcp4([198, 18, 50, 1], 1, [198, 18, 100, 9], 80, SYN),
@@ -445,7 +446,7 @@ mod tests {
             assert_eq!(v, Verdict::Drop(*reason), "case {i}");
             assert_eq!(&out, frame, "case {i}: a dropped frame is not modified");
         }
-        let counters = w.counters();
+        let counters = w.refresh_counters();
         assert_eq!(counters.rx_packets, cases.len() as u64);
         assert_eq!(counters.tx_packets, 0);
         assert_eq!(counters.drops_for(DropReason::NoVip), 2);
@@ -457,14 +458,14 @@ mod tests {
     fn counters_per_vip_and_backend() {
         let c = control();
         let state = c.state();
-        let mut w = Worker::new(LB_MAC, &state);
+        let mut w = PortPlane::new(LB_MAC, &state);
         let input = bytes(GRE4_IN, None);
         for now in 1..=3 {
             assert_eq!(run(&state, &mut w, &input, now).0, Verdict::Tx);
         }
         let web4 = state.vip_by_name("web4").expect("vip");
         let b1 = web4.backends()[0].id;
-        let counters = w.counters().clone();
+        let counters = w.refresh_counters().clone();
         assert_eq!(counters.vips[web4.id as usize].packets, 3);
         assert_eq!(
             counters.vips[web4.id as usize].bytes,
@@ -482,9 +483,9 @@ mod tests {
     }
 
     #[test]
-    fn worker_adopts_new_settings_and_ids() {
+    fn plane_adopts_new_settings_and_ids() {
         let mut c = control();
-        let mut w = Worker::new(LB_MAC, &c.state());
+        let mut w = PortPlane::new(LB_MAC, &c.state());
         let extra = crate::config::BackendSection {
             name: "p9".into(),
             addr: "198.18.2.9".parse().expect("ip"),
@@ -496,7 +497,7 @@ mod tests {
         let id = state.vip_by_name("pool").expect("vip").backends()[4].id;
         // Nearly every new flow goes to the heavy new backend, and its counters exist.
         backends_of(&state, &mut w, &flows(100), SYN, 1);
-        assert!(w.counters().backends[id as usize].packets > 90);
+        assert!(w.refresh_counters().backends[id as usize].packets > 90);
     }
 
     #[test]
@@ -539,21 +540,21 @@ mod tests {
         ] {
             inputs.push(tcp4([198, 18, 61, 1], 3000, dst, port, ACK));
         }
-        let mut one = Worker::new(LB_MAC, &state);
+        let mut one = PortPlane::new(LB_MAC, &state);
         let expected: Vec<(Verdict, Vec<u8>)> =
             inputs.iter().map(|f| run(&state, &mut one, f, 5)).collect();
-        let mut burst = Worker::new(LB_MAC, &state);
+        let mut burst = PortPlane::new(LB_MAC, &state);
         let mut frames: Vec<VecFrame> = inputs.iter().map(|f| VecFrame::from_bytes(f)).collect();
         let mut verdicts = vec![Verdict::Drop(DropReason::Malformed); frames.len()];
         process_burst(&mut frames, &mut verdicts, &state, &mut burst, 5);
         for (i, ((v, out), f)) in expected.iter().zip(&frames).enumerate() {
             assert_eq!((verdicts[i], f.data()), (*v, &out[..]), "frame {i}");
         }
-        assert_eq!(one.counters(), burst.counters());
+        assert_eq!(one.refresh_counters(), burst.refresh_counters());
         // A shorter verdict slice limits the burst instead of panicking.
         let mut two = [Verdict::Tx; 2];
         process_burst(&mut frames, &mut two, &state, &mut burst, 5);
-        assert_eq!(burst.counters().rx_packets, inputs.len() as u64 + 2);
+        assert_eq!(burst.refresh_counters().rx_packets, inputs.len() as u64 + 2);
     }
 
     proptest! {
@@ -561,7 +562,7 @@ mod tests {
 
         #[test]
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..200), headroom in 0usize..80) {
-            let (state, mut w) = state_and_worker();
+            let (state, mut w) = state_and_plane();
             let mut f = VecFrame::new(&data, headroom, 256);
             let _ = process(&mut f, &state, &mut w, 1);
         }
@@ -581,7 +582,7 @@ mod tests {
                 frame[i] = value;
             }
             frame.truncate(cut.index(frame.len() + 1).max(1));
-            let (state, mut w) = state_and_worker();
+            let (state, mut w) = state_and_plane();
             let mut f = VecFrame::new(&frame, headroom, 2048);
             if process(&mut f, &state, &mut w, 1) == Verdict::Tx {
                 prop_assert!(wire::parse_frame(f.data()).is_ok(), "sent an unparsable frame");

@@ -2,7 +2,7 @@
 //! in on. Only when the data plane sees all traffic of its queues (`claim_all`): otherwise the kernel
 //! answers. Gratuitous ARP and multicast senders are not answered.
 
-use super::{write_l2, Verdict, Worker, MAX_L2};
+use super::{write_l2, PortPlane, Verdict, MAX_L2};
 use crate::control::{Addr, State};
 use crate::counters::DropReason;
 use cne::frame::Frame;
@@ -18,10 +18,10 @@ pub(super) fn answer_arp<F: Frame>(
     frame: &mut F,
     info: &FrameInfo,
     state: &State,
-    worker: &mut Worker,
+    plane: &mut PortPlane,
 ) -> Verdict {
     let l3 = info.l3_offset;
-    let mac = MacAddr(worker.mac);
+    let mac = MacAddr(plane.mac);
     let data = frame.data_mut();
     let Ok(mut arp) = ArpPacket::new_checked(&mut data[l3..]) else {
         return Verdict::Drop(DropReason::Malformed);
@@ -45,8 +45,8 @@ pub(super) fn answer_arp<F: Frame>(
     arp.set_sender_hardware_addr(mac);
     arp.set_sender_protocol_addr(target);
     data[0..6].copy_from_slice(&asker_mac.0);
-    data[6..12].copy_from_slice(&worker.mac);
-    worker.counters.arp_replies += 1;
+    data[6..12].copy_from_slice(&plane.mac);
+    plane.counters.arp_replies += 1;
     Verdict::Tx
 }
 
@@ -57,7 +57,7 @@ pub(super) fn answer_neighbor_solicitation<F: Frame>(
     frame: &mut F,
     info: &FrameInfo,
     state: &State,
-    worker: &mut Worker,
+    plane: &mut PortPlane,
 ) -> Option<Verdict> {
     let (IpAddr::V6(asker), l3, l4) = (info.src, info.l3_offset, info.l4_offset) else {
         return None;
@@ -89,7 +89,7 @@ pub(super) fn answer_neighbor_solicitation<F: Frame>(
     let na = NeighborAdvertRepr {
         flags,
         target,
-        target_link_addr: Some(MacAddr(worker.mac)),
+        target_link_addr: Some(MacAddr(plane.mac)),
     };
     let len = na.buffer_len();
     if !frame.set_len(l3 + Ipv6Repr::HEADER_LEN + len) {
@@ -112,8 +112,8 @@ pub(super) fn answer_neighbor_solicitation<F: Frame>(
     {
         return Some(Verdict::Drop(DropReason::Malformed));
     }
-    write_l2(data, &l2[..l3], dst_mac, worker.mac, EtherType::Ipv6);
-    worker.counters.nd_replies += 1;
+    write_l2(data, &l2[..l3], dst_mac, plane.mac, EtherType::Ipv6);
+    plane.counters.nd_replies += 1;
     Some(Verdict::Tx)
 }
 
@@ -121,7 +121,7 @@ pub(super) fn answer_neighbor_solicitation<F: Frame>(
 mod tests {
 
     use crate::dataplane::testing::*;
-    use crate::dataplane::{Verdict, Worker};
+    use crate::dataplane::{PortPlane, Verdict};
     use crate::{control::Control, counters::DropReason};
 
     use crate::config::MaglevSection;
@@ -135,7 +135,7 @@ mod tests {
     fn gratuitous_arp_and_multicast_senders_are_not_answered() {
         let c = control();
         let state = c.state();
-        let mut w = Worker::new(LB_MAC, &state);
+        let mut w = PortPlane::new(LB_MAC, &state);
         // Ethernet (14) + ARP: sender MAC at 22, sender IP at 28, target IP at 38.
         let mut announce = bytes(ARP_IN, None);
         let vip: [u8; 4] = announce[38..42].try_into().expect("4 bytes");
@@ -150,7 +150,7 @@ mod tests {
             run(&state, &mut w, &multicast, 1).0,
             Verdict::Drop(DropReason::Malformed)
         );
-        assert_eq!(w.counters().arp_replies, 0);
+        assert_eq!(w.refresh_counters().arp_replies, 0);
     }
 
     #[test]
@@ -165,7 +165,7 @@ mod tests {
                 .expect("parses");
         let c = Control::new(s.validate().expect("valid")).expect("builds");
         let state = c.state();
-        let mut w = Worker::new(LB_MAC, &state);
+        let mut w = PortPlane::new(LB_MAC, &state);
         assert_eq!(
             run(&state, &mut w, &bytes(ARP_IN, None), 1).0,
             Verdict::Drop(DropReason::NotIp)

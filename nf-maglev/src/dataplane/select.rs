@@ -2,12 +2,12 @@
 //! choice for the flow's next packets.
 //!
 //! A TCP packet other than a SYN that the table does not know may belong to a connection that began before
-//! the Maglev table changed (another worker, another load balancer, a restart): it goes where the oldest
+//! the Maglev table changed (another port or worker, another load balancer, a restart): it goes where the oldest
 //! kept table sends it while that backend exists (the published state keeps the past tables), so table
 //! changes and flow moves together break nothing. A SYN to a draining backend opens nothing there. ICMP
 //! errors and packets being fragmented ask the same way ([`follow`]) but record nothing.
 
-use super::{Flow, Worker};
+use super::{Flow, PortPlane};
 use crate::conntrack::{Conn, FlowKey};
 use crate::control::{BackendState, VipState};
 use cne::wire::{IpProtocol, TcpFlags};
@@ -20,16 +20,16 @@ pub(super) fn follow<'s>(
     vip: &'s VipState,
     key: &FlowKey,
     hash: u64,
-    worker: &mut Worker,
+    plane: &mut PortPlane,
     now: u32,
     syn: bool,
 ) -> Option<(&'s BackendState, bool)> {
-    if let Some(conn) = worker.conntrack.lookup(key, hash, now, false) {
+    if let Some(conn) = plane.conntrack.lookup(key, hash, now, false) {
         if let Some((_, b)) = vip.backend(conn.backend, conn.hint) {
             return Some((b, false));
         }
     }
-    // An error about a TCP connection this worker does not know goes where that connection's packets go.
+    // An error about a TCP connection this port does not know goes where that connection's packets go.
     if key.proto == u8::from(IpProtocol::Tcp) && !syn {
         if let Some((_, b, _)) = vip.past_pick(hash) {
             return Some((b, false));
@@ -45,21 +45,21 @@ pub(super) fn select<'s>(
     vip: &'s VipState,
     flow: &Flow<'_, '_>,
     flags: TcpFlags,
-    worker: &mut Worker,
+    plane: &mut PortPlane,
     now: u32,
 ) -> Option<(&'s BackendState, bool)> {
     let (key, slot) = (flow.key, flow.slot);
     let tcp = key.proto == u8::from(IpProtocol::Tcp);
     let syn = tcp && flags.contains(TcpFlags::SYN) && !flags.contains(TcpFlags::ACK);
     let closing = tcp && (flags.contains(TcpFlags::FIN) || flags.contains(TcpFlags::RST));
-    let hit = worker.conntrack.lookup_at(key, slot, now, closing);
+    let hit = plane.conntrack.lookup_at(key, slot, now, closing);
     if let Some(conn) = hit {
         match vip.backend(conn.backend, conn.hint) {
             // A SYN opens a new connection: a draining backend gets none, even on a reused 5-tuple.
             Some((index, b)) if !(syn && b.weight == 0) => {
                 if index != conn.hint {
                     // The backend list changed under the entry: remember the new position.
-                    worker.conntrack.insert_at(
+                    plane.conntrack.insert_at(
                         key,
                         slot,
                         Conn {
@@ -72,18 +72,18 @@ pub(super) fn select<'s>(
                 return Some((b, false));
             }
             Some(_) => {}
-            None => worker.counters.rerouted += 1,
+            None => plane.counters.rerouted += 1,
         }
     }
     // A connection (not a SYN) nobody here knows may have begun before the table changed: it goes where the
     // oldest kept table sends it while that backend exists. Only after a change, and only on a miss.
     let (index, b) = if hit.is_none() && tcp && !syn && vip.has_past() {
-        past_or_pick(vip, flow.hash, worker)?
+        past_or_pick(vip, flow.hash, plane)?
     } else {
         vip.pick(flow.hash)?
     };
     // A full table evicts, the flood guard may refuse: either way the Maglev table keeps the flow on `b`.
-    worker.conntrack.insert_at(
+    plane.conntrack.insert_at(
         key,
         slot,
         Conn {
@@ -102,10 +102,10 @@ pub(super) fn select<'s>(
 fn past_or_pick<'s>(
     vip: &'s VipState,
     hash: u64,
-    worker: &mut Worker,
+    plane: &mut PortPlane,
 ) -> Option<(u16, &'s BackendState)> {
     if let Some((i, b, _)) = vip.past_pick(hash) {
-        worker.counters.past_table += 1;
+        plane.counters.past_table += 1;
         return Some((i, b));
     }
     vip.pick(hash)
@@ -117,13 +117,13 @@ mod tests {
     use crate::config::MaglevSection;
     use crate::control::Control;
     use crate::dataplane::testing::*;
-    use crate::dataplane::{Verdict, Worker};
+    use crate::dataplane::{PortPlane, Verdict};
 
     #[test]
     fn flows_spread_over_the_pool_and_stay_put() {
         let c = control();
         let state = c.state();
-        let mut w = Worker::new(LB_MAC, &state);
+        let mut w = PortPlane::new(LB_MAC, &state);
         let f = flows(4000);
         let first = backends_of(&state, &mut w, &f, SYN, 1);
         for b in 1..=4u8 {
@@ -135,14 +135,14 @@ mod tests {
         }
         assert_eq!(backends_of(&state, &mut w, &f, ACK, 2), first);
         // A second worker (another queue, another instance) with an empty table picks the same backends.
-        let mut other = Worker::new(LB_MAC, &state);
+        let mut other = PortPlane::new(LB_MAC, &state);
         assert_eq!(backends_of(&state, &mut other, &f, ACK, 2), first);
     }
 
     #[test]
     fn removing_a_backend_moves_only_its_flows() {
         let mut c = control();
-        let mut w = Worker::new(LB_MAC, &c.state());
+        let mut w = PortPlane::new(LB_MAC, &c.state());
         let f = flows(2000);
         let before = backends_of(&c.state(), &mut w, &f, SYN, 1);
         c.remove_backend("pool", "p1").expect("removes");
@@ -158,13 +158,13 @@ mod tests {
             }
         }
         assert!(moved > 300);
-        assert_eq!(w.counters().rerouted, moved);
+        assert_eq!(w.refresh_counters().rerouted, moved);
     }
 
     #[test]
     fn adding_a_backend_keeps_established_flows() {
         let mut c = control();
-        let mut w = Worker::new(LB_MAC, &c.state());
+        let mut w = PortPlane::new(LB_MAC, &c.state());
         let f = flows(2000);
         let before = backends_of(&c.state(), &mut w, &f, SYN, 1);
         let extra = crate::config::BackendSection {
@@ -196,7 +196,7 @@ mod tests {
     #[test]
     fn draining_keeps_flows_and_turns_new_connections_away() {
         let mut c = control();
-        let mut w = Worker::new(LB_MAC, &c.state());
+        let mut w = PortPlane::new(LB_MAC, &c.state());
         let f = flows(2000);
         let before = backends_of(&c.state(), &mut w, &f, SYN, 1);
         c.drain("pool", "p2").expect("drains");
@@ -234,16 +234,20 @@ mod tests {
         );
         // Another worker (another queue, instance or a restart): an empty connection table. Packets of
         // established connections go to the backend table A gave them, and stay there (recorded).
-        let mut other = Worker::new(LB_MAC, &c.state());
+        let mut other = PortPlane::new(LB_MAC, &c.state());
         assert_eq!(backends_of(&c.state(), &mut other, &f, ACK, 3), under_a);
-        assert_eq!(other.counters().past_table, f.len() as u64);
+        assert_eq!(other.refresh_counters().past_table, f.len() as u64);
         assert_eq!(backends_of(&c.state(), &mut other, &f, ACK, 4), under_a);
-        assert_eq!(other.counters().past_table, f.len() as u64, "once per flow");
+        assert_eq!(
+            other.refresh_counters().past_table,
+            f.len() as u64,
+            "once per flow"
+        );
         // A SYN is a new connection: the current table B.
-        let mut syn = Worker::new(LB_MAC, &c.state());
+        let mut syn = PortPlane::new(LB_MAC, &c.state());
         let new = backends_of(&c.state(), &mut syn, &f, SYN, 3);
         assert!(moved.iter().all(|&i| new[i] == [198, 18, 2, 5]));
-        assert_eq!(syn.counters().past_table, 0);
+        assert_eq!(syn.refresh_counters().past_table, 0);
         // UDP follows the current table (no connections to keep).
         let udp_vip = c.state();
         let udp = udp_vip.vip_by_name("pool").expect("vip");
@@ -260,16 +264,16 @@ mod tests {
         let victim = under_a[moved[0]];
         let name = format!("p{}", victim[3] - 1);
         c.drain("pool", &name).expect("drains");
-        let mut w = Worker::new(LB_MAC, &c.state());
+        let mut w = PortPlane::new(LB_MAC, &c.state());
         let drained = backends_of(&c.state(), &mut w, &f, ACK, 3);
         assert_eq!(drained, under_a, "drained backends keep their connections");
         // Removed: its connections go where the current table sends them; everyone else's stay.
         c.remove_backend("pool", &name).expect("removes");
         let current = {
-            let mut syn = Worker::new(LB_MAC, &c.state());
+            let mut syn = PortPlane::new(LB_MAC, &c.state());
             backends_of(&c.state(), &mut syn, &f, SYN, 3)
         };
-        let mut w = Worker::new(LB_MAC, &c.state());
+        let mut w = PortPlane::new(LB_MAC, &c.state());
         let after = backends_of(&c.state(), &mut w, &f, ACK, 3);
         for i in 0..f.len() {
             if under_a[i] == victim {
@@ -285,15 +289,15 @@ mod tests {
         c.set_now(Some(1_000_000 + 900));
         assert!(c.tick());
         assert!(!c.state().vip_by_name("pool").expect("vip").has_past());
-        let mut w = Worker::new(LB_MAC, &c.state());
+        let mut w = PortPlane::new(LB_MAC, &c.state());
         assert_eq!(backends_of(&c.state(), &mut w, &f, ACK, 3), current);
-        assert_eq!(w.counters().past_table, 0);
+        assert_eq!(w.refresh_counters().past_table, 0);
     }
 
     #[test]
     fn fin_shortens_the_timeout_and_flows_expire() {
         let mut c = control();
-        let mut w = Worker::new(LB_MAC, &c.state());
+        let mut w = PortPlane::new(LB_MAC, &c.state());
         let f = flows(500);
         let before = backends_of(&c.state(), &mut w, &f, SYN, 1);
         backends_of(&c.state(), &mut w, &f, FIN_ACK, 2);
@@ -309,7 +313,7 @@ mod tests {
     fn fragments_of_a_datagram_reach_one_backend() {
         let c = control();
         let state = c.state();
-        let mut w = Worker::new(LB_MAC, &state);
+        let mut w = PortPlane::new(LB_MAC, &state);
         let mut seen = std::collections::HashSet::new();
         for i in 0..200u16 {
             let src = [198, 18, 61, (i % 200) as u8];
@@ -325,7 +329,7 @@ mod tests {
             seen.insert(outer_dst(&o1));
         }
         assert_eq!(seen.len(), 4, "different clients spread over the pool");
-        assert_eq!(w.counters().fragments, 400);
+        assert_eq!(w.refresh_counters().fragments, 400);
         assert_eq!(
             w.conntrack().stats().inserted,
             0,
@@ -343,13 +347,13 @@ mod tests {
         .expect("parses");
         let c = Control::new(s.validate().expect("valid")).expect("builds");
         let state = c.state();
-        let mut w = Worker::new(LB_MAC, &state);
+        let mut w = PortPlane::new(LB_MAC, &state);
         let f = flows(50);
         let first = backends_of(&state, &mut w, &f, SYN, 1);
         assert_eq!(w.conntrack().stats().inserted, 10);
         assert_eq!(w.conntrack().stats().limited, 40);
         // Unrecorded flows still go where the Maglev table says, which is where they went.
         assert_eq!(backends_of(&state, &mut w, &f, ACK, 1), first);
-        assert_eq!(w.counters().tx_packets, 100);
+        assert_eq!(w.refresh_counters().tx_packets, 100);
     }
 }

@@ -186,12 +186,12 @@ pub(crate) fn control() -> Control {
 
 pub(crate) fn run(
     state: &State,
-    worker: &mut Worker,
+    plane: &mut PortPlane,
     input: &[u8],
     now: u32,
 ) -> (Verdict, Vec<u8>) {
     let mut f = VecFrame::from_bytes(input);
-    let v = process(&mut f, state, worker, now);
+    let v = process(&mut f, state, plane, now);
     (v, f.data().to_vec())
 }
 
@@ -199,7 +199,7 @@ pub(crate) fn run(
 pub(crate) fn check(name: &str, input: Vec<u8>, want: Vec<u8>) {
     let c = control();
     let state = c.state();
-    let mut w = Worker::new(LB_MAC, &state);
+    let mut w = PortPlane::new(LB_MAC, &state);
     let (v, out) = run(&state, &mut w, &input, 1);
     assert_eq!(v, Verdict::Tx, "{name}");
     assert_eq!(hex(&out), hex(&want), "{name}");
@@ -280,7 +280,7 @@ pub(crate) fn outer_dst(out: &[u8]) -> [u8; 4] {
 /// Sends a non-SYN packet of each flow and returns the backend it went to.
 pub(crate) fn backends_of(
     state: &State,
-    w: &mut Worker,
+    w: &mut PortPlane,
     flows: &[([u8; 4], u16)],
     flags: u8,
     now: u32,
@@ -324,7 +324,7 @@ pub(crate) fn moved_by_adding_p4(
     c: &mut Control,
     f: &[([u8; 4], u16)],
 ) -> (Vec<[u8; 4]>, Vec<usize>) {
-    let mut w = Worker::new(LB_MAC, &c.state());
+    let mut w = PortPlane::new(LB_MAC, &c.state());
     let under_a = backends_of(&c.state(), &mut w, f, SYN, 1);
     let p4 = crate::config::BackendSection {
         name: "p4".into(),
@@ -333,7 +333,7 @@ pub(crate) fn moved_by_adding_p4(
         mac: None,
     };
     c.add_backend("pool", p4).expect("adds");
-    let mut fresh = Worker::new(LB_MAC, &c.state());
+    let mut fresh = PortPlane::new(LB_MAC, &c.state());
     let under_b = backends_of(&c.state(), &mut fresh, f, SYN, 2);
     let moved: Vec<usize> = (0..f.len()).filter(|&i| under_a[i] != under_b[i]).collect();
     assert!(
@@ -378,7 +378,7 @@ pub(crate) fn udp4_raw(
 /// `pool` frames: the verdict and the frames sent.
 pub(crate) fn run_fragmenting(
     state: &State,
-    w: &mut Worker,
+    w: &mut PortPlane,
     input: &[u8],
     pool: usize,
 ) -> (Verdict, Vec<Vec<u8>>) {
@@ -444,8 +444,8 @@ pub(crate) fn shared_state() -> std::sync::Arc<State> {
     STATE.get_or_init(|| control().state()).clone()
 }
 
-pub(crate) fn state_and_worker() -> (std::sync::Arc<State>, Worker) {
+pub(crate) fn state_and_plane() -> (std::sync::Arc<State>, PortPlane) {
     let state = shared_state();
-    let w = Worker::new(LB_MAC, &state);
+    let w = PortPlane::new(LB_MAC, &state);
     (state, w)
 }
