@@ -51,7 +51,7 @@
 use std::sync::Arc;
 
 use nf_maglev::config::{BackendSection, Mode, Port};
-use nf_maglev::control::{ControlError, State};
+use nf_maglev::control::{Control, ControlError, State};
 use nf_maglev::counters::{Counters, DropReason, Traffic};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -77,6 +77,23 @@ pub(crate) enum Change {
         vip: String,
         backend: BackendSection,
     },
+}
+
+impl Change {
+    /// Applies the change through `control`, which validates and publishes it or returns every reason
+    /// it was refused.
+    pub(crate) fn apply(self, control: &mut Control) -> Result<(), ControlError> {
+        match self {
+            Change::Weight {
+                vip,
+                backend,
+                weight,
+            } => control.set_weight(&vip, &backend, weight),
+            Change::Drain { vip, backend } => control.drain(&vip, &backend),
+            Change::Remove { vip, backend } => control.remove_backend(&vip, &backend),
+            Change::Add { vip, backend } => control.add_backend(&vip, backend),
+        }
+    }
 }
 
 /// An error with its HTTP status.
@@ -505,7 +522,6 @@ pub(crate) fn unavailable() -> Reply {
 mod tests {
     use super::*;
     use nf_maglev::config::MaglevSection;
-    use nf_maglev::control::Control;
 
     /// The API over a bare control plane, no sockets.
     struct Fake {
@@ -519,16 +535,7 @@ mod tests {
             self.control.state()
         }
         fn change(&mut self, change: Change) -> Result<(), ControlError> {
-            match change {
-                Change::Weight {
-                    vip,
-                    backend,
-                    weight,
-                } => self.control.set_weight(&vip, &backend, weight),
-                Change::Drain { vip, backend } => self.control.drain(&vip, &backend),
-                Change::Remove { vip, backend } => self.control.remove_backend(&vip, &backend),
-                Change::Add { vip, backend } => self.control.add_backend(&vip, backend),
-            }
+            change.apply(&mut self.control)
         }
         fn reload(&mut self) -> Result<(), ApiError> {
             self.reload_result.clone()

@@ -367,16 +367,7 @@ impl Api for Runtime {
     }
 
     fn change(&mut self, change: Change) -> Result<(), ControlError> {
-        let r = match change {
-            Change::Weight {
-                vip,
-                backend,
-                weight,
-            } => self.control.set_weight(&vip, &backend, weight),
-            Change::Drain { vip, backend } => self.control.drain(&vip, &backend),
-            Change::Remove { vip, backend } => self.control.remove_backend(&vip, &backend),
-            Change::Add { vip, backend } => self.control.add_backend(&vip, backend),
-        };
+        let r = change.apply(&mut self.control);
         self.update_stats(None);
         r
     }
