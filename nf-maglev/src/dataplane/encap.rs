@@ -1,10 +1,12 @@
-//! Forwarding by GRE (RFC 2784): the IP datagram is wrapped, in place, in an outer IPv4 or IPv6 header of
-//! the backend's family and a GRE header, written into the frame's headroom; an IPv4 packet without DF
-//! that would not fit the MTU once wrapped is split into fragments first ([`fragment`]).
+//! Forwarding rewrites, in place: GRE encapsulation (RFC 2784) or L2 direct server return.
 //!
-//! The outer header is the backend's precomputed template ([`crate::tunnel::GreOuter`]): per packet only
-//! the length, the traffic class (and IPv6 flow label) and the IPv4 checksum, from the template's
-//! precomputed sum, are written, and nothing just written is read back.
+//! GRE wraps the IP datagram in an outer IPv4 or IPv6 header of the backend's family and a GRE header,
+//! written into the frame's headroom; an IPv4 packet without DF that would not fit the MTU once wrapped is
+//! split into fragments, each in its own GRE packet ([`fragment`]). The outer header is the backend's
+//! precomputed template ([`crate::tunnel::GreOuter`]): per packet only the length, the traffic class (and
+//! IPv6 flow label) and the IPv4 checksum, from the template's precomputed sum, are written, and nothing
+//! just written is read back. L2 direct server return (the LVS/DR way) only changes the MAC addresses: the
+//! backend holds the VIP on an interface of its own.
 
 use super::classify::classify_full;
 use super::icmp::too_big;
@@ -16,6 +18,15 @@ use crate::counters::DropReason;
 use crate::tunnel::{GreOuter, GRE_LEN};
 use cne::frame::Frame;
 use cne::wire::{self, checksum, EtherType, IpVersion, Ipv4Repr, Ipv6Repr, TcpFlags};
+
+/// Sends the frame to `backend` unchanged but for the MAC addresses (`mac`: the port's).
+#[inline(always)]
+pub(super) fn l2_dsr<F: Frame>(frame: &mut F, mac: [u8; 6], backend: &BackendState) -> Outcome {
+    let d = frame.data_mut();
+    d[0..6].copy_from_slice(&backend.mac.0);
+    d[6..12].copy_from_slice(&mac);
+    Outcome::Forwarded
+}
 
 /// Wraps the IP datagram in Ethernet / outer IP / GRE for `backend`, in place.
 #[inline(always)]

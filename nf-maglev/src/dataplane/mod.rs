@@ -3,8 +3,8 @@
 //!
 //! Per packet: parse once and find the VIP (`classify.rs`), hash the flow, ask the port's connection table,
 //! else the VIP's Maglev table (`select.rs`), then forward: GRE encapsulation (RFC 2784) in an outer IPv4 or
-//! IPv6 header of the backend's family, written into the frame's headroom (`encap.rs`), or L2 direct server
-//! return (only the MAC addresses change). Fragments have no ports past the first, so every fragment is
+//! IPv6 header of the backend's family, written into the frame's headroom, or L2 direct server return (only
+//! the MAC addresses change) (`encap.rs`). Fragments have no ports past the first, so every fragment is
 //! hashed on (source, destination, protocol) and skips the connection table: all fragments of a datagram
 //! reach one backend. ICMP errors about a VIP's packets follow the connection they quote, and a packet too
 //! big for the tunnel is fragmented or answered with an ICMP error (`icmp.rs`). ARP requests and IPv6
@@ -38,7 +38,7 @@ use crate::tunnel::GRE_MAX_OVERHEAD;
 use classify::{classify, LastVip};
 use cne::frame::Frame;
 use cne::wire::{self, EtherType, TcpFlags};
-use encap::encap_gre;
+use encap::{encap_gre, l2_dsr};
 use select::follow;
 
 /// Largest Ethernet + VLAN header (two tags).
@@ -312,12 +312,7 @@ fn finish<F: Frame>(
     };
     let bytes = frame.len();
     let outcome = match vip.mode {
-        Mode::L2dsr => {
-            let d = frame.data_mut();
-            d[0..6].copy_from_slice(&backend.mac.0);
-            d[6..12].copy_from_slice(&plane.mac);
-            Outcome::Forwarded
-        }
+        Mode::L2dsr => l2_dsr(frame, plane.mac, backend),
         Mode::Gre => encap_gre(frame, flow, state, plane.mac, backend),
     };
     match outcome {

@@ -1,6 +1,5 @@
 //! Shared test fixtures of the packet path: the test configuration, Katran-style input and expected
 //! output frames (generated with scapy), frame builders and small runners.
-#![allow(dead_code)]
 
 use super::*;
 use crate::config::MaglevSection;
