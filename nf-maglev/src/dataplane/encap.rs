@@ -308,9 +308,10 @@ fn fragment_into<F: Frame>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conntrack::FlowKey;
+    use crate::counters::DropReason;
     use crate::dataplane::testing::*;
     use crate::dataplane::{PortPlane, Verdict};
-    use crate::{conntrack::FlowKey, counters::DropReason};
 
     #[test]
     fn fixture_gre_ipv4() {

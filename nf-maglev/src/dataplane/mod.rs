@@ -372,11 +372,9 @@ fn write_l2(data: &mut [u8], old_l2: &[u8], dst: [u8; 6], src: [u8; 6], ethertyp
 
 #[cfg(test)]
 mod tests {
+    use super::testing::*;
     use super::*;
-    use crate::counters::DropReason;
-    use crate::dataplane::testing::*;
-    use crate::dataplane::{process, process_burst, PortPlane, Verdict};
-    use cne::frame::{Frame, VecFrame};
+    use cne::frame::VecFrame;
     use proptest::prelude::*;
 
     #[test]

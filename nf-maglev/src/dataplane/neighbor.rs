@@ -120,9 +120,10 @@ pub(super) fn answer_neighbor_solicitation<F: Frame>(
 #[cfg(test)]
 mod tests {
 
+    use crate::control::Control;
+    use crate::counters::DropReason;
     use crate::dataplane::testing::*;
     use crate::dataplane::{PortPlane, Verdict};
-    use crate::{control::Control, counters::DropReason};
 
     use crate::config::MaglevSection;
 
