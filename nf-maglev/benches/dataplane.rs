@@ -5,7 +5,7 @@
 use cne::frame::{Frame, VecFrame};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use nf_maglev::dataplane::{process, process_burst, Verdict};
-use nf_maglev::testing::{control, established_worker, fill, flow_picker, template, BURST};
+use nf_maglev::testing::{control, established_plane, fill, flow_picker, template, BURST};
 use std::hint::black_box;
 
 fn dataplane(c: &mut Criterion) {
@@ -21,7 +21,7 @@ fn dataplane(c: &mut Criterion) {
     ] {
         let ctl = control(flows, mode);
         let shared = ctl.shared();
-        let mut worker = established_worker(&ctl, flows, &tpl);
+        let mut plane = established_plane(&ctl, flows, &tpl);
         let mut frames: Vec<VecFrame> = (0..BURST).map(|_| VecFrame::from_bytes(&tpl)).collect();
         let mut next = flow_picker(flows);
         g.bench_function(
@@ -31,7 +31,7 @@ fn dataplane(c: &mut Criterion) {
                     let state = shared.load();
                     for f in frames.iter_mut() {
                         fill(f, &tpl, next(), 0x10);
-                        black_box(process(f, &state, &mut worker, 2));
+                        black_box(process(f, &state, &mut plane, 2));
                     }
                 })
             },
@@ -45,7 +45,7 @@ fn dataplane(c: &mut Criterion) {
                     for f in frames.iter_mut() {
                         fill(f, &tpl, next(), 0x10);
                     }
-                    process_burst(&mut frames, &mut verdicts, &state, &mut worker, 2);
+                    process_burst(&mut frames, &mut verdicts, &state, &mut plane, 2);
                     black_box(&verdicts);
                 })
             },

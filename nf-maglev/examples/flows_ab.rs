@@ -5,8 +5,8 @@
 //! `cargo run --release -p nf-maglev --example flows_ab -- [gre|l2dsr] [FLOWS] [BLOCKS]`
 use cne::frame::VecFrame;
 use nf_maglev::control::Control;
-use nf_maglev::dataplane::{process_burst, Verdict, Worker};
-use nf_maglev::testing::{control, established_worker, fill, flow_picker, template, BURST};
+use nf_maglev::dataplane::{process_burst, PortPlane, Verdict};
+use nf_maglev::testing::{control, established_plane, fill, flow_picker, template, BURST};
 use std::hint::black_box;
 
 fn main() {
@@ -18,10 +18,10 @@ fn main() {
     let sizes = [10_000u32, big];
     let ctls: Vec<Control> = sizes.iter().map(|&f| control(f, mode)).collect();
     let shareds: Vec<_> = ctls.iter().map(|c| c.shared()).collect();
-    let mut workers: Vec<Worker> = ctls
+    let mut planes: Vec<PortPlane> = ctls
         .iter()
         .zip(sizes)
-        .map(|(c, f)| established_worker(c, f, &tpl))
+        .map(|(c, f)| established_plane(c, f, &tpl))
         .collect();
     let mut pickers: Vec<_> = sizes.iter().map(|&f| flow_picker(f)).collect();
     let mut frames: Vec<VecFrame> = (0..BURST).map(|_| VecFrame::from_bytes(&tpl)).collect();
@@ -36,7 +36,7 @@ fn main() {
                 for f in frames.iter_mut() {
                     fill(f, &tpl, pickers[k](), 0x10);
                 }
-                process_burst(&mut frames, &mut verdicts, &state, &mut workers[k], 2);
+                process_burst(&mut frames, &mut verdicts, &state, &mut planes[k], 2);
                 black_box(&verdicts);
             }
             per[k].push(t.elapsed().as_nanos() as f64 / f64::from(rounds) / BURST as f64);

@@ -3,7 +3,7 @@
 //!
 //! Requests are handled one at a time on the control thread, the only thread that changes the
 //! configuration, so operations never race each other or a reload. `GET /metrics` and `GET /healthz`
-//! are answered by the HTTP server's thread itself from shared state ([`crate::Front`]), so a slow
+//! are answered by the HTTP server's thread itself from shared state ([`crate::runtime::Front`]), so a slow
 //! reload never holds up a scrape; `/healthz` fails (503) when the control thread has not come round
 //! its loop for 15 s. Every change goes through the control
 //! plane: it is validated like the configuration file and published with one atomic swap, or rejected with
@@ -51,7 +51,7 @@
 use std::sync::Arc;
 
 use nf_maglev::config::{BackendSection, Mode, Port};
-use nf_maglev::control::{ControlError, State};
+use nf_maglev::control::{Control, ControlError, State};
 use nf_maglev::counters::{Counters, DropReason, Traffic};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -77,6 +77,23 @@ pub(crate) enum Change {
         vip: String,
         backend: BackendSection,
     },
+}
+
+impl Change {
+    /// Applies the change through `control`, which validates and publishes it or returns every reason
+    /// it was refused.
+    pub(crate) fn apply(self, control: &mut Control) -> Result<(), ControlError> {
+        match self {
+            Change::Weight {
+                vip,
+                backend,
+                weight,
+            } => control.set_weight(&vip, &backend, weight),
+            Change::Drain { vip, backend } => control.drain(&vip, &backend),
+            Change::Remove { vip, backend } => control.remove_backend(&vip, &backend),
+            Change::Add { vip, backend } => control.add_backend(&vip, backend),
+        }
+    }
 }
 
 /// An error with its HTTP status.
@@ -505,7 +522,6 @@ pub(crate) fn unavailable() -> Reply {
 mod tests {
     use super::*;
     use nf_maglev::config::MaglevSection;
-    use nf_maglev::control::Control;
 
     /// The API over a bare control plane, no sockets.
     struct Fake {
@@ -519,16 +535,7 @@ mod tests {
             self.control.state()
         }
         fn change(&mut self, change: Change) -> Result<(), ControlError> {
-            match change {
-                Change::Weight {
-                    vip,
-                    backend,
-                    weight,
-                } => self.control.set_weight(&vip, &backend, weight),
-                Change::Drain { vip, backend } => self.control.drain(&vip, &backend),
-                Change::Remove { vip, backend } => self.control.remove_backend(&vip, &backend),
-                Change::Add { vip, backend } => self.control.add_backend(&vip, backend),
-            }
+            change.apply(&mut self.control)
         }
         fn reload(&mut self) -> Result<(), ApiError> {
             self.reload_result.clone()

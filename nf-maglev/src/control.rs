@@ -24,8 +24,8 @@ use crate::config::{
     format_issues, BackendSection, Issues, Mac, MaglevSection, Mode, Port, Proto, Validated, Vip,
 };
 use crate::conntrack::Timeouts;
-use crate::dataplane::GreOuter;
 use crate::maglev::{MaglevError, Member, Table};
+use crate::tunnel::GreOuter;
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;

@@ -315,12 +315,12 @@ impl Shared {
 }
 
 /// Removes a connection from the table when its task ends.
-struct Slot {
+struct ConnectionGuard {
     shared: Arc<Shared>,
     id: u64,
 }
 
-impl Drop for Slot {
+impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.shared.table().open.remove(&self.id);
     }
@@ -503,17 +503,17 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream) {
         );
         id
     };
-    let slot = Slot {
+    let guard = ConnectionGuard {
         shared: Arc::clone(shared),
         id,
     };
     tokio::spawn(async move {
-        let shared = Arc::clone(&slot.shared);
+        let shared = Arc::clone(&guard.shared);
         tokio::select! {
             () = serve(shared, stream, busy) => {}
             _ = cancelled => {}
         }
-        drop(slot);
+        drop(guard);
     });
 }
 

@@ -23,7 +23,7 @@ use prometheus::{Encoder, Registry, TextEncoder};
 
 use nf_maglev::http;
 
-use crate::worker::{self, Slot};
+use crate::worker::{self, ReportSlot};
 
 /// A metric family: name, help, type and label names.
 struct Def {
@@ -429,7 +429,7 @@ pub(crate) struct Sources {
     /// The published state (VIP and backend names, weights, tables).
     pub(crate) state: SharedState,
     /// One report slot per worker.
-    pub(crate) workers: Vec<Arc<Slot>>,
+    pub(crate) workers: Vec<Arc<ReportSlot>>,
     /// The control thread's figures.
     pub(crate) control: Arc<Mutex<ControlStats>>,
     /// The admin server's counters.
@@ -757,7 +757,7 @@ mod tests {
             ..PortStats::default()
         };
         stats.kernel.rx_ring_full = 3;
-        let slot = crate::worker::new_slot();
+        let slot = crate::worker::new_report_slot();
         slot.store(Arc::new(vec![PortReport {
             lport: "eth9:0".into(),
             netdev: "eth9".into(),

@@ -1,6 +1,6 @@
 //! Worker threads: the packet loop of one `threads` entry and the reports it publishes.
 //!
-//! A worker owns its ports (one AF_XDP socket per lport) and, per port, a [`dataplane::Worker`]: the
+//! A worker owns its ports (one AF_XDP socket per lport) and, per port, a [`dataplane::PortPlane`]: the
 //! connection table, counters and source MAC of that port. Flows of a queue always arrive on that queue,
 //! so a table per port is a table per flow set, as Maglev's per-thread tables are.
 //!
@@ -12,7 +12,7 @@
 //!
 //! Reports: a few times per second (never per packet) the worker copies its counters and the ports'
 //! statistics (one `getsockopt(XDP_STATISTICS)` per port) into a fresh [`PortReport`] list and publishes it
-//! with one pointer swap into its [`Slot`]; the metrics and admin handlers read the latest list at request
+//! with one pointer swap into its [`ReportSlot`]; the metrics and admin handlers read the latest list at request
 //! time. Counting live connection-table entries scans the table, so that happens once per second.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,10 +59,10 @@ pub(crate) struct PortReport {
 }
 
 /// Where a worker publishes its reports: replaced whole, read without locking.
-pub(crate) type Slot = ArcSwap<Vec<PortReport>>;
+pub(crate) type ReportSlot = ArcSwap<Vec<PortReport>>;
 
 /// A new, empty slot.
-pub(crate) fn new_slot() -> Arc<Slot> {
+pub(crate) fn new_report_slot() -> Arc<ReportSlot> {
     Arc::new(ArcSwap::from_pointee(Vec::new()))
 }
 
@@ -79,7 +79,7 @@ pub(crate) struct Setup {
     /// The published state.
     pub(crate) shared: SharedState,
     /// Where to publish reports.
-    pub(crate) slot: Arc<Slot>,
+    pub(crate) slot: Arc<ReportSlot>,
     /// Set by the main thread to end the loop.
     pub(crate) stop: Arc<AtomicBool>,
     /// Start of the connection-table clock (shared by all workers).
@@ -97,11 +97,11 @@ pub(crate) fn run(w: cne::instance::Worker, setup: Setup) -> anyhow::Result<()> 
     } = setup;
     let policy = w.wait;
     w.run(|ports: &mut [Port<'_>]| {
-        let mut dps: Vec<dataplane::Worker> = {
+        let mut planes: Vec<dataplane::PortPlane> = {
             let state = shared.load();
             lports
                 .iter()
-                .map(|&(_, mac)| dataplane::Worker::new(mac, &state))
+                .map(|&(_, mac)| dataplane::PortPlane::new(mac, &state))
                 .collect()
         };
         let mut wait = AdaptiveWait::new(policy);
@@ -114,7 +114,7 @@ pub(crate) fn run(w: cne::instance::Worker, setup: Setup) -> anyhow::Result<()> 
         let mut verdicts = [Verdict::Tx; BURST];
         let mut entries = vec![0u64; ports.len()];
         // Reports exist from the start, so metrics list every queue before its first packet.
-        publish(ports, &lports, &mut dps, &entries, &slot);
+        publish(ports, &lports, &mut planes, &entries, &slot);
         let mut last_publish = Instant::now();
         let mut last_count: Option<Instant> = None;
         while !stop.load(Ordering::Relaxed) {
@@ -123,12 +123,12 @@ pub(crate) fn run(w: cne::instance::Worker, setup: Setup) -> anyhow::Result<()> 
             let mut work = 0;
             {
                 let state = shared.load();
-                for (port, dp) in ports.iter_mut().zip(dps.iter_mut()) {
+                for (port, plane) in ports.iter_mut().zip(planes.iter_mut()) {
                     if port.rx_burst(&mut rx, BURST) == 0 {
                         continue;
                     }
                     work += rx.len();
-                    dataplane::process_burst(&mut rx, &mut verdicts, &state, dp, now);
+                    dataplane::process_burst(&mut rx, &mut verdicts, &state, plane, now);
                     for (mut pkt, v) in rx.drain(..).zip(&verdicts) {
                         // A dropped packet's frame goes back to the pool here.
                         match *v {
@@ -139,7 +139,7 @@ pub(crate) fn run(w: cne::instance::Worker, setup: Setup) -> anyhow::Result<()> 
                                 dataplane::fragment(
                                     &mut pkt,
                                     &state,
-                                    dp,
+                                    plane,
                                     now,
                                     || port.alloc(),
                                     |f| tx.push(f),
@@ -162,20 +162,20 @@ pub(crate) fn run(w: cne::instance::Worker, setup: Setup) -> anyhow::Result<()> 
             if t.saturating_duration_since(last_publish) >= PUBLISH_EVERY {
                 if last_count.is_none_or(|c| t.saturating_duration_since(c) >= COUNT_ENTRIES_EVERY)
                 {
-                    for (e, dp) in entries.iter_mut().zip(&dps) {
-                        *e = dp.conntrack().live(now) as u64;
+                    for (e, plane) in entries.iter_mut().zip(&planes) {
+                        *e = plane.conntrack().live(now) as u64;
                     }
                     last_count = Some(t);
                 }
-                publish(ports, &lports, &mut dps, &entries, &slot);
+                publish(ports, &lports, &mut planes, &entries, &slot);
                 last_publish = t;
             }
         }
         let now = clock(epoch, Instant::now());
-        for (e, dp) in entries.iter_mut().zip(&dps) {
-            *e = dp.conntrack().live(now) as u64;
+        for (e, plane) in entries.iter_mut().zip(&planes) {
+            *e = plane.conntrack().live(now) as u64;
         }
-        publish(ports, &lports, &mut dps, &entries, &slot);
+        publish(ports, &lports, &mut planes, &entries, &slot);
     })?;
     Ok(())
 }
@@ -184,23 +184,23 @@ pub(crate) fn run(w: cne::instance::Worker, setup: Setup) -> anyhow::Result<()> 
 fn publish(
     ports: &[Port<'_>],
     lports: &[(String, Mac)],
-    dps: &mut [dataplane::Worker],
+    planes: &mut [dataplane::PortPlane],
     entries: &[u64],
-    slot: &Slot,
+    slot: &ReportSlot,
 ) {
     let reports = ports
         .iter()
         .zip(lports)
-        .zip(dps.iter_mut())
+        .zip(planes.iter_mut())
         .zip(entries)
-        .map(|(((p, (lport, _)), dp), &e)| PortReport {
+        .map(|(((p, (lport, _)), plane), &e)| PortReport {
             lport: lport.clone(),
             netdev: p.ifname().to_owned(),
             queue: p.qid(),
             mode: p.mode().to_string(),
             stats: p.stats().unwrap_or_else(|_| *p.sw_stats()),
-            conntrack_capacity: dp.conntrack().capacity() as u64,
-            counters: dp.counters().clone(),
+            conntrack_capacity: plane.conntrack().capacity() as u64,
+            counters: plane.refresh_counters().clone(),
             conntrack_entries: e,
             at: Instant::now(),
         })
@@ -209,7 +209,7 @@ fn publish(
 }
 
 /// The workers whose latest report is older than `limit` at `now`, by the name of their first lport.
-pub(crate) fn stalled(slots: &[Arc<Slot>], now: Instant, limit: Duration) -> Vec<String> {
+pub(crate) fn stalled(slots: &[Arc<ReportSlot>], now: Instant, limit: Duration) -> Vec<String> {
     slots
         .iter()
         .filter_map(|s| {
@@ -227,7 +227,7 @@ pub(crate) fn stalled(slots: &[Arc<Slot>], now: Instant, limit: Duration) -> Vec
 }
 
 /// The latest reports of all workers, concatenated.
-pub(crate) fn all_reports(slots: &[Arc<Slot>]) -> Vec<PortReport> {
+pub(crate) fn all_reports(slots: &[Arc<ReportSlot>]) -> Vec<PortReport> {
     slots.iter().flat_map(|s| s.load_full().to_vec()).collect()
 }
 
@@ -271,8 +271,8 @@ mod tests {
                 at: Instant::now(),
             }
         };
-        let slot_a = new_slot();
-        let slot_b = new_slot();
+        let slot_a = new_report_slot();
+        let slot_b = new_report_slot();
         slot_a.store(Arc::new(vec![report(3)]));
         slot_b.store(Arc::new(vec![report(4), report(5)]));
         let all = all_reports(&[slot_a.clone(), slot_b.clone()]);
