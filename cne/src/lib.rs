@@ -12,6 +12,7 @@ pub mod dp;
 pub mod frame;
 pub mod hint;
 pub mod instance;
+pub mod neighbor;
 pub mod netdev;
 pub mod packet;
 pub mod podconfig;

@@ -21,21 +21,17 @@
 
 use core::fmt;
 use core::str::FromStr;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 
 use cne::frame::Frame;
-use cne::wire::icmpv6::solicited_node;
+use cne::neighbor::{self, Refusal};
 use cne::wire::{
-    parse_frame, ArpOperation, ArpPacket, EtherType, EthernetFrame, FrameInfo, Icmpv4Packet,
-    Icmpv4Type, Icmpv6Packet, Icmpv6Type, IpProtocol, IpVersion, Ipv4Packet, Ipv6Packet, Ipv6Repr,
-    MacAddr, NdpFlags, NdpNeighbor, NeighborAdvertRepr, UdpPacket,
+    parse_frame, EtherType, EthernetFrame, FrameInfo, Icmpv4Packet, Icmpv4Type, Icmpv6Packet,
+    Icmpv6Type, IpProtocol, IpVersion, Ipv4Packet, Ipv6Packet, MacAddr, UdpPacket,
 };
 
 /// TTL / hop limit of every IP reply, like a host's default.
 pub const REPLY_TTL: u8 = 64;
-
-/// All-nodes multicast, the destination of advertisements answering duplicate address detection.
-const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 
 /// What the function does with each frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -306,31 +302,17 @@ fn echo<F: Frame>(frame: &mut F, cfg: &EchoConfig) -> Result<Answer, DropReason>
     }
 }
 
+/// The shared responder's refusals as this NF counts them.
+fn refused(r: Refusal) -> DropReason {
+    match r {
+        Refusal::NotOurs => NotOurs,
+        Refusal::Malformed => Malformed,
+        Refusal::NotAsked | Refusal::Conflict | Refusal::NoRoom => Unsupported,
+    }
+}
+
 fn arp(data: &mut [u8], info: &FrameInfo, cfg: &EchoConfig) -> Result<Answer, DropReason> {
-    let l3 = data.get_mut(info.l3_offset..).ok_or(Malformed)?;
-    let mut arp = ArpPacket::new_checked(l3).map_err(|_| Malformed)?;
-    if arp.operation() != ArpOperation::Request {
-        return Err(Unsupported);
-    }
-    let target = arp.target_protocol_addr();
-    if !cfg.owns(&IpAddr::V4(target)) {
-        return Err(NotOurs);
-    }
-    let (sender_mac, sender_ip) = (arp.sender_hardware_addr(), arp.sender_protocol_addr());
-    if sender_mac.is_multicast() {
-        return Err(Malformed);
-    }
-    if sender_ip == target {
-        // Someone announcing our address: a conflict to report, not a question to answer.
-        return Err(Unsupported);
-    }
-    let ours = MacAddr(cfg.mac);
-    arp.set_operation(ArpOperation::Reply);
-    arp.set_target_hardware_addr(sender_mac);
-    arp.set_target_protocol_addr(sender_ip);
-    arp.set_sender_hardware_addr(ours);
-    arp.set_sender_protocol_addr(target);
-    set_l2(data, sender_mac, ours)?;
+    neighbor::answer_arp(data, info, MacAddr(cfg.mac), |a| cfg.owns(&a)).map_err(refused)?;
     Ok(Answer::Arp)
 }
 
@@ -415,7 +397,9 @@ fn ipv6<F: Frame>(
         let icmp = Icmpv6Packet::new_checked(frame.data().get(l4.clone()).ok_or(Malformed)?)
             .map_err(|_| Malformed)?;
         if icmp.msg_type() == Icmpv6Type::NeighborSolicit {
-            return neighbor_advert(frame, info, (src, dst), peer_mac, cfg);
+            neighbor::answer_neighbor_solicitation(frame, info, MacAddr(cfg.mac), |a| cfg.owns(&a))
+                .map_err(refused)?;
+            return Ok(Answer::NeighborAdvert);
         }
     }
     if !cfg.owns(&info.dst) {
@@ -464,88 +448,13 @@ fn ipv6<F: Frame>(
     Ok(answer)
 }
 
-/// Answers a neighbour solicitation for one of our addresses with a neighbour advertisement written
-/// over it (RFC 4861 sections 7.1.1 and 7.2.4): to the soliciting node with the solicited and override
-/// flags, or, for duplicate address detection (unspecified source), to all nodes with override only.
-fn neighbor_advert<F: Frame>(
-    frame: &mut F,
-    info: &FrameInfo,
-    (src, dst): (Ipv6Addr, Ipv6Addr),
-    peer_mac: MacAddr,
-    cfg: &EchoConfig,
-) -> Result<Answer, DropReason> {
-    let (target, reply_ip, reply_mac, flags) = {
-        let l4 = frame
-            .data()
-            .get(info.l4_offset..info.l3_end())
-            .ok_or(Malformed)?;
-        let ns = NdpNeighbor::new_checked(l4).map_err(|_| Malformed)?;
-        // Only an on-link sender can produce hop limit 255.
-        if info.hop_limit != 255 || ns.code() != 0 || !ns.verify_checksum(&src, &dst) {
-            return Err(Malformed);
-        }
-        let target = ns.target_addr();
-        if target.is_multicast() || src.is_multicast() {
-            return Err(Malformed);
-        }
-        if !cfg.owns(&IpAddr::V6(target)) {
-            return Err(NotOurs);
-        }
-        if dst != solicited_node(&target) && !cfg.owns(&IpAddr::V6(dst)) {
-            return Err(NotOurs);
-        }
-        if src.is_unspecified() {
-            if dst != solicited_node(&target) || ns.source_link_addr().is_some() {
-                return Err(Malformed);
-            }
-            (
-                target,
-                ALL_NODES,
-                MacAddr::ipv6_multicast(&ALL_NODES),
-                NdpFlags::OVERRIDE,
-            )
-        } else {
-            let mac = ns.source_link_addr().unwrap_or(peer_mac);
-            if mac.is_multicast() {
-                return Err(Malformed);
-            }
-            (target, src, mac, NdpFlags::SOLICITED | NdpFlags::OVERRIDE)
-        }
-    };
-    let ours = MacAddr(cfg.mac);
-    let na = NeighborAdvertRepr {
-        flags,
-        target,
-        target_link_addr: Some(ours),
-    };
-    let ip = Ipv6Repr {
-        src: target,
-        dst: reply_ip,
-        next_header: IpProtocol::Icmpv6,
-        payload_len: na.buffer_len() as u16,
-        hop_limit: 255,
-        traffic_class: 0,
-        flow_label: 0,
-    };
-    let l4_at = info.l3_offset + Ipv6Repr::HEADER_LEN;
-    if !frame.set_len(l4_at + na.buffer_len()) {
-        return Err(Unsupported);
-    }
-    let data = frame.data_mut();
-    ip.emit(data.get_mut(info.l3_offset..).ok_or(Malformed)?)
-        .map_err(|_| Malformed)?;
-    na.emit(data.get_mut(l4_at..).ok_or(Malformed)?, &target, &reply_ip)
-        .map_err(|_| Malformed)?;
-    set_l2(data, reply_mac, ours)?;
-    Ok(Answer::NeighborAdvert)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use cne::frame::VecFrame;
-    use cne::wire::{TcpPacket, UdpPacket};
+    use cne::wire::{Ipv6Repr, NdpNeighbor, TcpPacket, UdpPacket};
     use proptest::prelude::*;
+    use std::net::Ipv6Addr;
 
     const US_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
 

@@ -1,16 +1,23 @@
 //! ARP and IPv6 neighbour discovery for the VIP addresses, answered in place on the port the request came
-//! in on. Only when the data plane sees all traffic of its queues (`claim_all`): otherwise the kernel
-//! answers. Gratuitous ARP and multicast senders are not answered.
+//! in on, by cne's shared responder ([`cne::neighbor`]: the rules of a host, the same as nf-echo's). Only
+//! when the data plane sees all traffic of its queues (`claim_all`): otherwise the kernel answers.
 
-use super::{write_l2, PortPlane, Verdict, MAX_L2};
+use super::{PortPlane, Verdict};
 use crate::control::{Addr, State};
 use crate::counters::DropReason;
 use cne::frame::Frame;
-use cne::wire::{
-    ArpOperation, ArpPacket, EtherType, FrameInfo, Icmpv6Type, IpProtocol, Ipv6Repr, MacAddr,
-    NdpFlags, NdpNeighbor, NeighborAdvertRepr,
-};
-use std::net::{IpAddr, Ipv6Addr};
+use cne::neighbor::{self, Refusal};
+use cne::wire::{FrameInfo, MacAddr};
+
+/// The responder's refusals as this data plane counts them: what is not a question for a VIP is
+/// `not_ip` for ARP and `no_vip` for neighbour discovery, as any other packet for no VIP.
+fn refused(r: Refusal, not_ours: DropReason) -> Verdict {
+    Verdict::Drop(match r {
+        Refusal::NotAsked | Refusal::NotOurs | Refusal::Conflict => not_ours,
+        Refusal::Malformed => DropReason::Malformed,
+        Refusal::NoRoom => DropReason::NoHeadroom,
+    })
+}
 
 /// Answers an ARP request for a VIP address in place.
 #[cold]
@@ -20,34 +27,15 @@ pub(super) fn answer_arp<F: Frame>(
     state: &State,
     plane: &mut PortPlane,
 ) -> Verdict {
-    let l3 = info.l3_offset;
-    let mac = MacAddr(plane.mac);
-    let data = frame.data_mut();
-    let Ok(mut arp) = ArpPacket::new_checked(&mut data[l3..]) else {
-        return Verdict::Drop(DropReason::Malformed);
-    };
-    let target = arp.target_protocol_addr();
-    if arp.operation() != ArpOperation::Request || !state.is_vip_addr(Addr::v4(target.octets())) {
-        return Verdict::Drop(DropReason::NotIp);
+    match neighbor::answer_arp(frame.data_mut(), info, MacAddr(plane.mac), |a| {
+        state.is_vip_addr(Addr::from(a))
+    }) {
+        Ok(()) => {
+            plane.counters.arp_replies += 1;
+            Verdict::Tx
+        }
+        Err(r) => refused(r, DropReason::NotIp),
     }
-    let (asker_mac, asker_ip) = (arp.sender_hardware_addr(), arp.sender_protocol_addr());
-    if asker_mac.is_multicast() {
-        return Verdict::Drop(DropReason::Malformed);
-    }
-    if asker_ip == target {
-        // A gratuitous ARP announcing the VIP (another holder, or our own echo): a conflict to
-        // report, not a question to answer.
-        return Verdict::Drop(DropReason::NotIp);
-    }
-    arp.set_operation(ArpOperation::Reply);
-    arp.set_target_hardware_addr(asker_mac);
-    arp.set_target_protocol_addr(asker_ip);
-    arp.set_sender_hardware_addr(mac);
-    arp.set_sender_protocol_addr(target);
-    data[0..6].copy_from_slice(&asker_mac.0);
-    data[6..12].copy_from_slice(&plane.mac);
-    plane.counters.arp_replies += 1;
-    Verdict::Tx
 }
 
 /// Answers a neighbour solicitation for a VIP address with a neighbour advertisement, in place. `None` when
@@ -59,62 +47,20 @@ pub(super) fn answer_neighbor_solicitation<F: Frame>(
     state: &State,
     plane: &mut PortPlane,
 ) -> Option<Verdict> {
-    let (IpAddr::V6(asker), l3, l4) = (info.src, info.l3_offset, info.l4_offset) else {
-        return None;
-    };
-    let ns = NdpNeighbor::new_checked(frame.data().get(l4..info.l3_end())?).ok()?;
-    // RFC 4861 7.1.1: a valid solicitation has hop limit 255 (it cannot have been forwarded).
-    if ns.msg_type() != Icmpv6Type::NeighborSolicit || ns.code() != 0 || info.hop_limit != 255 {
+    if !neighbor::is_neighbor_solicitation(frame.data(), info) {
         return None;
     }
-    let target = ns.target_addr();
-    if !state.is_vip_addr(Addr::v6(target.octets())) {
-        return Some(Verdict::Drop(DropReason::NoVip));
-    }
-    let mut l2 = [0u8; MAX_L2];
-    l2[..l3].copy_from_slice(&frame.data()[..l3]);
-    // Duplicate address detection comes from `::` and is answered to all nodes, unsolicited (RFC 4861 7.2.4).
-    let dad = asker.is_unspecified();
-    let (dst, dst_mac, flags) = if dad {
-        (
-            Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1),
-            MacAddr::ipv6_multicast(&Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1)).0,
-            NdpFlags::OVERRIDE,
-        )
-    } else {
-        let mut m = [0u8; 6];
-        m.copy_from_slice(&l2[6..12]);
-        (asker, m, NdpFlags::SOLICITED | NdpFlags::OVERRIDE)
-    };
-    let na = NeighborAdvertRepr {
-        flags,
-        target,
-        target_link_addr: Some(MacAddr(plane.mac)),
-    };
-    let len = na.buffer_len();
-    if !frame.set_len(l3 + Ipv6Repr::HEADER_LEN + len) {
-        return Some(Verdict::Drop(DropReason::NoHeadroom));
-    }
-    let data = frame.data_mut();
-    let ip = Ipv6Repr {
-        src: target,
-        dst,
-        next_header: IpProtocol::Icmpv6,
-        payload_len: u16::try_from(len).unwrap_or(u16::MAX),
-        hop_limit: 255,
-        traffic_class: 0,
-        flow_label: 0,
-    };
-    if ip.emit(&mut data[l3..]).is_err()
-        || na
-            .emit(&mut data[l3 + Ipv6Repr::HEADER_LEN..], &target, &dst)
-            .is_err()
-    {
-        return Some(Verdict::Drop(DropReason::Malformed));
-    }
-    write_l2(data, &l2[..l3], dst_mac, plane.mac, EtherType::Ipv6);
-    plane.counters.nd_replies += 1;
-    Some(Verdict::Tx)
+    Some(
+        match neighbor::answer_neighbor_solicitation(frame, info, MacAddr(plane.mac), |a| {
+            state.is_vip_addr(Addr::from(a))
+        }) {
+            Ok(()) => {
+                plane.counters.nd_replies += 1;
+                Verdict::Tx
+            }
+            Err(r) => refused(r, DropReason::NoVip),
+        },
+    )
 }
 
 #[cfg(test)]
