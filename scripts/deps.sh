@@ -14,7 +14,7 @@ PACKAGES=(
   libxdp-dev libxdp1 xdp-tools libbpf-dev libbpf1   # AF_XDP sockets and BPF loading (cne-sys binds them)
   clang llvm libclang-dev                           # BPF objects (clang -target bpf) and bindgen
   bpftool socat nginx-light curl iproute2 ethtool tcpdump iputils-ping
-  pkg-config gcc make python3 linux-libc-dev procps util-linux
+  pkg-config gcc make python3 python3-venv linux-libc-dev procps util-linux
 )
 # package:minimum version. Older ones lack what cne-sys binds or the BPF features our programs use.
 MINIMUM=(
