@@ -314,7 +314,7 @@ mod tests {
         let out = Command::new(exe)
             .args([
                 "--exact",
-                "privs::tests::child_drops_and_checks",
+                "sys::privs::tests::child_drops_and_checks",
                 "--nocapture",
                 "--test-threads=1",
             ])

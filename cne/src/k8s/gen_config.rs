@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
-use crate::dp::{self, DpDevice, DpError, DpLayout, MapSource};
+use crate::k8s::device_plugin::{self, DpDevice, DpError, DpLayout, MapSource};
 
 /// Sections this module writes; an NF file's sections of the same names are replaced.
 pub const GENERATED_SECTIONS: [&str; 6] = [
@@ -185,7 +185,7 @@ pub struct GenConfig {
     #[arg(long, value_name = "US,BUDGET", value_parser = parse_busy_poll)]
     pub busy_poll: Option<BusyPoll>,
     /// Device-plugin directory.
-    #[arg(long = "dp-dir", value_name = "PATH", default_value = dp::DP_DIR,
+    #[arg(long = "dp-dir", value_name = "PATH", default_value = device_plugin::DP_DIR,
           value_parser = parse_layout)]
     pub layout: DpLayout,
     /// Where sysfs lists network devices.
@@ -274,7 +274,7 @@ impl Default for GenConfig {
 /// The `gen-config` subcommand: reads the pod's environment, CPUs and sysfs, and writes the
 /// configuration to `--output` (atomically, by rename) or standard output.
 pub fn run_gen_config(cfg: &GenConfig) -> Result<(), PodConfigError> {
-    let devices = dp::devices_from_env()?;
+    let devices = device_plugin::devices_from_env()?;
     let cpus = match &cfg.cpus {
         Some(c) => c.clone(),
         None => allowed_cpus()?,
@@ -512,7 +512,7 @@ fn render(sections: &[(String, Value)]) -> Result<String, PodConfigError> {
 }
 
 fn map_source(cfg: &GenConfig, netdev: &str) -> Result<MapSource, PodConfigError> {
-    dp::validate_netdev(netdev, "device list")?;
+    device_plugin::validate_netdev(netdev, "device list")?;
     Ok(match cfg.mode {
         ModeChoice::Auto => cfg.layout.detect(netdev)?,
         ModeChoice::Uds => {
@@ -689,7 +689,8 @@ mod tests {
     }"#;
 
     fn env() -> Vec<DpDevice> {
-        dp::devices_from_vars([("AFXDP_DEVICES_POOL1", "ens1 ens2"), ("HOME", "/root")]).unwrap()
+        device_plugin::devices_from_vars([("AFXDP_DEVICES_POOL1", "ens1 ens2"), ("HOME", "/root")])
+            .unwrap()
     }
 
     fn parse(text: &str) -> Map<String, Value> {
@@ -832,7 +833,7 @@ mod tests {
     fn pinned_pod_with_one_cpu_and_more_lports_than_cpus() {
         let pod = Pod::new("pinned");
         pod.netdev("ens1", 3, "xsks_map");
-        let devices = dp::devices_from_vars([("AFXDP_DEVICES_P", "ens1")]).unwrap();
+        let devices = device_plugin::devices_from_vars([("AFXDP_DEVICES_P", "ens1")]).unwrap();
         let text = generate(&pod.cfg(), &devices, &[7]).unwrap();
         let out = parse(&text);
         assert_consistent(&out);
@@ -857,7 +858,7 @@ mod tests {
         let pod = Pod::new("nosysfs");
         std::fs::create_dir_all(pod.root.join("dp/ens9")).unwrap();
         std::fs::write(pod.root.join("dp/ens9/afxdp.sock"), b"").unwrap();
-        let devices = dp::devices_from_vars([("AFXDP_DEVICES_P", "ens9")]).unwrap();
+        let devices = device_plugin::devices_from_vars([("AFXDP_DEVICES_P", "ens9")]).unwrap();
         let out = parse(&generate(&pod.cfg(), &devices, &[0, 1]).unwrap());
         assert_eq!(out["lports"].as_object().unwrap().len(), 1);
         let fixed = GenConfig {
@@ -872,7 +873,7 @@ mod tests {
     #[test]
     fn forced_modes_and_missing_files() {
         let pod = Pod::new("modes");
-        let devices = dp::devices_from_vars([("AFXDP_DEVICES_P", "ens3")]).unwrap();
+        let devices = device_plugin::devices_from_vars([("AFXDP_DEVICES_P", "ens3")]).unwrap();
         let err = generate(&pod.cfg(), &devices, &[0]).unwrap_err();
         assert!(
             matches!(err, PodConfigError::Dp(DpError::NoDeviceFiles { .. })),
@@ -908,7 +909,7 @@ mod tests {
             Err(PodConfigError::NoDevices)
         ));
         pod.netdev("ens1", 1, "afxdp.sock");
-        let devices = dp::devices_from_vars([("AFXDP_DEVICES_P", "ens1")]).unwrap();
+        let devices = device_plugin::devices_from_vars([("AFXDP_DEVICES_P", "ens1")]).unwrap();
         assert!(matches!(
             generate(&pod.cfg(), &devices, &[]),
             Err(PodConfigError::NoCpus)
@@ -919,7 +920,7 @@ mod tests {
     fn selected_sections_and_nf_file_errors() {
         let pod = Pod::new("sections");
         pod.netdev("ens1", 1, "afxdp.sock");
-        let devices = dp::devices_from_vars([("AFXDP_DEVICES_P", "ens1")]).unwrap();
+        let devices = device_plugin::devices_from_vars([("AFXDP_DEVICES_P", "ens1")]).unwrap();
         let nf = pod.root.join("nf.jsonc");
         std::fs::write(&nf, NF_JSONC).unwrap();
         let only = GenConfig {

@@ -2,7 +2,7 @@
 //! per-socket `XDP_STATISTICS`.
 //!
 //! The software counters are plain `u64` fields of the port, bumped once per burst (never with an
-//! atomic), so reading them needs `&Port` on the worker thread; [`crate::port::Port::stats`] copies
+//! atomic), so reading them needs `&Port` on the worker thread; [`crate::xsk::port::Port::stats`] copies
 //! them and adds one `getsockopt(XDP_STATISTICS)`, cheap enough to call every second for metrics but
 //! not meant for the packet path. Names follow CNDP's per-lport counters where they exist.
 

@@ -1476,7 +1476,7 @@ mod tests {
     fn handles_can_move_between_threads() {
         fn send_sync<T: Send + Sync>() {}
         send_sync::<XdpProgram>();
-        send_sync::<crate::decap::DecapProgram>();
+        send_sync::<crate::bpf::decap::DecapProgram>();
         send_sync::<crate::afpacket::AfPacket>();
     }
 

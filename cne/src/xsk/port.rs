@@ -34,12 +34,12 @@ use std::ptr::NonNull;
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::bpf::filter::XdpMode;
 use crate::frame::Frame;
-use crate::packet::Packet;
-use crate::ring::{ConsRing, ProdRing, RingMemory, XdpDesc};
-use crate::stats::{read_xdp_stats, PortStats};
-use crate::umem::{BoundSocket, FramePool, Mmap, Umem};
-use crate::xdp::XdpMode;
+use crate::xsk::packet::Packet;
+use crate::xsk::ring::{ConsRing, ProdRing, RingMemory, XdpDesc};
+use crate::xsk::stats::{read_xdp_stats, PortStats};
+use crate::xsk::umem::{BoundSocket, FramePool, Mmap, Umem};
 
 /// Default RX ring size (descriptors); the fill ring is twice as large.
 pub const DEFAULT_RX_SIZE: u32 = 2048;
@@ -796,7 +796,7 @@ impl XskSocket {
                 addr: umem.area().as_ptr() as u64,
                 len: umem.registered_len(),
                 chunk_size: umem.frame_size(),
-                headroom: umem.headroom() - crate::umem::MIN_HEADROOM,
+                headroom: umem.headroom() - crate::xsk::umem::MIN_HEADROOM,
                 flags: 0,
                 tx_metadata_len: 0,
             };
