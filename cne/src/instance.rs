@@ -135,10 +135,12 @@ impl Worker {
     /// pools are closed when `f` returns.
     pub fn run<R>(self, f: impl FnOnce(&mut [Port<'_>]) -> R) -> Result<R, InstanceError> {
         if !self.cpus.is_empty() {
-            pin_current_thread(&self.cpus).map_err(|source| InstanceError::Affinity {
-                worker: self.name.clone(),
-                cpus: self.cpus.clone(),
-                source,
+            crate::sys::cpu::pin_current_thread(&self.cpus).map_err(|source| {
+                InstanceError::Affinity {
+                    worker: self.name.clone(),
+                    cpus: self.cpus.clone(),
+                    source,
+                }
             })?;
         }
         let mut pools = Vec::with_capacity(self.lports.len());
@@ -435,28 +437,6 @@ fn port_config(lport: &Lport, map: Option<std::os::fd::RawFd>, config: &Config) 
 
 fn to_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
-}
-
-/// Pins the calling thread to `cpus`.
-pub fn pin_current_thread(cpus: &[usize]) -> std::io::Result<()> {
-    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for &c in cpus {
-        if c >= libc::CPU_SETSIZE as usize {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("CPU {c} is beyond CPU_SETSIZE"),
-            ));
-        }
-        // SAFETY: c < CPU_SETSIZE, checked above; `set` is a valid cpu_set_t.
-        unsafe { libc::CPU_SET(c, &mut set) };
-    }
-    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size passed.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

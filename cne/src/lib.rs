@@ -28,6 +28,7 @@ pub mod instance;
 pub mod k8s;
 #[allow(unsafe_code)]
 pub mod simd;
+#[allow(unsafe_code)]
 pub mod sys;
 pub mod wire;
 pub mod xsk;

@@ -36,7 +36,7 @@
 //! map operation is one `bpf(2)` call on the control path, never per packet.
 
 use std::collections::HashSet;
-use std::ffi::{c_int, c_void, CStr, CString};
+use std::ffi::{c_int, c_void, CStr};
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
@@ -45,6 +45,7 @@ use std::net::IpAddr;
 use std::ops::{BitOr, BitOrAssign};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
+use crate::sys::{parse_ret, parse_ret_fd};
 use cne_sys as sys;
 
 /// A BPF object file embedded in the binary, aligned for libelf.
@@ -201,15 +202,6 @@ impl XdpError {
             target: target.into(),
             source,
         }
-    }
-}
-
-/// Turns a libbpf return code (a negative errno on failure) into a `Result`.
-fn check(rc: c_int) -> io::Result<c_int> {
-    if rc < 0 {
-        Err(io::Error::from_raw_os_error(-rc))
-    } else {
-        Ok(rc)
     }
 }
 
@@ -405,7 +397,7 @@ impl<K: Copy + Default, V: Copy + Default> Map<K, V> {
                 &mut len,
             )
         };
-        check(rc).map_err(|e| XdpError::bpf("bpf_obj_get_info_by_fd", name, e))?;
+        parse_ret(rc).map_err(|e| XdpError::bpf("bpf_obj_get_info_by_fd", name, e))?;
         let expected = (size_u32::<K>(), size_u32::<V>());
         let found = (info.key_size, info.value_size);
         if found != expected {
@@ -446,7 +438,7 @@ impl<K: Copy + Default, V: Copy + Default> Map<K, V> {
                 u64::from(sys::BPF_ANY),
             )
         };
-        check(rc)
+        parse_ret(rc)
             .map(drop)
             .map_err(|e| XdpError::bpf("bpf_map_update_elem", self.name, e))
     }
@@ -470,7 +462,7 @@ impl<K: Copy + Default, V: Copy + Default> Map<K, V> {
                 std::ptr::from_mut(&mut value).cast::<c_void>(),
             )
         };
-        match check(rc) {
+        match parse_ret(rc) {
             Ok(_) => Ok(Some(value)),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
             Err(e) => Err(XdpError::bpf("bpf_map_lookup_elem", self.name, e)),
@@ -486,7 +478,7 @@ impl<K: Copy + Default, V: Copy + Default> Map<K, V> {
                 std::ptr::from_ref(key).cast::<c_void>(),
             )
         };
-        match check(rc) {
+        match parse_ret(rc) {
             Ok(_) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
             Err(e) => Err(XdpError::bpf("bpf_map_delete_elem", self.name, e)),
@@ -510,7 +502,7 @@ impl<K: Copy + Default, V: Copy + Default> Map<K, V> {
                     std::ptr::from_mut(&mut next).cast::<c_void>(),
                 )
             };
-            match check(rc) {
+            match parse_ret(rc) {
                 Ok(_) => {
                     keys.push(next);
                     prev = Some(next);
@@ -534,7 +526,7 @@ impl Map<u32, u64> {
         }
         // SAFETY: libbpf_num_possible_cpus takes no arguments; it reads and caches a sysfs file.
         let ncpus = unsafe { sys::libbpf_num_possible_cpus() };
-        let ncpus = check(ncpus).map_err(|e| {
+        let ncpus = parse_ret(ncpus).map_err(|e| {
             XdpError::bpf(
                 "libbpf_num_possible_cpus",
                 "/sys/devices/system/cpu/possible",
@@ -552,7 +544,7 @@ impl Map<u32, u64> {
                 values.as_mut_ptr().cast::<c_void>(),
             )
         };
-        check(rc).map_err(|e| XdpError::bpf("bpf_map_lookup_elem", self.name, e))?;
+        parse_ret(rc).map_err(|e| XdpError::bpf("bpf_map_lookup_elem", self.name, e))?;
         Ok(values.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
     }
 }
@@ -612,7 +604,7 @@ impl Drop for ObjectGuard {
 
 /// Duplicates a descriptor owned by libbpf so that it outlives the object.
 fn dup_fd(fd: c_int, call: &'static str, target: &str) -> Result<OwnedFd, XdpError> {
-    let fd = check(fd).map_err(|e| XdpError::bpf(call, target, e))?;
+    let fd = parse_ret(fd).map_err(|e| XdpError::bpf(call, target, e))?;
     // SAFETY: fd is a descriptor libbpf holds open until bpf_object__close, which happens after this.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     borrowed
@@ -654,7 +646,7 @@ pub(crate) fn load_object(
     let object = ObjectGuard(raw);
     // SAFETY: object.0 is an open, not yet loaded object.
     let rc = unsafe { sys::bpf_object__load(object.0) };
-    check(rc).map_err(|e| XdpError::bpf("bpf_object__load", target.clone(), e))?;
+    parse_ret(rc).map_err(|e| XdpError::bpf("bpf_object__load", target.clone(), e))?;
 
     // SAFETY: object.0 is a loaded object; prog_name is NUL-terminated.
     let prog = unsafe { sys::bpf_object__find_program_by_name(object.0, prog_name.as_ptr()) };
@@ -690,16 +682,9 @@ pub(crate) fn load_object(
 
 /// The interface index of `ifname` in the current network namespace.
 pub(crate) fn ifindex(ifname: &str) -> Result<u32, XdpError> {
-    let not_found = || XdpError::NetdevNotFound {
+    crate::sys::netdev::ifindex(ifname).ok_or_else(|| XdpError::NetdevNotFound {
         ifname: ifname.to_string(),
-    };
-    let name = CString::new(ifname).map_err(|_| not_found())?;
-    // SAFETY: name is a NUL-terminated string valid for the call.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        return Err(not_found());
-    }
-    Ok(index)
+    })
 }
 
 /// Kernel id and name of a loaded program.
@@ -715,7 +700,7 @@ fn prog_info(fd: BorrowedFd<'_>) -> io::Result<(u32, String)> {
             &mut len,
         )
     };
-    check(rc)?;
+    parse_ret(rc)?;
     let name: Vec<u8> = info
         .name
         .iter()
@@ -746,7 +731,7 @@ fn query(ifindex: u32, ifname: &str) -> Result<sys::bpf_xdp_query_opts, XdpError
     })?;
     // SAFETY: opts is a writable bpf_xdp_query_opts whose sz field is its size.
     let rc = unsafe { sys::bpf_xdp_query(index, 0, opts.as_mut_ptr()) };
-    check(rc).map_err(|e| XdpError::bpf("bpf_xdp_query", ifname, e))?;
+    parse_ret(rc).map_err(|e| XdpError::bpf("bpf_xdp_query", ifname, e))?;
     Ok(*opts.get_mut())
 }
 
@@ -757,19 +742,14 @@ fn find_xdp_link(ifindex: u32, prog_id: u32) -> Option<(u32, OwnedFd)> {
     let mut id = 0u32;
     loop {
         let mut next = 0u32;
+        // ENOENT: no more links (or no permission to list them).
         // SAFETY: next is a writable u32 for the call.
-        let rc = unsafe { sys::bpf_link_get_next_id(id, &mut next) };
-        if rc < 0 {
-            return None; // ENOENT: no more links (or no permission to list them)
-        }
+        parse_ret(unsafe { sys::bpf_link_get_next_id(id, &mut next) }).ok()?;
         id = next;
-        // SAFETY: plain syscall wrapper; the returned descriptor is owned below.
-        let fd = unsafe { sys::bpf_link_get_fd_by_id(id) };
-        if fd < 0 {
+        // SAFETY: plain syscall wrapper; `parse_ret_fd` owns the returned descriptor.
+        let Ok(fd) = parse_ret_fd(unsafe { sys::bpf_link_get_fd_by_id(id) }) else {
             continue; // released meanwhile
-        }
-        // SAFETY: fd is a fresh descriptor this function owns and nothing else closes.
-        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        };
         let mut info = sys::bpf_link_info::default();
         let mut len = size_u32::<sys::bpf_link_info>();
         // SAFETY: info is a writable bpf_link_info of len bytes; its pointer fields (for other link
@@ -781,7 +761,8 @@ fn find_xdp_link(ifindex: u32, prog_id: u32) -> Option<(u32, OwnedFd)> {
                 &mut len,
             )
         };
-        if rc < 0 || info.type_ != sys::BPF_LINK_TYPE_XDP || info.prog_id != prog_id {
+        if parse_ret(rc).is_err() || info.type_ != sys::BPF_LINK_TYPE_XDP || info.prog_id != prog_id
+        {
             continue;
         }
         // SAFETY: the link is of type XDP, so `xdp` is the union member the kernel filled in.
@@ -845,7 +826,7 @@ impl Attachment {
                 );
                 // SAFETY: plain syscall wrapper on an open link descriptor.
                 let rc = unsafe { sys::bpf_link_detach(link.as_raw_fd()) };
-                check(rc).map_err(|source| XdpError::ForeignLink {
+                parse_ret(rc).map_err(|source| XdpError::ForeignLink {
                     ifname: ifname.to_string(),
                     id,
                     name,
@@ -857,7 +838,7 @@ impl Attachment {
             log::warn!("{ifname}: detaching XDP program id {id} ({name}), as forced");
             // SAFETY: plain netlink request; a null opts pointer means no options.
             let rc = unsafe { sys::bpf_xdp_detach(index, mode, std::ptr::null()) };
-            match check(rc) {
+            match parse_ret(rc) {
                 Ok(_) => {}
                 // Attached by a link we could not see (another user namespace, no permission to list).
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
@@ -904,7 +885,7 @@ impl Attachment {
         // bpf_link_create_opts for the call.
         let rc =
             unsafe { sys::bpf_link_create(prog.as_raw_fd(), index, sys::BPF_XDP, opts.as_ptr()) };
-        let fd = match check(rc) {
+        let fd = match parse_ret(rc) {
             Ok(fd) => fd,
             Err(e) => {
                 return Err(match e.raw_os_error() {
@@ -977,7 +958,8 @@ impl Attachment {
         o.repeat = 1;
         // SAFETY: data_in/data_out point to buffers of the sizes given in opts, live for the call.
         let rc = unsafe { sys::bpf_prog_test_run_opts(self.prog.as_raw_fd(), opts.as_mut_ptr()) };
-        check(rc).map_err(|e| XdpError::bpf("bpf_prog_test_run_opts", self.ifname.clone(), e))?;
+        parse_ret(rc)
+            .map_err(|e| XdpError::bpf("bpf_prog_test_run_opts", self.ifname.clone(), e))?;
         let o = opts.get_mut();
         out.truncate(o.data_size_out as usize);
         Ok((o.retval, out))
@@ -989,7 +971,7 @@ impl Attachment {
     fn detach(&self) {
         // SAFETY: plain syscall wrapper on our open link descriptor.
         let rc = unsafe { sys::bpf_link_detach(self.link.as_raw_fd()) };
-        match check(rc) {
+        match parse_ret(rc) {
             Ok(_) => log::debug!("{}: detached XDP program id {}", self.ifname, self.prog_id),
             Err(e) => log::warn!(
                 "{}: detaching XDP program id {} (BPF_LINK_DETACH) failed: {e}; closing the link \

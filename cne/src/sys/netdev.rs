@@ -1,10 +1,19 @@
-//! Facts about network devices read from sysfs (`/sys/class/net/IF`), for setup code, and
+//! Facts about network devices, for setup code: index, MAC address and number of RX queues; and
 //! [`LinkWatch`], which tells a running NF when an interface it serves went down or away.
-#![forbid(unsafe_code)]
+//!
+//! The index comes from `if_nametoindex`, which answers for this process's network namespace; the
+//! rest is read from sysfs (`/sys/class/net/IF`).
 
+use std::ffi::CString;
 use std::fmt;
 use std::io;
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+use crate::wire::MacAddr;
+
+/// Where sysfs lists the network devices.
+pub const SYS_CLASS_NET: &str = "/sys/class/net";
 
 /// The MAC address of `ifname`. `NotFound` names the device when it does not exist.
 pub fn mac_address(ifname: &str) -> io::Result<[u8; 6]> {
@@ -27,27 +36,40 @@ pub fn mac_address(ifname: &str) -> io::Result<[u8; 6]> {
     })
 }
 
-/// Parses `aa:bb:cc:dd:ee:ff`.
+/// Parses `aa:bb:cc:dd:ee:ff` with the rules of [`MacAddr`]'s `FromStr`.
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for b in &mut mac {
-        let p = parts.next()?;
-        if p.is_empty() || p.len() > 2 {
-            return None;
-        }
-        *b = u8::from_str_radix(p, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
+    text.parse::<MacAddr>().ok().map(<[u8; 6]>::from)
 }
 
-/// The interface index of `ifname` (sysfs), or `None` when no such device exists.
+/// The interface index of `ifname` in this network namespace (`if_nametoindex`), or `None` when no
+/// such device exists.
 pub fn ifindex(ifname: &str) -> Option<u32> {
-    std::fs::read_to_string(format!("/sys/class/net/{ifname}/ifindex"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    let name = CString::new(ifname).ok()?;
+    // SAFETY: `name` is a NUL-terminated string valid for the duration of the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// Number of RX queues of `netdev` as sysfs lists them: the `rx-<n>` entries of
+/// `/sys/class/net/<netdev>/queues`.
+pub fn rx_queue_count(netdev: &str) -> io::Result<usize> {
+    rx_queue_count_in(Path::new(SYS_CLASS_NET), netdev)
+}
+
+/// [`rx_queue_count`] under another `sys/class/net` directory (a pod's view, a test fixture).
+pub fn rx_queue_count_in(sys_class_net: &Path, netdev: &str) -> io::Result<usize> {
+    let mut count = 0;
+    for entry in std::fs::read_dir(sys_class_net.join(netdev).join("queues"))? {
+        let name = entry?.file_name();
+        if name
+            .to_str()
+            .and_then(|s| s.strip_prefix("rx-"))
+            .is_some_and(|n| n.parse::<u32>().is_ok())
+        {
+            count += 1;
+        }
+    }
+    Ok(count)
 }
 
 /// Whether `ifname` is administratively up (`flags` has IFF_UP) and has a carrier (`carrier` is 1;

@@ -59,21 +59,13 @@ pub struct PortStats {
 /// Reads `XDP_STATISTICS` of socket `fd`.
 pub(crate) fn read_xdp_stats(fd: RawFd) -> io::Result<XdpStats> {
     let mut raw = cne_sys::xdp_statistics::default();
-    let mut len = std::mem::size_of::<cne_sys::xdp_statistics>() as libc::socklen_t;
-    // SAFETY: raw is a writable xdp_statistics (plain u64 fields: any bytes are valid) of `len` bytes;
-    // the kernel writes at most `len` bytes and updates `len`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_XDP,
-            cne_sys::XDP_STATISTICS as libc::c_int,
-            std::ptr::from_mut(&mut raw).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // `xdp_statistics` holds plain u64 counters: any bytes the kernel writes are valid.
+    crate::sys::getsockopt_into(
+        fd,
+        libc::SOL_XDP,
+        cne_sys::XDP_STATISTICS as libc::c_int,
+        &mut raw,
+    )?;
     Ok(XdpStats {
         rx_dropped: raw.rx_dropped,
         rx_invalid_descs: raw.rx_invalid_descs,

@@ -246,12 +246,8 @@ impl Drop for Mmap {
         // SAFETY: ptr/len describe a mapping we created and own; nothing borrows it any more (every
         // user holds the Mmap, directly or through an Arc, and is being dropped).
         let rc = unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-        if rc != 0 {
-            log::warn!(
-                "munmap of {} bytes failed: {}",
-                self.len,
-                io::Error::last_os_error()
-            );
+        if let Err(e) = crate::sys::cvt(rc) {
+            log::warn!("munmap of {} bytes failed: {e}", self.len);
         }
     }
 }
