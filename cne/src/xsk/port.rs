@@ -1035,7 +1035,7 @@ impl<'pool> Port<'pool> {
         // `got` is at most `want`, a u32.
         self.lent_rx += got as u32;
         if (got as u32) < want {
-            self.stats.fq_full += 1;
+            self.stats.fill_short += 1;
         }
     }
 

@@ -39,7 +39,7 @@ pub struct PortStats {
     pub rx_ring_empty: u64,
     /// Fill-ring refills left short because the frame pool had too few free frames (CNDP's
     /// "not enough entries" counter).
-    pub fq_full: u64,
+    pub fill_short: u64,
     /// Packets placed in the TX ring.
     pub tx_packets: u64,
     /// Bytes placed in the TX ring.
