@@ -18,7 +18,8 @@
 use std::io;
 use std::net::IpAddr;
 
-use crate::bpf::filter::{self, Aligned, Attachment, Map, RuleKey, XdpError, XdpMode};
+use crate::bpf::filter::{RuleKey, XdpError, XdpMode};
+use crate::bpf::program::{self, Aligned, Attachment, Map};
 
 /// The compiled `gre_decap` program (`bpf/gre_decap.bpf.c`).
 static GRE_DECAP_OBJ: &Aligned<[u8]> =
@@ -59,9 +60,9 @@ impl DecapProgram {
         force: bool,
         local_addrs: &[IpAddr],
     ) -> Result<Self, XdpError> {
-        let index = filter::ifindex(ifname)?;
+        let index = program::ifindex(ifname)?;
         Attachment::refuse_foreign(ifname, index, force)?;
-        let loaded = filter::load_object(
+        let loaded = program::load_object(
             &GRE_DECAP_OBJ.0,
             c"gre_decap",
             c"gre_decap",

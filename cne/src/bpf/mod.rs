@@ -1,6 +1,7 @@
 //! The XDP programs this crate ships and loads: the filter in front of the AF_XDP sockets
 //! ([`filter`], `bpf/xsk_filter.bpf.c`) and the GRE decapsulation program for load-balancer backends
-//! ([`decap`], `bpf/gre_decap.bpf.c`), both embedded at build time and loaded with libbpf; and the
+//! ([`decap`], `bpf/gre_decap.bpf.c`), both embedded at build time and loaded with libbpf
+//! through the shared machinery of `program` (load, checked maps, `bpf_link` attachment); and the
 //! registry of libxdp's default redirect program (`libxdp`), for ports that ask for it instead.
 
 #[allow(unsafe_code)]
@@ -9,3 +10,5 @@ pub mod decap;
 pub mod filter;
 #[allow(unsafe_code)]
 pub(crate) mod libxdp;
+#[allow(unsafe_code)]
+pub(crate) mod program;
