@@ -103,8 +103,8 @@ impl AfPacket {
 
         // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
         let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+        addr.sll_family = AF_PACKET_FAMILY;
+        addr.sll_protocol = ETH_P_ALL_U16.to_be();
         addr.sll_ifindex = ifindex;
         // SAFETY: addr is a live sockaddr_ll of the length given.
         let rc = unsafe {
@@ -278,6 +278,14 @@ impl AsFd for AfPacket {
         self.fd.as_fd()
     }
 }
+
+/// `AF_PACKET` (17) as the `sa_family_t` of a `sockaddr_ll`.
+#[allow(clippy::cast_possible_truncation, reason = "AF_PACKET is 17")]
+const AF_PACKET_FAMILY: libc::sa_family_t = libc::AF_PACKET as libc::sa_family_t;
+
+/// `ETH_P_ALL` (3) as the 16-bit protocol of a `sockaddr_ll`.
+#[allow(clippy::cast_possible_truncation, reason = "ETH_P_ALL is 3")]
+const ETH_P_ALL_U16: u16 = libc::ETH_P_ALL as u16;
 
 /// `size_of::<T>()` as a `socklen_t` (the structures passed are a few dozen bytes).
 fn socklen<T>() -> libc::socklen_t {

@@ -15,6 +15,7 @@
 //! * [`wire`]: zero-copy header views; [`hint`], [`simd`]: prefetch, huge pages, vector compares.
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
+#![warn(clippy::cast_possible_truncation)]
 
 #[allow(unsafe_code)]
 pub mod afpacket;

@@ -675,7 +675,7 @@ mod tests {
         assert_eq!(seen.len(), lports.len(), "every lport has a thread");
         for (lname, l) in lports {
             let u = &umems[l["umem"].as_str().unwrap()];
-            let r = l["region"].as_u64().unwrap() as usize;
+            let r = usize::try_from(l["region"].as_u64().unwrap()).unwrap();
             assert!(
                 r < u["regions"].as_array().unwrap().len(),
                 "{lname}: region out of range"

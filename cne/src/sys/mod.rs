@@ -72,7 +72,7 @@ pub(crate) fn cvt_fd(rc: libc::c_int) -> io::Result<OwnedFd> {
 }
 
 /// `size_of::<T>()` as a `socklen_t` (the option values passed are a few dozen bytes).
-fn socklen<T>() -> libc::socklen_t {
+pub(crate) fn socklen<T>() -> libc::socklen_t {
     libc::socklen_t::try_from(size_of::<T>()).unwrap_or(libc::socklen_t::MAX)
 }
 

@@ -792,6 +792,10 @@ impl Drop for XskSocket {
     }
 }
 
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "AF_XDP is 44 and the XDP_* bind flags are bits below 1 << 4"
+)]
 fn sockaddr(ifindex: u32, qid: u32, flags: u32, shared_fd: RawFd) -> cne_sys::sockaddr_xdp {
     cne_sys::sockaddr_xdp {
         sxdp_family: AF_XDP as u16,
@@ -807,7 +811,7 @@ fn sockaddr(ifindex: u32, qid: u32, flags: u32, shared_fd: RawFd) -> cne_sys::so
 const BIND_BUSY_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn bind(fd: RawFd, sa: &cne_sys::sockaddr_xdp) -> io::Result<()> {
-    let len = size_of::<cne_sys::sockaddr_xdp>() as libc::socklen_t;
+    let len = crate::sys::socklen::<cne_sys::sockaddr_xdp>();
     let deadline = std::time::Instant::now() + BIND_BUSY_RETRY;
     loop {
         // SAFETY: `sa` is a fully initialised sockaddr_xdp (no padding) of `len` bytes.
@@ -912,6 +916,7 @@ impl<'pool> Port<'pool> {
                 continue;
             };
             // `d.addr - base` is below frame_size, so the cast is exact.
+            #[allow(clippy::cast_possible_truncation, reason = "below frame_size, a u32")]
             let start = (d.addr - base) as u32;
             match start.checked_add(d.len) {
                 Some(end) if end <= frame_size => {
@@ -1033,8 +1038,9 @@ impl<'pool> Port<'pool> {
         let got = self.pool.take(fill.len() as usize, |addr| fill.push(addr));
         let _ = fill.commit();
         // `got` is at most `want`, a u32.
-        self.lent_rx += got as u32;
-        if (got as u32) < want {
+        let got = u32::try_from(got).unwrap_or(want);
+        self.lent_rx += got;
+        if got < want {
             self.stats.fill_short += 1;
         }
     }

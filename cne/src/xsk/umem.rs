@@ -588,7 +588,9 @@ impl FramePool {
     /// Pointer to UMEM address `addr` (not dereferenced here).
     #[inline]
     pub(crate) fn ptr(&self, addr: u64) -> *mut u8 {
-        self.area.as_ptr().wrapping_add(addr as usize)
+        self.area
+            .as_ptr()
+            .wrapping_add(usize::try_from(addr).unwrap_or(usize::MAX))
     }
 }
 
