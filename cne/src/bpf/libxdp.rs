@@ -31,10 +31,11 @@ unsafe impl Send for Registry {}
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry(Vec::new()));
 
-fn err(ifname: &str, what: impl Into<String>, source: io::Error) -> PortError {
+/// `what` failed for `ifname`; the interface is named here because one program serves every port of
+/// the netdev.
+fn err(ifname: &str, what: impl std::fmt::Display, source: io::Error) -> PortError {
     PortError::XdpProgram {
-        ifname: ifname.to_string(),
-        what: what.into(),
+        what: format!("{ifname}: {what}"),
         source,
     }
 }

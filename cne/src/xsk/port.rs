@@ -125,13 +125,7 @@ impl PortConfig {
     }
 
     fn validate(&self) -> Result<(), PortError> {
-        let bad = |reason: String| {
-            Err(PortError::Config {
-                ifname: self.ifname.clone(),
-                qid: self.qid,
-                reason,
-            })
-        };
+        let bad = |reason: String| Err(PortError::Config { reason });
         if self.ifname.is_empty() || self.ifname.len() >= IFNAMSIZ || self.ifname.contains('\0') {
             return bad(format!(
                 "interface name {:?} must have 1 to {} bytes",
@@ -187,15 +181,16 @@ impl fmt::Display for PortMode {
 }
 
 /// Errors opening or using a port.
+///
+/// A variant names the failing step (the call, with its `io::Error` as the error's
+/// [`source`](std::error::Error::source)), not the port: the caller knows which port it opened and adds
+/// that once (as [`crate::instance::InstanceError::Port`] does with the lport name). Only the errors
+/// about the interface or queue itself name them.
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
     /// The configuration cannot work.
-    #[error("invalid port config for {ifname}:{qid}: {reason}")]
+    #[error("invalid port config: {reason}")]
     Config {
-        /// Interface.
-        ifname: String,
-        /// Queue.
-        qid: u32,
         /// What is wrong.
         reason: String,
     },
@@ -213,25 +208,17 @@ pub enum PortError {
         qid: u32,
     },
     /// A system call failed.
-    #[error("{call} failed for {ifname}:{qid}")]
+    #[error("{call} failed")]
     Syscall {
         /// The call and its argument, e.g. `setsockopt(XDP_UMEM_REG)`.
         call: &'static str,
-        /// Interface.
-        ifname: String,
-        /// Queue.
-        qid: u32,
         /// The OS error.
         #[source]
         source: io::Error,
     },
     /// `bind` refused the socket.
-    #[error("bind of the AF_XDP socket to {ifname} queue {qid} ({mode}) failed")]
+    #[error("bind of the AF_XDP socket ({mode}) failed")]
     Bind {
-        /// Interface.
-        ifname: String,
-        /// Queue.
-        qid: u32,
         /// The mode asked for (`copy`, `zero-copy`, `shared UMEM`).
         mode: &'static str,
         /// The OS error.
@@ -239,10 +226,8 @@ pub enum PortError {
         source: io::Error,
     },
     /// Loading or finding the XDP redirect program failed.
-    #[error("XDP program setup on {ifname} failed: {what}")]
+    #[error("XDP program setup failed: {what}")]
     XdpProgram {
-        /// Interface.
-        ifname: String,
         /// The step that failed.
         what: String,
         /// The OS error.
@@ -250,12 +235,8 @@ pub enum PortError {
         source: io::Error,
     },
     /// Writing the socket into the XSKMAP failed.
-    #[error("inserting the socket of {ifname}:{qid} into XSKMAP fd {map_fd} failed")]
+    #[error("inserting the socket into XSKMAP fd {map_fd} failed")]
     XskMap {
-        /// Interface.
-        ifname: String,
-        /// Queue (the map index).
-        qid: u32,
         /// The map.
         map_fd: RawFd,
         /// The OS error.
@@ -263,12 +244,8 @@ pub enum PortError {
         source: io::Error,
     },
     /// The socket and the frame pool use different UMEMs.
-    #[error("the frame pool of region {region} belongs to another UMEM than the socket on {ifname}:{qid}")]
+    #[error("the frame pool of region {region} belongs to another UMEM than the socket")]
     UmemMismatch {
-        /// Interface.
-        ifname: String,
-        /// Queue.
-        qid: u32,
         /// The pool's region.
         region: usize,
     },
@@ -504,14 +481,8 @@ impl XskSocket {
                 });
             }
         }
-        let fail = |call: &'static str| {
-            move |source: io::Error| PortError::Syscall {
-                call,
-                ifname: cfg.ifname.clone(),
-                qid,
-                source,
-            }
-        };
+        let fail =
+            |call: &'static str| move |source: io::Error| PortError::Syscall { call, source };
         // SAFETY: plain socket creation; `cvt_fd` owns the new descriptor.
         let fd = cvt_fd(unsafe { libc::socket(AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) })
             .map_err(fail("socket(AF_XDP)"))?;
@@ -594,8 +565,6 @@ impl XskSocket {
                 }
                 let sa = sockaddr(ifindex, qid, cne_sys::XDP_SHARED_UMEM, o.fd);
                 bind(sfd, &sa).map_err(|source| PortError::Bind {
-                    ifname: ifname.to_string(),
-                    qid,
                     mode: "shared UMEM",
                     source,
                 })?;
@@ -623,8 +592,6 @@ impl XskSocket {
                     bind(sfd, &copy).map(|()| false)
                 };
                 let zc = bound.map_err(|source| PortError::Bind {
-                    ifname: ifname.to_string(),
-                    qid,
                     mode: "copy mode",
                     source,
                 })?;
@@ -688,12 +655,8 @@ impl XskSocket {
                 fd
             }
         };
-        setup::xskmap_insert(map_fd, qid, sfd).map_err(|source| PortError::XskMap {
-            ifname: ifname.to_string(),
-            qid,
-            map_fd,
-            source,
-        })?;
+        setup::xskmap_insert(map_fd, qid, sfd)
+            .map_err(|source| PortError::XskMap { map_fd, source })?;
         if let Ok((drv, skb)) = crate::bpf::libxdp::attached_prog_ids(ifindex) {
             if drv != 0 {
                 sock.mode.xdp = XdpMode::Native;
@@ -861,8 +824,6 @@ impl<'pool> Port<'pool> {
     pub fn attach(sock: XskSocket, pool: &'pool FramePool) -> Result<Self, PortError> {
         if !Arc::ptr_eq(&sock.umem, pool.umem()) {
             return Err(PortError::UmemMismatch {
-                ifname: sock.ifname.clone(),
-                qid: sock.qid,
                 region: pool.region(),
             });
         }
@@ -1049,8 +1010,6 @@ impl<'pool> Port<'pool> {
     pub fn stats(&self) -> Result<PortStats, PortError> {
         let kernel = read_xdp_stats(self.fd()).map_err(|source| PortError::Syscall {
             call: "getsockopt(XDP_STATISTICS)",
-            ifname: self.sock.ifname.clone(),
-            qid: self.sock.qid,
             source,
         })?;
         Ok(PortStats {
