@@ -186,7 +186,7 @@ pub struct GenConfig {
           value_parser = parse_layout)]
     pub layout: DpLayout,
     /// Where sysfs lists network devices.
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_SYS_CLASS_NET)]
+    #[arg(long, value_name = "PATH", default_value = netdev::SYS_CLASS_NET)]
     pub sys_class_net: PathBuf,
 }
 
@@ -198,9 +198,6 @@ pub enum Output {
     /// A file, replaced atomically.
     File(PathBuf),
 }
-
-/// Default sysfs network directory.
-pub const DEFAULT_SYS_CLASS_NET: &str = "/sys/class/net";
 
 fn parse_output(v: &str) -> Result<Output, String> {
     Ok(match v {
@@ -263,7 +260,7 @@ impl Default for GenConfig {
             mtype: "4KB".to_owned(),
             busy_poll: None,
             layout: DpLayout::default(),
-            sys_class_net: PathBuf::from(DEFAULT_SYS_CLASS_NET),
+            sys_class_net: PathBuf::from(netdev::SYS_CLASS_NET),
         }
     }
 }
