@@ -44,7 +44,6 @@ use std::ops::{BitOr, BitOrAssign};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use crate::bpf::program::{self, Aligned, Attachment, Map};
-use cne_sys as sys;
 
 /// The compiled `xsk_filter` program (`bpf/xsk_filter.bpf.c`).
 static XSK_FILTER_OBJ: &Aligned<[u8]> =
@@ -87,8 +86,8 @@ impl XdpMode {
     /// The mode bit of the `XDP_FLAGS_*` flags.
     pub(crate) fn flags(self) -> u32 {
         match self {
-            XdpMode::Native => sys::XDP_FLAGS_DRV_MODE,
-            XdpMode::Skb => sys::XDP_FLAGS_SKB_MODE,
+            XdpMode::Native => cne_sys::XDP_FLAGS_DRV_MODE,
+            XdpMode::Skb => cne_sys::XDP_FLAGS_SKB_MODE,
         }
     }
 }

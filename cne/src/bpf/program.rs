@@ -15,7 +15,6 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use crate::bpf::filter::{XdpError, XdpMode};
 use crate::sys::{parse_ret, parse_ret_fd};
-use cne_sys as sys;
 
 /// A BPF object file embedded in the binary, aligned for libelf.
 #[repr(C, align(8))]
@@ -42,11 +41,11 @@ pub(crate) struct Map<K, V> {
 impl<K: Copy + Default, V: Copy + Default> Map<K, V> {
     /// Takes a map descriptor after checking its key and value sizes against `K` and `V`.
     pub(crate) fn checked(name: &'static str, fd: OwnedFd) -> Result<Self, XdpError> {
-        let mut info = sys::bpf_map_info::default();
-        let mut len = size_u32::<sys::bpf_map_info>();
+        let mut info = cne_sys::bpf_map_info::default();
+        let mut len = size_u32::<cne_sys::bpf_map_info>();
         // SAFETY: `info` is a writable bpf_map_info of `len` bytes; the kernel writes at most `len` bytes.
         let rc = unsafe {
-            sys::bpf_obj_get_info_by_fd(
+            cne_sys::bpf_obj_get_info_by_fd(
                 fd.as_raw_fd(),
                 std::ptr::from_mut(&mut info).cast::<c_void>(),
                 &mut len,
@@ -68,10 +67,10 @@ impl<K: Copy + Default, V: Copy + Default> Map<K, V> {
             max_entries: info.max_entries,
             percpu: matches!(
                 info.type_,
-                sys::BPF_MAP_TYPE_PERCPU_HASH
-                    | sys::BPF_MAP_TYPE_PERCPU_ARRAY
-                    | sys::BPF_MAP_TYPE_LRU_PERCPU_HASH
-                    | sys::BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE
+                cne_sys::BPF_MAP_TYPE_PERCPU_HASH
+                    | cne_sys::BPF_MAP_TYPE_PERCPU_ARRAY
+                    | cne_sys::BPF_MAP_TYPE_LRU_PERCPU_HASH
+                    | cne_sys::BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE
             ),
             _kv: PhantomData,
         })
@@ -86,11 +85,11 @@ impl<K: Copy + Default, V: Copy + Default> Map<K, V> {
         // SAFETY: key and value point to live objects of the map's key and value size (checked in
         // Map::checked).
         let rc = unsafe {
-            sys::bpf_map_update_elem(
+            cne_sys::bpf_map_update_elem(
                 self.fd.as_raw_fd(),
                 std::ptr::from_ref(key).cast::<c_void>(),
                 std::ptr::from_ref(value).cast::<c_void>(),
-                u64::from(sys::BPF_ANY),
+                u64::from(cne_sys::BPF_ANY),
             )
         };
         parse_ret(rc)
@@ -111,7 +110,7 @@ impl<K: Copy + Default, V: Copy + Default> Map<K, V> {
         // SAFETY: key points to a live object of the key size, value to a writable one of the value size
         // (the map is not per-CPU, so the kernel writes exactly one value).
         let rc = unsafe {
-            sys::bpf_map_lookup_elem(
+            cne_sys::bpf_map_lookup_elem(
                 self.fd.as_raw_fd(),
                 std::ptr::from_ref(key).cast::<c_void>(),
                 std::ptr::from_mut(&mut value).cast::<c_void>(),
@@ -128,7 +127,7 @@ impl<K: Copy + Default, V: Copy + Default> Map<K, V> {
     pub(crate) fn delete(&self, key: &K) -> Result<bool, XdpError> {
         // SAFETY: key points to a live object of the map's key size.
         let rc = unsafe {
-            sys::bpf_map_delete_elem(
+            cne_sys::bpf_map_delete_elem(
                 self.fd.as_raw_fd(),
                 std::ptr::from_ref(key).cast::<c_void>(),
             )
@@ -151,7 +150,7 @@ impl<K: Copy + Default, V: Copy + Default> Map<K, V> {
                 .map_or(std::ptr::null(), |k| std::ptr::from_ref(k).cast::<c_void>());
             // SAFETY: prev_ptr is null (first key) or points to a live key; next is a writable key.
             let rc = unsafe {
-                sys::bpf_map_get_next_key(
+                cne_sys::bpf_map_get_next_key(
                     self.fd.as_raw_fd(),
                     prev_ptr,
                     std::ptr::from_mut(&mut next).cast::<c_void>(),
@@ -180,7 +179,7 @@ impl Map<u32, u64> {
             ));
         }
         // SAFETY: libbpf_num_possible_cpus takes no arguments; it reads and caches a sysfs file.
-        let ncpus = unsafe { sys::libbpf_num_possible_cpus() };
+        let ncpus = unsafe { cne_sys::libbpf_num_possible_cpus() };
         let ncpus = parse_ret(ncpus).map_err(|e| {
             XdpError::bpf(
                 "libbpf_num_possible_cpus",
@@ -193,7 +192,7 @@ impl Map<u32, u64> {
         // SAFETY: index is a live u32 key; values holds one 8-byte value per possible CPU, which is what
         // the kernel writes for a per-CPU map with 8-byte values (checked at load).
         let rc = unsafe {
-            sys::bpf_map_lookup_elem(
+            cne_sys::bpf_map_lookup_elem(
                 self.fd.as_raw_fd(),
                 std::ptr::from_ref(&index).cast::<c_void>(),
                 values.as_mut_ptr().cast::<c_void>(),
@@ -248,12 +247,12 @@ impl<T> LibbpfOpts<T> {
 }
 
 /// Closes a libbpf object on every path out of [`load_object`].
-struct ObjectGuard(*mut sys::bpf_object);
+struct ObjectGuard(*mut cne_sys::bpf_object);
 
 impl Drop for ObjectGuard {
     fn drop(&mut self) {
         // SAFETY: the pointer came from a successful bpf_object__open_mem and is closed exactly once.
-        unsafe { sys::bpf_object__close(self.0) };
+        unsafe { cne_sys::bpf_object__close(self.0) };
     }
 }
 
@@ -284,12 +283,12 @@ pub(crate) fn load_object(
     let target = obj_name.to_string_lossy();
     // SAFETY: bpf_object_open_opts holds integers, a bool, a bitfield and pointers (all-zero is valid)
     // and starts with `size_t sz`.
-    let mut opts = unsafe { LibbpfOpts::<sys::bpf_object_open_opts>::new() };
+    let mut opts = unsafe { LibbpfOpts::<cne_sys::bpf_object_open_opts>::new() };
     opts.get_mut().object_name = obj_name.as_ptr();
     // SAFETY: obj is a 'static ELF image (libbpf may keep pointing into it while the object lives);
     // opts and the name it points to are valid for the call.
     let raw = unsafe {
-        sys::bpf_object__open_mem(obj.as_ptr().cast::<c_void>(), obj.len(), opts.as_ptr())
+        cne_sys::bpf_object__open_mem(obj.as_ptr().cast::<c_void>(), obj.len(), opts.as_ptr())
     };
     if raw.is_null() {
         return Err(XdpError::bpf(
@@ -300,11 +299,11 @@ pub(crate) fn load_object(
     }
     let object = ObjectGuard(raw);
     // SAFETY: object.0 is an open, not yet loaded object.
-    let rc = unsafe { sys::bpf_object__load(object.0) };
+    let rc = unsafe { cne_sys::bpf_object__load(object.0) };
     parse_ret(rc).map_err(|e| XdpError::bpf("bpf_object__load", target.clone(), e))?;
 
     // SAFETY: object.0 is a loaded object; prog_name is NUL-terminated.
-    let prog = unsafe { sys::bpf_object__find_program_by_name(object.0, prog_name.as_ptr()) };
+    let prog = unsafe { cne_sys::bpf_object__find_program_by_name(object.0, prog_name.as_ptr()) };
     if prog.is_null() {
         return Err(XdpError::bpf(
             "bpf_object__find_program_by_name",
@@ -313,13 +312,13 @@ pub(crate) fn load_object(
         ));
     }
     // SAFETY: prog is a program of the loaded object, valid until the object is closed.
-    let prog_fd = unsafe { sys::bpf_program__fd(prog) };
+    let prog_fd = unsafe { cne_sys::bpf_program__fd(prog) };
     let prog = dup_fd(prog_fd, "bpf_program__fd", &prog_name.to_string_lossy())?;
 
     let mut maps = Vec::with_capacity(map_names.len());
     for name in map_names {
         // SAFETY: object.0 is a loaded object; name is NUL-terminated.
-        let map = unsafe { sys::bpf_object__find_map_by_name(object.0, name.as_ptr()) };
+        let map = unsafe { cne_sys::bpf_object__find_map_by_name(object.0, name.as_ptr()) };
         if map.is_null() {
             return Err(XdpError::bpf(
                 "bpf_object__find_map_by_name",
@@ -328,7 +327,7 @@ pub(crate) fn load_object(
             ));
         }
         // SAFETY: map is a map of the loaded object, valid until the object is closed.
-        let fd = unsafe { sys::bpf_map__fd(map) };
+        let fd = unsafe { cne_sys::bpf_map__fd(map) };
         maps.push(dup_fd(fd, "bpf_map__fd", &name.to_string_lossy())?);
     }
     drop(object);
@@ -344,12 +343,12 @@ pub(crate) fn ifindex(ifname: &str) -> Result<u32, XdpError> {
 
 /// Kernel id and name of a loaded program.
 fn prog_info(fd: BorrowedFd<'_>) -> io::Result<(u32, String)> {
-    let mut info = sys::bpf_prog_info::default();
-    let mut len = size_u32::<sys::bpf_prog_info>();
+    let mut info = cne_sys::bpf_prog_info::default();
+    let mut len = size_u32::<cne_sys::bpf_prog_info>();
     // SAFETY: info is a writable bpf_prog_info of len bytes; all its pointer fields are zero, so the
     // kernel writes nothing else.
     let rc = unsafe {
-        sys::bpf_obj_get_info_by_fd(
+        cne_sys::bpf_obj_get_info_by_fd(
             fd.as_raw_fd(),
             std::ptr::from_mut(&mut info).cast::<c_void>(),
             &mut len,
@@ -368,7 +367,7 @@ fn prog_info(fd: BorrowedFd<'_>) -> io::Result<(u32, String)> {
 /// Name of the program with kernel id `id`, `?` if it cannot be read (it may have gone meanwhile).
 fn prog_name_by_id(id: u32) -> String {
     // SAFETY: plain syscall wrapper; the returned descriptor is owned below.
-    let fd = unsafe { sys::bpf_prog_get_fd_by_id(id) };
+    let fd = unsafe { cne_sys::bpf_prog_get_fd_by_id(id) };
     if fd < 0 {
         return "?".to_string();
     }
@@ -378,14 +377,14 @@ fn prog_name_by_id(id: u32) -> String {
 }
 
 /// Program ids attached to `ifindex`, per attach mode.
-fn query(ifindex: u32, ifname: &str) -> Result<sys::bpf_xdp_query_opts, XdpError> {
+fn query(ifindex: u32, ifname: &str) -> Result<cne_sys::bpf_xdp_query_opts, XdpError> {
     // SAFETY: bpf_xdp_query_opts holds integers (all-zero is valid) and starts with `size_t sz`.
-    let mut opts = unsafe { LibbpfOpts::<sys::bpf_xdp_query_opts>::new() };
+    let mut opts = unsafe { LibbpfOpts::<cne_sys::bpf_xdp_query_opts>::new() };
     let index = c_int::try_from(ifindex).map_err(|_| XdpError::NetdevNotFound {
         ifname: ifname.to_string(),
     })?;
     // SAFETY: opts is a writable bpf_xdp_query_opts whose sz field is its size.
-    let rc = unsafe { sys::bpf_xdp_query(index, 0, opts.as_mut_ptr()) };
+    let rc = unsafe { cne_sys::bpf_xdp_query(index, 0, opts.as_mut_ptr()) };
     parse_ret(rc).map_err(|e| XdpError::bpf("bpf_xdp_query", ifname, e))?;
     Ok(*opts.get_mut())
 }
@@ -399,24 +398,26 @@ fn find_xdp_link(ifindex: u32, prog_id: u32) -> Option<(u32, OwnedFd)> {
         let mut next = 0u32;
         // ENOENT: no more links (or no permission to list them).
         // SAFETY: next is a writable u32 for the call.
-        parse_ret(unsafe { sys::bpf_link_get_next_id(id, &mut next) }).ok()?;
+        parse_ret(unsafe { cne_sys::bpf_link_get_next_id(id, &mut next) }).ok()?;
         id = next;
         // SAFETY: plain syscall wrapper; `parse_ret_fd` owns the returned descriptor.
-        let Ok(fd) = parse_ret_fd(unsafe { sys::bpf_link_get_fd_by_id(id) }) else {
+        let Ok(fd) = parse_ret_fd(unsafe { cne_sys::bpf_link_get_fd_by_id(id) }) else {
             continue; // released meanwhile
         };
-        let mut info = sys::bpf_link_info::default();
-        let mut len = size_u32::<sys::bpf_link_info>();
+        let mut info = cne_sys::bpf_link_info::default();
+        let mut len = size_u32::<cne_sys::bpf_link_info>();
         // SAFETY: info is a writable bpf_link_info of len bytes; its pointer fields (for other link
         // types) are zero, so the kernel writes nothing else.
         let rc = unsafe {
-            sys::bpf_obj_get_info_by_fd(
+            cne_sys::bpf_obj_get_info_by_fd(
                 fd.as_raw_fd(),
                 std::ptr::from_mut(&mut info).cast::<c_void>(),
                 &mut len,
             )
         };
-        if parse_ret(rc).is_err() || info.type_ != sys::BPF_LINK_TYPE_XDP || info.prog_id != prog_id
+        if parse_ret(rc).is_err()
+            || info.type_ != cne_sys::BPF_LINK_TYPE_XDP
+            || info.prog_id != prog_id
         {
             continue;
         }
@@ -466,9 +467,9 @@ impl Attachment {
     fn remove_existing(ifname: &str, ifindex: u32, index: c_int) -> Result<(), XdpError> {
         let q = query(ifindex, ifname)?;
         for (id, mode) in [
-            (q.drv_prog_id, sys::XDP_FLAGS_DRV_MODE),
-            (q.skb_prog_id, sys::XDP_FLAGS_SKB_MODE),
-            (q.hw_prog_id, sys::XDP_FLAGS_HW_MODE),
+            (q.drv_prog_id, cne_sys::XDP_FLAGS_DRV_MODE),
+            (q.skb_prog_id, cne_sys::XDP_FLAGS_SKB_MODE),
+            (q.hw_prog_id, cne_sys::XDP_FLAGS_HW_MODE),
         ] {
             if id == 0 {
                 continue;
@@ -480,7 +481,7 @@ impl Attachment {
                      as forced"
                 );
                 // SAFETY: plain syscall wrapper on an open link descriptor.
-                let rc = unsafe { sys::bpf_link_detach(link.as_raw_fd()) };
+                let rc = unsafe { cne_sys::bpf_link_detach(link.as_raw_fd()) };
                 parse_ret(rc).map_err(|source| XdpError::ForeignLink {
                     ifname: ifname.to_string(),
                     id,
@@ -492,7 +493,7 @@ impl Attachment {
             }
             log::warn!("{ifname}: detaching XDP program id {id} ({name}), as forced");
             // SAFETY: plain netlink request; a null opts pointer means no options.
-            let rc = unsafe { sys::bpf_xdp_detach(index, mode, std::ptr::null()) };
+            let rc = unsafe { cne_sys::bpf_xdp_detach(index, mode, std::ptr::null()) };
             match parse_ret(rc) {
                 Ok(_) => {}
                 // Attached by a link we could not see (another user namespace, no permission to list).
@@ -531,15 +532,16 @@ impl Attachment {
         }
         // SAFETY: bpf_link_create_opts holds integers, pointers and unions of those (all-zero is valid)
         // and starts with `size_t sz`.
-        let mut opts = unsafe { LibbpfOpts::<sys::bpf_link_create_opts>::new() };
+        let mut opts = unsafe { LibbpfOpts::<cne_sys::bpf_link_create_opts>::new() };
         // Only the mode bit: the kernel refuses the other XDP flags on links. A link never replaces an
         // attached program (EBUSY, or EEXIST for one in the other mode), which is the "no existing
         // program" guard the netlink attach needed XDP_FLAGS_UPDATE_IF_NOEXIST for.
         opts.get_mut().flags = mode.flags();
         // SAFETY: prog is an open program descriptor, index a valid interface index, opts a valid
         // bpf_link_create_opts for the call.
-        let rc =
-            unsafe { sys::bpf_link_create(prog.as_raw_fd(), index, sys::BPF_XDP, opts.as_ptr()) };
+        let rc = unsafe {
+            cne_sys::bpf_link_create(prog.as_raw_fd(), index, cne_sys::BPF_XDP, opts.as_ptr())
+        };
         let fd = match parse_ret(rc) {
             Ok(fd) => fd,
             Err(e) => {
@@ -604,7 +606,7 @@ impl Attachment {
         let mut out = vec![0u8; frame.len() + 256];
         // SAFETY: bpf_test_run_opts holds integers and pointers (all-zero is valid) and starts with
         // `size_t sz`.
-        let mut opts = unsafe { LibbpfOpts::<sys::bpf_test_run_opts>::new() };
+        let mut opts = unsafe { LibbpfOpts::<cne_sys::bpf_test_run_opts>::new() };
         let o = opts.get_mut();
         o.data_in = frame.as_ptr().cast::<c_void>();
         o.data_size_in = u32::try_from(frame.len()).map_err(|_| too_big())?;
@@ -612,7 +614,8 @@ impl Attachment {
         o.data_size_out = u32::try_from(out.len()).map_err(|_| too_big())?;
         o.repeat = 1;
         // SAFETY: data_in/data_out point to buffers of the sizes given in opts, live for the call.
-        let rc = unsafe { sys::bpf_prog_test_run_opts(self.prog.as_raw_fd(), opts.as_mut_ptr()) };
+        let rc =
+            unsafe { cne_sys::bpf_prog_test_run_opts(self.prog.as_raw_fd(), opts.as_mut_ptr()) };
         parse_ret(rc)
             .map_err(|e| XdpError::bpf("bpf_prog_test_run_opts", self.ifname.clone(), e))?;
         let o = opts.get_mut();
@@ -625,7 +628,7 @@ impl Attachment {
     /// another instance, or because the interface is gone) is left alone.
     fn detach(&self) {
         // SAFETY: plain syscall wrapper on our open link descriptor.
-        let rc = unsafe { sys::bpf_link_detach(self.link.as_raw_fd()) };
+        let rc = unsafe { cne_sys::bpf_link_detach(self.link.as_raw_fd()) };
         match parse_ret(rc) {
             Ok(_) => log::debug!("{}: detached XDP program id {}", self.ifname, self.prog_id),
             Err(e) => log::warn!(
