@@ -4,7 +4,6 @@
 //! through the shared machinery of `program` (load, checked maps, `bpf_link` attachment); and the
 //! registry of libxdp's default redirect program (`libxdp`), for ports that ask for it instead.
 
-#[allow(unsafe_code)]
 pub mod decap;
 #[allow(unsafe_code)]
 pub mod filter;

@@ -4,5 +4,4 @@
 
 #[allow(unsafe_code)]
 pub mod device_plugin;
-#[allow(unsafe_code)]
 pub mod gen_config;

@@ -13,7 +13,6 @@ pub mod poll;
 pub mod port;
 #[allow(unsafe_code)]
 pub mod ring;
-#[allow(unsafe_code)]
 pub mod stats;
 #[allow(unsafe_code)]
 pub mod umem;
