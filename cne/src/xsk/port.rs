@@ -255,68 +255,6 @@ pub enum PortError {
 mod setup {
     use super::*;
 
-    #[repr(C)]
-    #[derive(Default, Clone, Copy)]
-    struct EthtoolChannels {
-        cmd: u32,
-        max_rx: u32,
-        max_tx: u32,
-        max_other: u32,
-        max_combined: u32,
-        rx_count: u32,
-        tx_count: u32,
-        other_count: u32,
-        combined_count: u32,
-    }
-
-    #[repr(C)]
-    struct IfreqData {
-        name: [u8; IFNAMSIZ],
-        data: *mut libc::c_void,
-        _pad: [u8; 16],
-    }
-
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
-    const ETHTOOL_GCHANNELS: u32 = 0x3c;
-
-    /// Number of RX queues of `ifname`: `ETHTOOL_GCHANNELS` (answers for this process's network
-    /// namespace), else the `rx-*` entries of `/sys/class/net/<if>/queues`. `None` when neither works.
-    pub(super) fn rx_queues(ifname: &str) -> Option<u32> {
-        ethtool_rx_queues(ifname).or_else(|| {
-            crate::sys::netdev::rx_queue_count(ifname)
-                .ok()
-                .and_then(|n| u32::try_from(n).ok())
-                .filter(|&n| n > 0)
-        })
-    }
-
-    fn ethtool_rx_queues(ifname: &str) -> Option<u32> {
-        // SAFETY: plain socket creation; `cvt_fd` owns the new descriptor.
-        let sock = cvt_fd(unsafe {
-            libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0)
-        })
-        .ok()?;
-        let mut ch = EthtoolChannels {
-            cmd: ETHTOOL_GCHANNELS,
-            ..Default::default()
-        };
-        let mut ifr = IfreqData {
-            name: [0; IFNAMSIZ],
-            data: std::ptr::from_mut(&mut ch).cast(),
-            _pad: [0; 16],
-        };
-        let n = ifname.len().min(IFNAMSIZ - 1);
-        ifr.name[..n].copy_from_slice(&ifname.as_bytes()[..n]);
-        // SAFETY: SIOCETHTOOL reads the ifreq (name + pointer to `ch`) and writes `ch`; both outlive
-        // the call.
-        let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut ifr) };
-        if rc != 0 {
-            return None;
-        }
-        let rx = ch.rx_count.saturating_add(ch.combined_count);
-        (rx > 0).then_some(rx)
-    }
-
     /// Writes socket `sock` at index `qid` of XSKMAP `map`.
     pub(super) fn xskmap_insert(map: RawFd, qid: u32, sock: RawFd) -> io::Result<()> {
         let key = qid;
@@ -471,7 +409,7 @@ impl XskSocket {
         let qid = cfg.qid;
         let ifindex = crate::sys::netdev::ifindex(ifname)
             .ok_or_else(|| PortError::NoSuchNetdev(ifname.to_string()))?;
-        let queues = setup::rx_queues(ifname);
+        let queues = crate::sys::netdev::rx_queues(ifname);
         if let Some(queues) = queues {
             if qid >= queues {
                 return Err(PortError::NoSuchQueue {
