@@ -1,4 +1,4 @@
-//! Compiles the XDP programs in `bpf/` into BPF objects in OUT_DIR; `cne::xdp` and `cne::decap` embed them
+//! Compiles the XDP programs in `bpf/` into BPF objects in OUT_DIR; `cne::bpf::filter` and `cne::bpf::decap` embed them
 //! with `include_bytes!`, so a binary carries its programs and needs no object files at run time.
 
 use std::env;

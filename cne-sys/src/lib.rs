@@ -3,7 +3,7 @@
 //!
 //! Everything here is `unsafe` to call. The safe layer is the `cne` crate. The `xsk_ring_*` helpers are
 //! bound too, but they are one FFI call per operation: the packet path does its ring index math in Rust
-//! (`cne::ring`) over the same ring structures.
+//! (`cne::xsk::ring`) over the same ring structures.
 #![allow(
     non_upper_case_globals,
     non_camel_case_types,

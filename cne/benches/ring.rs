@@ -3,7 +3,7 @@
 
 use std::hint::black_box;
 
-use cne::ring::{heap_pair, XdpDesc};
+use cne::xsk::ring::{heap_pair, XdpDesc};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 const BATCH: u32 = 64;

@@ -11,13 +11,14 @@
 //! replies. It is created with protocol 0 and only then bound to `ETH_P_ALL` on the interface, so no frame
 //! of another interface is ever queued on it.
 
-use std::ffi::{c_int, c_uint, c_void, CString};
+use std::ffi::{c_int, c_uint, c_void};
 use std::io;
 use std::mem::{self, size_of};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use crate::frame::Frame;
+use crate::sys::{cvt, cvt_fd, getsockopt_into, setsockopt};
 
 /// Most frames moved per system call.
 pub const BATCH: usize = 64;
@@ -77,54 +78,33 @@ impl AfPacket {
             ifname: ifname.to_string(),
             source,
         };
-        let name = CString::new(ifname).map_err(|_| not_found())?;
-        // SAFETY: name is NUL-terminated and valid for the call.
-        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        let index = crate::sys::netdev::ifindex(ifname).ok_or_else(not_found)?;
         let ifindex = c_int::try_from(index).map_err(|_| not_found())?;
-        if ifindex == 0 {
-            return Err(not_found());
-        }
 
         // Protocol 0: receive nothing until bound to the interface below.
-        // SAFETY: plain system call with constant arguments.
-        let raw = unsafe {
+        // SAFETY: plain system call with constant arguments; `cvt_fd` owns the new descriptor.
+        let fd = cvt_fd(unsafe {
             libc::socket(
                 libc::AF_PACKET,
                 libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
                 0,
             )
-        };
-        if raw < 0 {
-            return Err(fail(
-                "socket(AF_PACKET, SOCK_RAW)",
-                io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: raw is a fresh descriptor owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        })
+        .map_err(|e| fail("socket(AF_PACKET, SOCK_RAW)", e))?;
 
         let one: c_int = 1;
-        // SAFETY: the option value is a live c_int of the length given.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                PACKET_IGNORE_OUTGOING,
-                std::ptr::from_ref(&one).cast::<c_void>(),
-                socklen::<c_int>(),
-            )
-        };
-        if rc < 0 {
-            return Err(fail(
-                "setsockopt(PACKET_IGNORE_OUTGOING)",
-                io::Error::last_os_error(),
-            ));
-        }
+        setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            PACKET_IGNORE_OUTGOING,
+            &one,
+        )
+        .map_err(|e| fail("setsockopt(PACKET_IGNORE_OUTGOING)", e))?;
 
         // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
         let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+        addr.sll_family = AF_PACKET_FAMILY;
+        addr.sll_protocol = ETH_P_ALL_U16.to_be();
         addr.sll_ifindex = ifindex;
         // SAFETY: addr is a live sockaddr_ll of the length given.
         let rc = unsafe {
@@ -134,9 +114,7 @@ impl AfPacket {
                 socklen::<libc::sockaddr_ll>(),
             )
         };
-        if rc < 0 {
-            return Err(fail("bind(ETH_P_ALL)", io::Error::last_os_error()));
-        }
+        cvt(rc).map_err(|e| fail("bind(ETH_P_ALL)", e))?;
         Ok(AfPacket {
             fd,
             ifname: ifname.to_string(),
@@ -193,17 +171,19 @@ impl AfPacket {
                 std::ptr::null_mut(),
             )
         };
-        let got = if rc < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::WouldBlock && err.kind() != io::ErrorKind::Interrupted {
-                for frame in frames[..n].iter_mut() {
-                    frame.set_len(0);
+        let got = match cvt(rc) {
+            Ok(rc) => usize::try_from(rc).unwrap_or(0),
+            Err(err) => {
+                if err.kind() != io::ErrorKind::WouldBlock
+                    && err.kind() != io::ErrorKind::Interrupted
+                {
+                    for frame in frames[..n].iter_mut() {
+                        frame.set_len(0);
+                    }
+                    return Err(err);
                 }
-                return Err(err);
+                0
             }
-            0
-        } else {
-            usize::try_from(rc).unwrap_or(0)
         };
         for (i, (frame, m)) in frames[..n].iter_mut().zip(msgs.iter()).enumerate() {
             let len = if i < got { m.msg_len as usize } else { 0 };
@@ -245,14 +225,13 @@ impl AfPacket {
                 libc::MSG_DONTWAIT,
             )
         };
-        if rc < 0 {
-            let err = io::Error::last_os_error();
-            return match err.raw_os_error() {
+        match cvt(rc) {
+            Ok(rc) => Ok(usize::try_from(rc).unwrap_or(0)),
+            Err(err) => match err.raw_os_error() {
                 Some(libc::EAGAIN | libc::ENOBUFS | libc::EINTR) => Ok(0),
                 _ => Err(err),
-            };
+            },
         }
-        Ok(usize::try_from(rc).unwrap_or(0))
     }
 
     /// Waits until a frame is ready to be received or `timeout` passes (`None`: no limit). `Ok(false)`
@@ -266,13 +245,11 @@ impl AfPacket {
         };
         // SAFETY: pfd is one live pollfd for the call.
         let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if rc < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                return Ok(false);
-            }
-            return Err(err);
-        }
+        let rc = match cvt(rc) {
+            Ok(rc) => rc,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => return Ok(false),
+            Err(err) => return Err(err),
+        };
         Ok(rc > 0 && pfd.revents & libc::POLLIN != 0)
     }
 
@@ -282,20 +259,13 @@ impl AfPacket {
             tp_packets: 0,
             tp_drops: 0,
         };
-        let mut len = socklen::<libc::tpacket_stats>();
-        // SAFETY: st is a writable tpacket_stats of len bytes; the kernel writes at most len bytes.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_STATISTICS,
-                std::ptr::from_mut(&mut st).cast::<c_void>(),
-                &mut len,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // `tpacket_stats` holds two plain u32 counters: any bytes the kernel writes are valid.
+        getsockopt_into(
+            self.fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            &mut st,
+        )?;
         Ok(PacketStats {
             packets: st.tp_packets,
             drops: st.tp_drops,
@@ -308,6 +278,14 @@ impl AsFd for AfPacket {
         self.fd.as_fd()
     }
 }
+
+/// `AF_PACKET` (17) as the `sa_family_t` of a `sockaddr_ll`.
+#[allow(clippy::cast_possible_truncation, reason = "AF_PACKET is 17")]
+const AF_PACKET_FAMILY: libc::sa_family_t = libc::AF_PACKET as libc::sa_family_t;
+
+/// `ETH_P_ALL` (3) as the 16-bit protocol of a `sockaddr_ll`.
+#[allow(clippy::cast_possible_truncation, reason = "ETH_P_ALL is 3")]
+const ETH_P_ALL_U16: u16 = libc::ETH_P_ALL as u16;
 
 /// `size_of::<T>()` as a `socklen_t` (the structures passed are a few dozen bytes).
 fn socklen<T>() -> libc::socklen_t {

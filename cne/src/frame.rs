@@ -1,7 +1,7 @@
 //! The `Frame` trait: what packet-processing code may do to a frame, independent of where it lives.
 //!
 //! Network-function logic (`process(frame, &state) -> Verdict`) is written against this trait so the same
-//! code runs on AF_XDP frames in the UMEM (`cne::packet::Packet`), on AF_PACKET buffers, and on test
+//! code runs on AF_XDP frames in the UMEM (`cne::xsk::packet::Packet`), on AF_PACKET buffers, and on test
 //! fixtures ([`VecFrame`]). Every operation is O(1) and allocation-free: the data window moves inside a
 //! fixed buffer that has headroom in front (for encapsulation) and tailroom behind.
 #![forbid(unsafe_code)]

@@ -76,9 +76,7 @@ pub fn advise_huge_pages<T>(mem: &[T]) -> std::io::Result<()> {
                 libc::MADV_HUGEPAGE,
             )
         };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        crate::sys::cvt(rc)?;
     }
     #[cfg(not(target_os = "linux"))]
     let _ = mem;

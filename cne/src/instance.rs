@@ -13,7 +13,7 @@
 //! detached when the instance is dropped, after the workers have been joined. The network functions
 //! return from `main` on SIGINT and SIGTERM, so this also happens on those signals and on error paths;
 //! when the process dies without unwinding (SIGKILL, OOM), the kernel detaches the programs itself, as
-//! they are held by `bpf_link`s of this process (see [`crate::xdp`]).
+//! they are held by `bpf_link`s of this process (see [`crate::bpf::filter`]).
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
@@ -22,12 +22,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::bpf::filter::{XdpError, XdpMode, XdpProgram};
 use crate::config::{Config, Lport};
-use crate::dp::{self, DpSessions, MapSource};
-use crate::poll::WaitPolicy;
-use crate::port::{BusyPoll, Port, PortConfig, PortError, XskMapSource, XskSocket};
-use crate::umem::{FramePool, Umem, UmemConfig, UmemError};
-use crate::xdp::{XdpError, XdpMode, XdpProgram};
+use crate::k8s::device_plugin::{self, DpSessions, MapSource};
+use crate::xsk::poll::WaitPolicy;
+use crate::xsk::port::{BusyPoll, Port, PortConfig, PortError, XskMapSource, XskSocket};
+use crate::xsk::umem::{FramePool, Umem, UmemConfig, UmemError};
 
 static INSTANCE_ALIVE: AtomicBool = AtomicBool::new(false);
 
@@ -71,7 +71,7 @@ pub enum InstanceError {
         lport: String,
         /// What failed.
         #[source]
-        source: dp::DpError,
+        source: device_plugin::DpError,
     },
     /// The config has no lport assigned to a worker thread.
     #[error("{0}: no thread owns an lport: add \"threads\" entries with \"lports\"")]
@@ -125,7 +125,7 @@ pub struct Worker {
     /// Its lports, in config order.
     pub lports: Vec<LportSocket>,
     /// How it waits when idle: spin for the thread's `idle_timeout` (milliseconds; 0 or absent:
-    /// [`crate::poll::DEFAULT_SPIN`]) after the last packet, then sleep in `poll()`.
+    /// [`crate::xsk::poll::DEFAULT_SPIN`]) after the last packet, then sleep in `poll()`.
     pub wait: WaitPolicy,
 }
 
@@ -135,10 +135,12 @@ impl Worker {
     /// pools are closed when `f` returns.
     pub fn run<R>(self, f: impl FnOnce(&mut [Port<'_>]) -> R) -> Result<R, InstanceError> {
         if !self.cpus.is_empty() {
-            pin_current_thread(&self.cpus).map_err(|source| InstanceError::Affinity {
-                worker: self.name.clone(),
-                cpus: self.cpus.clone(),
-                source,
+            crate::sys::cpu::pin_current_thread(&self.cpus).map_err(|source| {
+                InstanceError::Affinity {
+                    worker: self.name.clone(),
+                    cpus: self.cpus.clone(),
+                    source,
+                }
             })?;
         }
         let mut pools = Vec::with_capacity(self.lports.len());
@@ -207,7 +209,7 @@ impl Instance {
             let cfg = UmemConfig {
                 frame_count: to_u32(u.frame_count()),
                 frame_size: to_u32(u.frame_size()),
-                headroom: crate::umem::DEFAULT_HEADROOM,
+                headroom: crate::xsk::umem::DEFAULT_HEADROOM,
                 huge_pages: u.mtype.page_size() > 4096,
                 regions: u.regions.iter().map(|r| r * 1024).collect(),
             };
@@ -435,28 +437,6 @@ fn port_config(lport: &Lport, map: Option<std::os::fd::RawFd>, config: &Config) 
 
 fn to_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
-}
-
-/// Pins the calling thread to `cpus`.
-pub fn pin_current_thread(cpus: &[usize]) -> std::io::Result<()> {
-    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for &c in cpus {
-        if c >= libc::CPU_SETSIZE as usize {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("CPU {c} is beyond CPU_SETSIZE"),
-            ));
-        }
-        // SAFETY: c < CPU_SETSIZE, checked above; `set` is a valid cpu_set_t.
-        unsafe { libc::CPU_SET(c, &mut set) };
-    }
-    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size passed.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use cne::dp::{self, DpError, DpSession, DpSessions, MapSource};
+use cne::k8s::device_plugin::{self as dp, DpError, DpSession, DpSessions, MapSource};
 
 use lab::require_root;
 

@@ -7,12 +7,12 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cne::bpf::filter::XdpMode;
 use cne::frame::Frame;
-use cne::packet::Packet;
-use cne::poll::{AdaptiveWait, Idle, WaitPolicy};
-use cne::port::{BusyPoll, Port, PortConfig, PortError, XskMapSource, XskSocket};
-use cne::umem::{FramePool, Umem, UmemConfig};
-use cne::xdp::XdpMode;
+use cne::xsk::packet::Packet;
+use cne::xsk::poll::{AdaptiveWait, Idle, WaitPolicy};
+use cne::xsk::port::{BusyPoll, Port, PortConfig, PortError, XskMapSource, XskSocket};
+use cne::xsk::umem::{FramePool, Umem, UmemConfig};
 use common::{lab_lock, raw_frame, udp_frame, wait_until, VethLab};
 
 const LIMIT: Duration = Duration::from_secs(5);
@@ -406,7 +406,8 @@ fn idle_worker_sleeps_and_wakes_on_traffic() {
 fn our_xdp_program_feeds_a_port_through_its_map() {
     let _serial = lab_lock();
     let lab = VethLab::new(1);
-    let prog = cne::xdp::XdpProgram::attach(&lab.host, XdpMode::Native, false).expect("xsk_filter");
+    let prog = cne::bpf::filter::XdpProgram::attach(&lab.host, XdpMode::Native, false)
+        .expect("xsk_filter");
     prog.set_claim_all(true).expect("claim all");
     let umem = new_umem(1024, vec![]);
     let pool = FramePool::new(&umem, 0).expect("pool");

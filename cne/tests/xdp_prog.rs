@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use cne::afpacket::AfPacket;
-use cne::decap::{DecapProgram, DecapStats};
+use cne::bpf::decap::{DecapProgram, DecapStats};
+use cne::bpf::filter::{AddrFlags, FilterStats, Rule, XdpError, XdpMode, XdpProgram};
 use cne::frame::{Frame, VecFrame};
-use cne::xdp::{AddrFlags, FilterStats, Rule, XdpError, XdpMode, XdpProgram};
 
 use lab::require_root;
 
@@ -1791,7 +1791,7 @@ fn claims_switch_as_one_transaction_and_a_failed_stage_changes_nothing() {
     let to_a = eth(ETH_IP, &ipv4(v4(1), v4(50), 17, 0, &udp(1, 53, b"")));
     let to_b = eth(ETH_IP, &ipv4(v4(1), v4(51), 17, 0, &udp(1, 53, b"")));
     let tcp_a = eth(ETH_IP, &ipv4(v4(1), v4(50), 6, 0, &tcp(1, 22)));
-    assert_eq!(prog.rule_capacity(), cne::xdp::RULE_CAPACITY);
+    assert_eq!(prog.rule_capacity(), cne::bpf::filter::RULE_CAPACITY);
     prog.replace_rules(&[Rule::port(a, 17, 53)], &[(a, AddrFlags::FRAGS)])
         .expect("first claims");
     assert!(claimed(&prog, &to_a));
@@ -1835,7 +1835,7 @@ fn claims_switch_as_one_transaction_and_a_failed_stage_changes_nothing() {
     // A map write that fails half-way (the map is full of someone else's entries) leaves the claims
     // packets see as they were and removes what it wrote.
     let map = rules_map_id(prog.prog_id());
-    let free = 2 * cne::xdp::RULE_CAPACITY - prog.rule_count().expect("count");
+    let free = 2 * cne::bpf::filter::RULE_CAPACITY - prog.rule_count().expect("count");
     foreign_entries(map, free - 100, "update");
     let err = prog
         .stage_rules(&many[..1000], &[(a, AddrFlags::FRAGS)])

@@ -17,14 +17,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use cne::afpacket::AfPacket;
+use cne::bpf::filter::AddrFlags;
 use cne::config::Config;
 use cne::frame::{Frame, VecFrame};
 use cne::instance::{Instance, InstanceOptions, Worker};
-use cne::netdev::LinkWatch;
-use cne::poll::{AdaptiveWait, WaitStats};
-use cne::port::Port;
-use cne::stats::PortStats;
-use cne::xdp::AddrFlags;
+use cne::sys::netdev::LinkWatch;
+use cne::xsk::poll::{AdaptiveWait, WaitStats};
+use cne::xsk::port::Port;
+use cne::xsk::stats::PortStats;
 use nf_echo::echo::{self, DropReason, EchoConfig, EchoCounters, Mode, Verdict};
 use serde::Deserialize;
 
@@ -69,7 +69,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Write a config for this pod from the device plugin's environment (AFXDP_DEVICES_*).
-    GenConfig(Box<cne::podconfig::GenConfig>),
+    GenConfig(Box<cne::k8s::gen_config::GenConfig>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -114,7 +114,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     if let Some(Command::GenConfig(cfg)) = &cli.command {
-        return cne::podconfig::run_gen_config(cfg).context("gen-config");
+        return cne::k8s::gen_config::run_gen_config(cfg).context("gen-config");
     }
     let path = cli
         .config
@@ -182,7 +182,7 @@ impl Settings {
     fn echo_config(&self, netdev: &str) -> Result<EchoConfig> {
         Ok(EchoConfig {
             mode: self.mode,
-            mac: cne::netdev::mac_address(netdev)?,
+            mac: cne::sys::netdev::mac_address(netdev)?,
             addrs: self.addrs.clone(),
             udp_ports: self.udp_ports.clone(),
         })
@@ -230,7 +230,7 @@ fn run_af_xdp(
         }
     }
     // Sockets are set up and no thread has started yet: every thread inherits the reduced set.
-    cne::privs::drop_to_running_nf_caps().context("dropping capabilities after set-up")?;
+    cne::sys::privs::drop_to_running_nf_caps().context("dropping capabilities after set-up")?;
     install_signal_handler(stop)?;
     let links = watch_links(instance.config(), cli)?;
     let workers = instance.take_workers();

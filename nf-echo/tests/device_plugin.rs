@@ -214,7 +214,8 @@ impl DpLab {
 
     /// A descriptor of the program's XSKMAP, for the stand-in to hand out.
     fn map_fd(&self) -> OwnedFd {
-        cne::dp::open_pinned_map(&self.pinned_map()).expect("open the pinned XSKMAP")
+        cne::k8s::device_plugin::open_pinned_map(&self.pinned_map())
+            .expect("open the pinned XSKMAP")
     }
 
     /// Directory for the stand-in's per-netdev socket (not the bpffs: there the pinned map would
@@ -427,7 +428,7 @@ fn stop_ok(nf: &mut Proc) -> String {
 
 /// The name nf-echo introduces itself with: `gethostname()`, which `ip netns exec` leaves alone.
 fn hostname() -> String {
-    cne::dp::pod_hostname().expect("gethostname")
+    cne::k8s::device_plugin::pod_hostname().expect("gethostname")
 }
 
 /// `socket:[inode]` links of nf-echo's open descriptors.

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use cne::decap::DecapProgram;
-use cne::xdp::XdpMode;
+use cne::bpf::decap::DecapProgram;
+use cne::bpf::filter::XdpMode;
 use serde::Deserialize;
 
 /// Options of the subcommand.

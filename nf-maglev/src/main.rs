@@ -82,7 +82,7 @@ enum Command {
         force: bool,
     },
     /// Write a config for this pod from the device plugin's environment (AFXDP_DEVICES_*).
-    GenConfig(Box<cne::podconfig::GenConfig>),
+    GenConfig(Box<cne::k8s::gen_config::GenConfig>),
 }
 
 fn main() -> ExitCode {
@@ -99,7 +99,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match &cli.command {
-        Some(Command::GenConfig(cfg)) => cne::podconfig::run_gen_config(cfg).context("gen-config"),
+        Some(Command::GenConfig(cfg)) => {
+            cne::k8s::gen_config::run_gen_config(cfg).context("gen-config")
+        }
         Some(Command::Decap {
             dev,
             addrs,

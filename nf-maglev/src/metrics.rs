@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use cne::xdp::FilterStats;
+use cne::bpf::filter::FilterStats;
 use nf_maglev::control::{SharedState, VipState};
 use nf_maglev::counters::{DropReason, Traffic};
 use prometheus::core::{Collector, Desc};
@@ -654,7 +654,7 @@ pub(crate) const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
 mod tests {
     use super::*;
     use crate::worker::PortReport;
-    use cne::stats::PortStats;
+    use cne::xsk::stats::PortStats;
     use nf_maglev::config::MaglevSection;
     use nf_maglev::control::Control;
     use nf_maglev::counters::Counters;

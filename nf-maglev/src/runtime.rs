@@ -39,10 +39,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
+use cne::bpf::filter::{AddrFlags, Rule};
 use cne::config::Config;
 use cne::instance::{Instance, InstanceOptions};
-use cne::netdev::LinkWatch;
-use cne::xdp::{AddrFlags, Rule};
+use cne::sys::netdev::LinkWatch;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use nf_maglev::auth::Token;
 use nf_maglev::config::{Mac, Validated};
@@ -178,13 +178,13 @@ fn claims(config: &Validated) -> (Vec<Rule>, Vec<(IpAddr, AddrFlags)>) {
 /// Refuses claims the XDP filter cannot hold, naming the limit and the count; checked before anything
 /// is built or written.
 fn check_claims_fit(origin: &str, rules: &[Rule], addrs: &[(IpAddr, AddrFlags)]) -> Result<()> {
-    let count = cne::xdp::XdpProgram::entries_needed(rules, addrs)
+    let count = cne::bpf::filter::XdpProgram::entries_needed(rules, addrs)
         .with_context(|| format!("{origin}: maglev.vips"))?;
-    if count > cne::xdp::RULE_CAPACITY {
+    if count > cne::bpf::filter::RULE_CAPACITY {
         return Err(anyhow!(
             "{origin}: maglev.vips: the VIPs need {count} XDP claim entries (one per VIP protocol and \
              port, plus one per VIP address), more than the filter's limit of {}",
-            cne::xdp::RULE_CAPACITY
+            cne::bpf::filter::RULE_CAPACITY
         ));
     }
     Ok(())
@@ -227,7 +227,7 @@ impl Runtime {
     fn publish(&mut self, config: &Validated) -> Result<(), ApiError> {
         let (rules, addrs) = claims(config);
         let programs = self.instance.programs();
-        let failed = |what: &str, ifname: &str, e: &cne::xdp::XdpError| {
+        let failed = |what: &str, ifname: &str, e: &cne::bpf::filter::XdpError| {
             ApiError::new(
                 500,
                 format!(
@@ -596,7 +596,7 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
     // Still single-threaded: every thread started from here on (workers, the admin server, the
     // signal thread) inherits the reduced set. Our own XDP programs hang on bpf_links that closing
     // their descriptors detaches, so no capability is needed to leave cleanly.
-    cne::privs::drop_to_running_nf_caps().context("dropping capabilities after set-up")?;
+    cne::sys::privs::drop_to_running_nf_caps().context("dropping capabilities after set-up")?;
 
     let links = LinkWatch::new(
         instance.config().lports().iter().map(|l| l.netdev.as_str()),
@@ -612,7 +612,7 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
             .map(|l| {
                 Ok((
                     l.name.clone(),
-                    Mac(cne::netdev::mac_address(l.socket().ifname())?),
+                    Mac(cne::sys::netdev::mac_address(l.socket().ifname())?),
                 ))
             })
             .collect::<Result<Vec<_>>>()?;

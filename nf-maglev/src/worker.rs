@@ -20,9 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use cne::poll::AdaptiveWait;
-use cne::port::Port;
-use cne::stats::PortStats;
+use cne::xsk::poll::AdaptiveWait;
+use cne::xsk::port::Port;
+use cne::xsk::stats::PortStats;
 use nf_maglev::config::Mac;
 use nf_maglev::control::SharedState;
 use nf_maglev::counters::Counters;

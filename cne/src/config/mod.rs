@@ -50,18 +50,6 @@ pub struct Config {
     parts: Parts,
 }
 
-/// Counts the queues of `netdev` as sysfs lists them (`/sys/class/net/<netdev>/queues/rx-*`).
-pub fn sysfs_queue_count(netdev: &str) -> io::Result<usize> {
-    let dir = Path::new("/sys/class/net").join(netdev).join("queues");
-    let mut count = 0;
-    for entry in std::fs::read_dir(dir)? {
-        if entry?.file_name().to_string_lossy().starts_with("rx-") {
-            count += 1;
-        }
-    }
-    Ok(count)
-}
-
 /// Reads JSON-C text as this crate reads every configuration: `//` and `/* */` comments, trailing
 /// commas (as json-c accepts them), a leading byte-order mark; duplicate keys are errors. The top
 /// level must be an object. Errors name `origin`, the line and, where there is one, the key path.
@@ -117,7 +105,7 @@ impl Config {
     /// Parses and checks configuration text; `origin` names it in error messages (a file name,
     /// or a label such as `"<generated>"`). `"queues": "all"` reads the queue count from sysfs.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        Self::parse_with_queue_count(text, origin, &sysfs_queue_count)
+        Self::parse_with_queue_count(text, origin, &crate::sys::netdev::rx_queue_count)
     }
 
     /// Like [`Config::parse`], with the queue count of each netdev for `"queues": "all"` taken
@@ -719,7 +707,10 @@ mod tests {
             "sysfs",
         )
         .unwrap();
-        assert_eq!(cfg.lports().len(), sysfs_queue_count("lo").unwrap());
+        assert_eq!(
+            cfg.lports().len(),
+            crate::sys::netdev::rx_queue_count("lo").unwrap()
+        );
         assert_eq!(cfg.lports()[0].name, "lo:0");
     }
 

@@ -121,7 +121,9 @@ pub fn pseudo_header_v6(
         d & u128::from(u64::MAX),
     ] {
         // Each half is below 2^64 by construction; the fold is exact.
-        acc = add_carry(acc, word as u64);
+        #[allow(clippy::cast_possible_truncation, reason = "each half is below 2^64")]
+        let word = word as u64;
+        acc = add_carry(acc, word);
     }
     fold(acc)
 }
@@ -188,7 +190,7 @@ mod tests {
             sum += u32::from(word);
             sum = (sum & 0xffff) + (sum >> 16);
         }
-        sum as u16
+        u16::try_from(sum).expect("folded to 16 bits")
     }
 
     #[test]

@@ -129,6 +129,35 @@ impl FromStr for MacAddr {
     }
 }
 
+/// Serialized as its text form, `aa:bb:cc:dd:ee:ff`.
+impl serde::Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> core::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Deserialized from a string with the rules of [`MacAddr`]'s `FromStr`.
+impl<'de> serde::Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> core::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = MacAddr;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a MAC address \"aa:bb:cc:dd:ee:ff\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> core::result::Result<MacAddr, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
 /// A view of an Ethernet II frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EthernetFrame<T: AsRef<[u8]>> {
@@ -317,5 +346,18 @@ mod tests {
             MacAddr::ipv6_multicast(&ns),
             MacAddr([0x33, 0x33, 0xff, 0x00, 0x12, 0x34])
         );
+    }
+
+    #[test]
+    fn mac_serde_as_text() {
+        let mac: MacAddr = serde_json::from_str("\"02:00:5E:10:ab:cd\"").unwrap();
+        assert_eq!(mac, MacAddr([0x02, 0x00, 0x5e, 0x10, 0xab, 0xcd]));
+        assert_eq!(
+            serde_json::to_string(&mac).unwrap(),
+            "\"02:00:5e:10:ab:cd\""
+        );
+        let e = serde_json::from_str::<MacAddr>("\"02:00:5e:10:ab\"").unwrap_err();
+        assert!(e.to_string().contains("invalid MAC address"), "{e}");
+        assert!(serde_json::from_str::<MacAddr>("[2, 0, 0, 0, 0, 1]").is_err());
     }
 }

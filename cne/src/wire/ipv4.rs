@@ -326,7 +326,9 @@ impl Ipv4Repr {
             src: p.src_addr(),
             dst: p.dst_addr(),
             protocol: p.protocol(),
-            payload_len: p.total_len().saturating_sub(p.header_len() as u16),
+            payload_len: p
+                .total_len()
+                .saturating_sub(u16::try_from(p.header_len()).unwrap_or(u16::MAX)),
             ttl: p.ttl(),
             tos: p.tos(),
             ident: p.ident(),
@@ -338,9 +340,9 @@ impl Ipv4Repr {
     /// [`Malformed`] when `buf` is shorter or the total length would exceed 65535.
     #[inline]
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize> {
-        let total = self
-            .payload_len
-            .checked_add(HEADER_LEN as u16)
+        let total = u16::try_from(HEADER_LEN)
+            .ok()
+            .and_then(|h| self.payload_len.checked_add(h))
             .ok_or(Malformed)?;
         let b = buf.get_mut(..HEADER_LEN).ok_or(Malformed)?;
         b[field::VER_IHL] = 0x45;

@@ -473,7 +473,7 @@ mod tests {
             0x6b, 0x81, 0x23, 0x45, 0, 0, next, 64, 0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
             0, 1, 0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2,
         ];
-        b[4..6].copy_from_slice(&(payload.len() as u16).to_be_bytes());
+        b[4..6].copy_from_slice(&u16::try_from(payload.len()).unwrap().to_be_bytes());
         b.extend_from_slice(payload);
         b
     }

@@ -187,7 +187,7 @@ fn read_all(b: &[u8]) -> usize {
 
 /// Calls the setters and in-place rewrites of every view that accepts a copy of `b`.
 fn write_all(b: &[u8], v16: u16, v32: u32) {
-    let v8 = v16 as u8;
+    let [_, v8] = v16.to_be_bytes();
     let a4 = Ipv4Addr::from(v32);
     let a6 = Ipv6Addr::from(u128::from(v32) << 64);
     let mut buf = b.to_vec();
@@ -343,7 +343,7 @@ fn udp_frame() -> impl Strategy<Value = (Vec<u8>, u16, u16, usize, Option<u16>)>
                 f[at + 2..at + 4].copy_from_slice(&u16::from(ethertype).to_be_bytes());
                 at += 4;
             }
-            let udp_len = 8 + payload.len() as u16;
+            let udp_len = 8 + u16::try_from(payload.len()).unwrap();
             let (src, dst): (IpAddr, IpAddr) = if v6 {
                 let r = Ipv6Repr {
                     src: Ipv6Addr::from(s),
@@ -483,7 +483,7 @@ proptest! {
         let gre = GreRepr { protocol: inner_info.ethertype, checksum, key, seq };
         let outer = Ipv4Repr {
             protocol: IpProtocol::Gre,
-            payload_len: (gre.header_len() + inner_ip.len()) as u16,
+            payload_len: u16::try_from(gre.header_len() + inner_ip.len()).unwrap(),
             ..outer
         };
         let head = 14 + 20 + gre.header_len();

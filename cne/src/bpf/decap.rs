@@ -11,14 +11,15 @@
 //! backend's ordinary traffic.
 //!
 //! The local-address map is filled before the program is attached, so there is no moment at which GRE
-//! packets to a listed address pass undecapsulated. Attach and detach follow [`crate::xdp`]: a foreign
+//! packets to a listed address pass undecapsulated. Attach and detach follow [`crate::bpf::filter`]: a foreign
 //! program is refused unless forced, and the program is held by an XDP `bpf_link`, so dropping the
 //! [`DecapProgram`], or the end of the process (SIGKILL included), detaches it.
 
 use std::io;
 use std::net::IpAddr;
 
-use crate::xdp::{self, Aligned, Attachment, Map, RuleKey, XdpError, XdpMode};
+use crate::bpf::filter::{RuleKey, XdpError, XdpMode};
+use crate::bpf::program::{self, Aligned, Attachment, Map};
 
 /// The compiled `gre_decap` program (`bpf/gre_decap.bpf.c`).
 static GRE_DECAP_OBJ: &Aligned<[u8]> =
@@ -52,16 +53,16 @@ pub struct DecapProgram {
 
 impl DecapProgram {
     /// Loads the program, lists `local_addrs` as the addresses to decapsulate for, and attaches it to
-    /// `ifname` in `mode`. Errors as [`crate::xdp::XdpProgram::attach`].
+    /// `ifname` in `mode`. Errors as [`crate::bpf::filter::XdpProgram::attach`].
     pub fn attach(
         ifname: &str,
         mode: XdpMode,
         force: bool,
         local_addrs: &[IpAddr],
     ) -> Result<Self, XdpError> {
-        let index = xdp::ifindex(ifname)?;
+        let index = program::ifindex(ifname)?;
         Attachment::refuse_foreign(ifname, index, force)?;
-        let loaded = xdp::load_object(
+        let loaded = program::load_object(
             &GRE_DECAP_OBJ.0,
             c"gre_decap",
             c"gre_decap",

@@ -1,10 +1,20 @@
-//! Facts about network devices read from sysfs (`/sys/class/net/IF`), for setup code, and
+//! Facts about network devices, for setup code: index, MAC address and number of RX queues; and
 //! [`LinkWatch`], which tells a running NF when an interface it serves went down or away.
-#![forbid(unsafe_code)]
+//!
+//! The index comes from `if_nametoindex`, which answers for this process's network namespace; the
+//! rest is read from sysfs (`/sys/class/net/IF`).
 
+use std::ffi::CString;
 use std::fmt;
 use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+use crate::wire::MacAddr;
+
+/// Where sysfs lists the network devices.
+pub const SYS_CLASS_NET: &str = "/sys/class/net";
 
 /// The MAC address of `ifname`. `NotFound` names the device when it does not exist.
 pub fn mac_address(ifname: &str) -> io::Result<[u8; 6]> {
@@ -27,27 +37,102 @@ pub fn mac_address(ifname: &str) -> io::Result<[u8; 6]> {
     })
 }
 
-/// Parses `aa:bb:cc:dd:ee:ff`.
+/// Parses `aa:bb:cc:dd:ee:ff` with the rules of [`MacAddr`]'s `FromStr`.
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for b in &mut mac {
-        let p = parts.next()?;
-        if p.is_empty() || p.len() > 2 {
-            return None;
-        }
-        *b = u8::from_str_radix(p, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
+    text.parse::<MacAddr>().ok().map(<[u8; 6]>::from)
 }
 
-/// The interface index of `ifname` (sysfs), or `None` when no such device exists.
+/// The interface index of `ifname` in this network namespace (`if_nametoindex`), or `None` when no
+/// such device exists.
 pub fn ifindex(ifname: &str) -> Option<u32> {
-    std::fs::read_to_string(format!("/sys/class/net/{ifname}/ifindex"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    let name = CString::new(ifname).ok()?;
+    // SAFETY: `name` is a NUL-terminated string valid for the duration of the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// `struct ethtool_channels` of `<linux/ethtool.h>`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct EthtoolChannels {
+    cmd: u32,
+    max_rx: u32,
+    max_tx: u32,
+    max_other: u32,
+    max_combined: u32,
+    rx_count: u32,
+    tx_count: u32,
+    other_count: u32,
+    combined_count: u32,
+}
+
+/// `struct ifreq` with its union as the `ifr_data` pointer.
+#[repr(C)]
+struct IfreqData {
+    name: [u8; libc::IFNAMSIZ],
+    data: *mut libc::c_void,
+    _pad: [u8; 16],
+}
+
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+const ETHTOOL_GCHANNELS: u32 = 0x3c;
+
+/// Number of RX queues of `ifname`: `ETHTOOL_GCHANNELS` (answers for this process's network
+/// namespace), else the `rx-*` entries of `/sys/class/net/<if>/queues`. `None` when neither works.
+pub fn rx_queues(ifname: &str) -> Option<u32> {
+    ethtool_rx_queues(ifname).or_else(|| {
+        rx_queue_count(ifname)
+            .ok()
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|&n| n > 0)
+    })
+}
+
+fn ethtool_rx_queues(ifname: &str) -> Option<u32> {
+    // SAFETY: plain socket creation; `cvt_fd` owns the new descriptor.
+    let sock = super::cvt_fd(unsafe {
+        libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0)
+    })
+    .ok()?;
+    let mut ch = EthtoolChannels {
+        cmd: ETHTOOL_GCHANNELS,
+        ..Default::default()
+    };
+    let mut ifr = IfreqData {
+        name: [0; libc::IFNAMSIZ],
+        data: std::ptr::from_mut(&mut ch).cast(),
+        _pad: [0; 16],
+    };
+    let n = ifname.len().min(libc::IFNAMSIZ - 1);
+    ifr.name[..n].copy_from_slice(&ifname.as_bytes()[..n]);
+    // SAFETY: SIOCETHTOOL reads the ifreq (name + pointer to `ch`) and writes `ch`; both outlive
+    // the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut ifr) };
+    super::cvt(rc).ok()?;
+    let rx = ch.rx_count.saturating_add(ch.combined_count);
+    (rx > 0).then_some(rx)
+}
+
+/// Number of RX queues of `netdev` as sysfs lists them: the `rx-<n>` entries of
+/// `/sys/class/net/<netdev>/queues`.
+pub fn rx_queue_count(netdev: &str) -> io::Result<usize> {
+    rx_queue_count_in(Path::new(SYS_CLASS_NET), netdev)
+}
+
+/// [`rx_queue_count`] under another `sys/class/net` directory (a pod's view, a test fixture).
+pub fn rx_queue_count_in(sys_class_net: &Path, netdev: &str) -> io::Result<usize> {
+    let mut count = 0;
+    for entry in std::fs::read_dir(sys_class_net.join(netdev).join("queues"))? {
+        let name = entry?.file_name();
+        if name
+            .to_str()
+            .and_then(|s| s.strip_prefix("rx-"))
+            .is_some_and(|n| n.parse::<u32>().is_ok())
+        {
+            count += 1;
+        }
+    }
+    Ok(count)
 }
 
 /// Whether `ifname` is administratively up (`flags` has IFF_UP) and has a carrier (`carrier` is 1;
@@ -240,6 +325,17 @@ mod tests {
         assert_eq!(mac_address("lo").expect("lo"), [0; 6]);
         let e = mac_address("nosuchdev0").expect_err("missing");
         assert!(e.to_string().contains("netdev nosuchdev0 not found"), "{e}");
+    }
+
+    #[test]
+    fn loopback_has_an_index_and_queues() {
+        assert_eq!(ifindex("lo"), Some(1));
+        assert_eq!(ifindex("nosuchdev0"), None);
+        assert_eq!(ifindex("lo\0"), None);
+        let sysfs = rx_queue_count("lo").expect("lo queues");
+        assert!(sysfs >= 1);
+        assert!(rx_queues("lo").is_some_and(|n| n >= 1));
+        assert!(rx_queues("nosuchdev0").is_none());
     }
 
     #[test]

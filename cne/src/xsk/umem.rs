@@ -10,7 +10,7 @@
 //!
 //! A [`FramePool`] is the free list of one region. It is owned by one worker thread: it is `Send`
 //! (it can be moved into the worker) but not `Sync`, and its free list sits in an `UnsafeCell` that
-//! only the owning thread can reach. [`crate::packet::Packet`]s borrow the pool (`Packet<'pool>`), so
+//! only the owning thread can reach. [`crate::xsk::packet::Packet`]s borrow the pool (`Packet<'pool>`), so
 //! the borrow checker guarantees the pool, and the UMEM it keeps alive through an `Arc`, outlive every
 //! packet; no packet needs a reference count, an atomic or a lock. Every frame of the region is in
 //! exactly one place at any time: the free list, one live `Packet`, or a kernel ring lent by a port.
@@ -29,8 +29,8 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::packet::Packet;
-use crate::ring::RingMemory;
+use crate::xsk::packet::Packet;
+use crate::xsk::ring::RingMemory;
 
 /// Default number of frames (CNDP's `bufcnt: 16`, in units of 1024).
 pub const DEFAULT_FRAME_COUNT: u32 = 16 * 1024;
@@ -246,12 +246,8 @@ impl Drop for Mmap {
         // SAFETY: ptr/len describe a mapping we created and own; nothing borrows it any more (every
         // user holds the Mmap, directly or through an Arc, and is being dropped).
         let rc = unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-        if rc != 0 {
-            log::warn!(
-                "munmap of {} bytes failed: {}",
-                self.len,
-                io::Error::last_os_error()
-            );
+        if let Err(e) = crate::sys::cvt(rc) {
+            log::warn!("munmap of {} bytes failed: {e}", self.len);
         }
     }
 }
@@ -592,7 +588,9 @@ impl FramePool {
     /// Pointer to UMEM address `addr` (not dereferenced here).
     #[inline]
     pub(crate) fn ptr(&self, addr: u64) -> *mut u8 {
-        self.area.as_ptr().wrapping_add(addr as usize)
+        self.area
+            .as_ptr()
+            .wrapping_add(usize::try_from(addr).unwrap_or(usize::MAX))
     }
 }
 

@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
-use crate::dp::{self, DpDevice, DpError, DpLayout, MapSource};
+use crate::k8s::device_plugin::{self, DpDevice, DpError, DpLayout, MapSource};
+use crate::sys::cpu::{self, CpuListError};
+use crate::sys::netdev;
 
 /// Sections this module writes; an NF file's sections of the same names are replaced.
 pub const GENERATED_SECTIONS: [&str; 6] = [
@@ -58,13 +60,8 @@ pub enum PodConfigError {
     #[error("no CPUs available to this process")]
     NoCpus,
     /// A CPU list (`--cpus` or a cpuset file) could not be parsed.
-    #[error("invalid CPU list {text:?}: {reason}")]
-    CpuList {
-        /// The text.
-        text: String,
-        /// What is wrong with it.
-        reason: String,
-    },
+    #[error(transparent)]
+    CpuList(#[from] CpuListError),
     /// `sched_getaffinity` failed.
     #[error("sched_getaffinity")]
     Affinity(#[source] io::Error),
@@ -168,7 +165,7 @@ pub struct GenConfig {
     #[arg(long, value_name = "NAME", default_value = DEFAULT_THREAD_TYPE)]
     pub thread_type: String,
     /// CPUs to use, e.g. `2-5,8` (default: sched_getaffinity and the cgroup cpuset).
-    #[arg(long, value_name = "LIST", value_parser = parse_cpu_list)]
+    #[arg(long, value_name = "LIST", value_parser = cpu::parse_cpu_list)]
     pub cpus: Option<CpuList>,
     /// UMEM buffers per lport, in units of 1024.
     #[arg(long = "bufcnt", value_name = "N", default_value_t = DEFAULT_BUFCNT_PER_LPORT,
@@ -185,11 +182,11 @@ pub struct GenConfig {
     #[arg(long, value_name = "US,BUDGET", value_parser = parse_busy_poll)]
     pub busy_poll: Option<BusyPoll>,
     /// Device-plugin directory.
-    #[arg(long = "dp-dir", value_name = "PATH", default_value = dp::DP_DIR,
+    #[arg(long = "dp-dir", value_name = "PATH", default_value = device_plugin::DP_DIR,
           value_parser = parse_layout)]
     pub layout: DpLayout,
     /// Where sysfs lists network devices.
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_SYS_CLASS_NET)]
+    #[arg(long, value_name = "PATH", default_value = netdev::SYS_CLASS_NET)]
     pub sys_class_net: PathBuf,
 }
 
@@ -201,9 +198,6 @@ pub enum Output {
     /// A file, replaced atomically.
     File(PathBuf),
 }
-
-/// Default sysfs network directory.
-pub const DEFAULT_SYS_CLASS_NET: &str = "/sys/class/net";
 
 fn parse_output(v: &str) -> Result<Output, String> {
     Ok(match v {
@@ -266,7 +260,7 @@ impl Default for GenConfig {
             mtype: "4KB".to_owned(),
             busy_poll: None,
             layout: DpLayout::default(),
-            sys_class_net: PathBuf::from(DEFAULT_SYS_CLASS_NET),
+            sys_class_net: PathBuf::from(netdev::SYS_CLASS_NET),
         }
     }
 }
@@ -274,7 +268,7 @@ impl Default for GenConfig {
 /// The `gen-config` subcommand: reads the pod's environment, CPUs and sysfs, and writes the
 /// configuration to `--output` (atomically, by rename) or standard output.
 pub fn run_gen_config(cfg: &GenConfig) -> Result<(), PodConfigError> {
-    let devices = dp::devices_from_env()?;
+    let devices = device_plugin::devices_from_env()?;
     let cpus = match &cfg.cpus {
         Some(c) => c.clone(),
         None => allowed_cpus()?,
@@ -345,12 +339,14 @@ pub fn generate(
         let source = map_source(cfg, &dev.netdev)?;
         let queues = match cfg.queues {
             QueueChoice::Fixed(n) => n,
-            QueueChoice::Auto => {
-                sysfs_rx_queues(&cfg.sys_class_net, &dev.netdev).unwrap_or_else(|| {
+            QueueChoice::Auto => netdev::rx_queue_count_in(&cfg.sys_class_net, &dev.netdev)
+                .ok()
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|&n| n > 0)
+                .unwrap_or_else(|| {
                     log::warn!("{}: queue count not readable in sysfs, using 1", dev.netdev);
                     1
-                })
-            }
+                }),
         };
         for qid in 0..queues {
             let region = lports.len();
@@ -512,7 +508,7 @@ fn render(sections: &[(String, Value)]) -> Result<String, PodConfigError> {
 }
 
 fn map_source(cfg: &GenConfig, netdev: &str) -> Result<MapSource, PodConfigError> {
-    dp::validate_netdev(netdev, "device list")?;
+    device_plugin::validate_netdev(netdev, "device list")?;
     Ok(match cfg.mode {
         ModeChoice::Auto => cfg.layout.detect(netdev)?,
         ModeChoice::Uds => {
@@ -529,62 +525,14 @@ fn map_source(cfg: &GenConfig, netdev: &str) -> Result<MapSource, PodConfigError
     })
 }
 
-/// Number of `rx-<n>` queue directories of `netdev` under `sys_class_net`, `None` if unreadable or zero.
-pub fn sysfs_rx_queues(sys_class_net: &Path, netdev: &str) -> Option<u32> {
-    let dir = sys_class_net.join(netdev).join("queues");
-    let n = std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|s| s.strip_prefix("rx-"))
-                .is_some_and(|n| n.parse::<u32>().is_ok())
-        })
-        .count();
-    u32::try_from(n).ok().filter(|&n| n > 0)
-}
-
-/// Parses a Linux CPU list such as `0-3,8,10-11` (whitespace and a trailing newline allowed).
-pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, PodConfigError> {
-    let bad = |reason: &str| PodConfigError::CpuList {
-        text: text.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let mut cpus = Vec::new();
-    for part in text
-        .trim()
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-    {
-        let (lo, hi) = match part.split_once('-') {
-            Some((a, b)) => (a.trim(), b.trim()),
-            None => (part, part),
-        };
-        let lo: usize = lo.parse().map_err(|_| bad("not a number"))?;
-        let hi: usize = hi.parse().map_err(|_| bad("not a number"))?;
-        if lo > hi {
-            return Err(bad("range runs backwards"));
-        }
-        if hi >= 4096 {
-            return Err(bad("CPU number above 4095"));
-        }
-        cpus.extend(lo..=hi);
-    }
-    cpus.sort_unstable();
-    cpus.dedup();
-    Ok(cpus)
-}
-
 /// The CPUs this process may run on: its affinity mask, narrowed by the cgroup cpuset when one is
 /// readable (cgroup v2 `cpuset.cpus.effective` or v1 `cpuset.effective_cpus`).
 pub fn allowed_cpus() -> Result<Vec<usize>, PodConfigError> {
-    let affinity = affinity_cpus()?;
+    let affinity = cpu::affinity().map_err(PodConfigError::Affinity)?;
     let cgroup = [CPUSET_V2, CPUSET_V1]
         .iter()
         .find_map(|p| std::fs::read_to_string(p).ok())
-        .and_then(|t| parse_cpu_list(&t).ok())
+        .and_then(|t| cpu::parse_cpu_list(&t).ok())
         .unwrap_or_default();
     let both: Vec<usize> = affinity
         .iter()
@@ -598,24 +546,6 @@ pub fn allowed_cpus() -> Result<Vec<usize>, PodConfigError> {
         return Err(PodConfigError::NoCpus);
     }
     Ok(cpus)
-}
-
-fn affinity_cpus() -> Result<Vec<usize>, PodConfigError> {
-    // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: set is a writable cpu_set_t of the size passed; pid 0 is the calling thread.
-    let rc =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return Err(PodConfigError::Affinity(io::Error::last_os_error()));
-    }
-    let max = usize::try_from(libc::CPU_SETSIZE).unwrap_or(1024);
-    Ok((0..max)
-        .filter(|&c| {
-            // SAFETY: c < CPU_SETSIZE, so the bit test stays inside set.
-            unsafe { libc::CPU_ISSET(c, &set) }
-        })
-        .collect())
 }
 
 /// Reads the NF's JSON-C file into its sections, with the reader of every configuration file, so a
@@ -689,7 +619,8 @@ mod tests {
     }"#;
 
     fn env() -> Vec<DpDevice> {
-        dp::devices_from_vars([("AFXDP_DEVICES_POOL1", "ens1 ens2"), ("HOME", "/root")]).unwrap()
+        device_plugin::devices_from_vars([("AFXDP_DEVICES_POOL1", "ens1 ens2"), ("HOME", "/root")])
+            .unwrap()
     }
 
     fn parse(text: &str) -> Map<String, Value> {
@@ -741,7 +672,7 @@ mod tests {
         assert_eq!(seen.len(), lports.len(), "every lport has a thread");
         for (lname, l) in lports {
             let u = &umems[l["umem"].as_str().unwrap()];
-            let r = l["region"].as_u64().unwrap() as usize;
+            let r = usize::try_from(l["region"].as_u64().unwrap()).unwrap();
             assert!(
                 r < u["regions"].as_array().unwrap().len(),
                 "{lname}: region out of range"
@@ -832,7 +763,7 @@ mod tests {
     fn pinned_pod_with_one_cpu_and_more_lports_than_cpus() {
         let pod = Pod::new("pinned");
         pod.netdev("ens1", 3, "xsks_map");
-        let devices = dp::devices_from_vars([("AFXDP_DEVICES_P", "ens1")]).unwrap();
+        let devices = device_plugin::devices_from_vars([("AFXDP_DEVICES_P", "ens1")]).unwrap();
         let text = generate(&pod.cfg(), &devices, &[7]).unwrap();
         let out = parse(&text);
         assert_consistent(&out);
@@ -857,7 +788,7 @@ mod tests {
         let pod = Pod::new("nosysfs");
         std::fs::create_dir_all(pod.root.join("dp/ens9")).unwrap();
         std::fs::write(pod.root.join("dp/ens9/afxdp.sock"), b"").unwrap();
-        let devices = dp::devices_from_vars([("AFXDP_DEVICES_P", "ens9")]).unwrap();
+        let devices = device_plugin::devices_from_vars([("AFXDP_DEVICES_P", "ens9")]).unwrap();
         let out = parse(&generate(&pod.cfg(), &devices, &[0, 1]).unwrap());
         assert_eq!(out["lports"].as_object().unwrap().len(), 1);
         let fixed = GenConfig {
@@ -872,7 +803,7 @@ mod tests {
     #[test]
     fn forced_modes_and_missing_files() {
         let pod = Pod::new("modes");
-        let devices = dp::devices_from_vars([("AFXDP_DEVICES_P", "ens3")]).unwrap();
+        let devices = device_plugin::devices_from_vars([("AFXDP_DEVICES_P", "ens3")]).unwrap();
         let err = generate(&pod.cfg(), &devices, &[0]).unwrap_err();
         assert!(
             matches!(err, PodConfigError::Dp(DpError::NoDeviceFiles { .. })),
@@ -908,7 +839,7 @@ mod tests {
             Err(PodConfigError::NoDevices)
         ));
         pod.netdev("ens1", 1, "afxdp.sock");
-        let devices = dp::devices_from_vars([("AFXDP_DEVICES_P", "ens1")]).unwrap();
+        let devices = device_plugin::devices_from_vars([("AFXDP_DEVICES_P", "ens1")]).unwrap();
         assert!(matches!(
             generate(&pod.cfg(), &devices, &[]),
             Err(PodConfigError::NoCpus)
@@ -919,7 +850,7 @@ mod tests {
     fn selected_sections_and_nf_file_errors() {
         let pod = Pod::new("sections");
         pod.netdev("ens1", 1, "afxdp.sock");
-        let devices = dp::devices_from_vars([("AFXDP_DEVICES_P", "ens1")]).unwrap();
+        let devices = device_plugin::devices_from_vars([("AFXDP_DEVICES_P", "ens1")]).unwrap();
         let nf = pod.root.join("nf.jsonc");
         std::fs::write(&nf, NF_JSONC).unwrap();
         let only = GenConfig {
@@ -962,16 +893,7 @@ mod tests {
     }
 
     #[test]
-    fn cpu_lists() {
-        assert_eq!(
-            parse_cpu_list("0-3,8,10-11\n").unwrap(),
-            vec![0, 1, 2, 3, 8, 10, 11]
-        );
-        assert_eq!(parse_cpu_list(" 5 ").unwrap(), vec![5]);
-        assert!(parse_cpu_list("").unwrap().is_empty());
-        assert!(parse_cpu_list("3-1").is_err());
-        assert!(parse_cpu_list("a").is_err());
-        assert!(parse_cpu_list("0-99999").is_err());
+    fn allowed_cpus_ascend() {
         let mine = allowed_cpus().unwrap();
         let mut sorted = mine.clone();
         sorted.sort_unstable();

@@ -580,7 +580,7 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Produce(n, k) => {
-                        let room = size - model.len() as u32;
+                        let room = size - u32::try_from(model.len()).unwrap();
                         let mut r = p.reserve(n);
                         prop_assert_eq!(r.len(), n.min(room));
                         let mut pushed = 0;
@@ -596,7 +596,7 @@ mod tests {
                     }
                     Op::Consume(n, release) => {
                         let pk = c.peek(n);
-                        prop_assert_eq!(pk.len(), n.min(model.len() as u32));
+                        prop_assert_eq!(pk.len(), n.min(u32::try_from(model.len()).unwrap()));
                         let got: Vec<u64> = pk.iter().collect();
                         let want: Vec<u64> = model.iter().take(got.len()).copied().collect();
                         prop_assert_eq!(&got, &want);
@@ -606,8 +606,8 @@ mod tests {
                         }
                     }
                 }
-                prop_assert!(model.len() as u32 <= size);
-                prop_assert_eq!(p.pending(), model.len() as u32);
+                prop_assert!(u32::try_from(model.len()).unwrap() <= size);
+                prop_assert_eq!(p.pending(), u32::try_from(model.len()).unwrap());
             }
         }
     }

@@ -15,14 +15,14 @@
 //! busy-poll loop burns 100% and CNDP's idle manager about 13%. Under load it never sleeps, so
 //! throughput is that of a pure busy loop.
 //!
-//! Ports using kernel busy polling ([`crate::port::BusyPoll`]) rely on the application polling: the
+//! Ports using kernel busy polling ([`crate::xsk::port::BusyPoll`]) rely on the application polling: the
 //! spin window is stretched to at least their busy-poll time, and `rx_burst` itself issues the
 //! `recvfrom` that drives the busy-poll loop while spinning.
 
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-use crate::port::Port;
+use crate::xsk::port::Port;
 
 /// Default spin window after the last packet.
 pub const DEFAULT_SPIN: Duration = Duration::from_millis(2);

@@ -25,21 +25,21 @@
 //! no FFI call. Frames a port has lent to the kernel (fill and RX rings, TX and completion rings) are
 //! counted, and taken back into the pool when the port is dropped.
 
-use std::ffi::{CStr, CString};
 use std::fmt;
 use std::io;
 use std::mem::size_of;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU32;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
+use crate::bpf::filter::XdpMode;
 use crate::frame::Frame;
-use crate::packet::Packet;
-use crate::ring::{ConsRing, ProdRing, RingMemory, XdpDesc};
-use crate::stats::{read_xdp_stats, PortStats};
-use crate::umem::{BoundSocket, FramePool, Mmap, Umem};
-use crate::xdp::XdpMode;
+use crate::sys::{cvt, cvt_fd, parse_ret};
+use crate::xsk::packet::Packet;
+use crate::xsk::ring::{ConsRing, ProdRing, RingMemory, XdpDesc};
+use crate::xsk::stats::{read_xdp_stats, PortStats};
+use crate::xsk::umem::{BoundSocket, FramePool, Mmap, Umem};
 
 /// Default RX ring size (descriptors); the fill ring is twice as large.
 pub const DEFAULT_RX_SIZE: u32 = 2048;
@@ -125,13 +125,7 @@ impl PortConfig {
     }
 
     fn validate(&self) -> Result<(), PortError> {
-        let bad = |reason: String| {
-            Err(PortError::Config {
-                ifname: self.ifname.clone(),
-                qid: self.qid,
-                reason,
-            })
-        };
+        let bad = |reason: String| Err(PortError::Config { reason });
         if self.ifname.is_empty() || self.ifname.len() >= IFNAMSIZ || self.ifname.contains('\0') {
             return bad(format!(
                 "interface name {:?} must have 1 to {} bytes",
@@ -187,15 +181,16 @@ impl fmt::Display for PortMode {
 }
 
 /// Errors opening or using a port.
+///
+/// A variant names the failing step (the call, with its `io::Error` as the error's
+/// [`source`](std::error::Error::source)), not the port: the caller knows which port it opened and adds
+/// that once (as [`crate::instance::InstanceError::Port`] does with the lport name). Only the errors
+/// about the interface or queue itself name them.
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
     /// The configuration cannot work.
-    #[error("invalid port config for {ifname}:{qid}: {reason}")]
+    #[error("invalid port config: {reason}")]
     Config {
-        /// Interface.
-        ifname: String,
-        /// Queue.
-        qid: u32,
         /// What is wrong.
         reason: String,
     },
@@ -213,25 +208,17 @@ pub enum PortError {
         qid: u32,
     },
     /// A system call failed.
-    #[error("{call} failed for {ifname}:{qid}")]
+    #[error("{call} failed")]
     Syscall {
         /// The call and its argument, e.g. `setsockopt(XDP_UMEM_REG)`.
         call: &'static str,
-        /// Interface.
-        ifname: String,
-        /// Queue.
-        qid: u32,
         /// The OS error.
         #[source]
         source: io::Error,
     },
     /// `bind` refused the socket.
-    #[error("bind of the AF_XDP socket to {ifname} queue {qid} ({mode}) failed")]
+    #[error("bind of the AF_XDP socket ({mode}) failed")]
     Bind {
-        /// Interface.
-        ifname: String,
-        /// Queue.
-        qid: u32,
         /// The mode asked for (`copy`, `zero-copy`, `shared UMEM`).
         mode: &'static str,
         /// The OS error.
@@ -239,10 +226,8 @@ pub enum PortError {
         source: io::Error,
     },
     /// Loading or finding the XDP redirect program failed.
-    #[error("XDP program setup on {ifname} failed: {what}")]
+    #[error("XDP program setup failed: {what}")]
     XdpProgram {
-        /// Interface.
-        ifname: String,
         /// The step that failed.
         what: String,
         /// The OS error.
@@ -250,12 +235,8 @@ pub enum PortError {
         source: io::Error,
     },
     /// Writing the socket into the XSKMAP failed.
-    #[error("inserting the socket of {ifname}:{qid} into XSKMAP fd {map_fd} failed")]
+    #[error("inserting the socket into XSKMAP fd {map_fd} failed")]
     XskMap {
-        /// Interface.
-        ifname: String,
-        /// Queue (the map index).
-        qid: u32,
         /// The map.
         map_fd: RawFd,
         /// The OS error.
@@ -263,148 +244,16 @@ pub enum PortError {
         source: io::Error,
     },
     /// The socket and the frame pool use different UMEMs.
-    #[error("the frame pool of region {region} belongs to another UMEM than the socket on {ifname}:{qid}")]
+    #[error("the frame pool of region {region} belongs to another UMEM than the socket")]
     UmemMismatch {
-        /// Interface.
-        ifname: String,
-        /// Queue.
-        qid: u32,
         /// The pool's region.
         region: usize,
     },
 }
 
-/// System call helpers for socket setup (never used per packet, except the wakeups).
-mod sys {
+/// Socket setup helpers (never used per packet).
+mod setup {
     use super::*;
-
-    pub(super) fn setsockopt<T>(
-        fd: RawFd,
-        level: libc::c_int,
-        name: libc::c_int,
-        val: &T,
-    ) -> io::Result<()> {
-        let len = size_of::<T>() as libc::socklen_t;
-        // SAFETY: `val` is a live T of `len` bytes, only read by the kernel during the call.
-        let rc = unsafe { libc::setsockopt(fd, level, name, std::ptr::from_ref(val).cast(), len) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
-
-    /// Reads a socket option into a value of plain integers (any bit pattern valid).
-    pub(super) fn getsockopt_into<T: Copy>(
-        fd: RawFd,
-        level: libc::c_int,
-        name: libc::c_int,
-        val: &mut T,
-    ) -> io::Result<usize> {
-        let mut len = size_of::<T>() as libc::socklen_t;
-        // SAFETY: `val` is a writable T of `len` bytes; callers only pass structs of integer fields,
-        // for which any bytes the kernel writes are valid.
-        let rc =
-            unsafe { libc::getsockopt(fd, level, name, std::ptr::from_mut(val).cast(), &mut len) };
-        if rc == 0 {
-            Ok(len as usize)
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
-
-    pub(super) fn ifindex(ifname: &str) -> Option<u32> {
-        let name = CString::new(ifname).ok()?;
-        // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
-        let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        (idx != 0).then_some(idx)
-    }
-
-    #[repr(C)]
-    #[derive(Default, Clone, Copy)]
-    struct EthtoolChannels {
-        cmd: u32,
-        max_rx: u32,
-        max_tx: u32,
-        max_other: u32,
-        max_combined: u32,
-        rx_count: u32,
-        tx_count: u32,
-        other_count: u32,
-        combined_count: u32,
-    }
-
-    #[repr(C)]
-    struct IfreqData {
-        name: [u8; IFNAMSIZ],
-        data: *mut libc::c_void,
-        _pad: [u8; 16],
-    }
-
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
-    const ETHTOOL_GCHANNELS: u32 = 0x3c;
-
-    /// Number of RX queues of `ifname`: `ETHTOOL_GCHANNELS` (answers for this process's network
-    /// namespace), else the `rx-*` entries of `/sys/class/net/<if>/queues`. `None` when neither works.
-    pub(super) fn rx_queues(ifname: &str) -> Option<u32> {
-        ethtool_rx_queues(ifname).or_else(|| sysfs_rx_queues(ifname))
-    }
-
-    fn ethtool_rx_queues(ifname: &str) -> Option<u32> {
-        // SAFETY: plain socket creation; the fd is owned right below.
-        let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-        if raw < 0 {
-            return None;
-        }
-        // SAFETY: `raw` is a fresh fd nobody else owns.
-        let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-        let mut ch = EthtoolChannels {
-            cmd: ETHTOOL_GCHANNELS,
-            ..Default::default()
-        };
-        let mut ifr = IfreqData {
-            name: [0; IFNAMSIZ],
-            data: std::ptr::from_mut(&mut ch).cast(),
-            _pad: [0; 16],
-        };
-        let n = ifname.len().min(IFNAMSIZ - 1);
-        ifr.name[..n].copy_from_slice(&ifname.as_bytes()[..n]);
-        // SAFETY: SIOCETHTOOL reads the ifreq (name + pointer to `ch`) and writes `ch`; both outlive
-        // the call.
-        let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut ifr) };
-        if rc != 0 {
-            return None;
-        }
-        let rx = ch.rx_count.saturating_add(ch.combined_count);
-        (rx > 0).then_some(rx)
-    }
-
-    fn sysfs_rx_queues(ifname: &str) -> Option<u32> {
-        let dir = std::fs::read_dir(format!("/sys/class/net/{ifname}/queues")).ok()?;
-        let n = dir
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
-            .count();
-        u32::try_from(n).ok().filter(|&n| n > 0)
-    }
-
-    /// Program ids attached to `ifindex` in driver and generic mode (0 when none).
-    pub(super) fn attached_prog_ids(ifindex: u32) -> io::Result<(u32, u32)> {
-        let ifindex = libc::c_int::try_from(ifindex).map_err(io::Error::other)?;
-        let mut ids = [0u32; 2];
-        for (i, flag) in [cne_sys::XDP_FLAGS_DRV_MODE, cne_sys::XDP_FLAGS_SKB_MODE]
-            .into_iter()
-            .enumerate()
-        {
-            let flag = libc::c_int::try_from(flag).map_err(io::Error::other)?;
-            // SAFETY: `ids[i]` is a valid u32 for the call to write.
-            let rc = unsafe { cne_sys::bpf_xdp_query_id(ifindex, flag, &mut ids[i]) };
-            if rc < 0 {
-                return Err(io::Error::from_raw_os_error(-rc));
-            }
-        }
-        Ok((ids[0], ids[1]))
-    }
 
     /// Writes socket `sock` at index `qid` of XSKMAP `map`.
     pub(super) fn xskmap_insert(map: RawFd, qid: u32, sock: RawFd) -> io::Result<()> {
@@ -420,205 +269,7 @@ mod sys {
                 0,
             )
         };
-        if rc < 0 {
-            Err(io::Error::from_raw_os_error(-rc))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-/// libxdp's default redirect program, shared by every port of this process on the same netdev.
-mod default_prog {
-    use super::*;
-
-    struct Entry {
-        ifindex: u32,
-        /// The program object when this process attached it (null when it found one attached).
-        prog: *mut cne_sys::xdp_program,
-        mode: cne_sys::xdp_attach_mode,
-        map: OwnedFd,
-        users: u32,
-    }
-
-    struct Registry(Vec<Entry>);
-
-    // SAFETY: the libxdp program objects are only used while holding the registry mutex, one thread
-    // at a time; libxdp objects are not tied to the thread that created them.
-    unsafe impl Send for Registry {}
-
-    static REGISTRY: Mutex<Registry> = Mutex::new(Registry(Vec::new()));
-
-    fn err(ifname: &str, what: impl Into<String>, source: io::Error) -> PortError {
-        PortError::XdpProgram {
-            ifname: ifname.to_string(),
-            what: what.into(),
-            source,
-        }
-    }
-
-    fn errno(rc: i64) -> io::Error {
-        io::Error::from_raw_os_error(i32::try_from(-rc).unwrap_or(libc::EINVAL))
-    }
-
-    /// Takes a reference on the default program of `ifindex` (loading and attaching it in `mode`
-    /// when the netdev has no XDP program) and returns its XSKMAP fd, valid until [`release`].
-    pub(super) fn acquire(
-        ifindex: u32,
-        ifname: &str,
-        mode: XdpMode,
-        map_entries: u32,
-    ) -> Result<RawFd, PortError> {
-        let mut reg = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(e) = reg.0.iter_mut().find(|e| e.ifindex == ifindex) {
-            e.users += 1;
-            return Ok(e.map.as_raw_fd());
-        }
-        let (drv, skb) = sys::attached_prog_ids(ifindex)
-            .map_err(|e| err(ifname, "query of the attached XDP program", e))?;
-        let entry = if drv == 0 && skb == 0 {
-            attach(ifindex, ifname, mode, map_entries)?
-        } else {
-            let mut fd: libc::c_int = -1;
-            let c_ifindex = libc::c_int::try_from(ifindex)
-                .map_err(|e| err(ifname, "ifindex", io::Error::other(e)))?;
-            // SAFETY: `fd` is a valid int for libxdp to write the map fd into.
-            let rc = unsafe { cne_sys::xsk_setup_xdp_prog(c_ifindex, &mut fd) };
-            if rc < 0 || fd < 0 {
-                return Err(err(
-                    ifname,
-                    format!(
-                        "the netdev already has XDP program id {} attached and it is not libxdp's \
-                         AF_XDP program; use XskMapSource::Map with that program's XSKMAP",
-                        drv.max(skb)
-                    ),
-                    errno(rc.into()),
-                ));
-            }
-            Entry {
-                ifindex,
-                prog: std::ptr::null_mut(),
-                mode: cne_sys::XDP_MODE_UNSPEC,
-                // SAFETY: libxdp handed us this fd and keeps no use of it.
-                map: unsafe { OwnedFd::from_raw_fd(fd) },
-                users: 1,
-            }
-        };
-        let fd = entry.map.as_raw_fd();
-        reg.0.push(entry);
-        Ok(fd)
-    }
-
-    fn attach(
-        ifindex: u32,
-        ifname: &str,
-        mode: XdpMode,
-        map_entries: u32,
-    ) -> Result<Entry, PortError> {
-        const FILE: &CStr = c"xsk_def_xdp_prog.o";
-        const MAP: &CStr = c"xsks_map";
-        let c_ifindex = libc::c_int::try_from(ifindex)
-            .map_err(|e| err(ifname, "ifindex", io::Error::other(e)))?;
-        // SAFETY: FILE is NUL-terminated; null options select libxdp's search path.
-        let prog = unsafe {
-            cne_sys::xdp_program__find_file(
-                FILE.as_ptr(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            )
-        };
-        // SAFETY: libxdp_get_error only inspects the pointer value (libxdp's error encoding).
-        let rc = unsafe { cne_sys::libxdp_get_error(prog.cast_const().cast()) };
-        if rc != 0 || prog.is_null() {
-            return Err(err(ifname, "loading xsk_def_xdp_prog.o", errno(rc)));
-        }
-        let close = |prog| {
-            // SAFETY: `prog` is a live program object owned by this function.
-            unsafe { cne_sys::xdp_program__close(prog) }
-        };
-        // SAFETY: `prog` is a live program object.
-        let obj = unsafe { cne_sys::xdp_program__bpf_obj(prog) };
-        let map = if obj.is_null() {
-            std::ptr::null_mut()
-        } else {
-            // SAFETY: `obj` is the program's live bpf_object; MAP is NUL-terminated.
-            unsafe { cne_sys::bpf_object__find_map_by_name(obj, MAP.as_ptr()) }
-        };
-        if map.is_null() {
-            close(prog);
-            return Err(err(
-                ifname,
-                "xsk_def_xdp_prog.o has no xsks_map",
-                io::Error::from_raw_os_error(libc::ENOENT),
-            ));
-        }
-        // SAFETY: `map` belongs to the not yet loaded object; resizing before load is allowed.
-        let rc = unsafe { cne_sys::bpf_map__set_max_entries(map, map_entries) };
-        if rc < 0 {
-            close(prog);
-            return Err(err(ifname, "sizing xsks_map", errno(rc.into())));
-        }
-        let xmode = match mode {
-            XdpMode::Native => cne_sys::XDP_MODE_NATIVE,
-            XdpMode::Skb => cne_sys::XDP_MODE_SKB,
-        };
-        // SAFETY: `prog` is live; libxdp loads and attaches it.
-        let rc = unsafe { cne_sys::xdp_program__attach(prog, c_ifindex, xmode, 0) };
-        if rc < 0 {
-            close(prog);
-            return Err(err(
-                ifname,
-                format!("attaching libxdp's AF_XDP program in {mode:?} mode"),
-                errno(rc.into()),
-            ));
-        }
-        // SAFETY: `map` is part of the now loaded object.
-        let raw = unsafe { cne_sys::bpf_map__fd(map) };
-        // SAFETY: F_DUPFD_CLOEXEC duplicates a valid fd into a new one we own.
-        let dup = unsafe { libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, 0) };
-        if raw < 0 || dup < 0 {
-            let e = io::Error::last_os_error();
-            // SAFETY: `prog` is attached and live; detach it again before closing.
-            unsafe { cne_sys::xdp_program__detach(prog, c_ifindex, xmode, 0) };
-            close(prog);
-            return Err(err(ifname, "duplicating the xsks_map fd", e));
-        }
-        log::info!("{ifname}: attached libxdp's AF_XDP redirect program ({mode:?} mode)");
-        Ok(Entry {
-            ifindex,
-            prog,
-            mode: xmode,
-            // SAFETY: `dup` is a fresh fd we own.
-            map: unsafe { OwnedFd::from_raw_fd(dup) },
-            users: 1,
-        })
-    }
-
-    /// Drops a reference taken by [`acquire`]; the last one detaches the program if we attached it.
-    pub(super) fn release(ifindex: u32) {
-        let mut reg = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(pos) = reg.0.iter().position(|e| e.ifindex == ifindex) else {
-            return;
-        };
-        reg.0[pos].users -= 1;
-        if reg.0[pos].users > 0 {
-            return;
-        }
-        let e = reg.0.swap_remove(pos);
-        if !e.prog.is_null() {
-            if let Ok(idx) = libc::c_int::try_from(ifindex) {
-                // SAFETY: `e.prog` is the live program object we attached to `ifindex`.
-                let rc = unsafe { cne_sys::xdp_program__detach(e.prog, idx, e.mode, 0) };
-                if rc < 0 {
-                    log::warn!(
-                        "detaching libxdp's AF_XDP program from ifindex {ifindex} failed: {}",
-                        errno(rc.into())
-                    );
-                }
-            }
-            // SAFETY: `e.prog` is live and no longer used after this.
-            unsafe { cne_sys::xdp_program__close(e.prog) };
-        }
+        parse_ret(rc).map(drop)
     }
 }
 
@@ -756,9 +407,9 @@ impl XskSocket {
         cfg.validate()?;
         let ifname = cfg.ifname.as_str();
         let qid = cfg.qid;
-        let ifindex =
-            sys::ifindex(ifname).ok_or_else(|| PortError::NoSuchNetdev(ifname.to_string()))?;
-        let queues = sys::rx_queues(ifname);
+        let ifindex = crate::sys::netdev::ifindex(ifname)
+            .ok_or_else(|| PortError::NoSuchNetdev(ifname.to_string()))?;
+        let queues = crate::sys::netdev::rx_queues(ifname);
         if let Some(queues) = queues {
             if qid >= queues {
                 return Err(PortError::NoSuchQueue {
@@ -768,21 +419,11 @@ impl XskSocket {
                 });
             }
         }
-        let fail = |call: &'static str| {
-            move |source: io::Error| PortError::Syscall {
-                call,
-                ifname: cfg.ifname.clone(),
-                qid,
-                source,
-            }
-        };
-        // SAFETY: plain socket creation; the fd is owned right below.
-        let raw = unsafe { libc::socket(AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if raw < 0 {
-            return Err(fail("socket(AF_XDP)")(io::Error::last_os_error()));
-        }
-        // SAFETY: `raw` is a fresh fd nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fail =
+            |call: &'static str| move |source: io::Error| PortError::Syscall { call, source };
+        // SAFETY: plain socket creation; `cvt_fd` owns the new descriptor.
+        let fd = cvt_fd(unsafe { libc::socket(AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) })
+            .map_err(fail("socket(AF_XDP)"))?;
         let sfd = fd.as_raw_fd();
 
         // Held until the socket is bound and listed, so a socket chosen as `shared_umem_fd` cannot be
@@ -796,26 +437,26 @@ impl XskSocket {
                 addr: umem.area().as_ptr() as u64,
                 len: umem.registered_len(),
                 chunk_size: umem.frame_size(),
-                headroom: umem.headroom() - crate::umem::MIN_HEADROOM,
+                headroom: umem.headroom() - crate::xsk::umem::MIN_HEADROOM,
                 flags: 0,
                 tx_metadata_len: 0,
             };
-            sys::setsockopt(sfd, sol, opt(cne_sys::XDP_UMEM_REG), &reg)
+            crate::sys::setsockopt(sfd, sol, opt(cne_sys::XDP_UMEM_REG), &reg)
                 .map_err(fail("setsockopt(XDP_UMEM_REG)"))?;
         }
         let fill_size = cfg.rx_size * 2;
         let comp_size = cfg.tx_size;
-        sys::setsockopt(sfd, sol, opt(cne_sys::XDP_UMEM_FILL_RING), &fill_size)
+        crate::sys::setsockopt(sfd, sol, opt(cne_sys::XDP_UMEM_FILL_RING), &fill_size)
             .map_err(fail("setsockopt(XDP_UMEM_FILL_RING)"))?;
-        sys::setsockopt(sfd, sol, opt(cne_sys::XDP_UMEM_COMPLETION_RING), &comp_size)
+        crate::sys::setsockopt(sfd, sol, opt(cne_sys::XDP_UMEM_COMPLETION_RING), &comp_size)
             .map_err(fail("setsockopt(XDP_UMEM_COMPLETION_RING)"))?;
-        sys::setsockopt(sfd, sol, opt(cne_sys::XDP_RX_RING), &cfg.rx_size)
+        crate::sys::setsockopt(sfd, sol, opt(cne_sys::XDP_RX_RING), &cfg.rx_size)
             .map_err(fail("setsockopt(XDP_RX_RING)"))?;
-        sys::setsockopt(sfd, sol, opt(cne_sys::XDP_TX_RING), &cfg.tx_size)
+        crate::sys::setsockopt(sfd, sol, opt(cne_sys::XDP_TX_RING), &cfg.tx_size)
             .map_err(fail("setsockopt(XDP_TX_RING)"))?;
 
         let mut off = cne_sys::xdp_mmap_offsets::default();
-        let got = sys::getsockopt_into(sfd, sol, opt(cne_sys::XDP_MMAP_OFFSETS), &mut off)
+        let got = crate::sys::getsockopt_into(sfd, sol, opt(cne_sys::XDP_MMAP_OFFSETS), &mut off)
             .map_err(fail("getsockopt(XDP_MMAP_OFFSETS)"))?;
         if got != size_of::<cne_sys::xdp_mmap_offsets>() {
             return Err(fail("getsockopt(XDP_MMAP_OFFSETS)")(io::Error::other(
@@ -844,7 +485,7 @@ impl XskSocket {
         // Let one copy-mode sendto drain the whole TX ring instead of 32 descriptors (Linux 6.17+;
         // older kernels keep 32 and the port kicks again while the kernel answers EAGAIN).
         let tx_budget_raised = cfg.tx_size > DEFAULT_TX_SKB_BUDGET
-            && sys::setsockopt(sfd, sol, XDP_MAX_TX_SKB_BUDGET, &cfg.tx_size).is_ok();
+            && crate::sys::setsockopt(sfd, sol, XDP_MAX_TX_SKB_BUDGET, &cfg.tx_size).is_ok();
 
         let (zero_copy_req, need_wakeup) = match owner {
             Some(o) => {
@@ -862,8 +503,6 @@ impl XskSocket {
                 }
                 let sa = sockaddr(ifindex, qid, cne_sys::XDP_SHARED_UMEM, o.fd);
                 bind(sfd, &sa).map_err(|source| PortError::Bind {
-                    ifname: ifname.to_string(),
-                    qid,
                     mode: "shared UMEM",
                     source,
                 })?;
@@ -891,8 +530,6 @@ impl XskSocket {
                     bind(sfd, &copy).map(|()| false)
                 };
                 let zc = bound.map_err(|source| PortError::Bind {
-                    ifname: ifname.to_string(),
-                    qid,
                     mode: "copy mode",
                     source,
                 })?;
@@ -900,10 +537,11 @@ impl XskSocket {
             }
         };
         let mut opts = cne_sys::xdp_options::default();
-        let zero_copy = match sys::getsockopt_into(sfd, sol, opt(cne_sys::XDP_OPTIONS), &mut opts) {
-            Ok(_) => opts.flags & cne_sys::XDP_OPTIONS_ZEROCOPY != 0,
-            Err(_) => zero_copy_req,
-        };
+        let zero_copy =
+            match crate::sys::getsockopt_into(sfd, sol, opt(cne_sys::XDP_OPTIONS), &mut opts) {
+                Ok(_) => opts.flags & cne_sys::XDP_OPTIONS_ZEROCOPY != 0,
+                Err(_) => zero_copy_req,
+            };
         let id = umem.next_socket_id();
         sockets.push(BoundSocket {
             id,
@@ -938,30 +576,26 @@ impl XskSocket {
             let sol_socket = libc::SOL_SOCKET;
             let timeout = libc::c_int::try_from(bp.timeout_us).unwrap_or(libc::c_int::MAX);
             let budget = libc::c_int::try_from(bp.budget).unwrap_or(libc::c_int::MAX);
-            sys::setsockopt(sfd, sol_socket, SO_PREFER_BUSY_POLL, &1 as &libc::c_int)
+            crate::sys::setsockopt(sfd, sol_socket, SO_PREFER_BUSY_POLL, &1 as &libc::c_int)
                 .map_err(fail("setsockopt(SO_PREFER_BUSY_POLL)"))?;
-            sys::setsockopt(sfd, sol_socket, libc::SO_BUSY_POLL, &timeout)
+            crate::sys::setsockopt(sfd, sol_socket, libc::SO_BUSY_POLL, &timeout)
                 .map_err(fail("setsockopt(SO_BUSY_POLL)"))?;
-            sys::setsockopt(sfd, sol_socket, SO_BUSY_POLL_BUDGET, &budget)
+            crate::sys::setsockopt(sfd, sol_socket, SO_BUSY_POLL_BUDGET, &budget)
                 .map_err(fail("setsockopt(SO_BUSY_POLL_BUDGET)"))?;
         }
         let map_fd = match cfg.xsk_map {
             XskMapSource::Map(fd) => fd,
             XskMapSource::LibxdpDefault => {
                 let entries = queues.unwrap_or(1).max(qid + 1);
-                let fd = default_prog::acquire(ifindex, ifname, cfg.xdp_mode, entries)?;
+                let fd = crate::bpf::libxdp::acquire(ifindex, ifname, cfg.xdp_mode, entries)?;
                 sock.default_prog = true;
                 sock.default_map = Some(fd);
                 fd
             }
         };
-        sys::xskmap_insert(map_fd, qid, sfd).map_err(|source| PortError::XskMap {
-            ifname: ifname.to_string(),
-            qid,
-            map_fd,
-            source,
-        })?;
-        if let Ok((drv, skb)) = sys::attached_prog_ids(ifindex) {
+        setup::xskmap_insert(map_fd, qid, sfd)
+            .map_err(|source| PortError::XskMap { map_fd, source })?;
+        if let Ok((drv, skb)) = crate::bpf::libxdp::attached_prog_ids(ifindex) {
             if drv != 0 {
                 sock.mode.xdp = XdpMode::Native;
             } else if skb != 0 {
@@ -1016,7 +650,7 @@ impl XskSocket {
         if self.default_prog {
             self.default_prog = false;
             self.default_map = None;
-            default_prog::release(self.ifindex);
+            crate::bpf::libxdp::release(self.ifindex);
         }
     }
 
@@ -1034,11 +668,7 @@ impl XskSocket {
                 0,
             )
         };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        cvt(rc).map(drop)
     }
 
     /// `recvfrom(MSG_DONTWAIT)`: drives RX in zero-copy need-wakeup and busy-poll modes.
@@ -1063,6 +693,10 @@ impl Drop for XskSocket {
     }
 }
 
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "AF_XDP is 44 and the XDP_* bind flags are bits below 1 << 4"
+)]
 fn sockaddr(ifindex: u32, qid: u32, flags: u32, shared_fd: RawFd) -> cne_sys::sockaddr_xdp {
     cne_sys::sockaddr_xdp {
         sxdp_family: AF_XDP as u16,
@@ -1078,15 +712,14 @@ fn sockaddr(ifindex: u32, qid: u32, flags: u32, shared_fd: RawFd) -> cne_sys::so
 const BIND_BUSY_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn bind(fd: RawFd, sa: &cne_sys::sockaddr_xdp) -> io::Result<()> {
-    let len = size_of::<cne_sys::sockaddr_xdp>() as libc::socklen_t;
+    let len = crate::sys::socklen::<cne_sys::sockaddr_xdp>();
     let deadline = std::time::Instant::now() + BIND_BUSY_RETRY;
     loop {
         // SAFETY: `sa` is a fully initialised sockaddr_xdp (no padding) of `len` bytes.
         let rc = unsafe { libc::bind(fd, std::ptr::from_ref(sa).cast(), len) };
-        if rc == 0 {
+        let Err(e) = cvt(rc) else {
             return Ok(());
-        }
-        let e = io::Error::last_os_error();
+        };
         if e.raw_os_error() != Some(libc::EBUSY) || std::time::Instant::now() >= deadline {
             return Err(e);
         }
@@ -1129,8 +762,6 @@ impl<'pool> Port<'pool> {
     pub fn attach(sock: XskSocket, pool: &'pool FramePool) -> Result<Self, PortError> {
         if !Arc::ptr_eq(&sock.umem, pool.umem()) {
             return Err(PortError::UmemMismatch {
-                ifname: sock.ifname.clone(),
-                qid: sock.qid,
                 region: pool.region(),
             });
         }
@@ -1184,6 +815,7 @@ impl<'pool> Port<'pool> {
                 continue;
             };
             // `d.addr - base` is below frame_size, so the cast is exact.
+            #[allow(clippy::cast_possible_truncation, reason = "below frame_size, a u32")]
             let start = (d.addr - base) as u32;
             match start.checked_add(d.len) {
                 Some(end) if end <= frame_size => {
@@ -1305,9 +937,10 @@ impl<'pool> Port<'pool> {
         let got = self.pool.take(fill.len() as usize, |addr| fill.push(addr));
         let _ = fill.commit();
         // `got` is at most `want`, a u32.
-        self.lent_rx += got as u32;
-        if (got as u32) < want {
-            self.stats.fq_full += 1;
+        let got = u32::try_from(got).unwrap_or(want);
+        self.lent_rx += got;
+        if got < want {
+            self.stats.fill_short += 1;
         }
     }
 
@@ -1315,8 +948,6 @@ impl<'pool> Port<'pool> {
     pub fn stats(&self) -> Result<PortStats, PortError> {
         let kernel = read_xdp_stats(self.fd()).map_err(|source| PortError::Syscall {
             call: "getsockopt(XDP_STATISTICS)",
-            ifname: self.sock.ifname.clone(),
-            qid: self.sock.qid,
             source,
         })?;
         Ok(PortStats {

@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::sys::{cvt, parse_ret, parse_ret_fd};
 use nix::errno::Errno;
 use nix::sys::socket::{
     connect, recvmsg, sendmsg, setsockopt, socket, sockopt, AddressFamily, ControlMessage,
@@ -376,7 +377,7 @@ pub fn pod_hostname() -> Result<String> {
     let name = nix::unistd::gethostname().map_err(|e| DpError::Io {
         call: "gethostname",
         path: PathBuf::new(),
-        source: errno(e),
+        source: io::Error::from(e),
     })?;
     Ok(name.to_string_lossy().into_owned())
 }
@@ -796,13 +797,11 @@ pub fn map_info(fd: BorrowedFd<'_>) -> Result<MapInfo> {
             &mut len,
         )
     };
-    if rc < 0 {
-        return Err(DpError::Io {
-            call: "bpf_obj_get_info_by_fd",
-            path: PathBuf::new(),
-            source: io::Error::from_raw_os_error(-rc),
-        });
-    }
+    parse_ret(rc).map_err(|source| DpError::Io {
+        call: "bpf_obj_get_info_by_fd",
+        path: PathBuf::new(),
+        source,
+    })?;
     let name_len = info
         .name
         .iter()
@@ -837,13 +836,11 @@ pub fn open_pinned_map(path: &Path) -> Result<OwnedFd> {
     let mut sfs = MaybeUninit::<libc::statfs>::uninit();
     // SAFETY: cpath is NUL-terminated; sfs is writable storage for one statfs.
     let rc = unsafe { libc::statfs(cpath.as_ptr(), sfs.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(DpError::Io {
-            call: "statfs",
-            path: path.to_path_buf(),
-            source: io::Error::last_os_error(),
-        });
-    }
+    cvt(rc).map_err(|source| DpError::Io {
+        call: "statfs",
+        path: path.to_path_buf(),
+        source,
+    })?;
     // SAFETY: statfs returned 0, so it filled the whole structure.
     let sfs = unsafe { sfs.assume_init() };
     #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
@@ -856,7 +853,7 @@ pub fn open_pinned_map(path: &Path) -> Result<OwnedFd> {
     }
     // SAFETY: cpath is a valid NUL-terminated path for the duration of the call.
     let rc = unsafe { cne_sys::bpf_obj_get(cpath.as_ptr()) };
-    let fd = owned_from_rc(rc).map_err(|source| DpError::Io {
+    let fd = parse_ret_fd(rc).map_err(|source| DpError::Io {
         call: "bpf_obj_get",
         path: path.to_path_buf(),
         source,
@@ -893,7 +890,7 @@ pub fn create_xskmap(entries: u32) -> Result<OwnedFd> {
             std::ptr::null(),
         )
     };
-    owned_from_rc(rc).map_err(|source| DpError::Io {
+    parse_ret_fd(rc).map_err(|source| DpError::Io {
         call: "bpf_map_create(XSKMAP)",
         path: PathBuf::new(),
         source,
@@ -906,14 +903,11 @@ pub fn pin_map(fd: BorrowedFd<'_>, path: &Path) -> Result<()> {
     let cpath = path_cstring(path)?;
     // SAFETY: cpath is a valid NUL-terminated path; fd is an open descriptor borrowed for the call.
     let rc = unsafe { cne_sys::bpf_obj_pin(fd.as_raw_fd(), cpath.as_ptr()) };
-    if rc < 0 {
-        return Err(DpError::Io {
-            call: "bpf_obj_pin",
-            path: path.to_path_buf(),
-            source: io::Error::from_raw_os_error(-rc),
-        });
-    }
-    Ok(())
+    parse_ret(rc).map(drop).map_err(|source| DpError::Io {
+        call: "bpf_obj_pin",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn with_path(e: DpError, path: &Path) -> DpError {
@@ -933,15 +927,6 @@ fn path_cstring(path: &Path) -> Result<CString> {
         path: path.to_path_buf(),
         source: io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"),
     })
-}
-
-/// libbpf returns a descriptor or `-errno`.
-fn owned_from_rc(rc: libc::c_int) -> io::Result<OwnedFd> {
-    if rc < 0 {
-        return Err(io::Error::from_raw_os_error(-rc));
-    }
-    // SAFETY: a non-negative return is a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(rc) })
 }
 
 fn check_len(msg: &str) -> Result<()> {
@@ -970,10 +955,6 @@ fn timeval(d: Duration) -> TimeVal {
     )
 }
 
-fn errno(e: Errno) -> io::Error {
-    io::Error::from_raw_os_error(e as i32)
-}
-
 /// Opens a `SOCK_SEQPACKET` connection to `path` with both timeouts set before `connect` (on `AF_UNIX`,
 /// `SO_SNDTIMEO` also bounds a connect that waits for a full listen backlog).
 fn connect_seqpacket(path: &Path, timeout: Duration) -> Result<OwnedFd> {
@@ -997,14 +978,14 @@ fn connect_seqpacket(path: &Path, timeout: Duration) -> Result<OwnedFd> {
         SockFlag::SOCK_CLOEXEC,
         None,
     )
-    .map_err(|e| io_err("socket(AF_UNIX, SOCK_SEQPACKET)", errno(e)))?;
+    .map_err(|e| io_err("socket(AF_UNIX, SOCK_SEQPACKET)", io::Error::from(e)))?;
     let tv = timeval(timeout);
     setsockopt(&sock, sockopt::ReceiveTimeout, &tv)
-        .map_err(|e| io_err("setsockopt(SO_RCVTIMEO)", errno(e)))?;
+        .map_err(|e| io_err("setsockopt(SO_RCVTIMEO)", io::Error::from(e)))?;
     setsockopt(&sock, sockopt::SendTimeout, &tv)
-        .map_err(|e| io_err("setsockopt(SO_SNDTIMEO)", errno(e)))?;
+        .map_err(|e| io_err("setsockopt(SO_SNDTIMEO)", io::Error::from(e)))?;
     // UnixAddr refuses a path that does not fit sun_path (107 bytes and the NUL).
-    let addr = UnixAddr::new(path).map_err(|e| io_err("connect", errno(e)))?;
+    let addr = UnixAddr::new(path).map_err(|e| io_err("connect", io::Error::from(e)))?;
     if let Err(e) = connect(sock.as_raw_fd(), &addr) {
         return Err(match e {
             Errno::ENOENT => DpError::MissingSocket {
@@ -1015,7 +996,7 @@ fn connect_seqpacket(path: &Path, timeout: Duration) -> Result<OwnedFd> {
                 request: "connect".to_owned(),
                 timeout,
             },
-            _ => io_err("connect", errno(e)),
+            _ => io_err("connect", io::Error::from(e)),
         });
     }
     Ok(sock)
@@ -1046,7 +1027,7 @@ fn send_msg_flags(
         flags | MsgFlags::MSG_NOSIGNAL,
         None,
     )
-    .map_err(errno)?;
+    .map_err(io::Error::from)?;
     if n != msg.len() {
         return Err(io::Error::other(format!("sent {n} of {} bytes", msg.len())));
     }
@@ -1064,10 +1045,10 @@ fn recv_msg(sock: BorrowedFd<'_>) -> io::Result<Option<Reply>> {
         Some(&mut cmsg_buf),
         MsgFlags::MSG_CMSG_CLOEXEC,
     )
-    .map_err(errno)?;
+    .map_err(io::Error::from)?;
     let (n, flags) = (msg.bytes, msg.flags);
     let mut fds = Vec::new();
-    for c in msg.cmsgs().map_err(errno)? {
+    for c in msg.cmsgs().map_err(io::Error::from)? {
         if let ControlMessageOwned::ScmRights(raws) = c {
             fds.extend(raws.into_iter().filter(|&r| r >= 0).map(|r| {
                 // SAFETY: the kernel installed this descriptor in our table for this message;

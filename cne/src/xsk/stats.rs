@@ -2,7 +2,7 @@
 //! per-socket `XDP_STATISTICS`.
 //!
 //! The software counters are plain `u64` fields of the port, bumped once per burst (never with an
-//! atomic), so reading them needs `&Port` on the worker thread; [`crate::port::Port::stats`] copies
+//! atomic), so reading them needs `&Port` on the worker thread; [`crate::xsk::port::Port::stats`] copies
 //! them and adds one `getsockopt(XDP_STATISTICS)`, cheap enough to call every second for metrics but
 //! not meant for the packet path. Names follow CNDP's per-lport counters where they exist.
 
@@ -39,7 +39,7 @@ pub struct PortStats {
     pub rx_ring_empty: u64,
     /// Fill-ring refills left short because the frame pool had too few free frames (CNDP's
     /// "not enough entries" counter).
-    pub fq_full: u64,
+    pub fill_short: u64,
     /// Packets placed in the TX ring.
     pub tx_packets: u64,
     /// Bytes placed in the TX ring.
@@ -59,21 +59,13 @@ pub struct PortStats {
 /// Reads `XDP_STATISTICS` of socket `fd`.
 pub(crate) fn read_xdp_stats(fd: RawFd) -> io::Result<XdpStats> {
     let mut raw = cne_sys::xdp_statistics::default();
-    let mut len = std::mem::size_of::<cne_sys::xdp_statistics>() as libc::socklen_t;
-    // SAFETY: raw is a writable xdp_statistics (plain u64 fields: any bytes are valid) of `len` bytes;
-    // the kernel writes at most `len` bytes and updates `len`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_XDP,
-            cne_sys::XDP_STATISTICS as libc::c_int,
-            std::ptr::from_mut(&mut raw).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // `xdp_statistics` holds plain u64 counters: any bytes the kernel writes are valid.
+    crate::sys::getsockopt_into(
+        fd,
+        libc::SOL_XDP,
+        cne_sys::XDP_STATISTICS as libc::c_int,
+        &mut raw,
+    )?;
     Ok(XdpStats {
         rx_dropped: raw.rx_dropped,
         rx_invalid_descs: raw.rx_invalid_descs,

@@ -3,7 +3,7 @@
 //! A `Packet<'pool>` is the only way safe code reaches frame memory. It is move-only (neither `Clone`
 //! nor `Copy`), so exactly one handle exists per frame handed out; dropping it puts the frame back on
 //! the free list of the [`FramePool`] it came from, and sending it
-//! ([`crate::port::Port::tx_burst`]) moves it into the TX ring without running that drop. Because the
+//! ([`crate::xsk::port::Port::tx_burst`]) moves it into the TX ring without running that drop. Because the
 //! handle borrows the pool, the pool (and the UMEM mapping it keeps alive) cannot be dropped while a
 //! packet exists, so use-after-free and double free cannot be written in safe code. The borrow also
 //! makes packets `!Send`: they stay on the worker thread that owns the pool, which is what lets the
@@ -11,7 +11,7 @@
 //!
 //! ```
 //! use cne::frame::Frame;
-//! use cne::umem::{FramePool, Umem, UmemConfig};
+//! use cne::xsk::umem::{FramePool, Umem, UmemConfig};
 //!
 //! let umem = Umem::new(&UmemConfig { frame_count: 8, ..UmemConfig::default() })?;
 //! let pool = FramePool::new(&umem, 0)?;
@@ -21,13 +21,13 @@
 //! assert_eq!(pool.available(), 7);
 //! drop(pkt); // the frame goes back to the pool
 //! assert_eq!(pool.available(), 8);
-//! # Ok::<(), cne::umem::UmemError>(())
+//! # Ok::<(), cne::xsk::umem::UmemError>(())
 //! ```
 //!
 //! What safe code cannot do (each of these fails to compile): keep a packet after its pool is gone,
 //!
 //! ```compile_fail
-//! # use cne::umem::{FramePool, Umem, UmemConfig};
+//! # use cne::xsk::umem::{FramePool, Umem, UmemConfig};
 //! # let umem = Umem::new(&UmemConfig { frame_count: 8, ..UmemConfig::default() }).unwrap();
 //! let pool = FramePool::new(&umem, 0).unwrap();
 //! let pkt = pool.alloc().unwrap();
@@ -38,7 +38,7 @@
 //! duplicate a packet (a second owner of the same frame),
 //!
 //! ```compile_fail
-//! # use cne::umem::{FramePool, Umem, UmemConfig};
+//! # use cne::xsk::umem::{FramePool, Umem, UmemConfig};
 //! # let umem = Umem::new(&UmemConfig { frame_count: 8, ..UmemConfig::default() }).unwrap();
 //! # let pool = FramePool::new(&umem, 0).unwrap();
 //! let pkt = pool.alloc().unwrap();
@@ -48,7 +48,7 @@
 //! or hand a packet to another thread, which would race on the pool's free list.
 //!
 //! ```compile_fail
-//! # use cne::umem::{FramePool, Umem, UmemConfig};
+//! # use cne::xsk::umem::{FramePool, Umem, UmemConfig};
 //! # let umem = Umem::new(&UmemConfig { frame_count: 8, ..UmemConfig::default() }).unwrap();
 //! # let pool = FramePool::new(&umem, 0).unwrap();
 //! let pkt = pool.alloc().unwrap();
@@ -64,8 +64,8 @@ use std::fmt;
 use std::mem::ManuallyDrop;
 
 use crate::frame::Frame;
-use crate::ring::XdpDesc;
-use crate::umem::FramePool;
+use crate::xsk::ring::XdpDesc;
+use crate::xsk::umem::FramePool;
 
 /// One UMEM frame holding a packet, owned by the current worker (see the module doc).
 pub struct Packet<'pool> {
@@ -209,7 +209,7 @@ impl Frame for Packet<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::umem::{Umem, UmemConfig};
+    use crate::xsk::umem::{Umem, UmemConfig};
 
     #[test]
     fn window_ops_match_vecframe() {

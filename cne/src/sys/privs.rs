@@ -186,19 +186,13 @@ pub fn drop_to_running_nf_caps() -> Result<PrivsReport, PrivsError> {
 pub fn no_new_privs() -> io::Result<bool> {
     // SAFETY: PR_GET_NO_NEW_PRIVS takes no pointers; the unused arguments must be zero.
     let rc = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(rc == 1)
+    Ok(super::cvt(rc)? == 1)
 }
 
 fn set_no_new_privs() -> Result<(), PrivsError> {
     // SAFETY: PR_SET_NO_NEW_PRIVS takes no pointers; the unused arguments must be zero.
     let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-    if rc != 0 {
-        return Err(PrivsError::NoNewPrivs(io::Error::last_os_error()));
-    }
-    Ok(())
+    super::cvt(rc).map(drop).map_err(PrivsError::NoNewPrivs)
 }
 
 fn names(caps: &[Capability]) -> Vec<String> {
@@ -314,7 +308,7 @@ mod tests {
         let out = Command::new(exe)
             .args([
                 "--exact",
-                "privs::tests::child_drops_and_checks",
+                "sys::privs::tests::child_drops_and_checks",
                 "--nocapture",
                 "--test-threads=1",
             ])

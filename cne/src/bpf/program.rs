@@ -1,0 +1,648 @@
+//! Loading and attaching BPF objects: the machinery the XDP programs of this crate ([`super::filter`],
+//! [`super::decap`]) share.
+//!
+//! An embedded object is opened and loaded with libbpf ([`load_object`]); its program and map
+//! descriptors are duplicated and the libbpf object is closed at once, so what remains are plain
+//! [`OwnedFd`]s: [`Map`]s whose key and value sizes were checked against the Rust types, and an
+//! [`Attachment`] that holds the program on one interface through an XDP `bpf_link` and detaches it on
+//! drop. Attaching never replaces another program silently (see [`Attachment`]).
+
+use std::ffi::{c_int, c_void, CStr};
+use std::io;
+use std::marker::PhantomData;
+use std::mem::size_of;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use crate::bpf::filter::{XdpError, XdpMode};
+use crate::sys::{parse_ret, parse_ret_fd};
+
+/// A BPF object file embedded in the binary, aligned for libelf.
+#[repr(C, align(8))]
+pub(crate) struct Aligned<B: ?Sized>(pub(crate) B);
+
+/// `size_of::<T>()` as the `u32` the BPF ABI uses (all sizes here are a few hundred bytes at most).
+fn size_u32<T>() -> u32 {
+    u32::try_from(size_of::<T>()).unwrap_or(u32::MAX)
+}
+
+/// A BPF map of the loaded object whose key and value sizes were checked to be those of `K` and `V`
+/// (plain-data types without padding: integers and byte arrays), so every call that hands the kernel a
+/// `&K` or `&V` stays within those objects.
+#[derive(Debug)]
+pub(crate) struct Map<K, V> {
+    pub(crate) name: &'static str,
+    pub(crate) fd: OwnedFd,
+    pub(crate) max_entries: u32,
+    /// Per-CPU maps read one `V` per possible CPU: only [`Map::percpu_sum`] may read them.
+    pub(crate) percpu: bool,
+    pub(crate) _kv: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K: Copy + Default, V: Copy + Default> Map<K, V> {
+    /// Takes a map descriptor after checking its key and value sizes against `K` and `V`.
+    pub(crate) fn checked(name: &'static str, fd: OwnedFd) -> Result<Self, XdpError> {
+        let mut info = cne_sys::bpf_map_info::default();
+        let mut len = size_u32::<cne_sys::bpf_map_info>();
+        // SAFETY: `info` is a writable bpf_map_info of `len` bytes; the kernel writes at most `len` bytes.
+        let rc = unsafe {
+            cne_sys::bpf_obj_get_info_by_fd(
+                fd.as_raw_fd(),
+                std::ptr::from_mut(&mut info).cast::<c_void>(),
+                &mut len,
+            )
+        };
+        parse_ret(rc).map_err(|e| XdpError::bpf("bpf_obj_get_info_by_fd", name, e))?;
+        let expected = (size_u32::<K>(), size_u32::<V>());
+        let found = (info.key_size, info.value_size);
+        if found != expected {
+            return Err(XdpError::MapLayout {
+                map: name,
+                found,
+                expected,
+            });
+        }
+        Ok(Map {
+            name,
+            fd,
+            max_entries: info.max_entries,
+            percpu: matches!(
+                info.type_,
+                cne_sys::BPF_MAP_TYPE_PERCPU_HASH
+                    | cne_sys::BPF_MAP_TYPE_PERCPU_ARRAY
+                    | cne_sys::BPF_MAP_TYPE_LRU_PERCPU_HASH
+                    | cne_sys::BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE
+            ),
+            _kv: PhantomData,
+        })
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Writes `key -> value`.
+    pub(crate) fn update(&self, key: &K, value: &V) -> Result<(), XdpError> {
+        // SAFETY: key and value point to live objects of the map's key and value size (checked in
+        // Map::checked).
+        let rc = unsafe {
+            cne_sys::bpf_map_update_elem(
+                self.fd.as_raw_fd(),
+                std::ptr::from_ref(key).cast::<c_void>(),
+                std::ptr::from_ref(value).cast::<c_void>(),
+                u64::from(cne_sys::BPF_ANY),
+            )
+        };
+        parse_ret(rc)
+            .map(drop)
+            .map_err(|e| XdpError::bpf("bpf_map_update_elem", self.name, e))
+    }
+
+    /// Reads the value at `key`; `None` when absent.
+    pub(crate) fn lookup(&self, key: &K) -> Result<Option<V>, XdpError> {
+        if self.percpu {
+            return Err(XdpError::bpf(
+                "bpf_map_lookup_elem",
+                self.name,
+                io::Error::from_raw_os_error(libc::EINVAL),
+            ));
+        }
+        let mut value = V::default();
+        // SAFETY: key points to a live object of the key size, value to a writable one of the value size
+        // (the map is not per-CPU, so the kernel writes exactly one value).
+        let rc = unsafe {
+            cne_sys::bpf_map_lookup_elem(
+                self.fd.as_raw_fd(),
+                std::ptr::from_ref(key).cast::<c_void>(),
+                std::ptr::from_mut(&mut value).cast::<c_void>(),
+            )
+        };
+        match parse_ret(rc) {
+            Ok(_) => Ok(Some(value)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(XdpError::bpf("bpf_map_lookup_elem", self.name, e)),
+        }
+    }
+
+    /// Deletes `key`; `false` when it was absent.
+    pub(crate) fn delete(&self, key: &K) -> Result<bool, XdpError> {
+        // SAFETY: key points to a live object of the map's key size.
+        let rc = unsafe {
+            cne_sys::bpf_map_delete_elem(
+                self.fd.as_raw_fd(),
+                std::ptr::from_ref(key).cast::<c_void>(),
+            )
+        };
+        match parse_ret(rc) {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(XdpError::bpf("bpf_map_delete_elem", self.name, e)),
+        }
+    }
+
+    /// All keys of a hash map (control path: allocates).
+    pub(crate) fn keys(&self) -> Result<Vec<K>, XdpError> {
+        let mut keys = Vec::new();
+        let mut prev: Option<K> = None;
+        loop {
+            let mut next = K::default();
+            let prev_ptr = prev
+                .as_ref()
+                .map_or(std::ptr::null(), |k| std::ptr::from_ref(k).cast::<c_void>());
+            // SAFETY: prev_ptr is null (first key) or points to a live key; next is a writable key.
+            let rc = unsafe {
+                cne_sys::bpf_map_get_next_key(
+                    self.fd.as_raw_fd(),
+                    prev_ptr,
+                    std::ptr::from_mut(&mut next).cast::<c_void>(),
+                )
+            };
+            match parse_ret(rc) {
+                Ok(_) => {
+                    keys.push(next);
+                    prev = Some(next);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(keys),
+                Err(e) => return Err(XdpError::bpf("bpf_map_get_next_key", self.name, e)),
+            }
+        }
+    }
+}
+
+impl Map<u32, u64> {
+    /// Sum over all possible CPUs of the `u64` at `index` of a per-CPU array.
+    pub(crate) fn percpu_sum(&self, index: u32) -> Result<u64, XdpError> {
+        if !self.percpu {
+            return Err(XdpError::bpf(
+                "bpf_map_lookup_elem",
+                self.name,
+                io::Error::from_raw_os_error(libc::EINVAL),
+            ));
+        }
+        // SAFETY: libbpf_num_possible_cpus takes no arguments; it reads and caches a sysfs file.
+        let ncpus = unsafe { cne_sys::libbpf_num_possible_cpus() };
+        let ncpus = parse_ret(ncpus).map_err(|e| {
+            XdpError::bpf(
+                "libbpf_num_possible_cpus",
+                "/sys/devices/system/cpu/possible",
+                e,
+            )
+        })?;
+        // A u64 per-CPU value occupies exactly 8 bytes per CPU (values are rounded up to 8).
+        let mut values = vec![0u64; usize::try_from(ncpus).unwrap_or(1).max(1)];
+        // SAFETY: index is a live u32 key; values holds one 8-byte value per possible CPU, which is what
+        // the kernel writes for a per-CPU map with 8-byte values (checked at load).
+        let rc = unsafe {
+            cne_sys::bpf_map_lookup_elem(
+                self.fd.as_raw_fd(),
+                std::ptr::from_ref(&index).cast::<c_void>(),
+                values.as_mut_ptr().cast::<c_void>(),
+            )
+        };
+        parse_ret(rc).map_err(|e| XdpError::bpf("bpf_map_lookup_elem", self.name, e))?;
+        Ok(values.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
+    }
+}
+
+/// A libbpf `*_opts` struct in zeroed memory.
+///
+/// libbpf's `OPTS_VALID` refuses (EINVAL) an opts struct whose bytes past the last field it knows are
+/// not zero, trailing padding included. Rust leaves padding undefined in struct literals and in typed
+/// copies (even of a `MaybeUninit`), so the struct lives in an array of `u64` (which has no padding, so
+/// every move copies every byte) and is only ever written field by field through
+/// [`LibbpfOpts::get_mut`].
+struct LibbpfOpts<T> {
+    buf: [u64; 16],
+    _opts: PhantomData<T>,
+}
+
+impl<T> LibbpfOpts<T> {
+    /// Zeroed opts with `sz` set to the size of `T`.
+    ///
+    /// # Safety
+    /// All-zero bytes must be a valid `T`, and `T` must start with libbpf's `size_t sz` field.
+    unsafe fn new() -> Self {
+        const { assert!(size_of::<T>() <= 16 * 8 && std::mem::align_of::<T>() <= 8) };
+        let mut buf = [0u64; 16];
+        buf[0] = size_of::<T>() as u64;
+        LibbpfOpts {
+            buf,
+            _opts: PhantomData,
+        }
+    }
+
+    /// The struct, for field writes (never assign it whole: that would make its padding undefined).
+    fn get_mut(&mut self) -> &mut T {
+        // SAFETY: buf is 8-aligned and at least size_of::<T>() bytes (asserted in new); it holds a valid
+        // T (zeroes, a valid T by new's contract, then field writes through this reference only).
+        unsafe { &mut *self.buf.as_mut_ptr().cast::<T>() }
+    }
+
+    fn as_ptr(&self) -> *const T {
+        self.buf.as_ptr().cast::<T>()
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut T {
+        self.buf.as_mut_ptr().cast::<T>()
+    }
+}
+
+/// Closes a libbpf object on every path out of [`load_object`].
+struct ObjectGuard(*mut cne_sys::bpf_object);
+
+impl Drop for ObjectGuard {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from a successful bpf_object__open_mem and is closed exactly once.
+        unsafe { cne_sys::bpf_object__close(self.0) };
+    }
+}
+
+/// Duplicates a descriptor owned by libbpf so that it outlives the object.
+fn dup_fd(fd: c_int, call: &'static str, target: &str) -> Result<OwnedFd, XdpError> {
+    let fd = parse_ret(fd).map_err(|e| XdpError::bpf(call, target, e))?;
+    // SAFETY: fd is a descriptor libbpf holds open until bpf_object__close, which happens after this.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    borrowed
+        .try_clone_to_owned()
+        .map_err(|e| XdpError::bpf("fcntl(F_DUPFD_CLOEXEC)", target, e))
+}
+
+/// A loaded (not yet attached) program and its maps, in the order asked for.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub(crate) prog: OwnedFd,
+    pub(crate) maps: Vec<OwnedFd>,
+}
+
+/// Opens and loads an embedded BPF object, returning its program and the named maps.
+pub(crate) fn load_object(
+    obj: &'static [u8],
+    obj_name: &'static CStr,
+    prog_name: &'static CStr,
+    map_names: &[&'static CStr],
+) -> Result<Loaded, XdpError> {
+    let target = obj_name.to_string_lossy();
+    // SAFETY: bpf_object_open_opts holds integers, a bool, a bitfield and pointers (all-zero is valid)
+    // and starts with `size_t sz`.
+    let mut opts = unsafe { LibbpfOpts::<cne_sys::bpf_object_open_opts>::new() };
+    opts.get_mut().object_name = obj_name.as_ptr();
+    // SAFETY: obj is a 'static ELF image (libbpf may keep pointing into it while the object lives);
+    // opts and the name it points to are valid for the call.
+    let raw = unsafe {
+        cne_sys::bpf_object__open_mem(obj.as_ptr().cast::<c_void>(), obj.len(), opts.as_ptr())
+    };
+    if raw.is_null() {
+        return Err(XdpError::bpf(
+            "bpf_object__open_mem",
+            target,
+            io::Error::last_os_error(),
+        ));
+    }
+    let object = ObjectGuard(raw);
+    // SAFETY: object.0 is an open, not yet loaded object.
+    let rc = unsafe { cne_sys::bpf_object__load(object.0) };
+    parse_ret(rc).map_err(|e| XdpError::bpf("bpf_object__load", target.clone(), e))?;
+
+    // SAFETY: object.0 is a loaded object; prog_name is NUL-terminated.
+    let prog = unsafe { cne_sys::bpf_object__find_program_by_name(object.0, prog_name.as_ptr()) };
+    if prog.is_null() {
+        return Err(XdpError::bpf(
+            "bpf_object__find_program_by_name",
+            prog_name.to_string_lossy(),
+            io::Error::from_raw_os_error(libc::ENOENT),
+        ));
+    }
+    // SAFETY: prog is a program of the loaded object, valid until the object is closed.
+    let prog_fd = unsafe { cne_sys::bpf_program__fd(prog) };
+    let prog = dup_fd(prog_fd, "bpf_program__fd", &prog_name.to_string_lossy())?;
+
+    let mut maps = Vec::with_capacity(map_names.len());
+    for name in map_names {
+        // SAFETY: object.0 is a loaded object; name is NUL-terminated.
+        let map = unsafe { cne_sys::bpf_object__find_map_by_name(object.0, name.as_ptr()) };
+        if map.is_null() {
+            return Err(XdpError::bpf(
+                "bpf_object__find_map_by_name",
+                name.to_string_lossy(),
+                io::Error::from_raw_os_error(libc::ENOENT),
+            ));
+        }
+        // SAFETY: map is a map of the loaded object, valid until the object is closed.
+        let fd = unsafe { cne_sys::bpf_map__fd(map) };
+        maps.push(dup_fd(fd, "bpf_map__fd", &name.to_string_lossy())?);
+    }
+    drop(object);
+    Ok(Loaded { prog, maps })
+}
+
+/// The interface index of `ifname` in the current network namespace.
+pub(crate) fn ifindex(ifname: &str) -> Result<u32, XdpError> {
+    crate::sys::netdev::ifindex(ifname).ok_or_else(|| XdpError::NetdevNotFound {
+        ifname: ifname.to_string(),
+    })
+}
+
+/// Kernel id and name of a loaded program.
+fn prog_info(fd: BorrowedFd<'_>) -> io::Result<(u32, String)> {
+    let mut info = cne_sys::bpf_prog_info::default();
+    let mut len = size_u32::<cne_sys::bpf_prog_info>();
+    // SAFETY: info is a writable bpf_prog_info of len bytes; all its pointer fields are zero, so the
+    // kernel writes nothing else.
+    let rc = unsafe {
+        cne_sys::bpf_obj_get_info_by_fd(
+            fd.as_raw_fd(),
+            std::ptr::from_mut(&mut info).cast::<c_void>(),
+            &mut len,
+        )
+    };
+    parse_ret(rc)?;
+    let name: Vec<u8> = info
+        .name
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| c.to_ne_bytes()[0])
+        .collect();
+    Ok((info.id, String::from_utf8_lossy(&name).into_owned()))
+}
+
+/// Name of the program with kernel id `id`, `?` if it cannot be read (it may have gone meanwhile).
+fn prog_name_by_id(id: u32) -> String {
+    // SAFETY: plain syscall wrapper; the returned descriptor is owned below.
+    let fd = unsafe { cne_sys::bpf_prog_get_fd_by_id(id) };
+    if fd < 0 {
+        return "?".to_string();
+    }
+    // SAFETY: fd is a fresh descriptor this function owns and nothing else closes.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    prog_info(fd.as_fd()).map_or_else(|_| "?".to_string(), |(_, name)| name)
+}
+
+/// Program ids attached to `ifindex`, per attach mode.
+fn query(ifindex: u32, ifname: &str) -> Result<cne_sys::bpf_xdp_query_opts, XdpError> {
+    // SAFETY: bpf_xdp_query_opts holds integers (all-zero is valid) and starts with `size_t sz`.
+    let mut opts = unsafe { LibbpfOpts::<cne_sys::bpf_xdp_query_opts>::new() };
+    let index = c_int::try_from(ifindex).map_err(|_| XdpError::NetdevNotFound {
+        ifname: ifname.to_string(),
+    })?;
+    // SAFETY: opts is a writable bpf_xdp_query_opts whose sz field is its size.
+    let rc = unsafe { cne_sys::bpf_xdp_query(index, 0, opts.as_mut_ptr()) };
+    parse_ret(rc).map_err(|e| XdpError::bpf("bpf_xdp_query", ifname, e))?;
+    Ok(*opts.get_mut())
+}
+
+/// The `bpf_link` of type XDP on `ifindex` that holds program `prog_id`, if there is one: its kernel id
+/// and an open descriptor. Links are global, interface indices are per network namespace: matching the
+/// program id as well keeps a link of another namespace from being taken for ours.
+fn find_xdp_link(ifindex: u32, prog_id: u32) -> Option<(u32, OwnedFd)> {
+    let mut id = 0u32;
+    loop {
+        let mut next = 0u32;
+        // ENOENT: no more links (or no permission to list them).
+        // SAFETY: next is a writable u32 for the call.
+        parse_ret(unsafe { cne_sys::bpf_link_get_next_id(id, &mut next) }).ok()?;
+        id = next;
+        // SAFETY: plain syscall wrapper; `parse_ret_fd` owns the returned descriptor.
+        let Ok(fd) = parse_ret_fd(unsafe { cne_sys::bpf_link_get_fd_by_id(id) }) else {
+            continue; // released meanwhile
+        };
+        let mut info = cne_sys::bpf_link_info::default();
+        let mut len = size_u32::<cne_sys::bpf_link_info>();
+        // SAFETY: info is a writable bpf_link_info of len bytes; its pointer fields (for other link
+        // types) are zero, so the kernel writes nothing else.
+        let rc = unsafe {
+            cne_sys::bpf_obj_get_info_by_fd(
+                fd.as_raw_fd(),
+                std::ptr::from_mut(&mut info).cast::<c_void>(),
+                &mut len,
+            )
+        };
+        if parse_ret(rc).is_err()
+            || info.type_ != cne_sys::BPF_LINK_TYPE_XDP
+            || info.prog_id != prog_id
+        {
+            continue;
+        }
+        // SAFETY: the link is of type XDP, so `xdp` is the union member the kernel filled in.
+        let link_ifindex = unsafe { info.__bindgen_anon_1.xdp.ifindex };
+        if link_ifindex == ifindex {
+            return Some((id, fd));
+        }
+    }
+}
+
+/// A program attached to one interface through an XDP `bpf_link`: closing the link (on drop, or when the
+/// process dies) detaches the program.
+#[derive(Debug)]
+pub(crate) struct Attachment {
+    ifname: String,
+    mode: XdpMode,
+    prog_id: u32,
+    prog: OwnedFd,
+    /// The link holding `prog` on the interface. Only this process has it (the kernel creates link
+    /// descriptors close-on-exec), so nobody else can change what it attaches.
+    link: OwnedFd,
+}
+
+impl Attachment {
+    /// Fails with [`XdpError::AlreadyAttached`] if `ifindex` runs a program, unless `force`.
+    pub(crate) fn refuse_foreign(ifname: &str, ifindex: u32, force: bool) -> Result<(), XdpError> {
+        if force {
+            return Ok(());
+        }
+        let q = query(ifindex, ifname)?;
+        match [q.drv_prog_id, q.skb_prog_id, q.hw_prog_id]
+            .into_iter()
+            .find(|id| *id != 0)
+        {
+            Some(id) => Err(XdpError::AlreadyAttached {
+                ifname: ifname.to_string(),
+                id,
+                name: prog_name_by_id(id),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes whatever XDP program `ifindex` runs (`--force`): a program held by a `bpf_link` is
+    /// detached through the link (`BPF_LINK_DETACH`), one attached through netlink is detached by netlink.
+    fn remove_existing(ifname: &str, ifindex: u32, index: c_int) -> Result<(), XdpError> {
+        let q = query(ifindex, ifname)?;
+        for (id, mode) in [
+            (q.drv_prog_id, cne_sys::XDP_FLAGS_DRV_MODE),
+            (q.skb_prog_id, cne_sys::XDP_FLAGS_SKB_MODE),
+            (q.hw_prog_id, cne_sys::XDP_FLAGS_HW_MODE),
+        ] {
+            if id == 0 {
+                continue;
+            }
+            let name = prog_name_by_id(id);
+            if let Some((link_id, link)) = find_xdp_link(ifindex, id) {
+                log::warn!(
+                    "{ifname}: detaching XDP program id {id} ({name}) held by bpf_link id {link_id}, \
+                     as forced"
+                );
+                // SAFETY: plain syscall wrapper on an open link descriptor.
+                let rc = unsafe { cne_sys::bpf_link_detach(link.as_raw_fd()) };
+                parse_ret(rc).map_err(|source| XdpError::ForeignLink {
+                    ifname: ifname.to_string(),
+                    id,
+                    name,
+                    link: format!("bpf_link id {link_id}"),
+                    source,
+                })?;
+                continue;
+            }
+            log::warn!("{ifname}: detaching XDP program id {id} ({name}), as forced");
+            // SAFETY: plain netlink request; a null opts pointer means no options.
+            let rc = unsafe { cne_sys::bpf_xdp_detach(index, mode, std::ptr::null()) };
+            match parse_ret(rc) {
+                Ok(_) => {}
+                // Attached by a link we could not see (another user namespace, no permission to list).
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    return Err(XdpError::ForeignLink {
+                        ifname: ifname.to_string(),
+                        id,
+                        name,
+                        link: "a bpf_link".to_string(),
+                        source: e,
+                    })
+                }
+                Err(e) => return Err(XdpError::bpf("bpf_xdp_detach", ifname, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches `prog` to `ifname` through an XDP `bpf_link`. Without `force`, an interface already
+    /// running a program is refused; with it, that program is detached first (see
+    /// [`remove_existing`](Self::remove_existing)).
+    pub(crate) fn attach(
+        ifname: &str,
+        ifindex: u32,
+        mode: XdpMode,
+        force: bool,
+        prog: OwnedFd,
+    ) -> Result<Self, XdpError> {
+        let index = c_int::try_from(ifindex).map_err(|_| XdpError::NetdevNotFound {
+            ifname: ifname.to_string(),
+        })?;
+        if force {
+            Self::remove_existing(ifname, ifindex, index)?;
+        } else {
+            Self::refuse_foreign(ifname, ifindex, false)?;
+        }
+        // SAFETY: bpf_link_create_opts holds integers, pointers and unions of those (all-zero is valid)
+        // and starts with `size_t sz`.
+        let mut opts = unsafe { LibbpfOpts::<cne_sys::bpf_link_create_opts>::new() };
+        // Only the mode bit: the kernel refuses the other XDP flags on links. A link never replaces an
+        // attached program (EBUSY, or EEXIST for one in the other mode), which is the "no existing
+        // program" guard the netlink attach needed XDP_FLAGS_UPDATE_IF_NOEXIST for.
+        opts.get_mut().flags = mode.flags();
+        // SAFETY: prog is an open program descriptor, index a valid interface index, opts a valid
+        // bpf_link_create_opts for the call.
+        let rc = unsafe {
+            cne_sys::bpf_link_create(prog.as_raw_fd(), index, cne_sys::BPF_XDP, opts.as_ptr())
+        };
+        let fd = match parse_ret(rc) {
+            Ok(fd) => fd,
+            Err(e) => {
+                return Err(match e.raw_os_error() {
+                    Some(libc::EOPNOTSUPP) if mode == XdpMode::Native => {
+                        XdpError::NativeUnsupported {
+                            ifname: ifname.to_string(),
+                        }
+                    }
+                    Some(libc::ENODEV) => XdpError::NetdevNotFound {
+                        ifname: ifname.to_string(),
+                    },
+                    // Lost a race with another loader: report who won.
+                    Some(libc::EBUSY | libc::EEXIST) => {
+                        match Self::refuse_foreign(ifname, ifindex, false) {
+                            Err(found @ XdpError::AlreadyAttached { .. }) => found,
+                            _ => XdpError::bpf("bpf_link_create(BPF_XDP)", ifname, e),
+                        }
+                    }
+                    _ => XdpError::bpf("bpf_link_create(BPF_XDP)", ifname, e),
+                });
+            }
+        };
+        // SAFETY: fd is the fresh link descriptor bpf_link_create returned; nothing else owns it.
+        let link = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let mut attachment = Attachment {
+            ifname: ifname.to_string(),
+            mode,
+            prog_id: 0,
+            prog,
+            link,
+        };
+        // From here on, dropping `attachment` detaches.
+        let (prog_id, _) = prog_info(attachment.prog.as_fd())
+            .map_err(|e| XdpError::bpf("bpf_obj_get_info_by_fd", ifname, e))?;
+        attachment.prog_id = prog_id;
+        Ok(attachment)
+    }
+
+    pub(crate) fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    pub(crate) fn mode(&self) -> XdpMode {
+        self.mode
+    }
+
+    pub(crate) fn prog_id(&self) -> u32 {
+        self.prog_id
+    }
+
+    /// Runs the program once on `frame` with `BPF_PROG_RUN`: its return value and the output frame.
+    pub(crate) fn test_run(&self, frame: &[u8]) -> Result<(u32, Vec<u8>), XdpError> {
+        let too_big = || {
+            XdpError::bpf(
+                "bpf_prog_test_run_opts",
+                self.ifname.clone(),
+                io::Error::from_raw_os_error(libc::E2BIG),
+            )
+        };
+        // Head adjustments can grow the frame by the XDP headroom at most (256 bytes).
+        let mut out = vec![0u8; frame.len() + 256];
+        // SAFETY: bpf_test_run_opts holds integers and pointers (all-zero is valid) and starts with
+        // `size_t sz`.
+        let mut opts = unsafe { LibbpfOpts::<cne_sys::bpf_test_run_opts>::new() };
+        let o = opts.get_mut();
+        o.data_in = frame.as_ptr().cast::<c_void>();
+        o.data_size_in = u32::try_from(frame.len()).map_err(|_| too_big())?;
+        o.data_out = out.as_mut_ptr().cast::<c_void>();
+        o.data_size_out = u32::try_from(out.len()).map_err(|_| too_big())?;
+        o.repeat = 1;
+        // SAFETY: data_in/data_out point to buffers of the sizes given in opts, live for the call.
+        let rc =
+            unsafe { cne_sys::bpf_prog_test_run_opts(self.prog.as_raw_fd(), opts.as_mut_ptr()) };
+        parse_ret(rc)
+            .map_err(|e| XdpError::bpf("bpf_prog_test_run_opts", self.ifname.clone(), e))?;
+        let o = opts.get_mut();
+        out.truncate(o.data_size_out as usize);
+        Ok((o.retval, out))
+    }
+
+    /// Detaches the program: `BPF_LINK_DETACH` on our link, so the program leaves the interface now
+    /// even if a copy of the descriptor lived on somewhere. A link detached already (by `--force` of
+    /// another instance, or because the interface is gone) is left alone.
+    fn detach(&self) {
+        // SAFETY: plain syscall wrapper on our open link descriptor.
+        let rc = unsafe { cne_sys::bpf_link_detach(self.link.as_raw_fd()) };
+        match parse_ret(rc) {
+            Ok(_) => log::debug!("{}: detached XDP program id {}", self.ifname, self.prog_id),
+            Err(e) => log::warn!(
+                "{}: detaching XDP program id {} (BPF_LINK_DETACH) failed: {e}; closing the link \
+                 detaches it",
+                self.ifname,
+                self.prog_id
+            ),
+        }
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
