@@ -5,15 +5,15 @@
 #   bash scripts/deps.sh --check  install nothing: fail if apt could not resolve the whole list today
 #                                 (a dry run of the exact install), or if a candidate is older than needed
 #
-# No package is pinned to an exact version: Debian point releases replace security updates (nginx-light,
-# curl, bpftool, ...), and an exact pin stops resolving the day its successor ships. Where the version
+# No package is pinned to an exact version: Debian point releases replace security updates (curl,
+# bpftool, ...), and an exact pin stops resolving the day its successor ships. Where the version
 # matters, the package is installed by name and a minimum is checked below.
 set -euo pipefail
 
 PACKAGES=(
   libxdp-dev libxdp1 xdp-tools libbpf-dev libbpf1   # AF_XDP sockets and BPF loading (cne-sys binds them)
   clang llvm libclang-dev                           # BPF objects (clang -target bpf) and bindgen
-  bpftool socat nginx-light curl iproute2 ethtool tcpdump iputils-ping
+  bpftool socat curl iproute2 ethtool tcpdump iputils-ping
   pkg-config gcc make python3 python3-venv linux-libc-dev procps util-linux
 )
 # package:minimum version. Older ones lack what cne-sys binds or the BPF features our programs use.
@@ -67,8 +67,6 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 check_minimums installed_version installed || die "upgrade the packages above (apt-get install --only-upgrade NAME)"
-# nginx-light's package starts a server on :80 in the root namespace; the labs start their own in namespaces.
-if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx >/dev/null 2>&1 || true; fi
 
 command -v cargo >/dev/null || die "cargo not found: install a stable Rust toolchain with rustup (https://rustup.rs)"
 for component in rustfmt:fmt clippy:clippy; do
