@@ -298,12 +298,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn drop_removes_net_admin_in_a_child_process() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: needs root to have capabilities to drop");
-            return;
-        }
+        lab::require_root();
         let exe = std::env::current_exe().unwrap();
         let out = Command::new(exe)
             .args([
