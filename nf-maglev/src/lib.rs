@@ -9,6 +9,8 @@
 //! endpoint's HTTP server ([`http`]) and its authorisation ([`auth`]) live here too, so tests and
 //! benchmarks can run them without the rest of the binary.
 #![forbid(unsafe_code)]
+// Packet length and offset math is checked; test code may cast freely.
+#![cfg_attr(not(test), warn(clippy::cast_possible_truncation))]
 
 pub mod auth;
 pub mod config;

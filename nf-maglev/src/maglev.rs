@@ -141,6 +141,7 @@ impl Filler {
             left: len,
             // Where `M / k` probes and `k` multiply-reduce steps cost about the same: build times measured flat
             // for thresholds of 0.3 to 0.6 sqrt(M), and slower from 1.2 sqrt(M) up.
+            #[allow(clippy::cast_possible_truncation, reason = "below sqrt(2^32)")]
             endgame: ((f64::from(size) * 0.4).sqrt() as usize).max(1),
             free: Vec::new(),
             barrett: u64::MAX / u64::from(size),
@@ -212,7 +213,10 @@ impl Filler {
         for (i, &word) in self.taken.iter().enumerate() {
             let mut free = !word;
             while free != 0 {
-                // Lossless: slots are below MAX_TABLE_SIZE < 2^32.
+                #[allow(
+                    clippy::cast_possible_truncation,
+                    reason = "slots are below MAX_TABLE_SIZE < 2^32"
+                )]
                 let slot = (i * 64) as u32 + free.trailing_zeros();
                 if slot < self.size {
                     self.free.push(slot);

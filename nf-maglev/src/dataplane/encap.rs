@@ -116,6 +116,7 @@ fn write_gre_headers(
             #[allow(clippy::cast_possible_truncation)]
             let first = (6u32 << 28) | (u32::from(tos) << 20) | (hash as u32 & 0x000f_ffff);
             h[0..4].copy_from_slice(&first.to_be_bytes());
+            #[allow(clippy::cast_possible_truncation, reason = "the header is 40 bytes")]
             let payload_len = outer_len - Ipv6Repr::HEADER_LEN as u16;
             h[4..6].copy_from_slice(&payload_len.to_be_bytes());
             EtherType::Ipv6
