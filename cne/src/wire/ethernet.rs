@@ -52,6 +52,12 @@ impl MacAddr {
         self.0
     }
 
+    /// Whether this is 00:00:00:00:00:00.
+    #[inline]
+    pub fn is_zero(&self) -> bool {
+        self.0 == [0; 6]
+    }
+
     /// Whether this is ff:ff:ff:ff:ff:ff.
     #[inline]
     pub fn is_broadcast(&self) -> bool {
@@ -102,28 +108,30 @@ impl fmt::Display for MacAddr {
     }
 }
 
-/// A string that is not six colon-separated hexadecimal octets.
+/// A string that is not six two-digit hexadecimal octets separated by `:` (or all by `-`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid MAC address {0:?}: expected six hex octets separated by ':'")]
+#[error("{0:?} is not a MAC address like \"02:00:00:00:00:01\"")]
 pub struct MacAddrParseError(pub String);
 
+/// The one MAC address syntax of the project (configs, sysfs, command lines): six octets of exactly
+/// two hexadecimal digits, separated by `:` or, all of them, by `-`.
 impl FromStr for MacAddr {
     type Err = MacAddrParseError;
 
     fn from_str(s: &str) -> core::result::Result<Self, Self::Err> {
+        let bad = || MacAddrParseError(s.to_string());
+        let sep = if s.contains('-') { '-' } else { ':' };
         let mut out = [0u8; 6];
-        let mut parts = s.split(':');
+        let mut parts = s.split(sep);
         for byte in &mut out {
-            let part = parts
-                .next()
-                .ok_or_else(|| MacAddrParseError(s.to_string()))?;
-            if part.is_empty() || part.len() > 2 {
-                return Err(MacAddrParseError(s.to_string()));
+            let part = parts.next().ok_or_else(bad)?;
+            if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad());
             }
-            *byte = u8::from_str_radix(part, 16).map_err(|_| MacAddrParseError(s.to_string()))?;
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
         }
         if parts.next().is_some() {
-            return Err(MacAddrParseError(s.to_string()));
+            return Err(bad());
         }
         Ok(MacAddr(out))
     }
@@ -357,7 +365,20 @@ mod tests {
             "\"02:00:5e:10:ab:cd\""
         );
         let e = serde_json::from_str::<MacAddr>("\"02:00:5e:10:ab\"").unwrap_err();
-        assert!(e.to_string().contains("invalid MAC address"), "{e}");
+        assert!(e.to_string().contains("is not a MAC address like"), "{e}");
         assert!(serde_json::from_str::<MacAddr>("[2, 0, 0, 0, 0, 1]").is_err());
+        // One syntax: two hex digits per octet, one kind of separator.
+        assert_eq!(
+            "02-00-5e-10-ab-cd".parse::<MacAddr>().unwrap(),
+            MacAddr([0x02, 0x00, 0x5e, 0x10, 0xab, 0xcd])
+        );
+        for bad in [
+            "2:0:5e:10:ab:cd",
+            "02:00-5e:10:ab:cd",
+            "02:00:5e:10:ab:+d",
+            "02:00:5e:10:ab:cd:",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+        }
     }
 }
