@@ -274,6 +274,14 @@ mod tests {
         let argv = ["env", "--default-signal=INT", "sleep", "30"];
         let mut p = Proc::spawn("sleeper", cmd::command(&argv).unwrap()).unwrap();
         assert!(p.is_running());
+        // Until env has exec'd sleep, SIGINT may still be ignored: wait for the exec (bounded).
+        let comm = format!("/proc/{}/comm", p.pid());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::fs::read_to_string(&comm).map_or(true, |c| c.trim() != "sleep")
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let st = p.stop(Duration::from_secs(5)).unwrap();
         assert_eq!(st.signal(), Some(2), "sleep dies of SIGINT");
     }
