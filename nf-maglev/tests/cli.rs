@@ -841,25 +841,28 @@ fn device_plugin_mode_drops_capabilities() {
     cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
     let mut lb = Lb::spawn(cmd);
     assert!(!veth.has_xdp(), "device-plugin mode loads no XDP program");
+    assert_running_caps(&lb);
+    assert_eq!(lb.state()["generation"], 1);
+    lb.signal("TERM");
+    let status = lb.wait();
+    assert!(status.success(), "exit {status}:\n{}", lb.log());
+}
+
+/// The log says what was kept, and every thread (workers, the admin server, the signal thread, all
+/// started after the drop) holds only CAP_NET_RAW (13), CAP_IPC_LOCK (14) and CAP_BPF (39).
+fn assert_running_caps(lb: &Lb) {
     assert!(
         lb.log()
             .contains(r#"kept ["CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_BPF"]"#),
         "{}",
         lb.log()
     );
-    // CAP_NET_RAW (13), CAP_IPC_LOCK (14), CAP_BPF (39), in every thread (workers and the admin server
-    // started after the drop).
     let want = (1u64 << 13) | (1 << 14) | (1 << 39);
-    let pid = lb.child.id();
     for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
-        let caps = thread_caps(pid, field);
+        let caps = thread_caps(lb.child.id(), field);
         assert!(caps.len() >= 3, "{field} {caps:?}");
         assert!(caps.iter().all(|&c| c == want), "{field} {caps:x?}");
     }
-    assert_eq!(lb.state()["generation"], 1);
-    lb.signal("TERM");
-    let status = lb.wait();
-    assert!(status.success(), "exit {status}:\n{}", lb.log());
 }
 
 #[test]
@@ -871,20 +874,7 @@ fn self_attach_mode_drops_capabilities_and_still_reloads_and_detaches() {
     let file = dir.write("lb.jsonc", &config_text(&veth.a, 0, &maglev("")));
     let mut lb = Lb::start(&file, &[]);
     assert!(veth.has_xdp(), "our own program is attached");
-    assert!(
-        lb.log()
-            .contains(r#"kept ["CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_BPF"]"#),
-        "{}",
-        lb.log()
-    );
-    // Every thread, the admin server's included, holds only CAP_NET_RAW, CAP_IPC_LOCK and CAP_BPF.
-    let want = (1u64 << 13) | (1 << 14) | (1 << 39);
-    let pid = lb.child.id();
-    for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
-        let caps = thread_caps(pid, field);
-        assert!(caps.len() >= 3, "{field} {caps:?}");
-        assert!(caps.iter().all(|&c| c == want), "{field} {caps:x?}");
-    }
+    assert_running_caps(&lb);
     // A reload rewrites the filter's claims with what is left; SIGTERM still detaches the program.
     std::fs::write(
         &file,
