@@ -30,17 +30,17 @@ candidate_version() { apt-cache policy "$1" 2>/dev/null | awk '$1 == "Candidate:
 
 # Checks each minimum against $1 (a function printing a package's version); $2 says which version it is.
 check_minimums() {
-  local versions=$1 what=$2 entry name need found bad=0
+  local versions=$1 what=$2 entry name need found verdict=pass
   for entry in "${MINIMUM[@]}"; do
     name=${entry%%:*} need=${entry#*:}
     found=$($versions "$name")
     if [ -z "$found" ]; then
-      echo "deps: $name: no $what version found, need >= $need" >&2; bad=1
+      echo "deps: $name: no $what version found, need >= $need" >&2; verdict=fail
     elif ! dpkg --compare-versions "$found" ge "$need"; then
-      echo "deps: $name: $what version $found is older than the $need needed" >&2; bad=1
+      echo "deps: $name: $what version $found is older than the $need needed" >&2; verdict=fail
     fi
   done
-  return $bad
+  [ "$verdict" = pass ]
 }
 
 if [ "${1:-}" = "--check" ]; then
