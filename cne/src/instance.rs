@@ -7,6 +7,8 @@
 //! grouped by the `threads` section into [`Worker`]s. A worker is moved to its thread and
 //! [`Worker::run`] pins that thread to its `lcore-groups` CPUs, creates the frame pools (one per lport
 //! region, owned by that thread alone) and the [`Port`]s, and hands them to the network function.
+//! [`Worker::serve`] is the packet loop every NF shares on top of that: the NF only says what it does
+//! with a burst ([`PortLoop`]).
 //!
 //! CNDP allows one instance per process; so does this type (a second [`Instance::open`] fails while the
 //! first is alive). Drop order matters: sockets close when their workers end, and the XDP programs are
@@ -20,12 +22,13 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::bpf::filter::{XdpError, XdpMode, XdpProgram};
 use crate::config::{Config, Lport};
 use crate::k8s::device_plugin::{self, DpSessions, MapSource};
-use crate::xsk::poll::WaitPolicy;
+use crate::xsk::packet::Packet;
+use crate::xsk::poll::{AdaptiveWait, WaitPolicy, WaitStats};
 use crate::xsk::port::{BusyPoll, Port, PortConfig, PortError, XskMapSource, XskSocket};
 use crate::xsk::umem::{FramePool, Umem, UmemConfig, UmemError};
 
@@ -164,6 +167,93 @@ impl Worker {
         let r = f(&mut ports);
         drop(ports);
         Ok(r)
+    }
+}
+
+/// Packets per receive burst of [`Worker::serve`].
+pub const BURST: usize = 64;
+/// How often [`Worker::serve`] calls [`PortLoop::report`] by default.
+pub const REPORT_EVERY: Duration = Duration::from_millis(250);
+
+/// What a network function does inside the packet loop of [`Worker::serve`]. Nothing here runs per
+/// packet besides what the NF itself does in [`PortLoop::burst`].
+pub trait PortLoop {
+    /// Room reserved once for the packets one burst sends (more than [`BURST`] when a received
+    /// packet can become several, e.g. fragments), so that no burst allocates.
+    fn tx_capacity(&self) -> usize {
+        BURST
+    }
+
+    /// How often [`PortLoop::report`] runs while packets flow (and at least that often when idle).
+    fn report_every(&self) -> Duration {
+        REPORT_EVERY
+    }
+
+    /// Handles one non-empty burst received on `port`, the worker's lport number `index`: moves the
+    /// packets to send on that port into `tx` (new ones may come from [`Port::alloc`]); packets left
+    /// in `rx` are dropped when it returns (their frames go back to the pool).
+    fn burst<'p>(
+        &mut self,
+        index: usize,
+        port: &mut Port<'p>,
+        rx: &mut Vec<Packet<'p>>,
+        tx: &mut Vec<Packet<'p>>,
+    );
+
+    /// Publishes what the NF reports (counters, port statistics, the wait statistics): once before
+    /// the first burst, every [`PortLoop::report_every`], and a last time (`last`) after the stop.
+    fn report(&mut self, ports: &[Port<'_>], wait: WaitStats, last: bool);
+}
+
+impl Worker {
+    /// Runs the packet loop of every NF on the calling thread until `stop` is set: per port, receive a
+    /// burst, hand it to `handler`, send what it returns on the same port (same UMEM frames, no
+    /// copy); when no port had work, reap completions and kick TX rings the kernel left undrained;
+    /// then spin or sleep by the worker's [`WaitPolicy`]. The clock is read at most once per 64
+    /// busy iterations, or on an idle one, to decide when to report.
+    pub fn serve(self, stop: &AtomicBool, mut handler: impl PortLoop) -> Result<(), InstanceError> {
+        let policy = self.wait;
+        self.run(|ports: &mut [Port<'_>]| {
+            let mut wait = AdaptiveWait::new(policy);
+            for p in ports.iter() {
+                wait.watch(p);
+            }
+            let mut rx = Vec::with_capacity(BURST);
+            let mut tx = Vec::with_capacity(handler.tx_capacity());
+            let every = handler.report_every();
+            handler.report(ports, wait.stats(), false);
+            let mut last_report = Instant::now();
+            let mut iterations = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let mut work = 0;
+                for (i, port) in ports.iter_mut().enumerate() {
+                    if port.rx_burst(&mut rx, BURST) == 0 {
+                        continue;
+                    }
+                    work += rx.len();
+                    handler.burst(i, port, &mut rx, &mut tx);
+                    rx.clear();
+                    if !tx.is_empty() {
+                        port.tx_burst(&mut tx);
+                    }
+                }
+                if work == 0 {
+                    for port in ports.iter_mut() {
+                        port.tx_burst(&mut tx);
+                    }
+                }
+                wait.idle(work);
+                iterations = iterations.wrapping_add(1);
+                if work == 0 || iterations % 64 == 0 {
+                    let now = Instant::now();
+                    if now.saturating_duration_since(last_report) >= every {
+                        handler.report(ports, wait.stats(), false);
+                        last_report = now;
+                    }
+                }
+            }
+            handler.report(ports, wait.stats(), true);
+        })
     }
 }
 

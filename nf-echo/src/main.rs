@@ -20,9 +20,10 @@ use cne::afpacket::AfPacket;
 use cne::bpf::filter::AddrFlags;
 use cne::config::Config;
 use cne::frame::{Frame, VecFrame};
-use cne::instance::{Instance, InstanceOptions, Worker};
+use cne::instance::{Instance, InstanceOptions, PortLoop, Worker};
 use cne::sys::netdev::LinkWatch;
-use cne::xsk::poll::{AdaptiveWait, WaitStats};
+use cne::xsk::packet::Packet;
+use cne::xsk::poll::WaitStats;
 use cne::xsk::port::Port;
 use cne::xsk::stats::PortStats;
 use nf_echo::echo::{self, DropReason, EchoConfig, EchoCounters, Mode, Verdict};
@@ -276,45 +277,46 @@ fn worker_af_xdp(
     reports: Reports,
     stop: Arc<AtomicBool>,
 ) -> Result<()> {
-    let policy = w.wait;
-    w.run(|ports: &mut [Port<'_>]| {
-        let mut wait = AdaptiveWait::new(policy);
-        for p in ports.iter() {
-            wait.watch(p);
-        }
-        let mut counters = vec![EchoCounters::default(); ports.len()];
-        let mut rx = Vec::with_capacity(BURST);
-        let mut tx = Vec::with_capacity(BURST);
-        let mut last_publish = Instant::now();
-        let mut iterations = 0u32;
-        while !stop.load(Ordering::Relaxed) {
-            let mut work = 0;
-            for (i, port) in ports.iter_mut().enumerate() {
-                let n = port.rx_burst(&mut rx, BURST);
-                if n == 0 {
-                    continue;
-                }
-                work += n;
-                for mut pkt in rx.drain(..) {
-                    if echo::process(&mut pkt, &cfgs[i], &mut counters[i]) == Verdict::Tx {
-                        tx.push(pkt);
-                    }
-                }
-                if !tx.is_empty() {
-                    port.tx_burst(&mut tx);
-                    tx.clear();
-                }
-            }
-            wait.idle(work);
-            iterations = iterations.wrapping_add(1);
-            if (work == 0 || iterations % 1024 == 0) && last_publish.elapsed() >= PUBLISH_EVERY {
-                publish(ports, &counters, wait.stats(), slot, &reports);
-                last_publish = Instant::now();
-            }
-        }
-        publish(ports, &counters, wait.stats(), slot, &reports);
-    })?;
+    let counters = vec![EchoCounters::default(); cfgs.len()];
+    w.serve(
+        &stop,
+        EchoLoop {
+            cfgs,
+            counters,
+            slot,
+            reports,
+        },
+    )?;
     Ok(())
+}
+
+/// nf-echo's part of the shared packet loop: each packet through [`echo::process`].
+struct EchoLoop {
+    cfgs: Vec<EchoConfig>,
+    counters: Vec<EchoCounters>,
+    slot: usize,
+    reports: Reports,
+}
+
+impl PortLoop for EchoLoop {
+    fn burst<'p>(
+        &mut self,
+        index: usize,
+        _port: &mut Port<'p>,
+        rx: &mut Vec<Packet<'p>>,
+        tx: &mut Vec<Packet<'p>>,
+    ) {
+        let (cfg, counters) = (&self.cfgs[index], &mut self.counters[index]);
+        for mut pkt in rx.drain(..) {
+            if echo::process(&mut pkt, cfg, counters) == Verdict::Tx {
+                tx.push(pkt);
+            }
+        }
+    }
+
+    fn report(&mut self, ports: &[Port<'_>], wait: WaitStats, _last: bool) {
+        publish(ports, &self.counters, wait, self.slot, &self.reports);
+    }
 }
 
 fn publish(

@@ -4,23 +4,26 @@
 //! connection table, counters and source MAC of that port. Flows of a queue always arrive on that queue,
 //! so a table per port is a table per flow set, as Maglev's per-thread tables are.
 //!
-//! Loop: receive a burst, load the published [`State`](nf_maglev::control::State) once for it (arc-swap guard: no lock, no reference
-//! count), run [`dataplane::process_burst`] over it (which overlaps the connection-table cache misses of
-//! the burst's flows), send the packets it rewrote on the same port in one `tx_burst`, then let [`AdaptiveWait`] spin or sleep when there was nothing to do. Nothing in the loop
-//! allocates, locks or makes a system call per packet: the receive and transmit vectors are reserved once,
-//! and the rings are driven by index arithmetic in `cne`.
+//! Loop: cne's shared packet loop ([`cne::instance::Worker::serve`]: receive a burst per port, send what
+//! comes back on the same port, reap and kick when idle, spin or sleep). Per burst this worker loads the
+//! published [`State`](nf_maglev::control::State) once (arc-swap guard: no lock, no reference count) and
+//! runs [`dataplane::process_burst`] over it, which overlaps the connection-table cache misses of the
+//! burst's flows. Nothing in the loop allocates, locks or makes a system call per packet: the receive
+//! and transmit vectors are reserved once, and the rings are driven by index arithmetic in `cne`.
 //!
 //! Reports: a few times per second (never per packet) the worker copies its counters and the ports'
 //! statistics (one `getsockopt(XDP_STATISTICS)` per port) into a fresh [`PortReport`] list and publishes it
 //! with one pointer swap into its [`ReportSlot`]; the metrics and admin handlers read the latest list at request
 //! time. Counting live connection-table entries scans the table, so that happens once per second.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use cne::xsk::poll::AdaptiveWait;
+use cne::instance::{PortLoop, BURST};
+use cne::xsk::packet::Packet;
+use cne::xsk::poll::WaitStats;
 use cne::xsk::port::Port;
 use cne::xsk::stats::PortStats;
 use nf_maglev::config::Mac;
@@ -28,10 +31,6 @@ use nf_maglev::control::SharedState;
 use nf_maglev::counters::Counters;
 use nf_maglev::dataplane::{self, Verdict};
 
-/// Packets per receive burst.
-pub(crate) const BURST: usize = 64;
-/// How often a worker publishes its reports.
-pub(crate) const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 /// How often a worker counts its live connection-table entries (a full table scan).
 pub(crate) const COUNT_ENTRIES_EVERY: Duration = Duration::from_secs(1);
 
@@ -86,7 +85,8 @@ pub(crate) struct Setup {
     pub(crate) epoch: Instant,
 }
 
-/// Runs the packet loop of `w` on the calling thread until `setup.stop` is set.
+/// Runs the packet loop of `w` on the calling thread until `setup.stop` is set: cne's shared loop
+/// ([`cne::instance::Worker::serve`]) with the load balancer's burst handling.
 pub(crate) fn run(w: cne::instance::Worker, setup: Setup) -> anyhow::Result<()> {
     let Setup {
         lports,
@@ -95,89 +95,104 @@ pub(crate) fn run(w: cne::instance::Worker, setup: Setup) -> anyhow::Result<()> 
         stop,
         epoch,
     } = setup;
-    let policy = w.wait;
-    w.run(|ports: &mut [Port<'_>]| {
-        let mut planes: Vec<dataplane::PortPlane> = {
-            let state = shared.load();
-            lports
-                .iter()
-                .map(|&(_, mac)| dataplane::PortPlane::new(mac, &state))
-                .collect()
-        };
-        let mut wait = AdaptiveWait::new(policy);
-        for p in ports.iter() {
-            wait.watch(p);
-        }
-        let mut rx = Vec::with_capacity(BURST);
-        // Room for the GRE packets of fragmented packets too (a few per packet), so pushing never allocates.
-        let mut tx = Vec::with_capacity(BURST * 8);
-        let mut verdicts = [Verdict::Tx; BURST];
-        let mut entries = vec![0u64; ports.len()];
-        // Reports exist from the start, so metrics list every queue before its first packet.
-        publish(ports, &lports, &mut planes, &entries, &slot);
-        let mut last_publish = Instant::now();
-        let mut last_count: Option<Instant> = None;
-        while !stop.load(Ordering::Relaxed) {
-            let t = Instant::now();
-            let now = clock(epoch, t);
-            let mut work = 0;
-            {
-                let state = shared.load();
-                for (port, plane) in ports.iter_mut().zip(planes.iter_mut()) {
-                    if port.rx_burst(&mut rx, BURST) == 0 {
-                        continue;
-                    }
-                    work += rx.len();
-                    dataplane::process_burst(&mut rx, &mut verdicts, &state, plane, now);
-                    for (mut pkt, v) in rx.drain(..).zip(&verdicts) {
-                        // A dropped packet's frame goes back to the pool here.
-                        match *v {
-                            Verdict::Tx => tx.push(pkt),
-                            Verdict::Drop(_) => {}
-                            // Rare: sent as several GRE packets in new frames of the port's pool.
-                            Verdict::Fragment => {
-                                dataplane::fragment(
-                                    &mut pkt,
-                                    &state,
-                                    plane,
-                                    now,
-                                    || port.alloc(),
-                                    |f| tx.push(f),
-                                );
-                            }
-                        }
-                    }
-                    if !tx.is_empty() {
-                        port.tx_burst(&mut tx);
-                    }
-                }
-            }
-            if work == 0 {
-                // Idle: reap completions and kick a TX ring the kernel left undrained.
-                for port in ports.iter_mut() {
-                    port.tx_burst(&mut tx);
-                }
-            }
-            wait.idle(work);
-            if t.saturating_duration_since(last_publish) >= PUBLISH_EVERY {
-                if last_count.is_none_or(|c| t.saturating_duration_since(c) >= COUNT_ENTRIES_EVERY)
-                {
-                    for (e, plane) in entries.iter_mut().zip(&planes) {
-                        *e = plane.conntrack().live(now) as u64;
-                    }
-                    last_count = Some(t);
-                }
-                publish(ports, &lports, &mut planes, &entries, &slot);
-                last_publish = t;
-            }
-        }
-        let now = clock(epoch, Instant::now());
-        for (e, plane) in entries.iter_mut().zip(&planes) {
-            *e = plane.conntrack().live(now) as u64;
-        }
-        publish(ports, &lports, &mut planes, &entries, &slot);
-    })?;
+    let planes: Vec<dataplane::PortPlane> = {
+        let state = shared.load();
+        lports
+            .iter()
+            .map(|&(_, mac)| dataplane::PortPlane::new(mac, &state))
+            .collect()
+    };
+    let entries = vec![0u64; planes.len()];
+    w.serve(
+        &stop,
+        LbLoop {
+            lports,
+            shared,
+            slot,
+            epoch,
+            planes,
+            entries,
+            verdicts: [Verdict::Tx; BURST],
+            last_count: None,
+        },
+    )?;
     Ok(())
+}
+
+/// The load balancer's part of the shared packet loop.
+struct LbLoop {
+    lports: Vec<(String, Mac)>,
+    shared: SharedState,
+    slot: Arc<ReportSlot>,
+    epoch: Instant,
+    /// One data plane per port, in the order of the ports.
+    planes: Vec<dataplane::PortPlane>,
+    /// Live connection-table entries per port at the last count.
+    entries: Vec<u64>,
+    verdicts: [Verdict; BURST],
+    last_count: Option<Instant>,
+}
+
+impl PortLoop for LbLoop {
+    fn tx_capacity(&self) -> usize {
+        // Room for the GRE packets of fragmented packets too (a few per packet), so pushing never
+        // allocates.
+        BURST * 8
+    }
+
+    fn burst<'p>(
+        &mut self,
+        index: usize,
+        port: &mut Port<'p>,
+        rx: &mut Vec<Packet<'p>>,
+        tx: &mut Vec<Packet<'p>>,
+    ) {
+        let now = clock(self.epoch, Instant::now());
+        let state = self.shared.load();
+        let plane = &mut self.planes[index];
+        dataplane::process_burst(rx, &mut self.verdicts, &state, plane, now);
+        for (mut pkt, v) in rx.drain(..).zip(&self.verdicts) {
+            // A dropped packet's frame goes back to the pool here.
+            match *v {
+                Verdict::Tx => tx.push(pkt),
+                Verdict::Drop(_) => {}
+                // Rare: sent as several GRE packets in new frames of the port's pool.
+                Verdict::Fragment => {
+                    dataplane::fragment(
+                        &mut pkt,
+                        &state,
+                        plane,
+                        now,
+                        || port.alloc(),
+                        |f| tx.push(f),
+                    );
+                }
+            }
+        }
+    }
+
+    fn report(&mut self, ports: &[Port<'_>], _wait: WaitStats, last: bool) {
+        let t = Instant::now();
+        // Counting live entries scans the table: once per second, and at the end.
+        if last
+            || self
+                .last_count
+                .is_none_or(|c| t.saturating_duration_since(c) >= COUNT_ENTRIES_EVERY)
+        {
+            let now = clock(self.epoch, t);
+            for (e, plane) in self.entries.iter_mut().zip(&self.planes) {
+                *e = plane.conntrack().live(now) as u64;
+            }
+            self.last_count = Some(t);
+        }
+        publish(
+            ports,
+            &self.lports,
+            &mut self.planes,
+            &self.entries,
+            &self.slot,
+        );
+    }
 }
 
 /// Copies the ports' statistics and the data planes' counters into a new report list and publishes it.
