@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::bpf::filter::{XdpError, XdpMode, XdpProgram};
 use crate::config::{Config, Lport};
-use crate::k8s::device_plugin::{self, DpSessions, MapSource};
+use crate::k8s::device_plugin::{self, MapSource, PluginSessions};
 use crate::xsk::packet::Packet;
 use crate::xsk::poll::{AdaptiveWait, WaitPolicy, WaitStats};
 use crate::xsk::port::{BusyPoll, Port, PortConfig, PortError, XskMapSource, XskSocket};
@@ -74,7 +74,7 @@ pub enum InstanceError {
         lport: String,
         /// What failed.
         #[source]
-        source: device_plugin::DpError,
+        source: device_plugin::DevicePluginError,
     },
     /// The config has no lport assigned to a worker thread.
     #[error("{0}: no thread owns an lport: add \"threads\" entries with \"lports\"")]
@@ -264,7 +264,7 @@ pub struct Instance {
     workers: Vec<Worker>,
     /// Declared after `workers`: programs are detached after any socket still held here is closed.
     programs: Vec<XdpProgram>,
-    sessions: Option<DpSessions>,
+    sessions: Option<PluginSessions>,
     umems: HashMap<String, Arc<Umem>>,
 }
 
@@ -426,7 +426,7 @@ impl Drop for Instance {
 /// attached on first use of the netdev.
 fn xsk_map_for(
     programs: &mut Vec<XdpProgram>,
-    sessions: &mut Option<DpSessions>,
+    sessions: &mut Option<PluginSessions>,
     lport: &Lport,
     opts: &InstanceOptions,
 ) -> Result<Option<OwnedFd>, InstanceError> {
@@ -487,10 +487,12 @@ fn xsk_map_for(
 }
 
 /// The device-plugin sessions, created on first use (the hostname is only needed in a pod).
-fn dp_sessions(sessions: &mut Option<DpSessions>) -> Result<&mut DpSessions, InstanceError> {
+fn dp_sessions(
+    sessions: &mut Option<PluginSessions>,
+) -> Result<&mut PluginSessions, InstanceError> {
     let s = match sessions.take() {
         Some(s) => s,
-        None => DpSessions::for_pod().map_err(|source| InstanceError::DevicePlugin {
+        None => PluginSessions::for_pod().map_err(|source| InstanceError::DevicePlugin {
             lport: "*".into(),
             source,
         })?,

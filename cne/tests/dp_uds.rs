@@ -4,7 +4,7 @@
 //! run a stand-in written here from the plugin's protocol: a one-shot `SOCK_SEQPACKET` server in a temp
 //! directory that creates a real XSKMAP (as the plugin does after loading its XDP program), answers the
 //! requests and passes the map by `SCM_RIGHTS`. Each scripted misbehaviour checks that the client
-//! reports the matching [`DpError`] variant. They need root (`CAP_BPF` for the XSKMAP): `#[ignore = "needs root"]`, and they fail when run anyway without it.
+//! reports the matching [`DevicePluginError`] variant. They need root (`CAP_BPF` for the XSKMAP): `#[ignore = "needs root"]`, and they fail when run anyway without it.
 
 use std::io;
 use std::mem::size_of;
@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use cne::k8s::device_plugin::{self as dp, DpError, DpSession, DpSessions, MapSource};
+use cne::k8s::device_plugin::{
+    self as dp, DevicePluginError, MapSource, PluginSession, PluginSessions,
+};
 
 use lab::require_root;
 
@@ -421,7 +423,7 @@ fn handshake_hands_over_a_valid_xskmap() {
     require_root();
     let dir = TempDir::new("ok");
     let server = StandIn::start(&dir.0, "ens1", Script::Plugin);
-    let session = DpSession::connect(&server.path, HOST, dp::DEFAULT_TIMEOUT).expect("connect");
+    let session = PluginSession::connect(&server.path, HOST, dp::DEFAULT_TIMEOUT).expect("connect");
     assert_eq!(session.version().expect("version"), dp::PROTOCOL_VERSION);
     let map = session.xsk_map_fd("ens1").expect("map fd");
     let info = dp::map_info(map.as_fd()).expect("map info");
@@ -452,9 +454,9 @@ fn host_nak_is_reported() {
     require_root();
     let dir = TempDir::new("hostnak");
     let server = StandIn::start(&dir.0, "ens1", Script::HostNak);
-    let err = DpSession::connect(&server.path, HOST, short()).unwrap_err();
+    let err = PluginSession::connect(&server.path, HOST, short()).unwrap_err();
     assert!(
-        matches!(&err, DpError::HostNak { hostname, .. } if hostname == HOST),
+        matches!(&err, DevicePluginError::HostNak { hostname, .. } if hostname == HOST),
         "{err}"
     );
     assert!(err.to_string().contains("pod name"));
@@ -467,8 +469,8 @@ fn wrong_hostname_gets_host_nak() {
     require_root();
     let dir = TempDir::new("wronghost");
     let server = StandIn::start(&dir.0, "ens1", Script::Plugin);
-    let err = DpSession::connect(&server.path, "some-other-pod", short()).unwrap_err();
-    assert!(matches!(err, DpError::HostNak { .. }), "{err}");
+    let err = PluginSession::connect(&server.path, "some-other-pod", short()).unwrap_err();
+    assert!(matches!(err, DevicePluginError::HostNak { .. }), "{err}");
     server.join();
 }
 
@@ -478,14 +480,17 @@ fn server_error_and_unexpected_reply_are_distinct() {
     require_root();
     let dir = TempDir::new("error");
     let server = StandIn::start(&dir.0, "ens1", Script::ErrorOnConnect);
-    let err = DpSession::connect(&server.path, HOST, short()).unwrap_err();
-    assert!(matches!(err, DpError::ServerError { .. }), "{err}");
+    let err = PluginSession::connect(&server.path, HOST, short()).unwrap_err();
+    assert!(
+        matches!(err, DevicePluginError::ServerError { .. }),
+        "{err}"
+    );
     server.join();
 
     let server = StandIn::start(&dir.0, "ens2", Script::NakOnConnect);
-    let err = DpSession::connect(&server.path, HOST, short()).unwrap_err();
+    let err = PluginSession::connect(&server.path, HOST, short()).unwrap_err();
     assert!(
-        matches!(&err, DpError::UnexpectedReply { reply, .. } if reply == "/nak"),
+        matches!(&err, DevicePluginError::UnexpectedReply { reply, .. } if reply == "/nak"),
         "{err}"
     );
     drop(err);
@@ -499,10 +504,10 @@ fn fd_nak_is_reported() {
     require_root();
     let dir = TempDir::new("fdnak");
     let server = StandIn::start(&dir.0, "ens1", Script::FdNak);
-    let session = DpSession::connect(&server.path, HOST, short()).expect("connect");
+    let session = PluginSession::connect(&server.path, HOST, short()).expect("connect");
     let err = session.xsk_map_fd("ens1").unwrap_err();
     assert!(
-        matches!(&err, DpError::FdNak { netdev, .. } if netdev == "ens1"),
+        matches!(&err, DevicePluginError::FdNak { netdev, .. } if netdev == "ens1"),
         "{err}"
     );
     // fd_nak is an answer, not a broken exchange: the session still ends cleanly.
@@ -516,9 +521,9 @@ fn silent_server_times_out() {
     require_root();
     let dir = TempDir::new("silent");
     let server = StandIn::start(&dir.0, "ens1", Script::Silent);
-    let err = DpSession::connect(&server.path, HOST, Duration::from_millis(200)).unwrap_err();
+    let err = PluginSession::connect(&server.path, HOST, Duration::from_millis(200)).unwrap_err();
     match &err {
-        DpError::Timeout {
+        DevicePluginError::Timeout {
             request, timeout, ..
         } => {
             assert_eq!(request, &format!("/connect,{HOST}"));
@@ -534,14 +539,17 @@ fn silent_server_times_out() {
 fn missing_socket_is_reported() {
     let dir = TempDir::new("missing");
     let path = dir.0.join("ens1/afxdp.sock");
-    let err = DpSession::connect(&path, HOST, short()).unwrap_err();
+    let err = PluginSession::connect(&path, HOST, short()).unwrap_err();
     assert!(
-        matches!(&err, DpError::MissingSocket { path: p } if p == &path),
+        matches!(&err, DevicePluginError::MissingSocket { path: p } if p == &path),
         "{err}"
     );
-    let mut sessions = DpSessions::new(HOST, short());
+    let mut sessions = PluginSessions::new(HOST, short());
     let err = sessions.xsk_map("ens1", &MapSource::Uds(path)).unwrap_err();
-    assert!(matches!(err, DpError::MissingSocket { .. }), "{err}");
+    assert!(
+        matches!(err, DevicePluginError::MissingSocket { .. }),
+        "{err}"
+    );
     assert!(sessions.is_empty());
 }
 
@@ -551,10 +559,10 @@ fn fd_ack_without_fd_is_reported() {
     require_root();
     let dir = TempDir::new("zerofd");
     let server = StandIn::start(&dir.0, "ens1", Script::FdAckNoFd);
-    let session = DpSession::connect(&server.path, HOST, short()).expect("connect");
+    let session = PluginSession::connect(&server.path, HOST, short()).expect("connect");
     let err = session.xsk_map_fd("ens1").unwrap_err();
     assert!(
-        matches!(err, DpError::WrongFdCount { count: 0, .. }),
+        matches!(err, DevicePluginError::WrongFdCount { count: 0, .. }),
         "{err}"
     );
     drop(session);
@@ -567,10 +575,10 @@ fn fd_ack_with_two_fds_is_reported_and_both_closed() {
     require_root();
     let dir = TempDir::new("twofd");
     let server = StandIn::start(&dir.0, "ens1", Script::FdAckTwoFds);
-    let session = DpSession::connect(&server.path, HOST, short()).expect("connect");
+    let session = PluginSession::connect(&server.path, HOST, short()).expect("connect");
     let err = session.xsk_map_fd("ens1").unwrap_err();
     assert!(
-        matches!(err, DpError::WrongFdCount { count: 2, .. }),
+        matches!(err, DevicePluginError::WrongFdCount { count: 2, .. }),
         "{err}"
     );
     drop(session);
@@ -588,10 +596,10 @@ fn map_of_the_wrong_type_is_reported() {
     require_root();
     let dir = TempDir::new("wrongmap");
     let server = StandIn::start(&dir.0, "ens1", Script::WrongMapType);
-    let session = DpSession::connect(&server.path, HOST, short()).expect("connect");
+    let session = PluginSession::connect(&server.path, HOST, short()).expect("connect");
     let err = session.xsk_map_fd("ens1").unwrap_err();
     assert!(
-        matches!(err, DpError::NotXskmap { map_type, .. } if map_type == cne_sys::BPF_MAP_TYPE_ARRAY),
+        matches!(err, DevicePluginError::NotXskmap { map_type, .. } if map_type == cne_sys::BPF_MAP_TYPE_ARRAY),
         "{err}"
     );
     drop(session);
@@ -604,7 +612,7 @@ fn busy_poll_request_carries_the_socket() {
     require_root();
     let dir = TempDir::new("busypoll");
     let server = StandIn::start(&dir.0, "ens1", Script::Plugin);
-    let session = DpSession::connect(&server.path, HOST, short()).expect("connect");
+    let session = PluginSession::connect(&server.path, HOST, short()).expect("connect");
     let _map = session.xsk_map_fd("ens1").expect("map");
     let xsk = af_xdp_socket();
     session
@@ -624,13 +632,13 @@ fn busy_poll_nak_is_reported() {
     require_root();
     let dir = TempDir::new("busynak");
     let server = StandIn::start(&dir.0, "ens1", Script::BusyPollNak);
-    let session = DpSession::connect(&server.path, HOST, short()).expect("connect");
+    let session = PluginSession::connect(&server.path, HOST, short()).expect("connect");
     let xsk = af_xdp_socket();
     let err = session.config_busy_poll(xsk.as_fd(), 20, 64).unwrap_err();
     assert!(
         matches!(
             err,
-            DpError::BusyPollNak {
+            DevicePluginError::BusyPollNak {
                 timeout_us: 20,
                 budget: 64,
                 ..
@@ -653,7 +661,7 @@ fn two_lports_on_one_netdev_share_one_connection() {
     let alias = dir.0.join("ens2/afxdp.sock");
     std::os::unix::fs::symlink(&server.path, &alias).expect("symlink");
 
-    let mut sessions = DpSessions::new(HOST, short());
+    let mut sessions = PluginSessions::new(HOST, short());
     let src = MapSource::Uds(server.path.clone());
     let q0 = sessions.xsk_map("ens1", &src).expect("lport ens1:0");
     let q1 = sessions.xsk_map("ens1", &src).expect("lport ens1:1");
@@ -698,7 +706,10 @@ fn two_lports_on_one_netdev_share_one_connection() {
     let err = sessions
         .session(&dir.0.join("ens1/afxdp.sock"))
         .unwrap_err();
-    assert!(matches!(err, DpError::MissingSocket { .. }), "{err}");
+    assert!(
+        matches!(err, DevicePluginError::MissingSocket { .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -707,11 +718,14 @@ fn session_is_unusable_after_fin() {
     require_root();
     let dir = TempDir::new("afterfin");
     let server = StandIn::start(&dir.0, "ens1", Script::Plugin);
-    let session = DpSession::connect(&server.path, HOST, short()).expect("connect");
+    let session = PluginSession::connect(&server.path, HOST, short()).expect("connect");
     session.fin().expect("fin");
     session.fin().expect("second fin is a no-op");
     let err = session.xsk_map_fd("ens1").unwrap_err();
-    assert!(matches!(err, DpError::SessionOver { .. }), "{err}");
+    assert!(
+        matches!(err, DevicePluginError::SessionOver { .. }),
+        "{err}"
+    );
     server.join();
 }
 
@@ -724,7 +738,7 @@ fn pinned_map_on_bpffs_opens_as_xskmap() {
     let map = dp::create_xskmap(2).expect("map");
     let pin = mnt.0.join("xsks_map");
     dp::pin_map(map.as_fd(), &pin).expect("pin");
-    let layout = dp::DpLayout {
+    let layout = dp::PluginLayout {
         dir: dir.0.join("afxdp_dp"),
         legacy_uds: dir.0.join("afxdp.sock"),
     };
@@ -732,7 +746,7 @@ fn pinned_map_on_bpffs_opens_as_xskmap() {
     std::os::unix::fs::symlink(&pin, layout.pinned_map_path("ens1")).expect("symlink");
     let src = layout.detect("ens1").expect("detect");
     assert_eq!(src, MapSource::Pinned(layout.pinned_map_path("ens1")));
-    let mut sessions = DpSessions::new(HOST, short());
+    let mut sessions = PluginSessions::new(HOST, short());
     let fd = sessions.xsk_map("ens1", &src).expect("open pinned");
     let got = dp::map_info(fd.as_fd()).expect("info");
     assert_eq!(got.map_type, dp::XSKMAP_TYPE);

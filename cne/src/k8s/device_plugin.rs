@@ -13,11 +13,11 @@
 //!
 //! Invariants: the plugin's server accepts exactly one connection and removes its socket file after
 //! `/fin` or after any failure, so every lport that reaches the same server must share one connection.
-//! [`DpSessions`] guarantees that by keying sessions on the socket file's identity (device and inode),
+//! [`PluginSessions`] guarantees that by keying sessions on the socket file's identity (device and inode),
 //! which also covers a pod whose netdev paths are bind mounts of one host socket. The map descriptor is
 //! fetched once per netdev and handed out as duplicates ([`OwnedFd`]) so each port owns its copy.
 //! Every send and receive is bounded by `SO_SNDTIMEO`/`SO_RCVTIMEO` (30 s by default, the plugin's own
-//! default deadline), and every way the exchange can fail has its own [`DpError`] variant so an
+//! default deadline), and every way the exchange can fail has its own [`DevicePluginError`] variant so an
 //! operator reading a pod's log knows which side to look at.
 
 use std::collections::HashMap;
@@ -69,7 +69,7 @@ const MAX_RECV_FDS: usize = 8;
 
 /// Everything that can go wrong while obtaining an XSKMAP from the device plugin.
 #[derive(Debug, thiserror::Error)]
-pub enum DpError {
+pub enum DevicePluginError {
     /// The handshake socket does not exist: the pod was not allocated this netdev, or the plugin has
     /// already served (and removed) it.
     #[error(
@@ -231,11 +231,11 @@ pub enum DpError {
 }
 
 /// Result alias of this module.
-pub type Result<T, E = DpError> = std::result::Result<T, E>;
+pub type Result<T, E = DevicePluginError> = std::result::Result<T, E>;
 
 /// One netdev the device plugin allocated to this pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DpDevice {
+pub struct PluginDevice {
     /// Pool name as it appears in the environment variable (upper-cased by the plugin); `None` for the
     /// legacy `AFXDP_DEVICES` variable.
     pub pool: Option<String>,
@@ -244,7 +244,7 @@ pub struct DpDevice {
 }
 
 /// Reads the devices the plugin allocated from this process's environment.
-pub fn devices_from_env() -> Result<Vec<DpDevice>> {
+pub fn devices_from_env() -> Result<Vec<PluginDevice>> {
     devices_from_vars(std::env::vars())
 }
 
@@ -252,7 +252,7 @@ pub fn devices_from_env() -> Result<Vec<DpDevice>> {
 ///
 /// The result is ordered by pool name, then by position in the variable; a netdev listed twice is kept
 /// once (first occurrence). Names are validated because they become path components.
-pub fn devices_from_vars<I, K, V>(vars: I) -> Result<Vec<DpDevice>>
+pub fn devices_from_vars<I, K, V>(vars: I) -> Result<Vec<PluginDevice>>
 where
     I: IntoIterator<Item = (K, V)>,
     K: AsRef<str>,
@@ -271,7 +271,7 @@ where
         })
         .collect();
     pools.sort();
-    let mut out: Vec<DpDevice> = Vec::new();
+    let mut out: Vec<PluginDevice> = Vec::new();
     for (pool, list) in pools {
         let origin = match &pool {
             Some(p) => format!("{DEVICES_ENV_PREFIX}{p}"),
@@ -283,7 +283,7 @@ where
             }
             validate_netdev(name, &origin)?;
             if !out.iter().any(|d| d.netdev == name) {
-                out.push(DpDevice {
+                out.push(PluginDevice {
                     pool: pool.clone(),
                     netdev: name.to_owned(),
                 });
@@ -305,7 +305,7 @@ pub fn validate_netdev(name: &str, origin: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(DpError::InvalidNetdev {
+        Err(DevicePluginError::InvalidNetdev {
             name: name.to_owned(),
             origin: origin.to_owned(),
         })
@@ -323,14 +323,14 @@ pub enum MapSource {
 
 /// Where the device plugin puts its files in the pod; [`Default`] is the plugin's layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DpLayout {
+pub struct PluginLayout {
     /// Per-netdev directory root (`/tmp/afxdp_dp`).
     pub dir: PathBuf,
     /// The single socket of older releases (`/tmp/afxdp.sock`).
     pub legacy_uds: PathBuf,
 }
 
-impl Default for DpLayout {
+impl Default for PluginLayout {
     fn default() -> Self {
         Self {
             dir: PathBuf::from(DP_DIR),
@@ -339,7 +339,7 @@ impl Default for DpLayout {
     }
 }
 
-impl DpLayout {
+impl PluginLayout {
     /// `<dir>/<netdev>/afxdp.sock`.
     pub fn uds_path(&self, netdev: &str) -> PathBuf {
         self.dir.join(netdev).join(UDS_FILE)
@@ -365,7 +365,7 @@ impl DpLayout {
         if self.legacy_uds.symlink_metadata().is_ok() {
             return Ok(MapSource::Uds(self.legacy_uds.clone()));
         }
-        Err(DpError::NoDeviceFiles {
+        Err(DevicePluginError::NoDeviceFiles {
             netdev: netdev.to_owned(),
             tried: vec![uds, pinned, self.legacy_uds.clone()],
         })
@@ -374,7 +374,7 @@ impl DpLayout {
 
 /// The name the plugin expects in `/connect`: the pod's hostname, which Kubernetes sets to the pod name.
 pub fn pod_hostname() -> Result<String> {
-    let name = nix::unistd::gethostname().map_err(|e| DpError::Io {
+    let name = nix::unistd::gethostname().map_err(|e| DevicePluginError::Io {
         call: "gethostname",
         path: PathBuf::new(),
         source: io::Error::from(e),
@@ -403,22 +403,22 @@ struct Conn {
 
 /// One handshake connection to a device-plugin socket, shared by every lport that reaches that socket.
 ///
-/// Methods take `&self` so an `Arc<DpSession>` can be shared; requests are serialized internally. The
+/// Methods take `&self` so an `Arc<PluginSession>` can be shared; requests are serialized internally. The
 /// handshake is setup-time work, never on the packet path.
 #[derive(Debug)]
-pub struct DpSession {
+pub struct PluginSession {
     path: PathBuf,
     hostname: String,
     timeout: Duration,
     conn: Mutex<Conn>,
 }
 
-impl DpSession {
+impl PluginSession {
     /// Connects to `path`, sends `/connect,<hostname>` and expects `/host_ok`.
     pub fn connect(path: impl AsRef<Path>, hostname: &str, timeout: Duration) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         if timeout.is_zero() {
-            return Err(DpError::ZeroTimeout);
+            return Err(DevicePluginError::ZeroTimeout);
         }
         let hello = format!("/connect,{hostname}");
         check_len(&hello)?;
@@ -440,7 +440,7 @@ impl DpSession {
                 "/host_ok" => {}
                 "/host_nak" => {
                     conn.over = Some("the plugin refused the hostname");
-                    return Err(DpError::HostNak {
+                    return Err(DevicePluginError::HostNak {
                         path: session.path.clone(),
                         hostname: session.hostname.clone(),
                     });
@@ -482,7 +482,7 @@ impl DpSession {
         validate_netdev(netdev, "xsk_map_fd request")?;
         let mut conn = self.lock();
         if let Some(fd) = conn.maps.get(netdev) {
-            return fd.try_clone().map_err(|source| DpError::Io {
+            return fd.try_clone().map_err(|source| DevicePluginError::Io {
                 call: "dup(xskmap fd)",
                 path: self.path.clone(),
                 source,
@@ -494,7 +494,7 @@ impl DpSession {
         match reply.text.as_str() {
             "/fd_ack" => {}
             "/fd_nak" => {
-                return Err(DpError::FdNak {
+                return Err(DevicePluginError::FdNak {
                     path: self.path.clone(),
                     netdev: netdev.to_owned(),
                 })
@@ -511,7 +511,7 @@ impl DpSession {
             // nothing more is asked on this connection.
             drop(reply);
             conn.over = Some("the plugin sent a wrong number of descriptors");
-            return Err(DpError::WrongFdCount {
+            return Err(DevicePluginError::WrongFdCount {
                 path: self.path.clone(),
                 netdev: netdev.to_owned(),
                 count,
@@ -521,7 +521,7 @@ impl DpSession {
         let info = map_info(map.as_fd()).map_err(|e| with_path(e, &self.path))?;
         if info.map_type != XSKMAP_TYPE {
             conn.over = Some("the plugin sent a descriptor that is not an XSKMAP");
-            return Err(DpError::NotXskmap {
+            return Err(DevicePluginError::NotXskmap {
                 origin: format!("the descriptor {} sent for {netdev}", self.path.display()),
                 map_type: info.map_type,
             });
@@ -532,7 +532,7 @@ impl DpSession {
             info.id,
             info.max_entries
         );
-        let dup = map.try_clone().map_err(|source| DpError::Io {
+        let dup = map.try_clone().map_err(|source| DevicePluginError::Io {
             call: "dup(xskmap fd)",
             path: self.path.clone(),
             source,
@@ -543,7 +543,7 @@ impl DpSession {
 
     /// Asks the plugin to enable busy polling on the AF_XDP socket `sock` (sent along by
     /// `SCM_RIGHTS`): `/config_busy_poll,<timeout_us>,<budget>`. Call it after the socket exists and
-    /// before [`DpSession::fin`].
+    /// before [`PluginSession::fin`].
     pub fn config_busy_poll(
         &self,
         sock: BorrowedFd<'_>,
@@ -562,7 +562,7 @@ impl DpSession {
                 );
                 Ok(())
             }
-            "/config_busy_poll_nak" => Err(DpError::BusyPollNak {
+            "/config_busy_poll_nak" => Err(DevicePluginError::BusyPollNak {
                 path: self.path.clone(),
                 timeout_us,
                 budget,
@@ -605,15 +605,15 @@ impl DpSession {
         request: &str,
         reply: Reply,
         expected: &'static str,
-    ) -> DpError {
+    ) -> DevicePluginError {
         conn.over = Some("an earlier reply broke the protocol");
         if reply.text == "/error" {
-            return DpError::ServerError {
+            return DevicePluginError::ServerError {
                 path: self.path.clone(),
                 request: request.to_owned(),
             };
         }
-        DpError::UnexpectedReply {
+        DevicePluginError::UnexpectedReply {
             path: self.path.clone(),
             request: request.to_owned(),
             reply: reply.text,
@@ -625,7 +625,7 @@ impl DpSession {
     /// reply would pair with the wrong request.
     fn request(&self, conn: &mut Conn, msg: &str, fd: Option<BorrowedFd<'_>>) -> Result<Reply> {
         if let Some(reason) = conn.over {
-            return Err(DpError::SessionOver {
+            return Err(DevicePluginError::SessionOver {
                 path: self.path.clone(),
                 reason,
             });
@@ -637,7 +637,7 @@ impl DpSession {
             })
             .and_then(|reply| match reply {
                 Some(r) => Ok(r),
-                None => Err(DpError::Closed {
+                None => Err(DevicePluginError::Closed {
                     path: self.path.clone(),
                     request: msg.to_owned(),
                 }),
@@ -648,15 +648,15 @@ impl DpSession {
         res
     }
 
-    fn io_error(&self, call: &'static str, request: &str, source: io::Error) -> DpError {
+    fn io_error(&self, call: &'static str, request: &str, source: io::Error) -> DevicePluginError {
         if is_timeout(&source) {
-            DpError::Timeout {
+            DevicePluginError::Timeout {
                 path: self.path.clone(),
                 request: request.to_owned(),
                 timeout: self.timeout,
             }
         } else {
-            DpError::Io {
+            DevicePluginError::Io {
                 call,
                 path: self.path.clone(),
                 source,
@@ -667,7 +667,7 @@ impl DpSession {
 
 const FIN_DONE: &str = "the handshake was finished with /fin";
 
-impl Drop for DpSession {
+impl Drop for PluginSession {
     fn drop(&mut self) {
         let conn = self.lock();
         if conn.over.is_none() {
@@ -683,13 +683,13 @@ type SocketId = (u64, u64);
 
 /// All handshake sessions of this process, one per device-plugin socket.
 #[derive(Debug)]
-pub struct DpSessions {
+pub struct PluginSessions {
     hostname: String,
     timeout: Duration,
-    sessions: HashMap<SocketId, Arc<DpSession>>,
+    sessions: HashMap<SocketId, Arc<PluginSession>>,
 }
 
-impl DpSessions {
+impl PluginSessions {
     /// Sessions that will introduce themselves as `hostname` and wait at most `timeout` per step.
     pub fn new(hostname: impl Into<String>, timeout: Duration) -> Self {
         Self {
@@ -705,16 +705,16 @@ impl DpSessions {
     }
 
     /// The session for the socket at `uds_path`, connecting on first use.
-    pub fn session(&mut self, uds_path: &Path) -> Result<Arc<DpSession>> {
+    pub fn session(&mut self, uds_path: &Path) -> Result<Arc<PluginSession>> {
         let meta = match uds_path.metadata() {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(DpError::MissingSocket {
+                return Err(DevicePluginError::MissingSocket {
                     path: uds_path.to_path_buf(),
                 })
             }
             Err(source) => {
-                return Err(DpError::Io {
+                return Err(DevicePluginError::Io {
                     call: "stat",
                     path: uds_path.to_path_buf(),
                     source,
@@ -722,7 +722,7 @@ impl DpSessions {
             }
         };
         if !meta.file_type().is_socket() {
-            return Err(DpError::NotASocket {
+            return Err(DevicePluginError::NotASocket {
                 path: uds_path.to_path_buf(),
             });
         }
@@ -730,7 +730,11 @@ impl DpSessions {
         if let Some(s) = self.sessions.get(&id) {
             return Ok(Arc::clone(s));
         }
-        let s = Arc::new(DpSession::connect(uds_path, &self.hostname, self.timeout)?);
+        let s = Arc::new(PluginSession::connect(
+            uds_path,
+            &self.hostname,
+            self.timeout,
+        )?);
         self.sessions.insert(id, Arc::clone(&s));
         Ok(s)
     }
@@ -797,7 +801,7 @@ pub fn map_info(fd: BorrowedFd<'_>) -> Result<MapInfo> {
             &mut len,
         )
     };
-    parse_ret(rc).map_err(|source| DpError::Io {
+    parse_ret(rc).map_err(|source| DevicePluginError::Io {
         call: "bpf_obj_get_info_by_fd",
         path: PathBuf::new(),
         source,
@@ -822,11 +826,11 @@ pub fn map_info(fd: BorrowedFd<'_>) -> Result<MapInfo> {
 pub fn open_pinned_map(path: &Path) -> Result<OwnedFd> {
     if let Err(e) = path.symlink_metadata() {
         if e.kind() == io::ErrorKind::NotFound {
-            return Err(DpError::MissingPinnedMap {
+            return Err(DevicePluginError::MissingPinnedMap {
                 path: path.to_path_buf(),
             });
         }
-        return Err(DpError::Io {
+        return Err(DevicePluginError::Io {
             call: "stat",
             path: path.to_path_buf(),
             source: e,
@@ -836,7 +840,7 @@ pub fn open_pinned_map(path: &Path) -> Result<OwnedFd> {
     let mut sfs = MaybeUninit::<libc::statfs>::uninit();
     // SAFETY: cpath is NUL-terminated; sfs is writable storage for one statfs.
     let rc = unsafe { libc::statfs(cpath.as_ptr(), sfs.as_mut_ptr()) };
-    cvt(rc).map_err(|source| DpError::Io {
+    cvt(rc).map_err(|source| DevicePluginError::Io {
         call: "statfs",
         path: path.to_path_buf(),
         source,
@@ -846,21 +850,21 @@ pub fn open_pinned_map(path: &Path) -> Result<OwnedFd> {
     #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
     let fs_magic = sfs.f_type as i64;
     if fs_magic != BPF_FS_MAGIC {
-        return Err(DpError::NotBpffs {
+        return Err(DevicePluginError::NotBpffs {
             path: path.to_path_buf(),
             fs_magic,
         });
     }
     // SAFETY: cpath is a valid NUL-terminated path for the duration of the call.
     let rc = unsafe { cne_sys::bpf_obj_get(cpath.as_ptr()) };
-    let fd = parse_ret_fd(rc).map_err(|source| DpError::Io {
+    let fd = parse_ret_fd(rc).map_err(|source| DevicePluginError::Io {
         call: "bpf_obj_get",
         path: path.to_path_buf(),
         source,
     })?;
     let info = map_info(fd.as_fd()).map_err(|e| with_path(e, path))?;
     if info.map_type != XSKMAP_TYPE {
-        return Err(DpError::NotXskmap {
+        return Err(DevicePluginError::NotXskmap {
             origin: path.display().to_string(),
             map_type: info.map_type,
         });
@@ -890,7 +894,7 @@ pub fn create_xskmap(entries: u32) -> Result<OwnedFd> {
             std::ptr::null(),
         )
     };
-    parse_ret_fd(rc).map_err(|source| DpError::Io {
+    parse_ret_fd(rc).map_err(|source| DevicePluginError::Io {
         call: "bpf_map_create(XSKMAP)",
         path: PathBuf::new(),
         source,
@@ -903,16 +907,18 @@ pub fn pin_map(fd: BorrowedFd<'_>, path: &Path) -> Result<()> {
     let cpath = path_cstring(path)?;
     // SAFETY: cpath is a valid NUL-terminated path; fd is an open descriptor borrowed for the call.
     let rc = unsafe { cne_sys::bpf_obj_pin(fd.as_raw_fd(), cpath.as_ptr()) };
-    parse_ret(rc).map(drop).map_err(|source| DpError::Io {
-        call: "bpf_obj_pin",
-        path: path.to_path_buf(),
-        source,
-    })
+    parse_ret(rc)
+        .map(drop)
+        .map_err(|source| DevicePluginError::Io {
+            call: "bpf_obj_pin",
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
-fn with_path(e: DpError, path: &Path) -> DpError {
+fn with_path(e: DevicePluginError, path: &Path) -> DevicePluginError {
     match e {
-        DpError::Io { call, source, .. } => DpError::Io {
+        DevicePluginError::Io { call, source, .. } => DevicePluginError::Io {
             call,
             path: path.to_path_buf(),
             source,
@@ -922,7 +928,7 @@ fn with_path(e: DpError, path: &Path) -> DpError {
 }
 
 fn path_cstring(path: &Path) -> Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| DpError::Io {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| DevicePluginError::Io {
         call: "path",
         path: path.to_path_buf(),
         source: io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"),
@@ -931,7 +937,7 @@ fn path_cstring(path: &Path) -> Result<CString> {
 
 fn check_len(msg: &str) -> Result<()> {
     if msg.len() > MAX_MSG_LEN {
-        return Err(DpError::MessageTooLong {
+        return Err(DevicePluginError::MessageTooLong {
             msg: msg.to_owned(),
             len: msg.len(),
         });
@@ -958,14 +964,14 @@ fn timeval(d: Duration) -> TimeVal {
 /// Opens a `SOCK_SEQPACKET` connection to `path` with both timeouts set before `connect` (on `AF_UNIX`,
 /// `SO_SNDTIMEO` also bounds a connect that waits for a full listen backlog).
 fn connect_seqpacket(path: &Path, timeout: Duration) -> Result<OwnedFd> {
-    let io_err = |call, source| DpError::Io {
+    let io_err = |call, source| DevicePluginError::Io {
         call,
         path: path.to_path_buf(),
         source,
     };
     match path.symlink_metadata() {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(DpError::MissingSocket {
+            return Err(DevicePluginError::MissingSocket {
                 path: path.to_path_buf(),
             })
         }
@@ -988,10 +994,10 @@ fn connect_seqpacket(path: &Path, timeout: Duration) -> Result<OwnedFd> {
     let addr = UnixAddr::new(path).map_err(|e| io_err("connect", io::Error::from(e)))?;
     if let Err(e) = connect(sock.as_raw_fd(), &addr) {
         return Err(match e {
-            Errno::ENOENT => DpError::MissingSocket {
+            Errno::ENOENT => DevicePluginError::MissingSocket {
                 path: path.to_path_buf(),
             },
-            Errno::EAGAIN | Errno::EINPROGRESS => DpError::Timeout {
+            Errno::EAGAIN | Errno::EINPROGRESS => DevicePluginError::Timeout {
                 path: path.to_path_buf(),
                 request: "connect".to_owned(),
                 timeout,
@@ -1104,7 +1110,10 @@ mod tests {
     fn devices_reject_path_like_names() {
         for bad in ["../etc", "a/b", "..", "averyveryverylongname0"] {
             let err = devices_from_vars([("AFXDP_DEVICES_P", bad)]).unwrap_err();
-            assert!(matches!(err, DpError::InvalidNetdev { .. }), "{bad}: {err}");
+            assert!(
+                matches!(err, DevicePluginError::InvalidNetdev { .. }),
+                "{bad}: {err}"
+            );
         }
         assert!(devices_from_vars([("AFXDP_DEVICES_P", "")])
             .unwrap()
@@ -1115,7 +1124,7 @@ mod tests {
     fn layout_paths_and_detection() {
         let dir = std::env::temp_dir().join(format!("cne-dp-layout-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let layout = DpLayout {
+        let layout = PluginLayout {
             dir: dir.clone(),
             legacy_uds: dir.join("legacy.sock"),
         };
@@ -1123,7 +1132,7 @@ mod tests {
         assert_eq!(layout.pinned_map_path("ens1"), dir.join("ens1/xsks_map"));
         assert!(matches!(
             layout.detect("ens1"),
-            Err(DpError::NoDeviceFiles { .. })
+            Err(DevicePluginError::NoDeviceFiles { .. })
         ));
         std::fs::create_dir_all(dir.join("ens1")).unwrap();
         std::fs::write(dir.join("ens1/xsks_map"), b"").unwrap();
@@ -1148,17 +1157,17 @@ mod tests {
     fn long_hostname_is_refused_before_sending() {
         let host = "h".repeat(60);
         let err =
-            DpSession::connect("/nonexistent/afxdp.sock", &host, DEFAULT_TIMEOUT).unwrap_err();
+            PluginSession::connect("/nonexistent/afxdp.sock", &host, DEFAULT_TIMEOUT).unwrap_err();
         assert!(
-            matches!(err, DpError::MessageTooLong { len: 69, .. }),
+            matches!(err, DevicePluginError::MessageTooLong { len: 69, .. }),
             "{err}"
         );
     }
 
     #[test]
     fn zero_timeout_is_refused() {
-        let err = DpSession::connect("/nonexistent", "pod", Duration::ZERO).unwrap_err();
-        assert!(matches!(err, DpError::ZeroTimeout));
+        let err = PluginSession::connect("/nonexistent", "pod", Duration::ZERO).unwrap_err();
+        assert!(matches!(err, DevicePluginError::ZeroTimeout));
     }
 
     #[test]
@@ -1172,7 +1181,10 @@ mod tests {
     #[test]
     fn pinned_map_missing_path_is_clear() {
         let err = open_pinned_map(Path::new("/nonexistent/afxdp_dp/ens1/xsks_map")).unwrap_err();
-        assert!(matches!(err, DpError::MissingPinnedMap { .. }), "{err}");
+        assert!(
+            matches!(err, DevicePluginError::MissingPinnedMap { .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("bpffs"));
     }
 
@@ -1182,6 +1194,6 @@ mod tests {
         std::fs::write(&p, b"").unwrap();
         let err = open_pinned_map(&p).unwrap_err();
         std::fs::remove_file(&p).unwrap();
-        assert!(matches!(err, DpError::NotBpffs { .. }), "{err}");
+        assert!(matches!(err, DevicePluginError::NotBpffs { .. }), "{err}");
     }
 }

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
-use crate::k8s::device_plugin::{self, DpDevice, DpError, DpLayout, MapSource};
+use crate::k8s::device_plugin::{self, DevicePluginError, MapSource, PluginDevice, PluginLayout};
 use crate::sys::cpu::{self, CpuListError};
 use crate::sys::netdev;
 
@@ -55,7 +55,7 @@ pub enum PodConfigError {
     NoDevices,
     /// Device discovery or file detection failed.
     #[error(transparent)]
-    Dp(#[from] DpError),
+    Dp(#[from] DevicePluginError),
     /// The allowed CPU set is empty.
     #[error("no CPUs available to this process")]
     NoCpus,
@@ -184,7 +184,7 @@ pub struct GenConfig {
     /// Device-plugin directory.
     #[arg(long = "dp-dir", value_name = "PATH", default_value = device_plugin::DP_DIR,
           value_parser = parse_layout)]
-    pub layout: DpLayout,
+    pub layout: PluginLayout,
     /// Where sysfs lists network devices.
     #[arg(long, value_name = "PATH", default_value = netdev::SYS_CLASS_NET)]
     pub sys_class_net: PathBuf,
@@ -237,10 +237,10 @@ fn parse_busy_poll(v: &str) -> Result<BusyPoll, String> {
     })
 }
 
-fn parse_layout(v: &str) -> Result<DpLayout, String> {
-    Ok(DpLayout {
+fn parse_layout(v: &str) -> Result<PluginLayout, String> {
+    Ok(PluginLayout {
         dir: PathBuf::from(v),
-        ..DpLayout::default()
+        ..PluginLayout::default()
     })
 }
 
@@ -259,7 +259,7 @@ impl Default for GenConfig {
             bufsz_kib: DEFAULT_BUFSZ_KIB,
             mtype: "4KB".to_owned(),
             busy_poll: None,
-            layout: DpLayout::default(),
+            layout: PluginLayout::default(),
             sys_class_net: PathBuf::from(netdev::SYS_CLASS_NET),
         }
     }
@@ -308,7 +308,7 @@ fn write_atomically(path: &Path, text: &str) -> Result<(), PodConfigError> {
 /// Builds the configuration text for `devices` on `cpus` as `cfg` says.
 pub fn generate(
     cfg: &GenConfig,
-    devices: &[DpDevice],
+    devices: &[PluginDevice],
     cpus: &[usize],
 ) -> Result<String, PodConfigError> {
     if devices.is_empty() {
@@ -592,7 +592,7 @@ mod tests {
         }
         fn cfg(&self) -> GenConfig {
             GenConfig {
-                layout: DpLayout {
+                layout: PluginLayout {
                     dir: self.root.join("dp"),
                     legacy_uds: self.root.join("afxdp.sock"),
                 },
@@ -618,7 +618,7 @@ mod tests {
                     "note": "a // inside a string stays" }
     }"#;
 
-    fn env() -> Vec<DpDevice> {
+    fn env() -> Vec<PluginDevice> {
         device_plugin::devices_from_vars([("AFXDP_DEVICES_POOL1", "ens1 ens2"), ("HOME", "/root")])
             .unwrap()
     }
@@ -806,7 +806,10 @@ mod tests {
         let devices = device_plugin::devices_from_vars([("AFXDP_DEVICES_P", "ens3")]).unwrap();
         let err = generate(&pod.cfg(), &devices, &[0]).unwrap_err();
         assert!(
-            matches!(err, PodConfigError::Dp(DpError::NoDeviceFiles { .. })),
+            matches!(
+                err,
+                PodConfigError::Dp(DevicePluginError::NoDeviceFiles { .. })
+            ),
             "{err}"
         );
         let pinned = GenConfig {
