@@ -40,7 +40,7 @@ pub use forwarder::{Forwarder, FwdCtx, Measure, Ready};
 pub use generator::{GenLimit, GenReport, GenSpec};
 pub use lab::Lab;
 pub use netns::Netns;
-pub use process::{Proc, Signal};
+pub use process::{raise_open_files, Proc, Signal};
 pub use veth::{VethEnd, VethPair};
 pub use wait::{wait_for, wait_idle, IdleOutcome};
 

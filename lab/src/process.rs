@@ -242,6 +242,21 @@ impl Drop for Proc {
     }
 }
 
+/// Raises this process's soft limit on open files to its hard limit (at most 65536), so a test can
+/// hold 10k connections where the default soft limit is 1024; children started afterwards inherit it.
+/// Returns the soft limit now in force.
+pub fn raise_open_files() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    let want = hard.min(65_536).max(soft);
+    if want > soft && setrlimit(Resource::RLIMIT_NOFILE, want, hard).is_ok() {
+        return want;
+    }
+    soft
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

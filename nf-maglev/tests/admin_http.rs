@@ -261,7 +261,7 @@ fn ten_thousand_held_connections_cost_bounded_memory() {
     let h = Harness::start(Limits::default(), None);
     let addr = h.addr();
     // Our end of each connection costs a descriptor too; the server holds at most 512.
-    let files = raise_open_files();
+    let files = lab::raise_open_files();
     let n = 10_000.min(files.saturating_sub(1024));
     if n < 10_000 {
         eprintln!("open-file limit {files}: holding {n} connections");
@@ -577,18 +577,4 @@ fn a_client_that_does_not_read_is_cut_off_by_the_write_timeout() {
         32 << 20
     );
     scrape(addr, "/healthz");
-}
-
-/// Raises this process's soft limit on open files to its hard limit (at most 65536), so a test can hold
-/// 10k connections where the default soft limit is 1024; children started afterwards inherit it.
-fn raise_open_files() -> u64 {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return 1024;
-    };
-    let want = hard.min(65_536).max(soft);
-    if want > soft && setrlimit(Resource::RLIMIT_NOFILE, want, hard).is_ok() {
-        return want;
-    }
-    soft
 }

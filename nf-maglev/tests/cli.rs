@@ -953,7 +953,7 @@ fn stalled_body(addr: &str) -> TcpStream {
 fn admin_endpoint_resists_hostile_clients() {
     require_root();
     // Both ends of the held connections below count against the limit (the child inherits it).
-    let files = raise_open_files();
+    let files = lab::raise_open_files();
     let n = 10_000.min(usize::try_from(files.saturating_sub(2048)).unwrap_or(0));
     if n < 10_000 {
         eprintln!("open-file limit {files}: holding {n} connections");
@@ -1439,18 +1439,4 @@ fn a_pod_sized_pids_limit_costs_no_answers() {
     let status = lb.wait();
     assert!(status.success(), "exit {status}:\n{}", lb.log());
     assert!(!lb.log().contains("panicked"), "{}", lb.log());
-}
-
-/// Raises this process's soft limit on open files to its hard limit (at most 65536), so a test can hold
-/// 10k connections where the default soft limit is 1024; children started afterwards inherit it.
-fn raise_open_files() -> u64 {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return 1024;
-    };
-    let want = hard.min(65_536).max(soft);
-    if want > soft && setrlimit(Resource::RLIMIT_NOFILE, want, hard).is_ok() {
-        return want;
-    }
-    soft
 }
