@@ -201,10 +201,9 @@ impl Rule {
                 Err(e) => return Err(e),
             }
         }
-        Err(io::Error::new(
-            io::ErrorKind::Other,
-            format!("more than {MAX_STALE_RULES} copies"),
-        ))
+        Err(io::Error::other(format!(
+            "more than {MAX_STALE_RULES} copies"
+        )))
     }
 }
 
