@@ -225,20 +225,7 @@ impl AfPacket {
     /// Waits until a frame is ready to be received or `timeout` passes (`None`: no limit). `Ok(false)`
     /// on timeout or when a signal interrupted the wait.
     pub fn poll_readable(&self, timeout: Option<Duration>) -> io::Result<bool> {
-        let ms = timeout.map_or(-1, |t| c_int::try_from(t.as_millis()).unwrap_or(c_int::MAX));
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: pfd is one live pollfd for the call.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        let rc = match cvt(rc) {
-            Ok(rc) => rc,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => return Ok(false),
-            Err(err) => return Err(err),
-        };
-        Ok(rc > 0 && pfd.revents & libc::POLLIN != 0)
+        crate::sys::poll_readable(self.fd.as_fd(), timeout)
     }
 
     /// Reads (and resets) the kernel's counters of this socket.

@@ -198,6 +198,12 @@ impl Tun {
         Ok(())
     }
 
+    /// Waits until a packet is waiting or `timeout` passes (`None`: no limit). `Ok(false)` on timeout or
+    /// when a signal interrupted the wait.
+    pub fn poll_readable(&self, timeout: Option<std::time::Duration>) -> io::Result<bool> {
+        super::poll_readable(self.fd.as_fd(), timeout)
+    }
+
     /// Reads one packet (IPv4 or IPv6, no prefix) into `buf`; a packet longer than `buf` is cut short.
     /// Never blocks: `WouldBlock` when no packet is waiting.
     pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
