@@ -647,13 +647,14 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
         );
     }
     let probe_if = instance.config().lports().first().map(|l| l.netdev.clone());
-    let health = Monitor::start(control.config(), probe_if.as_deref())
-        .context("starting the health checker")?;
+    let probes = Monitor::prepare(control.config(), probe_if.as_deref())
+        .context("setting up health checks")?;
     // Still single-threaded: every thread started from here on (workers, the admin server, the
     // signal thread) inherits the reduced set. Our own XDP programs hang on bpf_links that closing
     // their descriptors detaches, so no capability is needed to leave cleanly.
     cne::sys::privs::drop_to_running_nf_caps().context("dropping capabilities after set-up")?;
 
+    let health = Monitor::start(control.config(), probes).context("starting the health checker")?;
     let links = LinkWatch::new(
         instance.config().lports().iter().map(|l| l.netdev.as_str()),
         opts.netdev_timeout,

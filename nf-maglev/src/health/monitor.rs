@@ -57,6 +57,13 @@ impl Metrics {
     }
 }
 
+/// What [`Monitor::prepare`] set up.
+#[derive(Debug)]
+pub struct Prepared {
+    path: Option<Arc<DataPath>>,
+    path_error: Option<String>,
+}
+
 /// See the module docs.
 #[derive(Debug)]
 pub struct Monitor {
@@ -71,10 +78,11 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// Starts health checking for `config`. With `probe_path` other than `backend`, sets up the
-    /// probes' data path out of `ifname` (needs CAP_NET_ADMIN, so call it before dropping
-    /// capabilities); `auto` falls back to the backends' addresses when that fails, `vip` fails.
-    pub fn start(config: &Validated, ifname: Option<&str>) -> Result<Monitor> {
+    /// Sets up what health checking needs privileges for, before capabilities are dropped: with
+    /// `probe_path` other than `backend`, the probes' data path out of `ifname` (CAP_NET_ADMIN);
+    /// `auto` falls back to the backends' addresses when that fails, `vip` fails. No thread starts
+    /// here (threads keep the capabilities they start with).
+    pub fn prepare(config: &Validated, ifname: Option<&str>) -> Result<Prepared> {
         let want = config.health.probe_path;
         let (path, path_error) = match (want, ifname) {
             (ProbePath::Backend, _) => (None, Some("probe_path is \"backend\"".to_owned())),
@@ -101,6 +109,13 @@ impl Monitor {
                 }
             },
         };
+        Ok(Prepared { path, path_error })
+    }
+
+    /// Starts the checker for `config` with what [`Monitor::prepare`] set up.
+    pub fn start(config: &Validated, prepared: Prepared) -> Result<Monitor> {
+        let Prepared { path, path_error } = prepared;
+        let want = config.health.probe_path;
         let (tx, results) = crossbeam_channel::unbounded();
         let mut tracker = Tracker::default();
         tracker.sync(config, Instant::now());
@@ -264,7 +279,10 @@ impl Monitor {
             "last_result": e.last.as_ref().map(|o| o.verdict.name()),
             "last_error": e.last.as_ref().and_then(|o| o.error.clone()),
             "last_duration_ms": e.last.as_ref().map(|o| o.duration.as_secs_f64() * 1000.0),
-            "check": target.map(|t| t.describe()),
+            "check": match (&e.check, target) {
+                (Some(c), Some(t)) => Some(format!("{c}; to {}", t.route())),
+                _ => None,
+            },
             "path": target.map(|t| if t.via.is_some() { "vip" } else { "backend" }),
         })
     }

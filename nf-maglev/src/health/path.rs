@@ -23,7 +23,7 @@ use std::io;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use cne::afpacket::Sender;
@@ -45,6 +45,9 @@ pub const PRIORITY: u32 = 1000;
 pub const TUN_NAME: &str = "nfmhc%d";
 /// MTU of the TUN device: probes are small, and GRE adds at most 44 bytes to a 1500-byte link.
 pub const TUN_MTU: u32 = 1400;
+
+/// How long a finished probe's port keeps its route (see [`PortRegistry::unregister`]).
+const LINGER: Duration = Duration::from_secs(5);
 
 /// How a probe's packets reach the backend.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -79,7 +82,8 @@ impl fmt::Display for Via {
 pub struct PathStats {
     /// Probe packets sent on.
     pub sent: AtomicU64,
-    /// Packets read from the TUN that no probe registered (or that could not be sent).
+    /// Packets read from the TUN that no probe registered (the kernel's own router solicitations, say)
+    /// or that could not be sent.
     pub dropped: AtomicU64,
 }
 
@@ -91,7 +95,9 @@ pub struct DataPath {
     sender: Sender,
     ifname: String,
     src_mac: [u8; 6],
-    ports: Mutex<HashMap<(bool, u8, u16), Via>>,
+    /// Registered ports: where their packets go, and for a finished probe until when (its last
+    /// packets, a reset, are still read after the probe ends).
+    ports: Mutex<HashMap<(bool, u8, u16), (Via, Option<Instant>)>>,
     /// Counters.
     pub stats: PathStats,
 }
@@ -165,7 +171,7 @@ impl DataPath {
     /// The frame that carries `packet` (an IP packet the kernel wrote into the TUN) to its backend.
     fn frame(&self, packet: &[u8]) -> Option<Vec<u8>> {
         let (v6, proto, port) = source_port(packet)?;
-        let via = self.ports.lock().ok()?.get(&(v6, proto, port)).cloned()?;
+        let via = self.ports.lock().ok()?.get(&(v6, proto, port))?.0.clone();
         match via {
             Via::Gre {
                 backend,
@@ -202,13 +208,19 @@ impl DataPath {
 impl PortRegistry for DataPath {
     fn register(&self, v6: bool, proto: u8, port: u16, via: &Via) {
         if let Ok(mut p) = self.ports.lock() {
-            p.insert((v6, proto, port), via.clone());
+            let now = Instant::now();
+            p.retain(|_, (_, until)| until.is_none_or(|t| t > now));
+            p.insert((v6, proto, port), (via.clone(), None));
         }
     }
 
     fn unregister(&self, v6: bool, proto: u8, port: u16) {
+        // Kept a little longer: the socket's last packets (the reset that closes it) are written into
+        // the TUN as it closes and read after the probe has ended; they must reach the backend too.
         if let Ok(mut p) = self.ports.lock() {
-            p.remove(&(v6, proto, port));
+            if let Some(e) = p.get_mut(&(v6, proto, port)) {
+                e.1 = Some(Instant::now() + LINGER);
+            }
         }
     }
 }

@@ -34,11 +34,11 @@ pub struct Target {
 }
 
 impl Target {
-    /// One line for `/api/state` and the log: the check, where it goes and which way.
-    pub fn describe(&self) -> String {
+    /// Where the probe goes and which way, e.g. `198.18.100.1:80 through GRE to 198.18.0.11 (MAC ...)`.
+    pub fn route(&self) -> String {
         match &self.via {
-            Some(via) => format!("{} on {} {via}", self.check, self.dst),
-            None => format!("{} on {}", self.check, self.dst),
+            Some(via) => format!("{} {via}", self.dst),
+            None => format!("{} (the backend's address)", self.dst),
         }
     }
 }
@@ -47,7 +47,7 @@ impl Target {
 pub trait PortRegistry {
     /// From now on, packets of `proto` from local port `port` of this family go by `via`.
     fn register(&self, v6: bool, proto: u8, port: u16, via: &super::path::Via);
-    /// Forgets the port.
+    /// The probe is over: the port may go (once its last packets are through).
     fn unregister(&self, v6: bool, proto: u8, port: u16);
 }
 
