@@ -303,9 +303,9 @@ mod tests {
         assert_eq!(t.dst.to_string(), "198.18.100.1:80");
         assert_eq!(t.src.map(|a| a.to_string()).as_deref(), Some("198.18.0.1"));
         assert!(
-            t.describe().contains("through GRE to 198.18.1.1"),
+            t.route().contains("through GRE to 198.18.1.1"),
             "{}",
-            t.describe()
+            t.route()
         );
 
         let p = plan(&config("gre"), false);
