@@ -141,9 +141,16 @@ impl DataPath {
 
     /// Reads the probes' packets from the TUN and sends them on until `stop` is set (checked at least
     /// every 200 ms) or the device fails. Runs on a thread of its own: it blocks.
-    pub fn pump(&self, stop: &AtomicBool) -> io::Result<()> {
+    /// Adds the thread's CPU time to `cpu` (nanoseconds) about once a second.
+    pub fn pump(&self, stop: &AtomicBool, cpu: &AtomicU64) -> io::Result<()> {
         let mut buf = vec![0u8; 65536];
+        let mut sampler = crate::health::checker::CpuSampler::default();
+        let mut sampled = Instant::now();
         while !stop.load(Ordering::Relaxed) {
+            if sampled.elapsed() >= Duration::from_secs(1) {
+                sampler.add_to(cpu);
+                sampled = Instant::now();
+            }
             if !self.tun.poll_readable(Some(Duration::from_millis(200)))? {
                 continue;
             }
