@@ -10,15 +10,18 @@
 //! interface are not looped back into its receive queue; an echo function would otherwise see its own
 //! replies. It is created with protocol 0 and only then bound to `ETH_P_ALL` on the interface, so no frame
 //! of another interface is ever queued on it.
+//!
+//! [`Sender`] is the same socket never bound to a protocol: it only transmits (probe frames of a
+//! health checker), and the kernel queues nothing on it.
 
 use std::ffi::{c_int, c_uint, c_void};
 use std::io;
-use std::mem::{self, size_of};
+use std::mem;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use crate::frame::Frame;
-use crate::sys::{cvt, cvt_fd, getsockopt_into, setsockopt};
+use crate::sys::{cvt, cvt_fd, getsockopt_into, setsockopt, socklen};
 
 /// Most frames moved per system call.
 pub const BATCH: usize = 64;
@@ -70,27 +73,12 @@ impl AfPacket {
     /// Opens a non-blocking `SOCK_RAW` packet socket receiving every protocol on `ifname` and sending
     /// through it. Needs `CAP_NET_RAW`.
     pub fn open(ifname: &str) -> Result<Self, AfPacketError> {
-        let not_found = || AfPacketError::NetdevNotFound {
-            ifname: ifname.to_string(),
-        };
+        let (fd, ifindex) = open_unbound(ifname)?;
         let fail = |call, source| AfPacketError::Socket {
             call,
             ifname: ifname.to_string(),
             source,
         };
-        let index = crate::sys::netdev::ifindex(ifname).ok_or_else(not_found)?;
-        let ifindex = c_int::try_from(index).map_err(|_| not_found())?;
-
-        // Protocol 0: receive nothing until bound to the interface below.
-        // SAFETY: plain system call with constant arguments; `cvt_fd` owns the new descriptor.
-        let fd = cvt_fd(unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            )
-        })
-        .map_err(|e| fail("socket(AF_PACKET, SOCK_RAW)", e))?;
 
         let one: c_int = 1;
         setsockopt(
@@ -237,20 +225,7 @@ impl AfPacket {
     /// Waits until a frame is ready to be received or `timeout` passes (`None`: no limit). `Ok(false)`
     /// on timeout or when a signal interrupted the wait.
     pub fn poll_readable(&self, timeout: Option<Duration>) -> io::Result<bool> {
-        let ms = timeout.map_or(-1, |t| c_int::try_from(t.as_millis()).unwrap_or(c_int::MAX));
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: pfd is one live pollfd for the call.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        let rc = match cvt(rc) {
-            Ok(rc) => rc,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => return Ok(false),
-            Err(err) => return Err(err),
-        };
-        Ok(rc > 0 && pfd.revents & libc::POLLIN != 0)
+        crate::sys::poll_readable(self.fd.as_fd(), timeout)
     }
 
     /// Reads (and resets) the kernel's counters of this socket.
@@ -279,6 +254,103 @@ impl AsFd for AfPacket {
     }
 }
 
+/// A non-blocking `SOCK_RAW` packet socket of protocol 0, not bound: it receives nothing until bound
+/// to a protocol. Returns it with the index of `ifname`.
+fn open_unbound(ifname: &str) -> Result<(OwnedFd, c_int), AfPacketError> {
+    let not_found = || AfPacketError::NetdevNotFound {
+        ifname: ifname.to_string(),
+    };
+    let index = crate::sys::netdev::ifindex(ifname).ok_or_else(not_found)?;
+    let ifindex = c_int::try_from(index).map_err(|_| not_found())?;
+    // SAFETY: plain system call with constant arguments; `cvt_fd` owns the new descriptor.
+    let fd = cvt_fd(unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    })
+    .map_err(|source| AfPacketError::Socket {
+        call: "socket(AF_PACKET, SOCK_RAW)",
+        ifname: ifname.to_string(),
+        source,
+    })?;
+    Ok((fd, ifindex))
+}
+
+/// A transmit-only packet socket: whole Ethernet frames out of one interface, nothing received.
+///
+/// Created with protocol 0 and never bound to a protocol, the socket has no receive hook in the
+/// kernel, so no frame of any interface is ever queued on it (an [`AfPacket`] bound to `ETH_P_ALL`
+/// would copy every frame of its interface). Each frame names the interface in its `sockaddr_ll`.
+#[derive(Debug)]
+pub struct Sender {
+    fd: OwnedFd,
+    ifname: String,
+    ifindex: c_int,
+}
+
+impl Sender {
+    /// Opens a non-blocking transmit-only packet socket for `ifname`. Needs `CAP_NET_RAW`.
+    pub fn open(ifname: &str) -> Result<Sender, AfPacketError> {
+        let (fd, ifindex) = open_unbound(ifname)?;
+        Ok(Sender {
+            fd,
+            ifname: ifname.to_string(),
+            ifindex,
+        })
+    }
+
+    /// The interface name.
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    /// The interface index.
+    pub fn ifindex(&self) -> i32 {
+        self.ifindex
+    }
+
+    /// Sends `frame`, a whole Ethernet frame (destination and source MAC, EtherType, payload), out of
+    /// the interface as it is. Never blocks: `WouldBlock` when the socket buffer is full. A frame
+    /// shorter than an Ethernet header is `InvalidInput`.
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        let (Some(dst), Some(ethertype)) = (frame.get(..6), frame.get(12..14)) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a frame of {} bytes has no Ethernet header", frame.len()),
+            ));
+        };
+        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+        let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
+        addr.sll_family = AF_PACKET_FAMILY;
+        // Already in network order in the frame.
+        addr.sll_protocol = u16::from_ne_bytes([ethertype[0], ethertype[1]]);
+        addr.sll_ifindex = self.ifindex;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(dst);
+        // SAFETY: `frame` is a live buffer only read during the call; `addr` is a live sockaddr_ll of
+        // the length given.
+        let rc = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast::<c_void>(),
+                frame.len(),
+                libc::MSG_DONTWAIT,
+                std::ptr::from_ref(&addr).cast::<libc::sockaddr>(),
+                socklen::<libc::sockaddr_ll>(),
+            )
+        };
+        cvt(rc).map(drop)
+    }
+}
+
+impl AsFd for Sender {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 /// `AF_PACKET` (17) as the `sa_family_t` of a `sockaddr_ll`.
 #[allow(clippy::cast_possible_truncation, reason = "AF_PACKET is 17")]
 const AF_PACKET_FAMILY: libc::sa_family_t = libc::AF_PACKET as libc::sa_family_t;
@@ -286,8 +358,3 @@ const AF_PACKET_FAMILY: libc::sa_family_t = libc::AF_PACKET as libc::sa_family_t
 /// `ETH_P_ALL` (3) as the 16-bit protocol of a `sockaddr_ll`.
 #[allow(clippy::cast_possible_truncation, reason = "ETH_P_ALL is 3")]
 const ETH_P_ALL_U16: u16 = libc::ETH_P_ALL as u16;
-
-/// `size_of::<T>()` as a `socklen_t` (the structures passed are a few dozen bytes).
-fn socklen<T>() -> libc::socklen_t {
-    libc::socklen_t::try_from(size_of::<T>()).unwrap_or(libc::socklen_t::MAX)
-}

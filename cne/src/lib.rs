@@ -8,7 +8,8 @@
 //! * [`xsk`]: AF_XDP sockets: UMEM and frame pools, the four rings, ports, packets, counters, polling.
 //! * [`bpf`]: the XDP programs (the filter in front of the sockets, GRE decapsulation) and their loading.
 //! * [`k8s`]: the AF_XDP device plugin's client and the `gen-config` subcommand.
-//! * [`sys`]: host facts and settings: network devices, capabilities.
+//! * [`sys`]: host facts and settings: network devices, TUN devices, fwmark rules, routes and
+//!   addresses (rtnetlink), capabilities.
 //! * [`config`]: CNDP's JSON-C configuration; [`instance`]: from a configuration to running workers.
 //! * [`frame`]: the [`frame::Frame`] trait network functions are written against (UMEM packets,
 //!   AF_PACKET buffers, fixtures); [`afpacket`]: the AF_PACKET backend for comparison runs.

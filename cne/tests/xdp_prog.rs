@@ -6,10 +6,8 @@
 //! 198.18.0.0/15 and 2001:2::/48 only. Filter and decap verdicts are checked with `BPF_PROG_RUN` on crafted
 //! frames; real traffic crosses only the lab's veth pair. The tests are `#[ignore = "needs root"]`; run anyway without root they fail.
 
-use std::fs::File;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -100,17 +98,7 @@ impl Lab {
 
     /// Runs `f` on a thread that has entered the lab's namespace (sockets it opens stay there).
     fn in_peer_ns<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.ns.name());
-        std::thread::spawn(move || {
-            let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            // SAFETY: ns is an open network-namespace descriptor; setns moves only this thread, which
-            // ends when f returns.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("namespace thread panicked")
+        self.ns.run(f)
     }
 
     /// An interface counter of the peer end, read inside its namespace.

@@ -82,6 +82,22 @@ impl Netns {
         counters::xdp_prog(&self.name, ifname)
     }
 
+    /// Runs `f` on a new thread that has entered this namespace (`setns`), and returns what it returns:
+    /// devices, sockets and routes it makes are made in the namespace, while the calling thread stays
+    /// where it is. A panic in `f` (or failing to enter) panics here.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            // Moves only this thread, which ends when f returns.
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+
     /// Names of the interfaces in this namespace.
     pub fn links(&self) -> Result<Vec<String>> {
         let out = self.ip(&["-j", "link", "show"])?;

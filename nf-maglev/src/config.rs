@@ -7,6 +7,7 @@
 //! [`Validated`], is what the control plane builds state from: it cannot hold an inconsistent setting.
 //! [`from_config`] does both on a loaded `cne::config::Config`, with file and line in every message.
 
+use crate::health::check::{self, Check, CheckSection, HealthSection};
 pub use crate::maglev::MAX_WEIGHT;
 use crate::maglev::{is_prime, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_TABLE_SIZE};
 use cne::config::{Config, ConfigError};
@@ -164,6 +165,9 @@ pub struct MaglevSection {
     /// and keeps serving connections that began under an earlier table by that table.
     #[serde(default)]
     pub generations_file: Option<std::path::PathBuf>,
+    /// Health checking: fail-open, where probes go, flap damping (the checks themselves are per VIP).
+    #[serde(default)]
+    pub health: HealthSection,
     /// The virtual services.
     #[serde(default)]
     pub vips: Vec<VipSection>,
@@ -231,6 +235,9 @@ pub struct VipSection {
     pub port: Port,
     /// `"gre"` or `"l2dsr"`.
     pub mode: Mode,
+    /// Health check of every backend (default for TCP VIPs with a port: TCP connect on that port).
+    #[serde(default)]
+    pub check: Option<CheckSection>,
     /// The backend pool.
     #[serde(default)]
     pub backends: Vec<BackendSection>,
@@ -251,6 +258,9 @@ pub struct BackendSection {
     /// l2dsr: the backend's MAC (required). gre: the next hop's MAC (default `gateway_mac`).
     #[serde(default)]
     pub mac: Option<Mac>,
+    /// This backend's check, merged over the VIP's (a `type` replaces it).
+    #[serde(default)]
+    pub check: Option<CheckSection>,
 }
 
 fn default_table_size() -> u32 {
@@ -336,6 +346,8 @@ pub struct Validated {
     pub gateway_mac: Option<Mac>,
     /// File that keeps past Maglev tables across restarts.
     pub generations_file: Option<std::path::PathBuf>,
+    /// Health-check settings.
+    pub health: HealthSection,
     /// The VIPs, in configuration order.
     pub vips: Vec<Vip>,
 }
@@ -353,6 +365,8 @@ pub struct Vip {
     pub port: Port,
     /// Forwarding mode.
     pub mode: Mode,
+    /// The `check` as written.
+    pub check: Option<CheckSection>,
     /// Backends, in configuration order, names unique.
     pub backends: Vec<Backend>,
 }
@@ -368,6 +382,10 @@ pub struct Backend {
     pub weight: u32,
     /// Destination MAC of frames to it (its own in l2dsr, the next hop's in gre).
     pub mac: Mac,
+    /// Its own `check` as written.
+    pub check_section: Option<CheckSection>,
+    /// The check it gets (the VIP's merged with its own); `None`: not checked.
+    pub check: Option<Check>,
 }
 
 /// The default VIP name: `198.18.100.1:80/tcp`, `[2001:2::100]:80/tcp`, port `*` for all ports.
@@ -618,11 +636,26 @@ impl MaglevSection {
                         })
                     }
                 };
+                let check_path = if b.check.is_some() {
+                    format!("{bp}.check")
+                } else {
+                    format!("{vp}.check")
+                };
+                let check = check::resolve(
+                    v.check.as_ref(),
+                    b.check.as_ref(),
+                    v.proto,
+                    v.port,
+                    &check_path,
+                    &mut issues,
+                );
                 backends.push(Backend {
                     name: b.name.clone(),
                     addr: b.addr,
                     weight: b.weight,
                     mac: mac.unwrap_or_default(),
+                    check_section: b.check.clone(),
+                    check,
                 });
             }
             vips.push(Vip {
@@ -631,9 +664,11 @@ impl MaglevSection {
                 proto: v.proto,
                 port: v.port,
                 mode: v.mode,
+                check: v.check.clone(),
                 backends,
             });
         }
+        self.health.issues(&format!("{p}.health"), &mut issues);
 
         if !issues.is_empty() {
             return Err(issues);
@@ -649,6 +684,7 @@ impl MaglevSection {
             claim_all: self.claim_all,
             gateway_mac: self.gateway_mac,
             generations_file: self.generations_file.clone(),
+            health: self.health.clone(),
             vips,
         })
     }
@@ -674,6 +710,7 @@ impl Validated {
             claim_all: self.claim_all,
             gateway_mac: self.gateway_mac,
             generations_file: self.generations_file.clone(),
+            health: self.health.clone(),
             vips: self
                 .vips
                 .iter()
@@ -683,6 +720,7 @@ impl Validated {
                     proto: v.proto,
                     port: v.port,
                     mode: v.mode,
+                    check: v.check.clone(),
                     backends: v
                         .backends
                         .iter()
@@ -691,6 +729,7 @@ impl Validated {
                             addr: b.addr,
                             weight: b.weight,
                             mac: Some(b.mac),
+                            check: b.check_section.clone(),
                         })
                         .collect(),
                 })

@@ -28,7 +28,7 @@ use crate::maglev::{MaglevError, Member, Table};
 use crate::tunnel::GreOuter;
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -186,6 +186,9 @@ pub struct BackendState {
     pub mac: Mac,
     /// Weight; 0 = draining (keeps its connections, gets no new ones).
     pub weight: u32,
+    /// Whether health allows it new connections (false: down, suppressed or in maintenance; the table
+    /// then gives it no slot unless the VIP fails open).
+    pub healthy: bool,
     /// The outer header of GRE packets to it, prepared from the local addresses.
     pub gre: GreOuter,
 }
@@ -214,6 +217,8 @@ pub struct VipState {
     past: Vec<Arc<PastTable>>,
     /// The configuration this was built from, to reuse the state when a change leaves the VIP alone.
     source: Vip,
+    /// Every backend with a weight is unhealthy, so the table uses them all anyway (`health.fail_open`).
+    pub fail_open: bool,
 }
 
 /// A Maglev table a VIP used before its current one, kept so connections that began under it keep their
@@ -255,6 +260,27 @@ impl VipState {
     pub fn pick(&self, hash: u64) -> Option<(u16, &BackendState)> {
         let i = self.table.lookup(hash)?;
         self.backends.get(usize::from(i)).map(|b| (i, b))
+    }
+
+    /// The members its table was built from: `(name, weight)` with unhealthy backends at weight 0
+    /// (unless the VIP fails open).
+    fn table_members(&self) -> Vec<(String, u32)> {
+        self.backends
+            .iter()
+            .map(|b| {
+                let w = if b.healthy || self.fail_open {
+                    b.weight
+                } else {
+                    0
+                };
+                (b.name.clone(), w)
+            })
+            .collect()
+    }
+
+    /// Whether the VIP can take new connections by health: some backend with a weight is healthy.
+    pub fn ready(&self) -> bool {
+        self.backends.iter().any(|b| b.weight > 0 && b.healthy)
     }
 
     /// The past tables still kept, oldest first.
@@ -429,6 +455,8 @@ impl Registry {
 #[derive(Debug)]
 pub struct Control {
     config: Validated,
+    /// Backends health keeps out of the tables: `(VIP name, backend name)`.
+    unhealthy: BTreeSet<(String, String)>,
     registry: Registry,
     shared: SharedState,
     rebuilds: u64,
@@ -450,7 +478,16 @@ impl Control {
         let mut rebuilds = 0;
         let fixed_now = now;
         let now = now.unwrap_or_else(unix_now);
-        let mut state = build_state(&config, &mut registry, None, 1, &mut rebuilds, now)?;
+        let unhealthy = BTreeSet::new();
+        let mut state = build_state(
+            &config,
+            &unhealthy,
+            &mut registry,
+            None,
+            1,
+            &mut rebuilds,
+            now,
+        )?;
         if let Some(path) = &config.generations_file {
             match read_history(path) {
                 Ok(Some(h)) => restore_history(&mut state, &config, &mut registry, &h, now),
@@ -460,6 +497,7 @@ impl Control {
         }
         let control = Self {
             config,
+            unhealthy,
             registry,
             shared: Arc::new(ArcSwap::from_pointee(state)),
             rebuilds,
@@ -549,6 +587,26 @@ impl Control {
         })
     }
 
+    /// Sets the backends health keeps out of the tables, `(VIP name, backend name)`, and publishes a new
+    /// state when that changes anything; returns whether it published. Names that match no backend are
+    /// ignored.
+    pub fn set_unhealthy(&mut self, out: BTreeSet<(String, String)>) -> Result<bool, ControlError> {
+        if out == self.unhealthy {
+            return Ok(false);
+        }
+        let before = std::mem::replace(&mut self.unhealthy, out);
+        if let Err(e) = self.publish(self.config.clone()) {
+            self.unhealthy = before;
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// The backends health keeps out of the tables.
+    pub fn unhealthy(&self) -> &BTreeSet<(String, String)> {
+        &self.unhealthy
+    }
+
     /// Replaces the whole configuration. On failure the old state stays published.
     pub fn reload(&mut self, section: &MaglevSection) -> Result<(), ControlError> {
         let config = section.validate().map_err(ControlError::Invalid)?;
@@ -576,6 +634,7 @@ impl Control {
         let now = self.now();
         let state = build_state(
             &config,
+            &self.unhealthy,
             &mut self.registry,
             Some((&*old, &self.config)),
             old.generation + 1,
@@ -668,11 +727,7 @@ fn write_history(path: &Path, config: &Validated, state: &State) -> Result<(), S
             .iter()
             .map(|v| VipHistory {
                 name: v.name.clone(),
-                current: v
-                    .backends
-                    .iter()
-                    .map(|b| (b.name.clone(), b.weight))
-                    .collect(),
+                current: v.table_members(),
                 past: v
                     .past
                     .iter()
@@ -718,11 +773,7 @@ fn restore_history(
         let Some(old) = h.vips.iter().find(|o| o.name == vip.name) else {
             continue;
         };
-        let current: Vec<(String, u32)> = vip
-            .backends
-            .iter()
-            .map(|b| (b.name.clone(), b.weight))
-            .collect();
+        let current = vip.table_members();
         let mut lists: Vec<(u64, &[(String, u32)])> = old
             .past
             .iter()
@@ -793,6 +844,7 @@ fn find_backend(v: &crate::config::VipSection, name: &str) -> Result<usize, Cont
 /// which changes every flow's slot). Past tables older than the TCP idle timeout at `now` are dropped.
 fn build_state(
     config: &Validated,
+    unhealthy: &BTreeSet<(String, String)>,
     registry: &mut Registry,
     old: Option<(&State, &Validated)>,
     generation: u64,
@@ -818,7 +870,18 @@ fn build_state(
                 .cloned()
                 .collect()
         });
-        if let Some(p) = prev.filter(|p| reuse && p.source == *v) {
+        let healthy: Vec<bool> = v
+            .backends
+            .iter()
+            .map(|b| !unhealthy.contains(&(v.name.clone(), b.name.clone())))
+            .collect();
+        let same_health = |p: &VipState| {
+            p.backends
+                .iter()
+                .map(|b| b.healthy)
+                .eq(healthy.iter().copied())
+        };
+        if let Some(p) = prev.filter(|p| reuse && p.source == *v && same_health(p)) {
             if past.len() == p.past.len() {
                 vips.push(Arc::clone(p));
             } else {
@@ -837,20 +900,28 @@ fn build_state(
         let backends: Vec<BackendState> = v
             .backends
             .iter()
-            .map(|b| BackendState {
+            .zip(&healthy)
+            .map(|(b, &healthy)| BackendState {
                 id: registry.backend(id, &b.name),
                 name: b.name.clone(),
                 addr: b.addr,
                 mac: b.mac,
                 weight: b.weight,
+                healthy,
                 gre: GreOuter::new(b.addr, config.local_v4, config.local_v6),
             })
             .collect();
+        // Fail open: when no backend with a weight is healthy, all of them share the table as
+        // configured rather than none (unless configured otherwise).
+        let fail_open = config.health.fail_open
+            && backends.iter().any(|b| b.weight > 0)
+            && !backends.iter().any(|b| b.weight > 0 && b.healthy);
+        let effective = |b: &BackendState| if b.healthy || fail_open { b.weight } else { 0 };
         let members: Vec<Member<'_>> = backends
             .iter()
             .map(|b| Member {
                 name: &b.name,
-                weight: b.weight,
+                weight: effective(b),
             })
             .collect();
         let table =
@@ -862,11 +933,12 @@ fn build_state(
             })?;
         *rebuilds += 1;
         if let Some(p) = prev {
-            let members = |list: &[BackendState]| -> Vec<(String, u32)> {
-                list.iter().map(|b| (b.name.clone(), b.weight)).collect()
-            };
-            let before = members(&p.backends);
-            if before != members(&backends) {
+            let before = p.table_members();
+            let after: Vec<(String, u32)> = backends
+                .iter()
+                .map(|b| (b.name.clone(), effective(b)))
+                .collect();
+            if before != after {
                 past.push(Arc::new(PastTable {
                     replaced_at: now,
                     ids: p.backends.iter().map(|b| b.id).collect(),
@@ -896,6 +968,7 @@ fn build_state(
             table,
             past,
             source: v.clone(),
+            fail_open,
         }));
     }
 
@@ -1056,6 +1129,7 @@ mod tests {
         c.add_backend(
             "web",
             BackendSection {
+                check: None,
                 name: "d".into(),
                 addr: "198.18.1.4".parse().expect("ip"),
                 weight: 1,
@@ -1066,6 +1140,7 @@ mod tests {
         c.add_backend(
             "web",
             BackendSection {
+                check: None,
                 name: "a".into(),
                 addr: "198.18.1.1".parse().expect("ip"),
                 weight: 1,
@@ -1147,6 +1222,7 @@ mod tests {
         let mut c = Control::new(config()).expect("builds");
         let old = c.state();
         let dup = BackendSection {
+            check: None,
             name: "b".into(),
             addr: "198.18.1.9".parse().expect("ip"),
             weight: 1,
@@ -1226,6 +1302,7 @@ mod tests {
         // The configuration file gained a backend while the instance was down.
         let mut s2 = first.to_section();
         s2.vips[0].backends.push(BackendSection {
+            check: None,
             name: "d".into(),
             addr: "198.18.1.4".parse().expect("ip"),
             weight: 1,

@@ -19,6 +19,7 @@ pub mod control;
 pub mod counters;
 pub mod dataplane;
 pub mod hash;
+pub mod health;
 pub mod http;
 pub mod maglev;
 #[doc(hidden)]

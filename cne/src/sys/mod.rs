@@ -1,5 +1,6 @@
 //! Thin, checked wrappers over the host: C return codes turned into errors, socket options, network
-//! devices ([`netdev`]), CPU lists and affinity ([`cpu`]) and capabilities ([`privs`]).
+//! devices ([`netdev`]), TUN devices ([`tun`]), policy rules, routes and addresses ([`route`]), CPU
+//! lists and affinity ([`cpu`]) and capabilities ([`privs`]).
 //!
 //! Calls into libc, libbpf or libxdp that report failure in an integer return code go through the return-code
 //! helpers here, as libbpf-rs does with `parse_ret`: `parse_ret` for libbpf's and libxdp's `-errno`
@@ -14,6 +15,8 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 pub mod cpu;
 pub mod netdev;
 pub mod privs;
+pub mod route;
+pub mod tun;
 
 /// Integers a C call can return.
 pub(crate) trait RetCode: Copy + PartialOrd + Default + fmt::Display {
@@ -69,6 +72,16 @@ pub(crate) fn cvt_fd(rc: libc::c_int) -> io::Result<OwnedFd> {
     let fd = cvt(rc)?;
     // SAFETY: a return other than -1 of these calls is a fresh descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `" (needs CAP_NET_ADMIN)"` when `e` is `EPERM`, else nothing: appended to the messages of network
+/// configuration errors, whose usual cause is a missing capability.
+pub(crate) fn needs_cap_net_admin(e: &io::Error) -> &'static str {
+    if e.raw_os_error() == Some(libc::EPERM) {
+        " (needs CAP_NET_ADMIN)"
+    } else {
+        ""
+    }
 }
 
 /// `size_of::<T>()` as a `socklen_t` (the option values passed are a few dozen bytes).
@@ -141,4 +154,29 @@ mod tests {
         assert!(got >= 4096, "{got}");
         assert!(getsockopt_into(fd, libc::SOL_XDP, 7, &mut got).is_err());
     }
+}
+
+/// Waits until `fd` is readable or `timeout` passes (`None`: no limit). `Ok(false)` on timeout or when
+/// a signal interrupted the wait.
+pub(crate) fn poll_readable(
+    fd: std::os::fd::BorrowedFd<'_>,
+    timeout: Option<std::time::Duration>,
+) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let ms = timeout.map_or(-1, |t| {
+        libc::c_int::try_from(t.as_millis()).unwrap_or(libc::c_int::MAX)
+    });
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: pfd is one live pollfd for the call.
+    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+    let rc = match cvt(rc) {
+        Ok(rc) => rc,
+        Err(err) if err.kind() == io::ErrorKind::Interrupted => return Ok(false),
+        Err(err) => return Err(err),
+    };
+    Ok(rc > 0 && pfd.revents & libc::POLLIN != 0)
 }

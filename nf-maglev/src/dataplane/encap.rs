@@ -78,6 +78,22 @@ pub(super) fn encap_gre<F: Frame>(
     Outcome::Forwarded
 }
 
+/// One Ethernet frame carrying `inner` (an IP packet) GRE-encapsulated to `backend` from `src_mac`, with
+/// exactly the headers the data plane writes (TOS zero); `None` when the backend has no outer header or
+/// the packet is too long. For packets that do not come through a worker: health probes.
+pub fn gre_frame(backend: &BackendState, src_mac: [u8; 6], inner: &[u8]) -> Option<Vec<u8>> {
+    let overhead = backend.gre.overhead();
+    let l3 = 14;
+    let outer_len = u16::try_from(overhead + inner.len()).ok()?;
+    let inner_v6 = inner.first().is_some_and(|b| b >> 4 == 6);
+    let mut data = vec![0u8; l3 + overhead + inner.len()];
+    data[l3 + overhead..].copy_from_slice(inner);
+    write_gre_headers(
+        &mut data, l3, overhead, backend, src_mac, 0, 0, outer_len, inner_v6,
+    )
+    .then_some(data)
+}
+
 /// Writes the MAC addresses, the outer EtherType, the outer IP header of `outer_len` bytes (with `tos`, and
 /// for IPv6 the flow label from `hash`) and the GRE header in front of an inner packet at `l3 + overhead`
 /// (`overhead`: the backend's [`GreOuter::overhead`]);

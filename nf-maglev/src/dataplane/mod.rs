@@ -28,7 +28,7 @@ mod select;
 #[cfg(test)]
 mod testing;
 
-pub use encap::fragment;
+pub use encap::{fragment, gre_frame};
 
 use crate::config::{Mac, Mode};
 use crate::conntrack::{ConnTrack, FlowKey, Slot};
@@ -480,6 +480,7 @@ mod tests {
         let mut c = control();
         let mut w = PortPlane::new(LB_MAC, &c.state());
         let extra = crate::config::BackendSection {
+            check: None,
             name: "p9".into(),
             addr: "198.18.2.9".parse().expect("ip"),
             weight: 1000,

@@ -168,6 +168,7 @@ mod tests {
         let f = flows(2000);
         let before = backends_of(&c.state(), &mut w, &f, SYN, 1);
         let extra = crate::config::BackendSection {
+            check: None,
             name: "p4".into(),
             addr: "198.18.2.5".parse().expect("ip"),
             weight: 1,

@@ -326,6 +326,7 @@ pub(crate) fn moved_by_adding_p4(
     let mut w = PortPlane::new(LB_MAC, &c.state());
     let under_a = backends_of(&c.state(), &mut w, f, SYN, 1);
     let p4 = crate::config::BackendSection {
+        check: None,
         name: "p4".into(),
         addr: "198.18.2.5".parse().expect("ip"),
         weight: 1,
