@@ -20,6 +20,8 @@
 //! | `POST /api/vips/{vip}/backends/{name}/drain`      |                            | 200 `{"generation": N}` |
 //! | `DELETE /api/vips/{vip}/backends/{name}`          |                            | 200 `{"generation": N}` |
 //! | `POST /api/vips/{vip}/backends`                   | a backend as in the config | 201 `{"generation": N}` |
+//! | `POST /api/vips/{vip}/backends/{name}/maintenance`|                            | 200 `{"generation": N}` |
+//! | `DELETE /api/vips/{vip}/backends/{name}/maintenance`|                          | 200 `{"generation": N}` |
 //!
 //! `{vip}` and `{name}` are the names from the configuration, percent-encoded where needed (a default VIP
 //! name such as `198.18.100.1:80/tcp` is written `198.18.100.1:80%2Ftcp`). A backend body is
@@ -28,9 +30,15 @@
 //!
 //! `GET /api/state` returns `{"generation", "config", "read_only", "reloads": {"applied", "rejected",
 //! "last_error"}, "vips": [...], "counters": {...}, "ports": [...]}`. Each VIP has `name`, `addr`, `proto`,
-//! `port` (a number or `"all"`), `mode` (`gre` or `l2dsr`), `table_size`, `counters` (`packets`, `bytes`,
-//! `new_connections`) and `backends`; each backend has `name`, `addr`, `mac`, `weight`, `state` (`active`
-//! or `draining`), `table_entries`, `table_share_percent` and `counters`. `counters` sums all workers
+//! `port` (a number or `"all"`), `mode` (`gre` or `l2dsr`), `table_size`, `ready` (some backend with a
+//! weight is healthy), `fail_open` (none is, so all share the table), `counters` (`packets`, `bytes`,
+//! `new_connections`) and `backends`; each backend has `name`, `addr`, `mac`, `weight`, `state` (`active`,
+//! `draining`, `down` or `maintenance`), `health` (`state`: `unknown`, `up`, `down`, `suppressed`,
+//! `maintenance` or `unchecked`; `in_table`, `since` (Unix seconds), `last_result`, `last_error`,
+//! `last_duration_ms`, `check` (what is probed, where and which way) and `path` (`vip` or `backend`)),
+//! `table_entries`, `table_share_percent` and `counters`. Maintenance keeps a backend out of the table
+//! whatever its checks say until it is deleted; it lives in memory (a restart forgets it) and survives
+//! reloads. `counters` sums all workers
 //! (`rx_packets`, `tx_packets`, `drops` by reason, replies, `conntrack`); `ports` lists each queue's
 //! socket counters.
 //!
@@ -77,6 +85,12 @@ pub(crate) enum Change {
         vip: String,
         backend: BackendSection,
     },
+    /// Put a backend into maintenance (out of the table whatever its checks say) or take it out.
+    Maintenance {
+        vip: String,
+        backend: String,
+        on: bool,
+    },
 }
 
 impl Change {
@@ -92,6 +106,8 @@ impl Change {
             Change::Drain { vip, backend } => control.drain(&vip, &backend),
             Change::Remove { vip, backend } => control.remove_backend(&vip, &backend),
             Change::Add { vip, backend } => control.add_backend(&vip, backend),
+            // Health is the runtime's, not the control plane's: it handles this change itself.
+            Change::Maintenance { .. } => Ok(()),
         }
     }
 }
@@ -151,6 +167,14 @@ pub(crate) trait Api {
     fn readiness(&self) -> Vec<String>;
     /// Process facts for `/api/state`: `config`, `reloads`.
     fn info(&self) -> Value;
+    /// A backend's `health` object for `/api/state` (`null` when unknown).
+    fn backend_health(&self, _vip: &str, _backend: &str) -> Value {
+        Value::Null
+    }
+    /// Whether a backend is in maintenance.
+    fn in_maintenance(&self, _vip: &str, _backend: &str) -> bool {
+        false
+    }
 }
 
 /// A response to send.
@@ -330,6 +354,18 @@ fn handle(
             },
         ),
         (_, ["api", "vips", _, "backends", _, "drain"]) => not_allowed("POST"),
+        (m @ ("POST" | "DELETE"), ["api", "vips", vip, "backends", backend, "maintenance"]) => {
+            mutate(
+                api,
+                200,
+                Change::Maintenance {
+                    vip: (*vip).to_owned(),
+                    backend: (*backend).to_owned(),
+                    on: m == "POST",
+                },
+            )
+        }
+        (_, ["api", "vips", _, "backends", _, "maintenance"]) => not_allowed("POST or DELETE"),
         ("DELETE", ["api", "vips", vip, "backends", backend]) => mutate(
             api,
             200,
@@ -437,7 +473,16 @@ fn state_json(api: &dyn Api) -> Value {
                         "addr": b.addr.to_string(),
                         "mac": b.mac.to_string(),
                         "weight": b.weight,
-                        "state": if b.weight == 0 { "draining" } else { "active" },
+                        "state": if api.in_maintenance(&v.name, &b.name) {
+                            "maintenance"
+                        } else if !b.healthy {
+                            "down"
+                        } else if b.weight == 0 {
+                            "draining"
+                        } else {
+                            "active"
+                        },
+                        "health": api.backend_health(&v.name, &b.name),
                         "table_entries": n,
                         "table_share_percent": share,
                         "counters": traffic_json(traffic(&counters.backends, b.id)),
@@ -451,6 +496,8 @@ fn state_json(api: &dyn Api) -> Value {
                 "port": port_json(v.port),
                 "mode": mode_name(v.mode),
                 "table_size": size,
+                "ready": v.ready(),
+                "fail_open": v.fail_open,
                 "counters": traffic_json(traffic(&counters.vips, v.id)),
                 "backends": backends,
             })

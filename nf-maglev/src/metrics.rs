@@ -302,6 +302,27 @@ const BUILD_INFO: Def = gauge(
     &["version"],
 );
 
+const BACKEND_UP: Def = gauge(
+    "nf_maglev_backend_up",
+    "1 when health lets the backend take new connections (unchecked backends included), else 0.",
+    BACKEND,
+);
+const VIP_READY: Def = gauge(
+    "nf_maglev_vip_ready",
+    "1 when some backend of the VIP with a weight is healthy.",
+    VIP,
+);
+const VIP_FAIL_OPEN: Def = gauge(
+    "nf_maglev_vip_fail_open",
+    "1 when no backend of the VIP is healthy, so all of them share its table (health.fail_open).",
+    VIP,
+);
+const CHECKER_CPU: Def = counter(
+    "nf_maglev_health_checker_cpu_seconds_total",
+    "CPU time of the health checker's thread.",
+    NONE,
+);
+
 const ALL: &[&Def] = &[
     &PORT_INFO,
     &PORT_RX_PACKETS,
@@ -344,6 +365,10 @@ const ALL: &[&Def] = &[
     &BACKEND_WEIGHT,
     &BACKEND_TABLE_ENTRIES,
     &BACKEND_TABLE_SHARE,
+    &BACKEND_UP,
+    &VIP_READY,
+    &VIP_FAIL_OPEN,
+    &CHECKER_CPU,
     &REBUILDS,
     &RELOADS,
     &GENERATION,
@@ -434,6 +459,8 @@ pub(crate) struct Sources {
     pub(crate) control: Arc<Mutex<ControlStats>>,
     /// The admin server's counters.
     pub(crate) admin: Arc<http::Stats>,
+    /// CPU time of the health checker's thread, nanoseconds.
+    pub(crate) checker_cpu_ns: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Table slots held by each backend of `vip`, indexed like [`VipState::backends`].
@@ -555,6 +582,15 @@ impl Collector for LbCollector {
             f.add(&[], v as f64);
             out.push(f.finish());
         }
+        let mut cpu = Family::new(&CHECKER_CPU);
+        cpu.add(
+            &[],
+            self.sources
+                .checker_cpu_ns
+                .load(std::sync::atomic::Ordering::Relaxed) as f64
+                / 1e9,
+        );
+        out.push(cpu.finish());
         let mut reloads = Family::new(&RELOADS);
         reloads.add(&["applied"], control.reloads_applied as f64);
         reloads.add(&["rejected"], control.reloads_rejected as f64);
@@ -573,6 +609,8 @@ impl Collector for LbCollector {
             &VIP_NEW_CONNS,
             &VIP_BACKENDS,
             &TABLE_GENERATIONS,
+            &VIP_READY,
+            &VIP_FAIL_OPEN,
         ]
         .into_iter()
         .map(Family::new)
@@ -584,6 +622,7 @@ impl Collector for LbCollector {
             &BACKEND_WEIGHT,
             &BACKEND_TABLE_ENTRIES,
             &BACKEND_TABLE_SHARE,
+            &BACKEND_UP,
         ]
         .into_iter()
         .map(Family::new)
@@ -596,6 +635,8 @@ impl Collector for LbCollector {
             vf[2].add(&v, t.new_conns as f64);
             vf[3].add(&v, vip.backends().len() as f64);
             vf[4].add(&v, (1 + vip.past_tables().len()) as f64);
+            vf[5].add(&v, f64::from(u8::from(vip.ready())));
+            vf[6].add(&v, f64::from(u8::from(vip.fail_open)));
             let entries = table_entries(vip);
             let size = vip.table().size().max(1) as f64;
             for (b, &n) in vip.backends().iter().zip(&entries) {
@@ -607,6 +648,7 @@ impl Collector for LbCollector {
                 bf[3].add(&l, f64::from(b.weight));
                 bf[4].add(&l, n as f64);
                 bf[5].add(&l, n as f64 / size);
+                bf[6].add(&l, f64::from(u8::from(b.healthy)));
             }
         }
         out.extend(vf.into_iter().map(Family::finish));
@@ -783,6 +825,7 @@ mod tests {
             )],
         }));
         let reg = registry(Sources {
+            checker_cpu_ns: Default::default(),
             state: c.shared(),
             workers: vec![slot],
             control: control_stats,
@@ -878,6 +921,7 @@ mod tests {
     fn a_change_shows_at_the_next_scrape() {
         let mut c = control();
         let reg = registry(Sources {
+            checker_cpu_ns: Default::default(),
             state: c.shared(),
             workers: Vec::new(),
             control: Arc::default(),

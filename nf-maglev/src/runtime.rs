@@ -47,6 +47,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use nf_maglev::auth::Token;
 use nf_maglev::config::{Mac, Validated};
 use nf_maglev::control::{Control, ControlError, State};
+use nf_maglev::health::monitor::Monitor;
 use nf_maglev::http;
 use serde_json::{json, Value};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -210,6 +211,8 @@ struct Runtime {
     filter_warning: Option<Instant>,
     /// The admin server's counters (the metrics show them).
     admin_stats: Arc<http::Stats>,
+    /// Health checking.
+    health: Monitor,
 }
 
 impl Runtime {
@@ -288,6 +291,24 @@ impl Runtime {
             }
         }
         self.claims_ok = true;
+        self.sync_health();
+        Ok(())
+    }
+
+    /// Gives the health checker the configuration just published and applies what it says.
+    fn sync_health(&mut self) {
+        self.health.sync(self.control.config());
+        if let Err(e) = self.apply_health() {
+            log::error!("health: publishing the backends' health: {e}");
+        }
+    }
+
+    /// Publishes a new state when the backends health keeps out changed.
+    fn apply_health(&mut self) -> Result<(), ControlError> {
+        let changed = self.control.set_unhealthy(self.health.out())?;
+        if changed {
+            self.update_stats(None);
+        }
         Ok(())
     }
 
@@ -352,6 +373,9 @@ impl Runtime {
             message: e.message,
             issues: e.issues,
         })?;
+        self.health
+            .admissible(&validated)
+            .map_err(|e| ApiError::new(400, e))?;
         if !self.instance.programs().is_empty() {
             let (rules, addrs) = claims(&validated);
             check_claims_fit(&origin, &rules, &addrs)
@@ -367,9 +391,37 @@ impl Api for Runtime {
     }
 
     fn change(&mut self, change: Change) -> Result<(), ControlError> {
-        let r = change.apply(&mut self.control);
+        let r = match change {
+            Change::Maintenance { vip, backend, on } => {
+                let state = self.control.state();
+                let Some(v) = state.vip_by_name(&vip) else {
+                    return Err(ControlError::NoSuchVip(vip));
+                };
+                if !v.backends().iter().any(|b| b.name == backend)
+                    || !self.health.set_maintenance(&vip, &backend, on)
+                {
+                    return Err(ControlError::NoSuchBackend { vip, backend });
+                }
+                self.apply_health()
+            }
+            change => {
+                let r = change.apply(&mut self.control);
+                if r.is_ok() {
+                    self.sync_health();
+                }
+                r
+            }
+        };
         self.update_stats(None);
         r
+    }
+
+    fn backend_health(&self, vip: &str, backend: &str) -> Value {
+        self.health.backend_json(vip, backend)
+    }
+
+    fn in_maintenance(&self, vip: &str, backend: &str) -> bool {
+        self.health.in_maintenance(vip, backend)
     }
 
     fn reload(&mut self) -> Result<(), ApiError> {
@@ -419,6 +471,7 @@ impl Api for Runtime {
         json!({
             "config": self.path.display().to_string(),
             "read_only": self.read_only,
+            "health": { "probe_path": self.health.path_json() },
             "reloads": {
                 "applied": s.reloads_applied,
                 "rejected": s.reloads_rejected,
@@ -593,6 +646,9 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
             }
         );
     }
+    let probe_if = instance.config().lports().first().map(|l| l.netdev.clone());
+    let health = Monitor::start(control.config(), probe_if.as_deref())
+        .context("starting the health checker")?;
     // Still single-threaded: every thread started from here on (workers, the admin server, the
     // signal thread) inherits the reduced set. Our own XDP programs hang on bpf_links that closing
     // their descriptors detaches, so no capability is needed to leave cleanly.
@@ -629,8 +685,12 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
         workers: slots.clone(),
         control: Arc::clone(&stats),
         admin: Arc::clone(&admin_stats),
+        checker_cpu_ns: health.cpu_ns(),
     })
     .context("creating the metrics registry")?;
+    health
+        .register(&registry)
+        .context("registering the health metrics")?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let epoch = Instant::now();
@@ -671,6 +731,7 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
         claims_ok: true,
         filter_warning: None,
         admin_stats,
+        health,
     };
     let result = match spawn_error {
         Some(e) => Err(e),
@@ -797,7 +858,26 @@ fn control_loop(
         rt.links.check(Instant::now())?;
         // Past Maglev tables older than the TCP idle timeout are forgotten here.
         rt.control.tick();
-        match rx.recv_timeout(TICK) {
+        let health = rt.health.results().clone();
+        let event = crossbeam_channel::select! {
+            recv(rx) -> ev => ev.map_err(|_| RecvTimeoutError::Disconnected),
+            recv(health) -> report => {
+                if let Ok(report) = report {
+                    rt.health.absorb(report);
+                    // Everything that arrived together goes into one publication.
+                    for report in health.try_iter() {
+                        rt.health.absorb(report);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout)
+            }
+            default(TICK) => Err(RecvTimeoutError::Timeout),
+        };
+        rt.health.tick();
+        if let Err(e) = rt.apply_health() {
+            log::error!("health: publishing the backends' health: {e}");
+        }
+        match event {
             Ok(Event::Stop(sig)) => {
                 log::info!("{sig}: shutting down");
                 return Ok(());

@@ -11,6 +11,7 @@
 
 pub mod check;
 pub mod checker;
+pub mod monitor;
 pub mod path;
 pub mod probe;
 pub mod tracker;
