@@ -43,7 +43,13 @@ def tcp_connect(addr, port, sport, timeout):
     if sport:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("::" if ":" in addr else "0.0.0.0", sport))
-    s.connect((addr, port))
+    try:
+        s.connect((addr, port))
+    except OSError as e:
+        # The kernel chose the source port before the SYN left: keep it for the result.
+        e.sport = s.getsockname()[1]
+        s.close()
+        raise
     return s
 
 
@@ -101,6 +107,7 @@ def one_conn(a, i, deadline):
         finally:
             s.close()
     except Exception as e:  # noqa: BLE001 - every failure is a result
+        res["sport"] = getattr(e, "sport", res["sport"])
         res["error"] = err(e)
     return res
 

@@ -84,10 +84,41 @@ fn table_entries(state: &Value, vip: &str) -> u64 {
         .sum()
 }
 
+/// Backend each client source port last reached (the load balancer keeps a closed connection's entry
+/// for `tcp_fin_timeout_s`, so a reused port may meet it).
+type Seen = BTreeMap<u16, String>;
+
 /// `n` new connections to the IPv4 VIP: all answered, spread by weight over `expected`.
 fn spread_over(lab: &MaglevLab, n: u32, expected: &[BackendSpec], what: &str) {
-    let spread = Spread::of(&lab.tcp_conns(IpAddr::V4(VIP4), n, 32, None).unwrap());
-    assert_eq!(spread.failed, 0, "{what}: {n} new connections\n{spread}");
+    spread_seen(lab, n, expected, what, &mut Seen::new());
+}
+
+/// [`spread_over`], naming for each failed connection the backend its source port reached before.
+fn spread_seen(lab: &MaglevLab, n: u32, expected: &[BackendSpec], what: &str, seen: &mut Seen) {
+    let results = lab.tcp_conns(IpAddr::V4(VIP4), n, 32, None).unwrap();
+    let spread = Spread::of(&results);
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| r.error.is_some())
+        .map(|r| {
+            format!(
+                "port {} (before: {})",
+                r.sport,
+                seen.get(&r.sport).map_or("none", String::as_str)
+            )
+        })
+        .collect();
+    for r in &results {
+        if let Some(b) = &r.backend {
+            seen.insert(r.sport, b.clone());
+        }
+    }
+    assert_eq!(
+        spread.failed,
+        0,
+        "{what}: {n} new connections\n{spread}failed source ports: {}",
+        failed.join(", ")
+    );
     if let Err(e) = spread.check_weights(expected, 5.0) {
         panic!("{what}: {e:#}");
     }
@@ -210,6 +241,7 @@ fn failures(mode: Mode) {
     );
 
     let mut report = Vec::new();
+    let mut seen = Seen::new();
     for (k, fault) in Fault::ALL.into_iter().enumerate() {
         let what = format!("{mode} {fault}");
         let clean = lab.backend_fingerprint(VICTIM).unwrap();
@@ -233,7 +265,13 @@ fn failures(mode: Mode) {
             );
         }
         assert_eq!(st["health"]["state"], "down", "{what}: {st}");
-        spread_over(&lab, 1000, &others, &format!("{what}, {victim} out"));
+        spread_seen(
+            &lab,
+            1000,
+            &others,
+            &format!("{what}, {victim} out"),
+            &mut seen,
+        );
         let kept = held_untouched(
             &mut hold,
             u32::try_from(k).unwrap() + 1,
@@ -262,7 +300,13 @@ fn failures(mode: Mode) {
             1.0,
             "{what}: nf_maglev_backend_up after the return"
         );
-        spread_over(&lab, 600, &spec.backends, &format!("{what}, {victim} back"));
+        spread_seen(
+            &lab,
+            600,
+            &spec.backends,
+            &format!("{what}, {victim} back"),
+            &mut seen,
+        );
         report.push(format!(
             "{fault:<15} detected in {:>5.0} ms (last result {}), back in {:>5.0} ms, {kept} held \
              connections to the others kept",
@@ -464,9 +508,9 @@ fn failures_l2dsr() {
 }
 
 /// Damping of the flapping test: a half-life long against the test, so the penalty barely decays.
-const HALF_LIFE: f64 = 60.0;
-const SUPPRESS: f64 = 3.0;
-const REUSE: f64 = 1.0;
+const HALF_LIFE: u32 = 60;
+const SUPPRESS: u32 = 3;
+const REUSE: u32 = 1;
 const FLAP_FOR: Duration = Duration::from_secs(20);
 
 /// Most times one VIP's table may change because of one flapping backend within `t` seconds.
@@ -478,11 +522,9 @@ const FLAP_FOR: Duration = Duration::from_secs(20);
 /// take HALF_LIFE x log2(SUPPRESS/REUSE) > t. Changes: down and up n - 1 times, the n-th down, and one
 /// spare for a rebuild that publishes the suppression itself: 2n.
 fn damped_changes(t: f64) -> u64 {
-    assert!(
-        HALF_LIFE * (SUPPRESS / REUSE).log2() > t,
-        "released within the test"
-    );
-    let n = (SUPPRESS * (t / HALF_LIFE).exp2()).floor() as u64 + 1;
+    let (h, s, r) = (f64::from(HALF_LIFE), f64::from(SUPPRESS), f64::from(REUSE));
+    assert!(h * (s / r).log2() > t, "released within the test");
+    let n = (s * (t / h).exp2()).floor() as u64 + 1;
     2 * n
 }
 
