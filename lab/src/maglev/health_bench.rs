@@ -103,6 +103,8 @@ pub struct Sample {
     pub failed_before: u64,
     /// Failed connections started after the detection.
     pub failed_after: u64,
+    /// How long after the detection the last of those started.
+    pub last_failure_after: Option<Duration>,
 }
 
 /// What [`health_bench`] measured.
@@ -267,20 +269,27 @@ pub fn health_bench(opts: &HealthBenchOpts) -> Result<HealthBenchReport> {
                 failed_in_flight: 0,
                 failed_before: 0,
                 failed_after: 0,
+                last_failure_after: None,
             };
             for c in conns.iter().filter(|c| c.conn.error.is_some()) {
                 match detected_at {
                     _ if c.start < killed_at => s.failed_in_flight += 1,
-                    Some(d) if c.start >= d => s.failed_after += 1,
+                    Some(d) if c.start >= d => {
+                        s.failed_after += 1;
+                        let late = Duration::from_secs_f64(c.start - d);
+                        s.last_failure_after = s.last_failure_after.max(Some(late));
+                    }
                     _ => s.failed_before += 1,
                 }
             }
             eprintln!(
-                "run {run} {method}: detection {} ms, failed {} in flight / {} before / {} after detection",
+                "run {run} {method}: detection {} ms, failed {} in flight / {} before / {} after detection \
+                 (the last {} ms after it)",
                 ms(s.detection),
                 s.failed_in_flight,
                 s.failed_before,
-                s.failed_after
+                s.failed_after,
+                ms(s.last_failure_after)
             );
             samples.push(s);
             lab.start_server(victim_i)?;
@@ -321,6 +330,7 @@ mod tests {
             failed_in_flight: 0,
             failed_before: 3,
             failed_after: after,
+            last_failure_after: None,
         }
     }
 
