@@ -256,6 +256,11 @@ fn failures(mode: Mode) {
             "{what}: detection took {down:?}, more than {:?}",
             detection_bound()
         );
+        eprintln!(
+            "{what}: {victim} out of the table in {:.0} ms (last result {})",
+            down.as_secs_f64() * 1000.0,
+            st["health"]["last_result"]
+        );
         let m = lab.metrics(0).unwrap();
         for vip in CHECKED {
             assert_eq!(
