@@ -8,6 +8,9 @@ Modes:
   hold       CONNS keep-alive connections held open across STEPS steps: step 0 runs at once, step k
              waits for the file STEP_DIR/step<k> to appear, then every still-open connection makes one
              request. Lets a caller change the load balancer between steps.
+  rate       new TCP connections as in `conns`, started at RATE per second for DURATION seconds whatever
+             the answers take (up to PARALLEL open at once); each result also has "t", the wall-clock
+             time (Unix seconds) the connection started, so a caller can line results up with events.
   udp        COUNT datagrams of SIZE bytes (larger than the MTU: the kernel fragments them), each from
              its own socket, answered with the receiving backend's name, length and SHA-256.
 
@@ -40,7 +43,13 @@ def tcp_connect(addr, port, sport, timeout):
     if sport:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("::" if ":" in addr else "0.0.0.0", sport))
-    s.connect((addr, port))
+    try:
+        s.connect((addr, port))
+    except OSError as e:
+        # The kernel chose the source port before the SYN left: keep it for the result.
+        e.sport = s.getsockname()[1]
+        s.close()
+        raise
     return s
 
 
@@ -98,6 +107,7 @@ def one_conn(a, i, deadline):
         finally:
             s.close()
     except Exception as e:  # noqa: BLE001 - every failure is a result
+        res["sport"] = getattr(e, "sport", res["sport"])
         res["error"] = err(e)
     return res
 
@@ -166,6 +176,25 @@ def udp_one(a, i, deadline):
     return res
 
 
+def rate(a):
+    def timed(i):
+        t = time.time()
+        res = one_conn(a, i, float("inf"))
+        res["t"] = t
+        return res
+
+    n = int(a.rate * a.duration)
+    start = time.monotonic()
+    with ThreadPoolExecutor(max_workers=max(1, a.parallel)) as pool:
+        futures = []
+        for i in range(n):
+            delay = start + i / a.rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            futures.append(pool.submit(timed, i))
+        emit([f.result() for f in futures])
+
+
 def emit(results):
     for r in sorted(results, key=lambda r: r["i"]):
         sys.stdout.write(json.dumps(r, sort_keys=True) + "\n")
@@ -232,7 +261,7 @@ def hold(a):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("mode", choices=["conns", "keepalive", "hold", "udp"])
+    p.add_argument("mode", choices=["conns", "keepalive", "hold", "udp", "rate"])
     p.add_argument("--addr", required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--count", type=int, default=1000)
@@ -247,6 +276,8 @@ def main():
     p.add_argument("--step-wait", type=float, default=120.0)
     p.add_argument("--size", type=int, default=4000)
     p.add_argument("--attempts", type=int, default=3)
+    p.add_argument("--rate", type=float, default=200.0, help="new connections per second")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds")
     a = p.parse_args()
     if a.mode == "conns":
         run_pool(a, one_conn, a.count)
@@ -254,6 +285,8 @@ def main():
         run_pool(a, keepalive_conn, a.conns)
     elif a.mode == "udp":
         run_pool(a, udp_one, a.count)
+    elif a.mode == "rate":
+        rate(a)
     else:
         hold(a)
 

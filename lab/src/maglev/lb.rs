@@ -1,6 +1,7 @@
 //! nf-maglev on the load balancers (configuration, start, stop, kill, reload signals, logs) and
 //! `nf-maglev decap` on GRE backends.
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -20,16 +21,17 @@ impl MaglevLab {
         crate::tools::require_executable(&self.nf_maglev)
             .context("GRE backends decapsulate with `nf-maglev decap`")?;
         let b = &mut self.backends[i];
-        let cmd = b.host.ns.command_with_bpffs(&[
+        let mut argv = vec![
             self.nf_maglev.to_string_lossy().into_owned(),
             "decap".into(),
             "--dev".into(),
             BACKEND_IF.into(),
-            "--addr".into(),
-            b.host.v4.to_string(),
-            "--addr".into(),
-            b.host.v6.to_string(),
-        ]);
+        ];
+        let addrs = [IpAddr::V4(b.host.v4), IpAddr::V6(b.host.v6)];
+        for a in addrs.iter().chain(&b.extra_addrs) {
+            argv.extend(["--addr".to_string(), a.to_string()]);
+        }
+        let cmd = b.host.ns.command_with_bpffs(&argv);
         let mut p = spawn_logged(&format!("decap-{}", b.spec.name), cmd)?;
         let ns = &b.host.ns;
         let attached = wait_for(START_TIMEOUT, || {
@@ -49,8 +51,8 @@ impl MaglevLab {
 
     /// The generated nf-maglev configuration for load balancer `i`: CNDP sections for `lb0` with
     /// [`LB_QUEUES`] queues and one worker each, and a `maglev` section with the four [`VIPS`], every
-    /// backend in every VIP (by its address of the VIP's family and its MAC). In l2dsr mode the
-    /// configuration does not depend on `i` at all.
+    /// backend in every VIP (by its address of the VIP's family and its MAC), the spec's `health` object
+    /// and `check` objects when given. In l2dsr mode the configuration does not depend on `i` at all.
     pub fn config(&self, i: usize) -> Value {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut lports = serde_json::Map::new();
@@ -92,8 +94,12 @@ impl MaglevLab {
                         })
                     })
                     .collect();
-                json!({"name": name, "addr": addr.to_string(), "proto": proto, "port": port,
-                       "mode": self.mode.as_str(), "backends": backends})
+                let mut vip = json!({"name": name, "addr": addr.to_string(), "proto": proto,
+                                     "port": port, "mode": self.mode.as_str(), "backends": backends});
+                if let Some(check) = self.checks.get(name) {
+                    vip["check"] = check.clone();
+                }
+                vip
             })
             .collect();
         let mut maglev = json!({
@@ -104,6 +110,9 @@ impl MaglevLab {
             "claim_all": false,
             "vips": vips,
         });
+        if let Some(health) = &self.health {
+            maglev["health"] = health.clone();
+        }
         if self.mode == Mode::Gre {
             maglev["local_addrs"] = json!([lb.v4.to_string(), lb.v6.to_string()]);
         }

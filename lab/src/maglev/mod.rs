@@ -43,10 +43,15 @@
 //! nf-maglev on the load balancers and writes their configurations; [`admin`] talks to nf-maglev's admin
 //! API; [`traffic`] drives the Python client, reads the backends' logs and holds the result types;
 //! [`stats`] judges how connections spread; [`prom`] parses `/metrics`; [`demo`](mod@demo) is `lab demo`;
-//! [`serial`] is the lock that runs one lab at a time per test binary.
+//! [`faults`] makes a backend fail in one of several ways and undoes it; [`health`] reads and waits on
+//! what a load balancer says about its backends' health; [`health_bench`](mod@health_bench) is
+//! `lab health-bench`; [`serial`] is the lock that runs one lab at a time per test binary.
 
 pub mod admin;
 pub mod demo;
+pub mod faults;
+pub mod health;
+pub mod health_bench;
 pub mod lb;
 pub mod prom;
 pub mod stats;
@@ -63,10 +68,12 @@ use anyhow::{ensure, Result};
 use crate::process::Proc;
 
 pub use demo::{demo, DemoOpts, DemoReport};
+pub use faults::Fault;
+pub use health_bench::{health_bench, HealthBenchOpts, HealthBenchReport};
 pub use prom::{Metrics, Sample};
 pub use stats::{binomial_tolerance, Spread};
 pub use topology::{BackendSpec, Host, LabSpec, MaglevLab, Mode};
-pub use traffic::{ConnResult, Hold, KeepaliveResult, UdpResult};
+pub use traffic::{ConnResult, ConnStream, Hold, KeepaliveResult, TimedConn, UdpResult};
 
 /// IPv4 VIP (on `lo` of every backend).
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);

@@ -1,6 +1,7 @@
 //! The lab's topology: what to build ([`LabSpec`]), the hosts on the segment, building it, the
 //! accessors, routes, and tearing it down.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -8,6 +9,7 @@ use std::str::FromStr;
 use std::sync::atomic::Ordering;
 
 use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
 
 use super::{
     check_interrupt, interrupted, tail, BACKEND_IF, BACKEND_PY, CLIENT_IF, CLIENT_MTU, CLIENT_PY,
@@ -82,6 +84,10 @@ pub struct LabSpec {
     pub nf_maglev: PathBuf,
     /// MTU of the client's link ([`CLIENT_MTU`] unless set).
     pub client_mtu: u32,
+    /// The `health` object of the generated `maglev` section (left out unless set).
+    pub health: Option<Value>,
+    /// The `check` object of each generated VIP, by VIP name (left out for VIPs not named).
+    pub checks: BTreeMap<String, Value>,
 }
 
 impl LabSpec {
@@ -93,6 +99,8 @@ impl LabSpec {
             lbs: 1,
             nf_maglev: nf_maglev.into(),
             client_mtu: CLIENT_MTU,
+            health: None,
+            checks: BTreeMap::new(),
         }
         .weights(&[1, 1, 2])
     }
@@ -119,6 +127,20 @@ impl LabSpec {
     /// Sets the MTU of the client's link (at most [`LINK_MTU`]: the segment's).
     pub fn client_mtu(mut self, mtu: u32) -> LabSpec {
         self.client_mtu = mtu;
+        self
+    }
+
+    /// Sets the `health` object of the generated `maglev` section.
+    pub fn health(mut self, health: Value) -> LabSpec {
+        self.health = Some(health);
+        self
+    }
+
+    /// Sets the `check` object of the generated VIPs named in `vips`.
+    pub fn check(mut self, vips: &[&str], check: Value) -> LabSpec {
+        for v in vips {
+            self.checks.insert((*v).to_string(), check.clone());
+        }
         self
     }
 }
@@ -183,6 +205,10 @@ pub(super) struct Backend {
     pub(super) decap: Option<Proc>,
     pub(super) host: Host,
     pub(super) spec: BackendSpec,
+    /// The server is stopped by SIGSTOP (see [`faults`](super::faults)).
+    pub(super) paused: bool,
+    /// Addresses added to its interface after the build (see [`faults`](super::faults)).
+    pub(super) extra_addrs: Vec<IpAddr>,
 }
 
 /// The working directory of a lab (Python programs, configurations, step files); removed by `Drop`
@@ -208,6 +234,8 @@ pub struct MaglevLab {
     pub(super) dir: WorkDir,
     pub(super) mode: Mode,
     pub(super) nf_maglev: PathBuf,
+    pub(super) health: Option<Value>,
+    pub(super) checks: BTreeMap<String, Value>,
 }
 
 fn sysctl(ns: &Netns, settings: &[&str]) -> Result<()> {
@@ -395,6 +423,47 @@ fn make_switch() -> Result<Netns> {
     Ok(sw)
 }
 
+/// Path of the flag file that makes backend `name`'s HTTP server answer 500 while it exists.
+pub(super) fn http_fail_flag(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("http-fail-{name}"))
+}
+
+/// Starts the backend server (`py/backend.py`) of backend `name` on `host`; returns once it is ready.
+pub(super) fn spawn_server(host: &Host, dir: &Path, name: &str) -> Result<Proc> {
+    let script = dir.join("backend.py");
+    let mut server = host.ns.spawn(
+        &format!("backend-{name}"),
+        &[
+            "python3".to_string(),
+            "-u".into(),
+            script.to_string_lossy().into_owned(),
+            "--name".into(),
+            name.to_string(),
+            "--vip".into(),
+            VIP4.to_string(),
+            "--vip".into(),
+            VIP6.to_string(),
+            "--http-port".into(),
+            HTTP_PORT.to_string(),
+            "--udp-port".into(),
+            UDP_PORT.to_string(),
+            "--fail-flag".into(),
+            http_fail_flag(dir, name).to_string_lossy().into_owned(),
+        ],
+    )?;
+    let ready = wait_for(START_TIMEOUT, || {
+        server.stdout().contains("\"ev\": \"ready\"") || !server.is_running() || interrupted()
+    });
+    check_interrupt()?;
+    if !ready || !server.is_running() {
+        bail!(
+            "backend server {name} did not start: {}",
+            tail(&server.stderr(), 20)
+        );
+    }
+    Ok(server)
+}
+
 impl MaglevLab {
     /// Builds namespaces, the bridge, links, addresses and routes, and starts the backend servers (and,
     /// in GRE mode, `nf-maglev decap` on every backend). Load balancers are started by
@@ -495,43 +564,14 @@ impl MaglevLab {
                 "lo",
                 "nodad",
             ])?;
-            let script = dir.0.join("backend.py");
-            let mut server = host.ns.spawn(
-                &format!("backend-{}", b.name),
-                &[
-                    "python3".to_string(),
-                    "-u".into(),
-                    script.to_string_lossy().into_owned(),
-                    "--name".into(),
-                    b.name.clone(),
-                    "--vip".into(),
-                    VIP4.to_string(),
-                    "--vip".into(),
-                    VIP6.to_string(),
-                    "--http-port".into(),
-                    HTTP_PORT.to_string(),
-                    "--udp-port".into(),
-                    UDP_PORT.to_string(),
-                ],
-            )?;
-            let ready = wait_for(START_TIMEOUT, || {
-                server.stdout().contains("\"ev\": \"ready\"")
-                    || !server.is_running()
-                    || interrupted()
-            });
-            check_interrupt()?;
-            if !ready || !server.is_running() {
-                bail!(
-                    "backend server {} did not start: {}",
-                    b.name,
-                    tail(&server.stderr(), 20)
-                );
-            }
+            let server = spawn_server(&host, &dir.0, &b.name)?;
             backends.push(Backend {
                 server,
                 decap: None,
                 host,
                 spec: b.clone(),
+                paused: false,
+                extra_addrs: Vec::new(),
             });
         }
 
@@ -543,6 +583,8 @@ impl MaglevLab {
             dir,
             mode: spec.mode,
             nf_maglev: spec.nf_maglev.clone(),
+            health: spec.health.clone(),
+            checks: spec.checks.clone(),
         };
         lab.route_client_via(0)?;
         if spec.mode == Mode::Gre {
@@ -670,6 +712,12 @@ impl MaglevLab {
 
 impl Drop for MaglevLab {
     fn drop(&mut self) {
+        // A server stopped by SIGSTOP would sit out SIGTERM until killed: let it run again first.
+        for i in 0..self.backends.len() {
+            if let Err(e) = self.resume_server(i) {
+                log::debug!("{e:#}");
+            }
+        }
         // Ask every process to stop at once; the fields' own Drop then reaps them (already gone, or
         // killed after a grace period) before the namespaces go.
         let procs = self.lbs.iter_mut().filter_map(|l| l.nf.as_mut()).chain(

@@ -182,6 +182,30 @@ impl MaglevLab {
         Ok(Hold { proc, step_dir })
     }
 
+    /// Starts new TCP connections to `vip`:[`HTTP_PORT`] from the client at `rate` per second for
+    /// `duration`, in the background, whatever the answers take; [`ConnStream::finish`] collects them.
+    pub fn conn_stream(&self, vip: IpAddr, rate: u32, duration: Duration) -> Result<ConnStream> {
+        let script = self.dir.0.join("client.py");
+        let argv = vec![
+            "python3".to_string(),
+            "-u".into(),
+            script.to_string_lossy().into_owned(),
+            "rate".into(),
+            "--addr".into(),
+            vip.to_string(),
+            "--port".into(),
+            HTTP_PORT.to_string(),
+            "--rate".into(),
+            rate.to_string(),
+            "--duration".into(),
+            duration.as_secs_f64().to_string(),
+            "--parallel".into(),
+            "256".into(),
+        ];
+        let proc = self.client.ns.spawn("client-rate", &argv)?;
+        Ok(ConnStream { proc, duration })
+    }
+
     /// The log of backend `i`'s server (one JSON object per line).
     pub fn backend_log(&self, i: usize) -> Vec<Value> {
         parse_lines(&self.backends[i].server.stdout())
@@ -276,6 +300,51 @@ impl Hold {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// New connections at a steady rate, running in the background ([`MaglevLab::conn_stream`]).
+#[derive(Debug)]
+pub struct ConnStream {
+    proc: Proc,
+    duration: Duration,
+}
+
+impl ConnStream {
+    /// Waits for the stream to end (its duration plus the last connections' time, bounded) and returns
+    /// every connection with its start time.
+    pub fn finish(mut self) -> Result<Vec<TimedConn>> {
+        let bound = self.duration + Duration::from_secs(30);
+        let st = self
+            .proc
+            .wait_timeout(bound)?
+            .with_context(|| format!("connection stream still running after {bound:?}"))?;
+        ensure!(
+            st.success(),
+            "connection stream failed ({st}): {}",
+            tail(&self.proc.stderr(), 20)
+        );
+        parse_lines(&self.proc.stdout())
+            .iter()
+            .map(|v| {
+                Ok(TimedConn {
+                    start: v
+                        .get("t")
+                        .and_then(Value::as_f64)
+                        .context("result without \"t\"")?,
+                    conn: ConnResult::from_json(v)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A connection of a [`ConnStream`] and when it started.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimedConn {
+    /// Wall-clock start, Unix seconds.
+    pub start: f64,
+    /// The outcome.
+    pub conn: ConnResult,
 }
 
 fn parse_lines(text: &str) -> Vec<Value> {
