@@ -984,13 +984,10 @@ fn control_loop(
         let health = rt.health.results().clone();
         let event = crossbeam_channel::select! {
             recv(rx) -> ev => ev.map_err(|_| RecvTimeoutError::Disconnected),
-            recv(health) -> report => {
-                if let Ok(report) = report {
+            recv(health) -> batch => {
+                // Everything that arrived together goes into one publication.
+                for report in batch.into_iter().chain(health.try_iter()).flatten() {
                     rt.health.absorb(report);
-                    // Everything that arrived together goes into one publication.
-                    for report in health.try_iter() {
-                        rt.health.absorb(report);
-                    }
                 }
                 Err(RecvTimeoutError::Timeout)
             }

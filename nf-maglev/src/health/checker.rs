@@ -94,7 +94,7 @@ impl Checker {
     /// clients' path (targets with a [`Via`]).
     pub fn start(
         targets: Vec<Arc<Target>>,
-        results: crossbeam_channel::Sender<Report>,
+        results: crossbeam_channel::Sender<Vec<Report>>,
         path: Option<Arc<DataPath>>,
     ) -> std::io::Result<Checker> {
         let (tx, rx) = watch::channel(Some(targets));
@@ -136,7 +136,7 @@ impl Drop for Checker {
 
 async fn main(
     mut plan: watch::Receiver<Option<Vec<Arc<Target>>>>,
-    results: crossbeam_channel::Sender<Report>,
+    results: crossbeam_channel::Sender<Vec<Report>>,
     path: Option<Arc<DataPath>>,
     cpu: Arc<AtomicU64>,
 ) {
@@ -159,6 +159,21 @@ async fn main(
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     });
+    // Probe loops report within the thread; one task hands the control thread what a tick of the
+    // grid produced as one batch (one wake-up of the control thread per tick, not per probe).
+    let (report, mut reports) = tokio::sync::mpsc::unbounded_channel::<Report>();
+    tokio::spawn(async move {
+        while let Some(first) = reports.recv().await {
+            tokio::time::sleep_until(slot(Instant::now() + Duration::from_millis(1))).await;
+            let mut batch = vec![first];
+            while let Ok(r) = reports.try_recv() {
+                batch.push(r);
+            }
+            if results.send(batch).is_err() {
+                return;
+            }
+        }
+    });
     let mut loops: HashMap<Arc<Target>, tokio::task::JoinHandle<()>> = HashMap::new();
     loop {
         let Some(targets) = plan.borrow_and_update().clone() else {
@@ -176,7 +191,7 @@ async fn main(
             if loops.contains_key(t) {
                 continue;
             }
-            let handle = tokio::spawn(probe_loop(Arc::clone(t), results.clone(), path.clone()));
+            let handle = tokio::spawn(probe_loop(Arc::clone(t), report.clone(), path.clone()));
             loops.insert(Arc::clone(t), handle);
         }
         if plan.changed().await.is_err() {
@@ -202,7 +217,7 @@ fn fraction(interval: Duration, x: u64) -> Duration {
 
 async fn probe_loop(
     t: Arc<Target>,
-    results: crossbeam_channel::Sender<Report>,
+    results: tokio::sync::mpsc::UnboundedSender<Report>,
     path: Option<Arc<DataPath>>,
 ) {
     let interval = t.check.interval.duration();

@@ -70,7 +70,7 @@ pub struct Monitor {
     tracker: Tracker,
     plan: Plan,
     checker: Checker,
-    results: Receiver<Report>,
+    results: Receiver<Vec<Report>>,
     path: Option<Arc<DataPath>>,
     /// Why probes cannot take the data path, when they cannot.
     path_error: Option<String>,
@@ -153,7 +153,7 @@ impl Monitor {
     }
 
     /// Where the results arrive (for the control thread's `select`).
-    pub fn results(&self) -> &Receiver<Report> {
+    pub fn results(&self) -> &Receiver<Vec<Report>> {
         &self.results
     }
 
