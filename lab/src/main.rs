@@ -171,19 +171,7 @@ fn main() -> Result<()> {
             bin_dir,
         } => {
             let mode: Mode = mode.parse()?;
-            // Ctrl-C unwinds the lab (every wait gives up), so `Drop` removes it; a second one exits.
-            ctrlc::set_handler(|| {
-                if maglev::interrupt() {
-                    std::process::exit(130);
-                }
-                eprintln!("interrupted: tearing the lab down");
-            })
-            .context("installing the SIGINT/SIGTERM handler")?;
-            let nf_maglev = bin_dir
-                .unwrap_or_else(tools::release_bin_dir)
-                .join("nf-maglev");
-            tools::require_executable(&nf_maglev)
-                .context("build it first: cargo build --release -p nf-maglev")?;
+            let nf_maglev = maglev_lab_setup(bin_dir)?;
             println!(
                 "maglev demo: mode {mode}, {connections} connections, {}",
                 nf_maglev.display()
@@ -217,18 +205,7 @@ fn main() -> Result<()> {
             bin_dir,
         } => {
             let mode: Mode = mode.parse()?;
-            ctrlc::set_handler(|| {
-                if maglev::interrupt() {
-                    std::process::exit(130);
-                }
-                eprintln!("interrupted: tearing the lab down");
-            })
-            .context("installing the SIGINT/SIGTERM handler")?;
-            let nf_maglev = bin_dir
-                .unwrap_or_else(tools::release_bin_dir)
-                .join("nf-maglev");
-            tools::require_executable(&nf_maglev)
-                .context("build it first: cargo build --release -p nf-maglev")?;
+            let nf_maglev = maglev_lab_setup(bin_dir)?;
             let opts = HealthBenchOpts {
                 mode,
                 runs,
@@ -270,4 +247,23 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What the commands that build a Maglev lab share: Ctrl-C unwinds the lab (every wait gives up) so
+/// `Drop` removes it, a second one exits; the nf-maglev binary of `bin_dir` (default: the release
+/// build), which must exist.
+fn maglev_lab_setup(bin_dir: Option<PathBuf>) -> Result<PathBuf> {
+    ctrlc::set_handler(|| {
+        if maglev::interrupt() {
+            std::process::exit(130);
+        }
+        eprintln!("interrupted: tearing the lab down");
+    })
+    .context("installing the SIGINT/SIGTERM handler")?;
+    let nf_maglev = bin_dir
+        .unwrap_or_else(tools::release_bin_dir)
+        .join("nf-maglev");
+    tools::require_executable(&nf_maglev)
+        .context("build it first: cargo build --release -p nf-maglev")?;
+    Ok(nf_maglev)
 }

@@ -387,16 +387,7 @@ mod tests {
             t0,
         );
         let a = key("a");
-        let mut now = t0;
-        let mut transitions = 0;
-        // Down for 3 probes, up for 2, repeatedly: every cycle is a flap.
-        for _ in 0..20 {
-            for ok in [false, false, false, true, true] {
-                now += Duration::from_secs(1);
-                transitions += usize::from(t.record(&a, outcome(ok), now).is_some());
-                transitions += t.tick(now).len();
-            }
-        }
+        let transitions = flap(&mut t, &a, t0);
         // First flap: out and back (2); the second flap suppresses it (1 more); then it stays out until
         // the penalty halves below reuse, about 10 s, and the cycle repeats.
         assert!(
@@ -406,15 +397,26 @@ mod tests {
         assert!(transitions >= 4, "{transitions}");
         let mut t2 = Tracker::default();
         t2.sync(&config(r#"{"suppress": 0}"#), t0);
-        let mut n = 0;
+        assert_eq!(
+            flap(&mut t2, &a, t0),
+            40,
+            "without damping every flap rebuilds"
+        );
+    }
+
+    /// 100 s of a backend down for 3 probes and up for 2, one probe a second (every cycle a flap);
+    /// returns the transitions.
+    fn flap(t: &mut Tracker, a: &Key, t0: Instant) -> usize {
         let mut now = t0;
+        let mut transitions = 0;
         for _ in 0..20 {
             for ok in [false, false, false, true, true] {
                 now += Duration::from_secs(1);
-                n += usize::from(t2.record(&a, outcome(ok), now).is_some());
+                transitions += usize::from(t.record(a, outcome(ok), now).is_some());
+                transitions += t.tick(now).len();
             }
         }
-        assert_eq!(n, 40, "without damping every flap rebuilds");
+        transitions
     }
 
     #[test]
