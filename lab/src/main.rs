@@ -176,19 +176,14 @@ fn main() -> Result<()> {
                 "maglev demo: mode {mode}, {connections} connections, {}",
                 nf_maglev.display()
             );
-            let report = match maglev::demo(&DemoOpts {
-                mode,
-                connections,
-                nf_maglev,
-            }) {
-                Ok(r) => r,
-                Err(e) if maglev::interrupted() => {
-                    log::debug!("{e:#}");
-                    eprintln!("maglev demo interrupted; the lab is removed");
-                    std::process::exit(130);
-                }
-                Err(e) => return Err(e),
-            };
+            let report = unless_interrupted(
+                maglev::demo(&DemoOpts {
+                    mode,
+                    connections,
+                    nf_maglev,
+                }),
+                "maglev demo",
+            )?;
             print!("{report}");
             if report.spread.failed > 0 || report.weights_ok.is_err() {
                 anyhow::bail!("maglev demo ({mode}): not every connection behaved");
@@ -216,15 +211,7 @@ fn main() -> Result<()> {
                 rise,
                 nf_maglev,
             };
-            let report = match maglev::health_bench(&opts) {
-                Ok(r) => r,
-                Err(e) if maglev::interrupted() => {
-                    log::debug!("{e:#}");
-                    eprintln!("health bench interrupted; the lab is removed");
-                    std::process::exit(130);
-                }
-                Err(e) => return Err(e),
-            };
+            let report = unless_interrupted(maglev::health_bench(&opts), "health bench")?;
             print!("{report}");
             if !report.goal_met() {
                 anyhow::bail!("health bench ({mode}): goal not met");
@@ -266,4 +253,17 @@ fn maglev_lab_setup(bin_dir: Option<PathBuf>) -> Result<PathBuf> {
     tools::require_executable(&nf_maglev)
         .context("build it first: cargo build --release -p nf-maglev")?;
     Ok(nf_maglev)
+}
+
+/// `result`, or, when Ctrl-C ended it, a note that `what` was interrupted and the lab removed, and
+/// exit status 130.
+fn unless_interrupted<T>(result: Result<T>, what: &str) -> Result<T> {
+    match result {
+        Err(e) if maglev::interrupted() => {
+            log::debug!("{e:#}");
+            eprintln!("{what} interrupted; the lab is removed");
+            std::process::exit(130);
+        }
+        r => r,
+    }
 }
