@@ -8,6 +8,9 @@ Modes:
   hold       CONNS keep-alive connections held open across STEPS steps: step 0 runs at once, step k
              waits for the file STEP_DIR/step<k> to appear, then every still-open connection makes one
              request. Lets a caller change the load balancer between steps.
+  stream     one new TCP connection every INTERVAL seconds (each on its own thread, so a slow connect
+             delays nobody) until the file STEP_DIR/stop appears; each result adds "t", when it started,
+             and "connect", how long the handshake took (about 1 s more per lost SYN), in seconds.
   udp        COUNT datagrams of SIZE bytes (larger than the MTU: the kernel fragments them), each from
              its own socket, answered with the receiving backend's name, length and SHA-256.
 
@@ -85,9 +88,18 @@ def one_conn(a, i, deadline):
     if time.monotonic() > deadline:
         res["error"] = "deadline passed before the connection started"
         return res
+    close_request(a, sport, res)
+    return res
+
+
+def close_request(a, sport, res):
+    """One connection, one request with `Connection: close`; fills res with the source port, the
+    handshake's duration ("connect", seconds) and the backend, or the error."""
+    start = time.monotonic()
     try:
         s = tcp_connect(a.addr, a.port, sport, a.timeout)
         try:
+            res["connect"] = round(time.monotonic() - start, 4)
             res["sport"] = s.getsockname()[1]
             s.sendall(b"GET / HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")
             body, _ = read_response(s, b"")
@@ -99,7 +111,24 @@ def one_conn(a, i, deadline):
             s.close()
     except Exception as e:  # noqa: BLE001 - every failure is a result
         res["error"] = err(e)
+        res.setdefault("connect", round(time.monotonic() - start, 4))
+
+
+def stream_conn(a, i, t0):
+    res = {"i": i, "sport": 0, "t": round(time.monotonic() - t0, 4)}
+    close_request(a, 0, res)
     return res
+
+
+def stream(a):
+    stop = os.path.join(a.step_dir, "stop")
+    t0 = time.monotonic()
+    futures = []
+    with ThreadPoolExecutor(max_workers=max(1, a.parallel)) as pool:
+        while not os.path.exists(stop) and time.monotonic() - t0 < a.deadline:
+            futures.append(pool.submit(stream_conn, a, len(futures), t0))
+            time.sleep(max(0.0, t0 + len(futures) * a.interval - time.monotonic()))
+        emit([f.result() for f in futures])
 
 
 def keepalive_conn(a, i, deadline):
@@ -232,7 +261,7 @@ def hold(a):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("mode", choices=["conns", "keepalive", "hold", "udp"])
+    p.add_argument("mode", choices=["conns", "keepalive", "hold", "udp", "stream"])
     p.add_argument("--addr", required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--count", type=int, default=1000)
@@ -247,6 +276,7 @@ def main():
     p.add_argument("--step-wait", type=float, default=120.0)
     p.add_argument("--size", type=int, default=4000)
     p.add_argument("--attempts", type=int, default=3)
+    p.add_argument("--interval", type=float, default=0.02, help="stream: seconds between connections")
     a = p.parse_args()
     if a.mode == "conns":
         run_pool(a, one_conn, a.count)
@@ -254,6 +284,8 @@ def main():
         run_pool(a, keepalive_conn, a.conns)
     elif a.mode == "udp":
         run_pool(a, udp_one, a.count)
+    elif a.mode == "stream":
+        stream(a)
     else:
         hold(a)
 
