@@ -10,6 +10,9 @@ HTTP (HTTP/1.1, keep-alive): GET on any path answers `backend=NAME peer=IP:PORT 
 the requests of this TCP connection. With `Connection: close` the server closes first, so the client
 keeps no TIME_WAIT state and can reuse its source port at once.
 
+With --fail-flag FILE, every HTTP request is answered 500 (body `backend=NAME failing`) while FILE
+exists, as a backend whose application broke while its process, sockets and network stay up would.
+
 UDP: each datagram is answered with JSON {"backend", "len", "sha256"} of what arrived (after the
 kernel reassembled any fragments), so a client can check the datagram arrived whole at one backend.
 
@@ -19,6 +22,7 @@ connection {"ev": "close", "peer", "requests"} when it ends; per datagram {"ev":
 import argparse
 import hashlib
 import json
+import os
 import socket
 import sys
 import threading
@@ -38,7 +42,7 @@ def peer_str(addr):
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def make_handler(name):
+def make_handler(name, fail_flag):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "maglev-lab-backend"
@@ -49,9 +53,12 @@ def make_handler(name):
 
         def do_GET(self):
             self.requests += 1
+            status = 200
             body = f"backend={name} peer={peer_str(self.client_address)} req={self.requests}\n"
+            if fail_flag and os.path.exists(fail_flag):
+                status, body = 500, f"backend={name} failing\n"
             data = body.encode()
-            self.send_response(200)
+            self.send_response(status)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(data)))
             if self.close_connection:
@@ -94,12 +101,13 @@ def main():
     p.add_argument("--vip", action="append", required=True, help="VIP to bind (repeat per family)")
     p.add_argument("--http-port", type=int, default=80)
     p.add_argument("--udp-port", type=int, default=9000)
+    p.add_argument("--fail-flag", help="answer HTTP 500 while this file exists")
     a = p.parse_args()
 
     threads = []
     for vip in a.vip:
         v6 = ":" in vip
-        srv = (Server6 if v6 else Server4)((vip, a.http_port), make_handler(a.name))
+        srv = (Server6 if v6 else Server4)((vip, a.http_port), make_handler(a.name, a.fail_flag))
         threads.append(threading.Thread(target=srv.serve_forever, daemon=True))
         u = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
         u.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)

@@ -8,9 +8,11 @@ Modes:
   hold       CONNS keep-alive connections held open across STEPS steps: step 0 runs at once, step k
              waits for the file STEP_DIR/step<k> to appear, then every still-open connection makes one
              request. Lets a caller change the load balancer between steps.
-  stream     one new TCP connection every INTERVAL seconds (each on its own thread, so a slow connect
-             delays nobody) until the file STEP_DIR/stop appears; each result adds "t", when it started,
-             and "connect", how long the handshake took (about 1 s more per lost SYN), in seconds.
+  rate       new TCP connections as in `conns`, started at RATE per second for DURATION seconds whatever
+             the answers take (up to PARALLEL open at once); each result also has "t", the wall-clock
+             time (Unix seconds) the connection started, so a caller can line results up with events.
+  Results of `conns` and `rate` say how long the handshake took ("connect", seconds): about 1 s more
+  per SYN that got no answer.
   udp        COUNT datagrams of SIZE bytes (larger than the MTU: the kernel fragments them), each from
              its own socket, answered with the receiving backend's name, length and SHA-256.
 
@@ -43,7 +45,13 @@ def tcp_connect(addr, port, sport, timeout):
     if sport:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("::" if ":" in addr else "0.0.0.0", sport))
-    s.connect((addr, port))
+    try:
+        s.connect((addr, port))
+    except OSError as e:
+        # The kernel chose the source port before the SYN left: keep it for the result.
+        e.sport = s.getsockname()[1]
+        s.close()
+        raise
     return s
 
 
@@ -88,13 +96,6 @@ def one_conn(a, i, deadline):
     if time.monotonic() > deadline:
         res["error"] = "deadline passed before the connection started"
         return res
-    close_request(a, sport, res)
-    return res
-
-
-def close_request(a, sport, res):
-    """One connection, one request with `Connection: close`; fills res with the source port, the
-    handshake's duration ("connect", seconds) and the backend, or the error."""
     start = time.monotonic()
     try:
         s = tcp_connect(a.addr, a.port, sport, a.timeout)
@@ -110,25 +111,10 @@ def close_request(a, sport, res):
         finally:
             s.close()
     except Exception as e:  # noqa: BLE001 - every failure is a result
+        res["sport"] = getattr(e, "sport", res["sport"])
         res["error"] = err(e)
         res.setdefault("connect", round(time.monotonic() - start, 4))
-
-
-def stream_conn(a, i, t0):
-    res = {"i": i, "sport": 0, "t": round(time.monotonic() - t0, 4)}
-    close_request(a, 0, res)
     return res
-
-
-def stream(a):
-    stop = os.path.join(a.step_dir, "stop")
-    t0 = time.monotonic()
-    futures = []
-    with ThreadPoolExecutor(max_workers=max(1, a.parallel)) as pool:
-        while not os.path.exists(stop) and time.monotonic() - t0 < a.deadline:
-            futures.append(pool.submit(stream_conn, a, len(futures), t0))
-            time.sleep(max(0.0, t0 + len(futures) * a.interval - time.monotonic()))
-        emit([f.result() for f in futures])
 
 
 def keepalive_conn(a, i, deadline):
@@ -193,6 +179,25 @@ def udp_one(a, i, deadline):
     except Exception as e:  # noqa: BLE001
         res["error"] = err(e)
     return res
+
+
+def rate(a):
+    def timed(i):
+        t = time.time()
+        res = one_conn(a, i, float("inf"))
+        res["t"] = t
+        return res
+
+    n = int(a.rate * a.duration)
+    start = time.monotonic()
+    with ThreadPoolExecutor(max_workers=max(1, a.parallel)) as pool:
+        futures = []
+        for i in range(n):
+            delay = start + i / a.rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            futures.append(pool.submit(timed, i))
+        emit([f.result() for f in futures])
 
 
 def emit(results):
@@ -261,7 +266,7 @@ def hold(a):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("mode", choices=["conns", "keepalive", "hold", "udp", "stream"])
+    p.add_argument("mode", choices=["conns", "keepalive", "hold", "udp", "rate"])
     p.add_argument("--addr", required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--count", type=int, default=1000)
@@ -276,7 +281,8 @@ def main():
     p.add_argument("--step-wait", type=float, default=120.0)
     p.add_argument("--size", type=int, default=4000)
     p.add_argument("--attempts", type=int, default=3)
-    p.add_argument("--interval", type=float, default=0.02, help="stream: seconds between connections")
+    p.add_argument("--rate", type=float, default=200.0, help="new connections per second")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds")
     a = p.parse_args()
     if a.mode == "conns":
         run_pool(a, one_conn, a.count)
@@ -284,8 +290,8 @@ def main():
         run_pool(a, keepalive_conn, a.conns)
     elif a.mode == "udp":
         run_pool(a, udp_one, a.count)
-    elif a.mode == "stream":
-        stream(a)
+    elif a.mode == "rate":
+        rate(a)
     else:
         hold(a)
 

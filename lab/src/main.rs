@@ -4,6 +4,8 @@
 //! interleaved run by run, and prints a table (and optionally JSON). `lab cleanup --prefix lab`
 //! removes namespaces and links left by killed runs. `lab maglev-demo` builds the Maglev lab (client,
 //! nf-maglev, three real backends), makes real TCP connections through it and prints how they spread.
+//! `lab health-bench` kills a backend under a steady stream of new connections and compares removal by
+//! health checks with an immediate weight 0 through the admin API.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -13,7 +15,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use lab::bench::{self, BenchOpts};
-use lab::maglev::{self, DemoOpts, Mode};
+use lab::maglev::{self, DemoOpts, HealthBenchOpts, Mode};
 use lab::{cleanup, forwarder, tools};
 
 #[derive(Debug, Parser)]
@@ -72,6 +74,34 @@ enum Cmd {
         /// New TCP connections to make (one HTTP request each).
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         connections: u32,
+        /// Directory of the nf-maglev binary (default: this binary's directory or target/release).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
+    /// Kill a backend under a steady stream of new connections: detection time and failed connections
+    /// with health checks, next to an immediate weight 0 through the admin API.
+    HealthBench {
+        /// Forwarding mode towards the backends.
+        #[arg(long, default_value = "gre", value_parser = ["gre", "l2dsr"])]
+        mode: String,
+        /// Runs (each measures both methods).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+        runs: u32,
+        /// New connections per second.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=2000))]
+        rate: u32,
+        /// Check interval in seconds.
+        #[arg(long, default_value_t = 0.5)]
+        interval: f64,
+        /// Check timeout in seconds.
+        #[arg(long, default_value_t = 0.3)]
+        timeout: f64,
+        /// Failed checks in a row that take a backend out.
+        #[arg(long, default_value_t = 3)]
+        fall: u32,
+        /// Good checks in a row that bring it back.
+        #[arg(long, default_value_t = 2)]
+        rise: u32,
         /// Directory of the nf-maglev binary (default: this binary's directory or target/release).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
@@ -174,6 +204,53 @@ fn main() -> Result<()> {
             print!("{report}");
             if report.spread.failed > 0 || report.weights_ok.is_err() {
                 anyhow::bail!("maglev demo ({mode}): not every connection behaved");
+            }
+        }
+        Cmd::HealthBench {
+            mode,
+            runs,
+            rate,
+            interval,
+            timeout,
+            fall,
+            rise,
+            bin_dir,
+        } => {
+            let mode: Mode = mode.parse()?;
+            ctrlc::set_handler(|| {
+                if maglev::interrupt() {
+                    std::process::exit(130);
+                }
+                eprintln!("interrupted: tearing the lab down");
+            })
+            .context("installing the SIGINT/SIGTERM handler")?;
+            let nf_maglev = bin_dir
+                .unwrap_or_else(tools::release_bin_dir)
+                .join("nf-maglev");
+            tools::require_executable(&nf_maglev)
+                .context("build it first: cargo build --release -p nf-maglev")?;
+            let opts = HealthBenchOpts {
+                mode,
+                runs,
+                rate,
+                interval,
+                timeout,
+                fall,
+                rise,
+                nf_maglev,
+            };
+            let report = match maglev::health_bench(&opts) {
+                Ok(r) => r,
+                Err(e) if maglev::interrupted() => {
+                    log::debug!("{e:#}");
+                    eprintln!("health bench interrupted; the lab is removed");
+                    std::process::exit(130);
+                }
+                Err(e) => return Err(e),
+            };
+            print!("{report}");
+            if !report.goal_met() {
+                anyhow::bail!("health bench ({mode}): goal not met");
             }
         }
         Cmd::Cleanup { prefix, kill_procs } => {

@@ -83,7 +83,7 @@ pub(crate) enum Change {
     /// Add a backend.
     Add {
         vip: String,
-        backend: BackendSection,
+        backend: Box<BackendSection>,
     },
     /// Put a backend into maintenance (out of the table whatever its checks say) or take it out.
     Maintenance {
@@ -105,7 +105,7 @@ impl Change {
             } => control.set_weight(&vip, &backend, weight),
             Change::Drain { vip, backend } => control.drain(&vip, &backend),
             Change::Remove { vip, backend } => control.remove_backend(&vip, &backend),
-            Change::Add { vip, backend } => control.add_backend(&vip, backend),
+            Change::Add { vip, backend } => control.add_backend(&vip, *backend),
             // Health is the runtime's, not the control plane's: it handles this change itself.
             Change::Maintenance { .. } => Ok(()),
         }
@@ -174,6 +174,10 @@ pub(crate) trait Api {
     /// Whether a backend is in maintenance.
     fn in_maintenance(&self, _vip: &str, _backend: &str) -> bool {
         false
+    }
+    /// Whether a VIP address is announced; `None` without announcement.
+    fn announced(&self, _addr: std::net::IpAddr) -> Option<bool> {
+        None
     }
 }
 
@@ -392,7 +396,7 @@ fn handle(
                 201,
                 Change::Add {
                     vip: (*vip).to_owned(),
-                    backend,
+                    backend: Box::new(backend),
                 },
             )
         }
@@ -497,6 +501,7 @@ fn state_json(api: &dyn Api) -> Value {
                 "mode": mode_name(v.mode),
                 "table_size": size,
                 "ready": v.ready(),
+                "announced": api.announced(v.addr),
                 "fail_open": v.fail_open,
                 "counters": traffic_json(traffic(&counters.vips, v.id)),
                 "backends": backends,

@@ -7,6 +7,7 @@
 //! [`Validated`], is what the control plane builds state from: it cannot hold an inconsistent setting.
 //! [`from_config`] does both on a loaded `cne::config::Config`, with file and line in every message.
 
+use crate::announce::AnnounceSection;
 use crate::health::check::{self, Check, CheckSection, HealthSection};
 pub use crate::maglev::MAX_WEIGHT;
 use crate::maglev::{is_prime, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_TABLE_SIZE};
@@ -168,6 +169,9 @@ pub struct MaglevSection {
     /// Health checking: fail-open, where probes go, flap damping (the checks themselves are per VIP).
     #[serde(default)]
     pub health: HealthSection,
+    /// Announce the VIPs this instance is ready to serve on a device a routing daemon exports.
+    #[serde(default)]
+    pub announce: Option<AnnounceSection>,
     /// The virtual services.
     #[serde(default)]
     pub vips: Vec<VipSection>,
@@ -348,6 +352,8 @@ pub struct Validated {
     pub generations_file: Option<std::path::PathBuf>,
     /// Health-check settings.
     pub health: HealthSection,
+    /// VIP announcement.
+    pub announce: Option<AnnounceSection>,
     /// The VIPs, in configuration order.
     pub vips: Vec<Vip>,
 }
@@ -669,6 +675,9 @@ impl MaglevSection {
             });
         }
         self.health.issues(&format!("{p}.health"), &mut issues);
+        if let Some(a) = &self.announce {
+            a.issues(&format!("{p}.announce"), &mut issues);
+        }
 
         if !issues.is_empty() {
             return Err(issues);
@@ -685,6 +694,7 @@ impl MaglevSection {
             gateway_mac: self.gateway_mac,
             generations_file: self.generations_file.clone(),
             health: self.health.clone(),
+            announce: self.announce.clone(),
             vips,
         })
     }
@@ -711,6 +721,7 @@ impl Validated {
             gateway_mac: self.gateway_mac,
             generations_file: self.generations_file.clone(),
             health: self.health.clone(),
+            announce: self.announce.clone(),
             vips: self
                 .vips
                 .iter()

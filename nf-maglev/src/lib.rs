@@ -12,6 +12,7 @@
 // Packet length and offset math is checked; test code may cast freely.
 #![cfg_attr(not(test), warn(clippy::cast_possible_truncation))]
 
+pub mod announce;
 pub mod auth;
 pub mod config;
 pub mod conntrack;

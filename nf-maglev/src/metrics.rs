@@ -317,9 +317,14 @@ const VIP_FAIL_OPEN: Def = gauge(
     "1 when no backend of the VIP is healthy, so all of them share its table (health.fail_open).",
     VIP,
 );
+const VIP_ANNOUNCED: Def = gauge(
+    "nf_maglev_vip_announced",
+    "1 while the VIP's address is on the announcement device (maglev.announce), else 0.",
+    VIP,
+);
 const CHECKER_CPU: Def = counter(
     "nf_maglev_health_checker_cpu_seconds_total",
-    "CPU time of the health checker's thread.",
+    "CPU time of the health checker's threads (probes, and the data path for probes).",
     NONE,
 );
 
@@ -369,6 +374,7 @@ const ALL: &[&Def] = &[
     &VIP_READY,
     &VIP_FAIL_OPEN,
     &CHECKER_CPU,
+    &VIP_ANNOUNCED,
     &REBUILDS,
     &RELOADS,
     &GENERATION,
@@ -446,6 +452,8 @@ pub(crate) struct ControlStats {
     pub(crate) reloads_rejected: u64,
     /// XDP filter counters per netdev, read just before each scrape.
     pub(crate) filters: Vec<(String, FilterStats)>,
+    /// The announced VIP addresses; `None` without announcement.
+    pub(crate) announced: Option<std::collections::BTreeSet<std::net::IpAddr>>,
 }
 
 /// Where the collector reads from.
@@ -611,6 +619,7 @@ impl Collector for LbCollector {
             &TABLE_GENERATIONS,
             &VIP_READY,
             &VIP_FAIL_OPEN,
+            &VIP_ANNOUNCED,
         ]
         .into_iter()
         .map(Family::new)
@@ -637,6 +646,9 @@ impl Collector for LbCollector {
             vf[4].add(&v, (1 + vip.past_tables().len()) as f64);
             vf[5].add(&v, f64::from(u8::from(vip.ready())));
             vf[6].add(&v, f64::from(u8::from(vip.fail_open)));
+            if let Some(a) = &control.announced {
+                vf[7].add(&v, f64::from(u8::from(a.contains(&vip.addr))));
+            }
             let entries = table_entries(vip);
             let size = vip.table().size().max(1) as f64;
             for (b, &n) in vip.backends().iter().zip(&entries) {
@@ -812,6 +824,7 @@ mod tests {
             at: std::time::Instant::now(),
         }]));
         let control_stats = Arc::new(Mutex::new(ControlStats {
+            announced: Some(std::collections::BTreeSet::new()),
             rebuilds: c.rebuilds(),
             reloads_applied: 1,
             reloads_rejected: 2,

@@ -44,6 +44,7 @@ use cne::config::Config;
 use cne::instance::{Instance, InstanceOptions};
 use cne::sys::netdev::LinkWatch;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use nf_maglev::announce::Announcer;
 use nf_maglev::auth::Token;
 use nf_maglev::config::{Mac, Validated};
 use nf_maglev::control::{Control, ControlError, State};
@@ -213,6 +214,10 @@ struct Runtime {
     admin_stats: Arc<http::Stats>,
     /// Health checking.
     health: Monitor,
+    /// The device holding the announced VIP addresses, with `maglev.announce`.
+    announcer: Option<Announcer>,
+    /// A graceful stop has withdrawn the announcements: nothing is announced again.
+    draining: bool,
 }
 
 impl Runtime {
@@ -303,6 +308,78 @@ impl Runtime {
         }
     }
 
+    /// Puts on the announcement device exactly the addresses of the VIPs that are ready: the instance is
+    /// ready (workers reporting, interfaces up, claims programmed) and, with `require_healthy`, the VIP
+    /// has a healthy backend. Nothing while draining. Cheap when nothing changes: call it every loop.
+    fn announce(&mut self) {
+        let Some(announcer) = &self.announcer else {
+            return;
+        };
+        let mut want = std::collections::BTreeSet::new();
+        let require_healthy = self
+            .control
+            .config()
+            .announce
+            .as_ref()
+            .is_none_or(|a| a.require_healthy);
+        // Every worker has reported at least once: its socket is bound and its loop runs.
+        let running = self.slots.iter().all(|s| !s.load().is_empty());
+        if !self.draining && running && self.readiness().is_empty() {
+            for v in self.control.state().vips() {
+                if !require_healthy || v.ready() {
+                    want.insert(v.addr);
+                }
+            }
+        }
+        if *announcer.addresses() == want {
+            return;
+        }
+        let state = self.control.state();
+        let draining = self.draining;
+        let Some(announcer) = self.announcer.as_mut() else {
+            return;
+        };
+        for (addr, on) in announcer.update(&want) {
+            if on {
+                let vips: Vec<&str> = state
+                    .vips()
+                    .iter()
+                    .filter(|v| v.addr == addr && (!require_healthy || v.ready()))
+                    .map(|v| v.name.as_str())
+                    .collect();
+                log::info!("announce: {addr} announced (ready: {})", vips.join(", "));
+            } else {
+                log::info!(
+                    "announce: {addr} withdrawn ({})",
+                    if draining {
+                        "stopping"
+                    } else {
+                        "no VIP of it is ready"
+                    }
+                );
+            }
+        }
+        let announced = announcer.addresses().clone();
+        if let Ok(mut s) = self.stats.lock() {
+            s.announced = Some(announced);
+        }
+    }
+
+    /// A stop signal: with announcements, withdraws them and returns until when to keep serving;
+    /// `None`: stop now (no announcement, no drain period, or already draining).
+    fn begin_drain(&mut self, sig: &str) -> Option<Instant> {
+        let drain = self.control.config().announce.as_ref()?.drain.duration();
+        if self.draining || self.announcer.is_none() {
+            return None;
+        }
+        self.draining = true;
+        self.announce();
+        log::info!(
+            "{sig}: VIPs withdrawn; serving for {drain:?} more before stopping (send it again to stop now)"
+        );
+        (!drain.is_zero()).then(|| Instant::now() + drain)
+    }
+
     /// Publishes a new state when the backends health keeps out changed.
     fn apply_health(&mut self) -> Result<(), ControlError> {
         let changed = self.control.set_unhealthy(self.health.out())?;
@@ -376,6 +453,16 @@ impl Runtime {
         self.health
             .admissible(&validated)
             .map_err(|e| ApiError::new(400, e))?;
+        let interface = |c: &Validated| c.announce.as_ref().map(|a| a.interface.clone());
+        if interface(&validated) != interface(self.control.config()) {
+            return Err(ApiError::new(
+                409,
+                format!(
+                    "{origin}: maglev.announce.interface changed (or announce was added or removed); \
+                     that needs a restart of nf-maglev (the running configuration stays)"
+                ),
+            ));
+        }
         if !self.instance.programs().is_empty() {
             let (rules, addrs) = claims(&validated);
             check_claims_fit(&origin, &rules, &addrs)
@@ -424,6 +511,12 @@ impl Api for Runtime {
         self.health.in_maintenance(vip, backend)
     }
 
+    fn announced(&self, addr: IpAddr) -> Option<bool> {
+        self.announcer
+            .as_ref()
+            .map(|a| a.addresses().contains(&addr))
+    }
+
     fn reload(&mut self) -> Result<(), ApiError> {
         let r = self.try_reload();
         match &r {
@@ -468,9 +561,17 @@ impl Api for Runtime {
 
     fn info(&self) -> Value {
         let s = self.stats.lock().map(|s| s.clone()).unwrap_or_default();
+        let announce = self.announcer.as_ref().map(|a| {
+            json!({
+                "interface": a.interface(),
+                "addresses": a.addresses().iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "draining": self.draining,
+            })
+        });
         json!({
             "config": self.path.display().to_string(),
             "read_only": self.read_only,
+            "announce": announce,
             "health": { "probe_path": self.health.path_json() },
             "reloads": {
                 "applied": s.reloads_applied,
@@ -649,12 +750,26 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
     let probe_if = instance.config().lports().first().map(|l| l.netdev.clone());
     let probes = Monitor::prepare(control.config(), probe_if.as_deref())
         .context("setting up health checks")?;
+    let announcer = control
+        .config()
+        .announce
+        .as_ref()
+        .map(Announcer::open)
+        .transpose()?;
     // Still single-threaded: every thread started from here on (workers, the admin server, the
     // signal thread) inherits the reduced set. Our own XDP programs hang on bpf_links that closing
     // their descriptors detaches, so no capability is needed to leave cleanly.
-    cne::sys::privs::drop_to_running_nf_caps().context("dropping capabilities after set-up")?;
+    if announcer.is_some() {
+        cne::sys::privs::drop_to_announcing_nf_caps()
+    } else {
+        cne::sys::privs::drop_to_running_nf_caps()
+    }
+    .context("dropping capabilities after set-up")?;
 
     let health = Monitor::start(control.config(), probes).context("starting the health checker")?;
+    if announcer.is_some() {
+        log::info!("announce: capabilities keep CAP_NET_ADMIN to add and remove VIP addresses");
+    }
     let links = LinkWatch::new(
         instance.config().lports().iter().map(|l| l.netdev.as_str()),
         opts.netdev_timeout,
@@ -733,6 +848,8 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
         filter_warning: None,
         admin_stats,
         health,
+        announcer,
+        draining: false,
     };
     let result = match spawn_error {
         Some(e) => Err(e),
@@ -846,9 +963,14 @@ fn control_loop(
     heartbeat: &Heartbeat,
 ) -> Result<()> {
     let mut refreshed = Instant::now();
+    let mut drain_until: Option<Instant> = None;
     rt.refresh_filters();
     loop {
         heartbeat.beat();
+        if drain_until.is_some_and(|t| Instant::now() >= t) {
+            log::info!("drain period over: shutting down");
+            return Ok(());
+        }
         if refreshed.elapsed() >= TICK {
             rt.refresh_filters();
             refreshed = Instant::now();
@@ -878,8 +1000,13 @@ fn control_loop(
         if let Err(e) = rt.apply_health() {
             log::error!("health: publishing the backends' health: {e}");
         }
+        rt.announce();
         match event {
             Ok(Event::Stop(sig)) => {
+                if let Some(until) = rt.begin_drain(sig) {
+                    drain_until = Some(until);
+                    continue;
+                }
                 log::info!("{sig}: shutting down");
                 return Ok(());
             }

@@ -136,6 +136,7 @@ fn maglev(extra_backend: &str) -> String {
                 "proto": "tcp",
                 "port": 80,
                 "mode": "gre",
+                "check": {{ "type": "none" }},
                 "backends": [
                     {{ "name": "a", "addr": "198.18.1.1", "weight": 1 }},
                     {{ "name": "b", "addr": "198.18.1.2", "weight": 1 }},
@@ -210,6 +211,26 @@ fn bad_configs_exit_with_file_line_and_key_path() {
             r#""wieght": 2"#,
             "maglev.vips[0].backends[2].wieght",
             "unknown field `wieght`",
+        ),
+        (
+            "check.jsonc",
+            good.replace(
+                r#""check": { "type": "none" }"#,
+                r#""check": { "type": "http", "interval": 1, "timeout": 2 }"#,
+            ),
+            r#""check": { "type": "http""#,
+            "maglev.vips[0].check.timeout",
+            "exceeds the interval",
+        ),
+        (
+            "checktype.jsonc",
+            good.replace(
+                r#""check": { "type": "none" }"#,
+                r#""check": { "type": "icmp" }"#,
+            ),
+            r#""check": { "type": "icmp" }"#,
+            "maglev.vips[0].check.type",
+            "unknown variant `icmp`",
         ),
     ];
     for (name, text, needle, path, msg) in cases {

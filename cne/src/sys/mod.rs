@@ -125,6 +125,31 @@ pub(crate) fn getsockopt_into<T: Copy>(
     Ok(usize::try_from(len).unwrap_or(usize::MAX))
 }
 
+/// Waits until `fd` is readable or `timeout` passes (`None`: no limit). `Ok(false)` on timeout or when
+/// a signal interrupted the wait.
+pub(crate) fn poll_readable(
+    fd: std::os::fd::BorrowedFd<'_>,
+    timeout: Option<std::time::Duration>,
+) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let ms = timeout.map_or(-1, |t| {
+        libc::c_int::try_from(t.as_millis()).unwrap_or(libc::c_int::MAX)
+    });
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: pfd is one live pollfd for the call.
+    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+    let rc = match cvt(rc) {
+        Ok(rc) => rc,
+        Err(err) if err.kind() == io::ErrorKind::Interrupted => return Ok(false),
+        Err(err) => return Err(err),
+    };
+    Ok(rc > 0 && pfd.revents & libc::POLLIN != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,29 +179,4 @@ mod tests {
         assert!(got >= 4096, "{got}");
         assert!(getsockopt_into(fd, libc::SOL_XDP, 7, &mut got).is_err());
     }
-}
-
-/// Waits until `fd` is readable or `timeout` passes (`None`: no limit). `Ok(false)` on timeout or when
-/// a signal interrupted the wait.
-pub(crate) fn poll_readable(
-    fd: std::os::fd::BorrowedFd<'_>,
-    timeout: Option<std::time::Duration>,
-) -> io::Result<bool> {
-    use std::os::fd::AsRawFd;
-    let ms = timeout.map_or(-1, |t| {
-        libc::c_int::try_from(t.as_millis()).unwrap_or(libc::c_int::MAX)
-    });
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: pfd is one live pollfd for the call.
-    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-    let rc = match cvt(rc) {
-        Ok(rc) => rc,
-        Err(err) if err.kind() == io::ErrorKind::Interrupted => return Ok(false),
-        Err(err) => return Err(err),
-    };
-    Ok(rc > 0 && pfd.revents & libc::POLLIN != 0)
 }

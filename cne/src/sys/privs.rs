@@ -25,6 +25,15 @@ pub const RUNNING_NF_CAPS: [Capability; 3] = [
     Capability::CAP_BPF,
 ];
 
+/// [`RUNNING_NF_CAPS`] and `CAP_NET_ADMIN`, for a network function that changes addresses while it
+/// runs (nf-maglev announcing its VIPs on a device it owns).
+pub const ANNOUNCING_NF_CAPS: [Capability; 4] = [
+    Capability::CAP_NET_RAW,
+    Capability::CAP_IPC_LOCK,
+    Capability::CAP_BPF,
+    Capability::CAP_NET_ADMIN,
+];
+
 /// Failures while dropping privileges.
 #[derive(Debug, thiserror::Error)]
 pub enum PrivsError {
@@ -180,6 +189,11 @@ pub fn drop_privileges(keep: &[Capability]) -> Result<PrivsReport, PrivsError> {
 /// [`drop_privileges`] with [`RUNNING_NF_CAPS`].
 pub fn drop_to_running_nf_caps() -> Result<PrivsReport, PrivsError> {
     drop_privileges(&RUNNING_NF_CAPS)
+}
+
+/// [`drop_privileges`] with [`ANNOUNCING_NF_CAPS`].
+pub fn drop_to_announcing_nf_caps() -> Result<PrivsReport, PrivsError> {
+    drop_privileges(&ANNOUNCING_NF_CAPS)
 }
 
 /// Whether `no_new_privs` is set on the calling thread.

@@ -1,6 +1,7 @@
 //! nf-maglev on the load balancers (configuration, start, stop, kill, reload signals, logs) and
 //! `nf-maglev decap` on GRE backends.
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -17,21 +18,27 @@ use crate::netns::Netns;
 use crate::process::Proc;
 use crate::wait::wait_for;
 
-/// Starts `nf-maglev decap` on backend `host` (named `name`) for its own addresses; returns once its XDP
-/// program is attached.
-pub(crate) fn start_decap(nf_maglev: &Path, host: &Host, name: &str) -> Result<Proc> {
+/// Starts `nf-maglev decap` on backend `host` (named `name`) for its own addresses and `extra` ones;
+/// returns once its XDP program is attached.
+pub(crate) fn start_decap(
+    nf_maglev: &Path,
+    host: &Host,
+    extra: &[IpAddr],
+    name: &str,
+) -> Result<Proc> {
     crate::tools::require_executable(nf_maglev)
         .context("GRE backends decapsulate with `nf-maglev decap`")?;
-    let cmd = host.ns.command_with_bpffs(&[
+    let mut argv = vec![
         nf_maglev.to_string_lossy().into_owned(),
         "decap".into(),
         "--dev".into(),
         host.ifname.into(),
-        "--addr".into(),
-        host.v4.to_string(),
-        "--addr".into(),
-        host.v6.to_string(),
-    ]);
+    ];
+    let addrs = [IpAddr::V4(host.v4), IpAddr::V6(host.v6)];
+    for a in addrs.iter().chain(extra) {
+        argv.extend(["--addr".to_string(), a.to_string()]);
+    }
+    let cmd = host.ns.command_with_bpffs(&argv);
     let mut p = spawn_logged(&format!("decap-{name}"), cmd)?;
     let attached = wait_for(START_TIMEOUT, || {
         matches!(host.ns.xdp_prog(host.ifname), Ok(Some(_))) || !p.is_running() || interrupted()
@@ -139,14 +146,19 @@ pub(crate) fn start_nf_maglev(
 impl MaglevLab {
     pub(super) fn start_decap(&mut self, i: usize) -> Result<()> {
         let b = &mut self.backends[i];
-        b.decap = Some(start_decap(&self.nf_maglev, &b.host, &b.spec.name)?);
+        b.decap = Some(start_decap(
+            &self.nf_maglev,
+            &b.host,
+            &b.extra_addrs,
+            &b.spec.name,
+        )?);
         Ok(())
     }
 
     /// The generated nf-maglev configuration for load balancer `i`: CNDP sections for `lb0` with
     /// [`LB_QUEUES`] queues and one worker each, and a `maglev` section with the four [`VIPS`], every
-    /// backend in every VIP (by its address of the VIP's family and its MAC). In l2dsr mode the
-    /// configuration does not depend on `i` at all.
+    /// backend in every VIP (by its address of the VIP's family and its MAC), the spec's `health` object
+    /// and `check` objects when given. In l2dsr mode the configuration does not depend on `i` at all.
     pub fn config(&self, i: usize) -> Value {
         let lb = &self.lbs[i].host;
         let vips: Vec<Value> = VIPS
@@ -164,8 +176,12 @@ impl MaglevLab {
                         })
                     })
                     .collect();
-                json!({"name": name, "addr": addr.to_string(), "proto": proto, "port": port,
-                       "mode": self.mode.as_str(), "backends": backends})
+                let mut vip = json!({"name": name, "addr": addr.to_string(), "proto": proto,
+                                     "port": port, "mode": self.mode.as_str(), "backends": backends});
+                if let Some(check) = self.checks.get(name) {
+                    vip["check"] = check.clone();
+                }
+                vip
             })
             .collect();
         let mut maglev = json!({
@@ -176,6 +192,9 @@ impl MaglevLab {
             "claim_all": false,
             "vips": vips,
         });
+        if let Some(health) = &self.health {
+            maglev["health"] = health.clone();
+        }
         if self.mode == Mode::Gre {
             maglev["local_addrs"] = json!([lb.v4.to_string(), lb.v6.to_string()]);
         }

@@ -43,10 +43,15 @@
 //! nf-maglev on the load balancers and writes their configurations; [`admin`] talks to nf-maglev's admin
 //! API; [`traffic`] drives the Python client, reads the backends' logs and holds the result types;
 //! [`stats`] judges how connections spread; [`prom`] parses `/metrics`; [`demo`](mod@demo) is `lab demo`;
-//! [`serial`] is the lock that runs one lab at a time per test binary.
+//! [`faults`] makes a backend fail in one of several ways and undoes it; [`health`] reads and waits on
+//! what a load balancer says about its backends' health; [`health_bench`](mod@health_bench) is
+//! `lab health-bench`; [`serial`] is the lock that runs one lab at a time per test binary.
 
 pub mod admin;
 pub mod demo;
+pub mod faults;
+pub mod health;
+pub mod health_bench;
 pub mod lb;
 pub mod prom;
 pub mod stats;
@@ -64,11 +69,13 @@ use crate::process::Proc;
 
 pub use admin::Admin;
 pub use demo::{demo, DemoOpts, DemoReport};
+pub use faults::Fault;
+pub use health_bench::{health_bench, HealthBenchOpts, HealthBenchReport};
 pub use prom::{Metrics, Sample};
 pub use stats::{binomial_tolerance, Spread};
 pub use topology::{BackendSpec, Host, LabSpec, MaglevLab, Mode};
 pub use traffic::{
-    ConnResult, Hold, KeepaliveResult, Stream, StreamConn, StreamSummary, Traffic, UdpResult,
+    ConnResult, ConnStream, Hold, KeepaliveResult, StreamSummary, TimedConn, Traffic, UdpResult,
 };
 
 /// IPv4 VIP (on `lo` of every backend).

@@ -1,6 +1,7 @@
 //! The lab's topology: what to build ([`LabSpec`]), the hosts on the segment, building it, the
 //! accessors, routes, and tearing it down.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -8,6 +9,7 @@ use std::str::FromStr;
 use std::sync::atomic::Ordering;
 
 use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
 
 use super::{
     check_interrupt, interrupted, tail, BACKEND_IF, BACKEND_PY, CLIENT_IF, CLIENT_MTU, CLIENT_PY,
@@ -82,6 +84,10 @@ pub struct LabSpec {
     pub nf_maglev: PathBuf,
     /// MTU of the client's link ([`CLIENT_MTU`] unless set).
     pub client_mtu: u32,
+    /// The `health` object of the generated `maglev` section (left out unless set).
+    pub health: Option<Value>,
+    /// The `check` object of each generated VIP, by VIP name (left out for VIPs not named).
+    pub checks: BTreeMap<String, Value>,
 }
 
 impl LabSpec {
@@ -93,6 +99,8 @@ impl LabSpec {
             lbs: 1,
             nf_maglev: nf_maglev.into(),
             client_mtu: CLIENT_MTU,
+            health: None,
+            checks: BTreeMap::new(),
         }
         .weights(&[1, 1, 2])
     }
@@ -119,6 +127,20 @@ impl LabSpec {
     /// Sets the MTU of the client's link (at most [`LINK_MTU`]: the segment's).
     pub fn client_mtu(mut self, mtu: u32) -> LabSpec {
         self.client_mtu = mtu;
+        self
+    }
+
+    /// Sets the `health` object of the generated `maglev` section.
+    pub fn health(mut self, health: Value) -> LabSpec {
+        self.health = Some(health);
+        self
+    }
+
+    /// Sets the `check` object of the generated VIPs named in `vips`.
+    pub fn check(mut self, vips: &[&str], check: Value) -> LabSpec {
+        for v in vips {
+            self.checks.insert((*v).to_string(), check.clone());
+        }
         self
     }
 }
@@ -183,6 +205,10 @@ pub(crate) struct Backend {
     pub(crate) decap: Option<Proc>,
     pub(crate) host: Host,
     pub(crate) spec: BackendSpec,
+    /// The server is stopped by SIGSTOP (see [`faults`](super::faults)).
+    pub(crate) paused: bool,
+    /// Addresses added to its interface after the build (see [`faults`](super::faults)).
+    pub(crate) extra_addrs: Vec<IpAddr>,
 }
 
 /// The working directory of a lab (Python programs, configurations, step files); removed by `Drop`
@@ -225,6 +251,8 @@ pub struct MaglevLab {
     pub(super) dir: WorkDir,
     pub(super) mode: Mode,
     pub(super) nf_maglev: PathBuf,
+    pub(super) health: Option<Value>,
+    pub(super) checks: BTreeMap<String, Value>,
 }
 
 pub(crate) fn sysctl(ns: &Netns, settings: &[&str]) -> Result<()> {
@@ -467,6 +495,23 @@ pub(crate) fn start_backend_server(
         "lo",
         "nodad",
     ])?;
+    spawn_server(host, dir, name, vip4, vip6)
+}
+
+/// Path of the flag file that makes backend `name`'s HTTP server answer 500 while it exists.
+pub(super) fn http_fail_flag(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("http-fail-{name}"))
+}
+
+/// Starts the backend server (`py/backend.py`) of backend `name` on `host`, bound to `vip4` and `vip6`;
+/// returns once it is ready.
+pub(super) fn spawn_server(
+    host: &Host,
+    dir: &Path,
+    name: &str,
+    vip4: Ipv4Addr,
+    vip6: Ipv6Addr,
+) -> Result<Proc> {
     let script = dir.join("backend.py");
     let mut server = host.ns.spawn(
         &format!("backend-{name}"),
@@ -484,6 +529,8 @@ pub(crate) fn start_backend_server(
             HTTP_PORT.to_string(),
             "--udp-port".into(),
             UDP_PORT.to_string(),
+            "--fail-flag".into(),
+            http_fail_flag(dir, name).to_string_lossy().into_owned(),
         ],
     )?;
     let ready = wait_for(START_TIMEOUT, || {
@@ -563,6 +610,8 @@ impl MaglevLab {
                 decap: None,
                 host,
                 spec: b.clone(),
+                paused: false,
+                extra_addrs: Vec::new(),
             });
         }
 
@@ -574,6 +623,8 @@ impl MaglevLab {
             dir,
             mode: spec.mode,
             nf_maglev: spec.nf_maglev.clone(),
+            health: spec.health.clone(),
+            checks: spec.checks.clone(),
         };
         lab.route_client_via(0)?;
         if spec.mode == Mode::Gre {
@@ -701,6 +752,12 @@ impl MaglevLab {
 
 impl Drop for MaglevLab {
     fn drop(&mut self) {
+        // A server stopped by SIGSTOP would sit out SIGTERM until killed: let it run again first.
+        for i in 0..self.backends.len() {
+            if let Err(e) = self.resume_server(i) {
+                log::debug!("{e:#}");
+            }
+        }
         // The fields' own Drop then reaps the processes before the namespaces go.
         super::ask_to_stop(
             self.lbs.iter_mut().filter_map(|l| l.nf.as_mut()).chain(

@@ -190,37 +190,28 @@ impl Traffic<'_> {
         Ok(Hold { proc, step_dir })
     }
 
-    /// Starts a steady stream of new TCP connections to `vip`:[`HTTP_PORT`], one every `interval`
-    /// (`client.py stream`); [`Stream::finish`] stops it and returns every connection's outcome.
-    pub fn stream(&self, vip: IpAddr, interval: Duration) -> Result<Stream> {
-        let dir = self
-            .dir
-            .join(format!("stream-{}", SEQ.fetch_add(1, Ordering::Relaxed)));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    /// Starts new TCP connections to `vip`:[`HTTP_PORT`] from the client at `rate` per second for
+    /// `duration`, in the background, whatever the answers take; [`ConnStream::finish`] collects them.
+    pub fn conn_stream(&self, vip: IpAddr, rate: u32, duration: Duration) -> Result<ConnStream> {
         let script = self.dir.join("client.py");
         let argv = vec![
             "python3".to_string(),
             "-u".into(),
             script.to_string_lossy().into_owned(),
-            "stream".into(),
+            "rate".into(),
             "--addr".into(),
             vip.to_string(),
             "--port".into(),
             HTTP_PORT.to_string(),
-            "--interval".into(),
-            format!("{:.4}", interval.as_secs_f64()),
-            // A connection may wait through two lost SYNs (1 s + 2 s) and still count.
-            "--timeout".into(),
-            "6".into(),
+            "--rate".into(),
+            rate.to_string(),
+            "--duration".into(),
+            duration.as_secs_f64().to_string(),
             "--parallel".into(),
-            "512".into(),
-            "--step-dir".into(),
-            dir.to_string_lossy().into_owned(),
-            "--deadline".into(),
-            "600".into(),
+            "256".into(),
         ];
-        let proc = self.ns.spawn("client-stream", &argv)?;
-        Ok(Stream { proc, dir })
+        let proc = self.ns.spawn("client-rate", &argv)?;
+        Ok(ConnStream { proc, duration })
     }
 }
 
@@ -270,6 +261,12 @@ impl MaglevLab {
     /// (one request per connection) runs at once: read it with [`Hold::step`].
     pub fn hold(&self, vip: IpAddr, conns: u32, steps: u32) -> Result<Hold> {
         self.driver().hold(vip, conns, steps)
+    }
+
+    /// Starts new TCP connections to `vip`:[`HTTP_PORT`] from the client at `rate` per second for
+    /// `duration`, in the background, whatever the answers take; [`ConnStream::finish`] collects them.
+    pub fn conn_stream(&self, vip: IpAddr, rate: u32, duration: Duration) -> Result<ConnStream> {
+        self.driver().conn_stream(vip, rate, duration)
     }
 
     /// The log of backend `i`'s server (one JSON object per line).
@@ -368,56 +365,56 @@ impl Hold {
     }
 }
 
-/// A steady stream of new connections from the client ([`MaglevLab::stream`]-like drivers).
+/// New connections at a steady rate, running in the background ([`MaglevLab::conn_stream`]).
 #[derive(Debug)]
-pub struct Stream {
+pub struct ConnStream {
     proc: Proc,
-    dir: PathBuf,
+    duration: Duration,
 }
 
-impl Stream {
-    /// Stops starting connections, waits for the open ones (at most `timeout`) and returns every
-    /// connection's outcome, in start order.
-    pub fn finish(mut self, timeout: Duration) -> Result<Vec<StreamConn>> {
-        let flag = self.dir.join("stop");
-        std::fs::write(&flag, b"").with_context(|| format!("writing {}", flag.display()))?;
-        let Some(st) = self.proc.wait_timeout(timeout)? else {
-            self.proc.stop(Duration::from_millis(500))?;
-            bail!("stream client still running {timeout:?} after the stop");
-        };
+impl ConnStream {
+    /// Waits for the stream to end (its duration plus the last connections' time, bounded) and returns
+    /// every connection with its start time.
+    pub fn finish(mut self) -> Result<Vec<TimedConn>> {
+        let bound = self.duration + Duration::from_secs(30);
+        let st = self
+            .proc
+            .wait_timeout(bound)?
+            .with_context(|| format!("connection stream still running after {bound:?}"))?;
         ensure!(
             st.success(),
-            "stream client failed ({st}): {}",
+            "connection stream failed ({st}): {}",
             tail(&self.proc.stderr(), 20)
         );
         parse_lines(&self.proc.stdout())
             .iter()
-            .map(StreamConn::from_json)
+            .map(|v| {
+                Ok(TimedConn {
+                    start: v
+                        .get("t")
+                        .and_then(Value::as_f64)
+                        .context("result without \"t\"")?,
+                    connect: v.get("connect").and_then(Value::as_f64).unwrap_or(0.0),
+                    conn: ConnResult::from_json(v)?,
+                })
+            })
             .collect()
     }
 }
 
-/// One connection of a [`Stream`].
+/// A connection of a [`ConnStream`] and when it started.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StreamConn {
-    /// When it started, seconds after the stream started.
-    pub t: f64,
+pub struct TimedConn {
+    /// Wall-clock start, Unix seconds.
+    pub start: f64,
     /// How long its handshake took (or the attempt until it failed), seconds: about 1 s more per SYN
-    /// lost on the way (the initial retransmission timeout).
+    /// lost on the way (Linux's initial retransmission timeout).
     pub connect: f64,
-    /// Its outcome.
+    /// The outcome.
     pub conn: ConnResult,
 }
 
-impl StreamConn {
-    fn from_json(v: &Value) -> Result<StreamConn> {
-        Ok(StreamConn {
-            t: v.get("t").and_then(Value::as_f64).unwrap_or(0.0),
-            connect: v.get("connect").and_then(Value::as_f64).unwrap_or(0.0),
-            conn: ConnResult::from_json(v)?,
-        })
-    }
-
+impl TimedConn {
     /// Answered, and at the first SYN (a handshake well under the 1 s retransmission timeout).
     pub fn first_try(&self) -> bool {
         self.conn.error.is_none() && self.conn.backend.is_some() && self.connect < SYN_RETRY_S / 2.0
@@ -436,32 +433,34 @@ pub struct StreamSummary {
     pub failed: usize,
     /// Connections answered only after a retransmitted SYN.
     pub retried: usize,
-    /// Longest time between the starts of two consecutive connections answered at the first SYN, or
-    /// from the stream's start or to its last start (seconds): how long new connections were not served
-    /// at once.
+    /// Longest time between the starts of two consecutive connections answered at the first SYN (also
+    /// from the first start and to the last): how long new connections were not served at once.
     pub longest_gap: f64,
 }
 
 impl StreamSummary {
-    /// Summarizes a stream's connections.
-    pub fn of(conns: &[StreamConn]) -> StreamSummary {
+    /// Summarizes a stream's connections (in start order).
+    pub fn of(conns: &[TimedConn]) -> StreamSummary {
         let mut s = StreamSummary {
             started: conns.len(),
             ..StreamSummary::default()
         };
-        let mut last_ok = 0.0f64;
+        let Some(first) = conns.first() else {
+            return s;
+        };
+        let mut last_ok = first.start;
         for c in conns {
             if c.conn.error.is_some() || c.conn.backend.is_none() {
                 s.failed += 1;
             } else if !c.first_try() {
                 s.retried += 1;
             } else {
-                s.longest_gap = s.longest_gap.max(c.t - last_ok);
-                last_ok = c.t;
+                s.longest_gap = s.longest_gap.max(c.start - last_ok);
+                last_ok = c.start;
             }
         }
         if let Some(end) = conns.last() {
-            s.longest_gap = s.longest_gap.max(end.t - last_ok);
+            s.longest_gap = s.longest_gap.max(end.start - last_ok);
         }
         s
     }

@@ -239,6 +239,8 @@ impl RoutedLab {
                     name: name.into(),
                     weight,
                 },
+                paused: false,
+                extra_addrs: Vec::new(),
             });
         }
 
@@ -254,7 +256,7 @@ impl RoutedLab {
         };
         if let Some(nf) = lab.nf_maglev.clone() {
             for b in &mut lab.backends {
-                b.decap = Some(start_decap(&nf, &b.host, &b.spec.name)?);
+                b.decap = Some(start_decap(&nf, &b.host, &[], &b.spec.name)?);
             }
             for i in 0..n_lbs {
                 let text = serde_json::to_string_pretty(&lab.config(i))?;

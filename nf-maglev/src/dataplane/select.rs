@@ -55,8 +55,9 @@ pub(super) fn select<'s>(
     let hit = plane.conntrack.lookup_at(key, slot, now, closing);
     if let Some(conn) = hit {
         match vip.backend(conn.backend, conn.hint) {
-            // A SYN opens a new connection: a draining backend gets none, even on a reused 5-tuple.
-            Some((index, b)) if !(syn && b.weight == 0) => {
+            // A SYN opens a new connection: a draining or unhealthy backend gets none, even on a reused
+            // 5-tuple (unless the VIP fails open).
+            Some((index, b)) if !(syn && (b.weight == 0 || !(b.healthy || vip.fail_open))) => {
                 if index != conn.hint {
                     // The backend list changed under the entry: remember the new position.
                     plane.conntrack.insert_at(
@@ -217,6 +218,54 @@ mod tests {
                 assert_eq!(a, b);
             }
         }
+    }
+
+    #[test]
+    fn unhealthy_backends_keep_flows_get_no_new_ones_and_all_down_fails_open() {
+        let mut c = control();
+        let mut w = PortPlane::new(LB_MAC, &c.state());
+        let f = flows(2000);
+        let before = backends_of(&c.state(), &mut w, &f, SYN, 1);
+        let down = [198, 18, 2, 3];
+        let out = |names: &[&str]| -> std::collections::BTreeSet<(String, String)> {
+            names
+                .iter()
+                .map(|n| ("pool".to_owned(), (*n).to_owned()))
+                .collect()
+        };
+        assert!(c.set_unhealthy(out(&["p2"])).expect("publishes"));
+        assert!(
+            !c.set_unhealthy(out(&["p2"])).expect("same"),
+            "no change, no state"
+        );
+        let vip = c.state();
+        let v = vip.vip_by_name("pool").expect("vip");
+        assert!(v.ready() && !v.fail_open);
+        assert_eq!(
+            backends_of(&c.state(), &mut w, &f, ACK, 2),
+            before,
+            "established flows stay on an unhealthy backend"
+        );
+        // A SYN on a reused 5-tuple is a new connection: not to the unhealthy backend.
+        let again = backends_of(&c.state(), &mut w, &f, SYN, 3);
+        assert!(again.iter().all(|d| *d != down));
+        // Every backend down: fail open, all of them share the table again.
+        let names: Vec<String> = v.backends().iter().map(|b| b.name.clone()).collect();
+        let all: Vec<&str> = names.iter().map(String::as_str).collect();
+        c.set_unhealthy(out(&all)).expect("publishes");
+        let vip = c.state();
+        let v = vip.vip_by_name("pool").expect("vip");
+        assert!(v.fail_open && !v.ready());
+        let mut fresh = PortPlane::new(LB_MAC, &c.state());
+        let open = backends_of(&c.state(), &mut fresh, &f, SYN, 4);
+        assert!(
+            open.contains(&down),
+            "fail-open sends to every backend"
+        );
+        // Health back: the table is the original one again.
+        c.set_unhealthy(out(&[])).expect("publishes");
+        let mut fresh = PortPlane::new(LB_MAC, &c.state());
+        assert_eq!(backends_of(&c.state(), &mut fresh, &f, SYN, 5), before);
     }
 
     #[test]

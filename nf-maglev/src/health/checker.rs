@@ -108,12 +108,12 @@ impl Checker {
         let stop = Arc::new(AtomicBool::new(false));
         let pump = match &path {
             Some(p) => {
-                let (p, stop) = (Arc::clone(p), Arc::clone(&stop));
+                let (p, stop, cpu) = (Arc::clone(p), Arc::clone(&stop), Arc::clone(&cpu_ns));
                 Some(
                     thread::Builder::new()
                         .name("health-path".into())
                         .spawn(move || {
-                            if let Err(e) = p.pump(&stop) {
+                            if let Err(e) = p.pump(&stop, &cpu) {
                                 log::error!(
                                     "health: reading the probes' TUN device {} failed: {e}; probes through \
                                      the data path fail from now on",
@@ -142,7 +142,8 @@ impl Checker {
         let _ = self.plan.send(Some(targets));
     }
 
-    /// CPU time the checker thread has used, in nanoseconds (updated every second).
+    /// CPU time the checker's threads (the probes' and the data path's) have used, in nanoseconds
+    /// (updated every second).
     pub fn cpu_ns(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.cpu_ns)
     }
@@ -165,10 +166,9 @@ async fn main(
     cpu: Arc<AtomicU64>,
 ) {
     tokio::spawn(async move {
+        let mut sampler = CpuSampler::default();
         loop {
-            if let Some(ns) = thread_cpu_ns() {
-                cpu.store(ns, Ordering::Relaxed);
-            }
+            sampler.add_to(&cpu);
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
@@ -257,6 +257,23 @@ async fn probe_loop(
     }
 }
 
+/// Adds the calling thread's CPU time since its last call to a total shared by several threads.
+#[derive(Debug, Default)]
+pub(crate) struct CpuSampler {
+    last: u64,
+}
+
+impl CpuSampler {
+    /// Adds the CPU time the calling thread used since the last call (since it started, the first
+    /// time) to `total`, in nanoseconds.
+    pub(crate) fn add_to(&mut self, total: &AtomicU64) {
+        if let Some(now) = thread_cpu_ns() {
+            total.fetch_add(now.saturating_sub(self.last), Ordering::Relaxed);
+            self.last = now;
+        }
+    }
+}
+
 /// CPU time of the calling thread, from `/proc/thread-self/schedstat` (nanoseconds on the CPU).
 fn thread_cpu_ns() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
@@ -303,9 +320,9 @@ mod tests {
         assert_eq!(t.dst.to_string(), "198.18.100.1:80");
         assert_eq!(t.src.map(|a| a.to_string()).as_deref(), Some("198.18.0.1"));
         assert!(
-            t.describe().contains("through GRE to 198.18.1.1"),
+            t.route().contains("through GRE to 198.18.1.1"),
             "{}",
-            t.describe()
+            t.route()
         );
 
         let p = plan(&config("gre"), false);

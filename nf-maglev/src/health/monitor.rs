@@ -86,6 +86,19 @@ impl Monitor {
         let want = config.health.probe_path;
         let (path, path_error) = match (want, ifname) {
             (ProbePath::Backend, _) => (None, Some("probe_path is \"backend\"".to_owned())),
+            (ProbePath::Vip, _) if config.claim_all => anyhow::bail!(
+                "maglev.health.probe_path is \"vip\" but claim_all is on: every frame of the queues goes to \
+                 the workers, so answers to probes could not reach the kernel (use \"auto\" or \"backend\")"
+            ),
+            (ProbePath::Auto, _) if config.claim_all => {
+                let why = "claim_all: every frame of the queues goes to the workers, so answers to probes \
+                           could not reach the kernel there";
+                log::info!(
+                    "health: probes go to the backends' own addresses ({why}; they need a route over \
+                     another interface)"
+                );
+                (None, Some(why.to_owned()))
+            }
             (_, None) => (None, Some("no interface to send probes out of".to_owned())),
             (_, Some(ifname)) => match DataPath::open(ifname) {
                 Ok(p) => {

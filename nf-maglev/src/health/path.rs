@@ -38,13 +38,16 @@ use crate::tunnel::GreOuter;
 /// The firewall mark of probe sockets ("NML" and 1).
 pub const MARK: u32 = 0x4e4d_4c01;
 /// The routing table the mark selects.
-pub const TABLE: u32 = 0x4e4d_4c;
+pub const TABLE: u32 = 0x004e_4d4c;
 /// Priority of the policy rules (before the main table's 32766).
 pub const PRIORITY: u32 = 1000;
 /// Name pattern of the TUN device.
 pub const TUN_NAME: &str = "nfmhc%d";
 /// MTU of the TUN device: probes are small, and GRE adds at most 44 bytes to a 1500-byte link.
 pub const TUN_MTU: u32 = 1400;
+
+/// `(IPv6, protocol, local port)` of a probe socket.
+type PortKey = (bool, u8, u16);
 
 /// How long a finished probe's port keeps its route (see [`PortRegistry::unregister`]).
 const LINGER: Duration = Duration::from_secs(5);
@@ -97,7 +100,7 @@ pub struct DataPath {
     src_mac: [u8; 6],
     /// Registered ports: where their packets go, and for a finished probe until when (its last
     /// packets, a reset, are still read after the probe ends).
-    ports: Mutex<HashMap<(bool, u8, u16), (Via, Option<Instant>)>>,
+    ports: Mutex<HashMap<PortKey, (Via, Option<Instant>)>>,
     /// Counters.
     pub stats: PathStats,
 }
@@ -138,9 +141,16 @@ impl DataPath {
 
     /// Reads the probes' packets from the TUN and sends them on until `stop` is set (checked at least
     /// every 200 ms) or the device fails. Runs on a thread of its own: it blocks.
-    pub fn pump(&self, stop: &AtomicBool) -> io::Result<()> {
+    /// Adds the thread's CPU time to `cpu` (nanoseconds) about once a second.
+    pub fn pump(&self, stop: &AtomicBool, cpu: &AtomicU64) -> io::Result<()> {
         let mut buf = vec![0u8; 65536];
+        let mut sampler = crate::health::checker::CpuSampler::default();
+        let mut sampled = Instant::now();
         while !stop.load(Ordering::Relaxed) {
+            if sampled.elapsed() >= Duration::from_secs(1) {
+                sampler.add_to(cpu);
+                sampled = Instant::now();
+            }
             if !self.tun.poll_readable(Some(Duration::from_millis(200)))? {
                 continue;
             }

@@ -368,7 +368,10 @@ mod tests {
         let tr = t.record(&a, outcome(false), t0).expect("down after 3");
         assert!(!tr.up);
         assert!(tr.reason.contains("3 checks failed"), "{}", tr.reason);
-        assert_eq!(t.out().into_iter().collect::<Vec<_>>(), [a.clone()]);
+        assert_eq!(
+            t.out().into_iter().collect::<Vec<_>>(),
+            std::slice::from_ref(&a)
+        );
         assert_eq!(t.record(&a, outcome(true), t0), None, "rise is 2");
         assert!(t.record(&a, outcome(true), t0).expect("up after 2").up);
         assert!(t.out().is_empty());
