@@ -468,14 +468,15 @@ pub(crate) fn make_switch(tag: &str) -> Result<Netns> {
 }
 
 /// Makes `host` a backend serving `vip4` and `vip6`: the VIPs on `lo`, ARP only for its interface's own
-/// addresses, and the HTTP/UDP server (`py/backend.py` in `dir`) bound to the VIPs; returns the server
+/// addresses, and the HTTP/UDP server (`py/backend.py` in `dir`) bound to the VIPs (and, with `own`, to
+/// the host's own addresses too, for health checks sent to the backend's address); returns the server
 /// once it is ready.
 pub(crate) fn start_backend_server(
     host: &Host,
     dir: &Path,
     name: &str,
-    vip4: Ipv4Addr,
-    vip6: Ipv6Addr,
+    (vip4, vip6): (Ipv4Addr, Ipv6Addr),
+    own: bool,
 ) -> Result<Proc> {
     sysctl(
         &host.ns,
@@ -495,7 +496,11 @@ pub(crate) fn start_backend_server(
         "lo",
         "nodad",
     ])?;
-    spawn_server(host, dir, name, vip4, vip6)
+    let mut binds = vec![IpAddr::V4(vip4), IpAddr::V6(vip6)];
+    if own {
+        binds.extend([IpAddr::V4(host.v4), IpAddr::V6(host.v6)]);
+    }
+    spawn_server(host, dir, name, &binds)
 }
 
 /// Path of the flag file that makes backend `name`'s HTTP server answer 500 while it exists.
@@ -503,36 +508,27 @@ pub(super) fn http_fail_flag(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("http-fail-{name}"))
 }
 
-/// Starts the backend server (`py/backend.py`) of backend `name` on `host`, bound to `vip4` and `vip6`;
-/// returns once it is ready.
-pub(super) fn spawn_server(
-    host: &Host,
-    dir: &Path,
-    name: &str,
-    vip4: Ipv4Addr,
-    vip6: Ipv6Addr,
-) -> Result<Proc> {
+/// Starts the backend server (`py/backend.py`) of backend `name` on `host`, bound to `binds`; returns
+/// once it is ready.
+pub(super) fn spawn_server(host: &Host, dir: &Path, name: &str, binds: &[IpAddr]) -> Result<Proc> {
     let script = dir.join("backend.py");
-    let mut server = host.ns.spawn(
-        &format!("backend-{name}"),
-        &[
-            "python3".to_string(),
-            "-u".into(),
-            script.to_string_lossy().into_owned(),
-            "--name".into(),
-            name.to_string(),
-            "--vip".into(),
-            vip4.to_string(),
-            "--vip".into(),
-            vip6.to_string(),
-            "--http-port".into(),
-            HTTP_PORT.to_string(),
-            "--udp-port".into(),
-            UDP_PORT.to_string(),
-            "--fail-flag".into(),
-            http_fail_flag(dir, name).to_string_lossy().into_owned(),
-        ],
-    )?;
+    let mut argv = vec![
+        "python3".to_string(),
+        "-u".into(),
+        script.to_string_lossy().into_owned(),
+        "--name".into(),
+        name.to_string(),
+        "--http-port".into(),
+        HTTP_PORT.to_string(),
+        "--udp-port".into(),
+        UDP_PORT.to_string(),
+        "--fail-flag".into(),
+        http_fail_flag(dir, name).to_string_lossy().into_owned(),
+    ];
+    for a in binds {
+        argv.extend(["--vip".to_string(), a.to_string()]);
+    }
+    let mut server = host.ns.spawn(&format!("backend-{name}"), &argv)?;
     let ready = wait_for(START_TIMEOUT, || {
         server.stdout().contains("\"ev\": \"ready\"") || !server.is_running() || interrupted()
     });
@@ -604,7 +600,7 @@ impl MaglevLab {
                     ..HostSpec::numbered("b", BACKEND_IF, format!("p-b{i}"), n)
                 },
             )?;
-            let server = start_backend_server(&host, &dir.0, &b.name, VIP4, VIP6)?;
+            let server = start_backend_server(&host, &dir.0, &b.name, (VIP4, VIP6), false)?;
             backends.push(Backend {
                 server,
                 decap: None,

@@ -65,6 +65,10 @@ impl RoutedLab {
             "local_addrs": [lb.v4.to_string(), lb.v6.to_string()],
             "gateway_mac": self.router.fabric_mac.to_string(),
             "announce": {"interface": VIP_DEV, "drain": DRAIN_S, "require_healthy": true},
+            // Probes to the backends' own addresses, over the kernel's routes: while a VIP is
+            // announced it is a local address of this host, and the local table, which the kernel
+            // consults first, would take a probe sent to the VIP.
+            "health": {"probe_path": "backend"},
             "vips": vips,
         }))
     }
@@ -95,10 +99,20 @@ impl RoutedLab {
     /// Graceful stop of nf-maglev on load balancer `i`: SIGTERM, which withdraws its VIPs, drains for
     /// [`DRAIN_S`] and exits; errors unless it exits successfully within the drain and 10 s more.
     pub fn stop_lb(&mut self, i: usize) -> Result<()> {
+        if self.lbs[i].nf.is_none() {
+            return Ok(());
+        }
+        self.term_lb(i)?;
+        self.wait_lb_exit(i)
+    }
+
+    /// Waits for nf-maglev on load balancer `i` to exit after [`RoutedLab::term_lb`] (a second SIGTERM
+    /// would cut its drain short, so none is sent) and reaps it; errors unless it exits successfully
+    /// within the drain and 10 s more.
+    pub fn wait_lb_exit(&mut self, i: usize) -> Result<()> {
         let Some(mut p) = self.lbs[i].nf.take() else {
             return Ok(());
         };
-        p.signal(Signal::Term)?;
         let bound = Duration::from_secs(DRAIN_S + 10);
         let Some(st) = p.wait_timeout(bound)? else {
             let log = p.stderr();
@@ -117,7 +131,7 @@ impl RoutedLab {
     }
 
     /// Sends SIGTERM to nf-maglev on load balancer `i` and returns at once (the caller watches the
-    /// withdrawal and the drain); [`RoutedLab::stop_lb`] then reaps it.
+    /// withdrawal and the drain); [`RoutedLab::wait_lb_exit`] then reaps it.
     pub fn term_lb(&mut self, i: usize) -> Result<()> {
         let p = self.lbs[i]
             .nf

@@ -88,6 +88,40 @@ fn on_segment<'a>(
     }
 }
 
+/// Backend `j` on the backend segment (198.18.30.(11+j)): its namespace, default routes via the router,
+/// its server and, given the binary, `nf-maglev decap`.
+fn make_backend(
+    switch: &Netns,
+    dir: &Path,
+    j: usize,
+    spec: BackendSpec,
+    nf_maglev: Option<&Path>,
+) -> Result<Backend> {
+    let n = 11 + u8::try_from(j)?;
+    let host = make_host(
+        switch,
+        HostSpec {
+            sysctls: BACKEND_SYSCTLS,
+            ..on_segment("b", BACKEND_IF, format!("p-b{j}"), 30, n)
+        },
+    )?;
+    let (r4, r6) = backend_net(1);
+    default_routes(&host.ns, r4, r6)?;
+    let server = start_backend_server(&host, dir, &spec.name, (VIP4, VIP6), true)?;
+    let mut b = Backend {
+        server,
+        decap: None,
+        host,
+        spec,
+        paused: false,
+        extra_addrs: Vec::new(),
+    };
+    if let Some(nf) = nf_maglev {
+        b.decap = Some(start_decap(nf, &b.host, &[], &b.spec.name)?);
+    }
+    Ok(b)
+}
+
 /// Adds default routes of both families via `v4` / `v6` in `ns`.
 fn default_routes(ns: &Netns, v4: Ipv4Addr, v6: Ipv6Addr) -> Result<()> {
     ns.ip(&["route", "replace", "default", "via", &v4.to_string()])?;
@@ -181,7 +215,6 @@ impl RoutedLab {
         sysctl(&router_ns, HOST_SYSCTLS)?;
         sysctl(&router_ns, ROUTER_SYSCTLS)?;
         let (f4, f6) = fabric_net(1);
-        let (b4, b6) = backend_net(1);
         plug(
             &router_ns,
             &fabric,
@@ -220,28 +253,17 @@ impl RoutedLab {
         }
 
         let mut backends = Vec::new();
-        for (j, &(name, weight)) in BACKENDS.iter().enumerate() {
-            let n = 11 + u8::try_from(j)?;
-            let host = make_host(
+        for &(name, weight) in &BACKENDS {
+            backends.push(make_backend(
                 &backend_switch,
-                HostSpec {
-                    sysctls: BACKEND_SYSCTLS,
-                    ..on_segment("b", BACKEND_IF, format!("p-b{j}"), 30, n)
-                },
-            )?;
-            default_routes(&host.ns, b4, b6)?;
-            let server = start_backend_server(&host, &dir.0, name, VIP4, VIP6)?;
-            backends.push(Backend {
-                server,
-                decap: None,
-                host,
-                spec: BackendSpec {
+                &dir.0,
+                backends.len(),
+                BackendSpec {
                     name: name.into(),
                     weight,
                 },
-                paused: false,
-                extra_addrs: Vec::new(),
-            });
+                nf_maglev,
+            )?);
         }
 
         let mut lab = RoutedLab {
@@ -254,10 +276,7 @@ impl RoutedLab {
             dir,
             nf_maglev: nf_maglev.map(Path::to_path_buf),
         };
-        if let Some(nf) = lab.nf_maglev.clone() {
-            for b in &mut lab.backends {
-                b.decap = Some(start_decap(&nf, &b.host, &[], &b.spec.name)?);
-            }
+        if lab.nf_maglev.is_some() {
             for i in 0..n_lbs {
                 let text = serde_json::to_string_pretty(&lab.config(i))?;
                 let p = &lab.lbs[i].config;
@@ -266,6 +285,24 @@ impl RoutedLab {
         }
         lab.start_router_bird()?;
         Ok(lab)
+    }
+
+    /// Adds a backend `name` of `weight` on the backend segment (next address), serving the VIPs, with
+    /// `nf-maglev decap`: no load balancer knows it until told (admin API or configuration). Returns its
+    /// index.
+    pub fn add_backend(&mut self, name: &str, weight: u32) -> Result<usize> {
+        let b = make_backend(
+            &self.backend_switch,
+            &self.dir.0,
+            self.backends.len(),
+            BackendSpec {
+                name: name.into(),
+                weight,
+            },
+            self.nf_maglev.as_deref(),
+        )?;
+        self.backends.push(b);
+        Ok(self.backends.len() - 1)
     }
 
     /// The client.

@@ -258,10 +258,7 @@ mod tests {
         assert!(v.fail_open && !v.ready());
         let mut fresh = PortPlane::new(LB_MAC, &c.state());
         let open = backends_of(&c.state(), &mut fresh, &f, SYN, 4);
-        assert!(
-            open.contains(&down),
-            "fail-open sends to every backend"
-        );
+        assert!(open.contains(&down), "fail-open sends to every backend");
         // Health back: the table is the original one again.
         c.set_unhealthy(out(&[])).expect("publishes");
         let mut fresh = PortPlane::new(LB_MAC, &c.state());
