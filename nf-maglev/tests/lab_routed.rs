@@ -11,6 +11,7 @@
 //!   connection survives; the longest gap in new connections is the failover time.
 //! - A backend added on every load balancer and one load balancer killed together: survivors counted.
 //! - A load balancer none of whose backends passes its checks is never announced.
+//! - Probes through the data path (the default) keep the backends up while the VIP is announced.
 //!
 //! Every measured number is printed. Needs root; skipped otherwise.
 #![forbid(unsafe_code)]
@@ -20,7 +21,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use lab::maglev::{self, BackendSpec, ConnResult, Spread, StreamSummary};
+use lab::maglev::{self, BackendSpec, ConnResult, ConnStream, Hold, Spread, StreamSummary};
 use lab::routed::{RoutedLab, VIP4, VIP6, VIPS};
 
 const NF_MAGLEV: &str = env!("CARGO_BIN_EXE_nf-maglev");
@@ -106,6 +107,21 @@ fn first_step(results: &[ConnResult]) -> BTreeMap<u16, String> {
             (r.sport, r.backend.clone().unwrap())
         })
         .collect()
+}
+
+/// [`HELD`] connections held across `steps` steps (the first one run: source port -> backend) and a
+/// stream of [`RATE`] new connections a second for `secs`, 2 s under way.
+fn under_load(
+    lab: &RoutedLab,
+    vip: IpAddr,
+    steps: u32,
+    secs: Duration,
+) -> (Hold, BTreeMap<u16, String>, ConnStream) {
+    let mut hold = lab.traffic().hold(vip, HELD, steps).unwrap();
+    let first = first_step(&hold.step(0, STEP_TIMEOUT).unwrap());
+    let stream = lab.traffic().conn_stream(vip, RATE, secs).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    (hold, first, stream)
 }
 
 /// Held connections of a later step answered by the backend they started with.
@@ -247,13 +263,7 @@ fn graceful_stop_breaks_nothing() {
     let _serial = maglev::serial();
     let mut lab = lab_up(3);
     let vip = IpAddr::V4(VIP4);
-    let mut hold = lab.traffic().hold(vip, HELD, 3).unwrap();
-    let first = first_step(&hold.step(0, STEP_TIMEOUT).unwrap());
-    let stream = lab
-        .traffic()
-        .conn_stream(vip, RATE, Duration::from_secs(10))
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    let (mut hold, first, stream) = under_load(&lab, vip, 3, Duration::from_secs(10));
 
     let t = Instant::now();
     lab.term_lb(1).unwrap();
@@ -283,13 +293,7 @@ fn kill_keeps_held_connections() {
     let _serial = maglev::serial();
     for vip in VIPS {
         let mut lab = lab_up(3);
-        let mut hold = lab.traffic().hold(vip, HELD, 2).unwrap();
-        let first = first_step(&hold.step(0, STEP_TIMEOUT).unwrap());
-        let stream = lab
-            .traffic()
-            .conn_stream(vip, RATE, Duration::from_secs(8))
-            .unwrap();
-        std::thread::sleep(Duration::from_secs(2));
+        let (mut hold, first, stream) = under_load(&lab, vip, 2, Duration::from_secs(8));
 
         let t = Instant::now();
         lab.kill_lb(1).unwrap();
@@ -399,4 +403,66 @@ fn not_announced_without_a_healthy_backend() {
     eprintln!("lb1 /api/state announce after 4 s: {}", state["announce"]);
     assert!(seen.is_empty(), "announced without a healthy backend");
     assert_eq!(state["announce"]["addresses"], serde_json::json!([]));
+}
+
+#[test]
+#[ignore = "needs root"]
+fn probes_through_the_data_path_while_announced() {
+    lab::require_root();
+    let _serial = maglev::serial();
+    let mut lab = RoutedLab::build(1, Some(Path::new(NF_MAGLEV))).unwrap();
+    lab.start_bird(0).unwrap();
+    // The default probe path: through the data path, to the VIP, which is a local address of the load
+    // balancer while it is announced.
+    let mut config = lab.config(0);
+    config["maglev"]
+        .as_object_mut()
+        .unwrap()
+        .remove("health")
+        .unwrap();
+    lab.write_config(0, &config).unwrap();
+    lab.start_lb(0).unwrap();
+    lab.wait_nexthops(IpAddr::V4(VIP4), &[0], ROUTE_TIMEOUT)
+        .unwrap();
+    let start = Instant::now();
+    let mut gone = None;
+    while start.elapsed() < Duration::from_secs(5) {
+        if gone.is_none() && lab.router_nexthops(IpAddr::V4(VIP4)).unwrap().is_empty() {
+            gone = Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let state = lab.admin(0).state().unwrap();
+    let health: Vec<String> = state["vips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|v| {
+            v["backends"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |b| {
+                    format!(
+                        "{}/{}: {} ({})",
+                        v["name"].as_str().unwrap_or("?"),
+                        b["name"].as_str().unwrap_or("?"),
+                        b["health"]["state"],
+                        b["health"]["last_error"]
+                    )
+                })
+        })
+        .collect();
+    eprintln!(
+        "probes through the data path: route withdrawn after {gone:?}; health after 5 s:\n{}",
+        health.join("\n")
+    );
+    assert!(
+        gone.is_none(),
+        "the VIP was withdrawn {gone:?} after it was announced"
+    );
+    assert!(
+        health.iter().all(|h| h.contains("\"up\"")),
+        "backends not up: {health:?}"
+    );
 }
