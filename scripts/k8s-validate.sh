@@ -7,8 +7,13 @@
 #   1. yamllint -s (strict: warnings fail too)
 #   2. project checks: every document parses, JSON/JSON-C payloads parse, pods that request an
 #      afxdp/<pool> resource attach the matching NetworkAttachmentDefinition and hold exactly
-#      NET_RAW, IPC_LOCK and BPF (drop ALL, not privileged, no hostNetwork), metrics on port 9100,
-#      and kustomization.yaml lists every manifest
+#      NET_RAW, IPC_LOCK and BPF, plus NET_ADMIN when the ConfigMap the container mounts has
+#      maglev.announce (then also /dev/net/tun, a BIRD container in the pod and a termination
+#      grace period above the drain period); BIRD containers hold exactly NET_BIND_SERVICE and
+#      NET_ADMIN and have a readiness probe; other containers add no capability; all drop ALL,
+#      none privileged, no hostNetwork; in such pods every container has requests == limits for
+#      cpu and memory (Guaranteed QoS, which the static CPU manager needs to pin the workers);
+#      metrics on port 9100; kustomization.yaml lists every manifest
 #   3. kubernetes-validate --strict on the core kinds (unknown fields fail)
 #   4. check-jsonschema on the custom resources, with the schemas in DIR/schemas:
 #      NetworkAttachmentDefinition (k8s.cni.cncf.io/v1), PodMonitor and ServiceMonitor
@@ -80,6 +85,12 @@ CRDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
 }
 AFXDP_CAPS = {"NET_RAW", "IPC_LOCK", "BPF"}
+# maglev.announce: the TUN device nfmvip0 and its addresses.
+ANNOUNCE_CAPS = AFXDP_CAPS | {"NET_ADMIN"}
+# BGP listens on port 179; BFD sets SO_PRIORITY 7 on its sockets.
+BIRD_CAPS = {"NET_BIND_SERVICE", "NET_ADMIN"}
+# nf-maglev stops within this many seconds once the drain period is over.
+STOP_S = 2
 METRICS_PORT = 9100
 
 def strip_jsonc(text):
@@ -162,6 +173,8 @@ for where, d in docs:
 # Payloads: JSON/JSON-C in ConfigMaps, the device plugin's config.json.
 os.makedirs(os.path.join(out, "extracted"), exist_ok=True)
 pools = None
+# ConfigMap name -> the maglev.announce sections of its JSON/JSON-C payloads.
+announce_by_cm = {}
 for where, d in by_kind.get("ConfigMap", []):
     for key, text in (d.get("data") or {}).items():
         if not key.endswith((".json", ".jsonc")):
@@ -171,6 +184,9 @@ for where, d in by_kind.get("ConfigMap", []):
         except json.JSONDecodeError as e:
             err(where, f"data.{key}: line {e.lineno}: {e.msg}")
             continue
+        maglev = value.get("maglev") if isinstance(value, dict) else None
+        if isinstance(maglev, dict) and "announce" in maglev:
+            announce_by_cm.setdefault(d["metadata"].get("name"), []).append(maglev["announce"])
         if d["metadata"].get("name") == "afxdp-dp-config" and key == "config.json":
             with open(os.path.join(out, "extracted", "afxdp-dp-config.json"), "w") as fh:
                 json.dump(value, fh)
@@ -201,6 +217,23 @@ def pod_spec(d):
     tpl = (d.get("spec") or {}).get("template") or {}
     return tpl.get("metadata") or {}, tpl.get("spec") or {}
 
+def is_bird(c):
+    cmd = c.get("command") or []
+    return bool(cmd) and os.path.basename(str(cmd[0])) == "bird"
+
+def check_security(cw, c, want):
+    """Not privileged, drop ALL, add exactly `want`."""
+    sc = c.get("securityContext") or {}
+    capsc = sc.get("capabilities") or {}
+    if sc.get("privileged"):
+        err(cw, "privileged")
+    if [x.upper() for x in capsc.get("drop", [])] != ["ALL"]:
+        err(cw, "capabilities.drop must be [ALL]")
+    added = {x.upper() for x in capsc.get("add", [])}
+    if added != want:
+        return sorted(added)
+    return None
+
 for kind in ("Pod", "DaemonSet", "Deployment", "StatefulSet", "Job"):
     for where, d in by_kind.get(kind, []):
         meta, spec = pod_spec(d)
@@ -208,6 +241,10 @@ for kind in ("Pod", "DaemonSet", "Deployment", "StatefulSet", "Job"):
             err(where, "hostNetwork: the device plugin checks the pod name as hostname")
         nets = [n.strip() for n in
                 (meta.get("annotations") or {}).get("k8s.v1.cni.cncf.io/networks", "").split(",") if n.strip()]
+        volume_cm = {v.get("name"): (v.get("configMap") or {}).get("name")
+                     for v in spec.get("volumes", []) if v.get("configMap")}
+        announcing = []
+        birds = []
         for c in spec.get("containers", []) + spec.get("initContainers", []):
             cw = f"{where} container {c.get('name')}"
             res = c.get("resources") or {}
@@ -219,19 +256,55 @@ for kind in ("Pod", "DaemonSet", "Deployment", "StatefulSet", "Job"):
                 if not any(nad_resource.get(n) == r for n in nets):
                     err(cw, f"requests {r} but attaches no NetworkAttachmentDefinition of that pool "
                             f"(networks: {nets})")
+            mounts = c.get("volumeMounts", [])
+            announce = [a for m in mounts for a in announce_by_cm.get(volume_cm.get(m.get("name")), [])]
             if afxdp:
-                sc = c.get("securityContext") or {}
-                capsc = sc.get("capabilities") or {}
-                if sc.get("privileged"):
-                    err(cw, "privileged")
-                if [x.upper() for x in capsc.get("drop", [])] != ["ALL"]:
-                    err(cw, "capabilities.drop must be [ALL]")
-                added = set(capsc.get("add", []))
-                if added != AFXDP_CAPS:
-                    err(cw, f"capabilities.add {sorted(added)} must be exactly {sorted(AFXDP_CAPS)}")
+                want = ANNOUNCE_CAPS if announce else AFXDP_CAPS
+                bad = check_security(cw, c, want)
+                if bad is not None:
+                    why = ("its config has maglev.announce, which needs NET_ADMIN" if announce else
+                           "NET_ADMIN only with maglev.announce in its config")
+                    err(cw, f"capabilities.add {bad} must be exactly {sorted(want)} ({why})")
+                if announce:
+                    announcing.append((cw, announce))
+                    if not any(m.get("mountPath") == "/dev/net/tun" for m in mounts):
+                        err(cw, "maglev.announce creates a TUN device: mount /dev/net/tun")
+            elif is_bird(c):
+                birds.append(c)
+                bad = check_security(cw, c, BIRD_CAPS)
+                if bad is not None:
+                    err(cw, f"BIRD: capabilities.add {bad} must be exactly {sorted(BIRD_CAPS)}")
+                if not ((c.get("readinessProbe") or {}).get("exec") or {}).get("command"):
+                    err(cw, "BIRD: needs an exec readinessProbe (ready while the BGP session is up)")
+            else:
+                bad = check_security(cw, c, set())
+                if bad is not None:
+                    err(cw, f"capabilities.add {bad}: only the NF and BIRD containers add capabilities")
             for p in c.get("ports", []):
                 if p.get("name") == "metrics" and p.get("containerPort") != METRICS_PORT:
                     err(cw, f"metrics port {p.get('containerPort')} is not {METRICS_PORT}")
+        all_containers = spec.get("containers", []) + spec.get("initContainers", [])
+        if any(k.startswith("afxdp/") for c in all_containers
+               for k in ((c.get("resources") or {}).get("limits") or {})):
+            for c in all_containers:
+                res = c.get("resources") or {}
+                for r in ("cpu", "memory"):
+                    req, lim = (res.get("requests") or {}).get(r), (res.get("limits") or {}).get(r)
+                    if req is None or str(req) != str(lim):
+                        err(f"{where} container {c.get('name')}",
+                            f"{r}: requests {req} and limits {lim} differ: the pod would not be "
+                            f"Guaranteed and its CPUs not pinned")
+        if announcing and not birds:
+            err(where, "maglev.announce without a BIRD container in the pod: nothing exports the VIPs")
+        if birds and not announcing:
+            err(where, "a BIRD container but no container whose config has maglev.announce")
+        grace = spec.get("terminationGracePeriodSeconds", 30)
+        for cw, sections in announcing:
+            for a in sections:
+                drain = a.get("drain", 5) if isinstance(a, dict) else 5
+                if isinstance(drain, (int, float)) and not grace > drain + STOP_S:
+                    err(cw, f"terminationGracePeriodSeconds {grace} must exceed maglev.announce.drain "
+                            f"{drain} + {STOP_S} s")
 
 for where, d in by_kind.get("Service", []):
     for p in (d.get("spec") or {}).get("ports", []):

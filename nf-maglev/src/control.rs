@@ -875,11 +875,21 @@ fn build_state(
             .iter()
             .map(|b| !unhealthy.contains(&(v.name.clone(), b.name.clone())))
             .collect();
-        let same_health = |p: &VipState| {
-            p.backends
+        // Fail open: when no backend with a weight is healthy, all of them share the table as
+        // configured rather than none (unless configured otherwise).
+        let fail_open = config.health.fail_open
+            && v.backends.iter().any(|b| b.weight > 0)
+            && !v
+                .backends
                 .iter()
-                .map(|b| b.healthy)
-                .eq(healthy.iter().copied())
+                .zip(&healthy)
+                .any(|(b, &h)| b.weight > 0 && h);
+        let same_health = |p: &VipState| {
+            p.fail_open == fail_open
+                && p.backends
+                    .iter()
+                    .map(|b| b.healthy)
+                    .eq(healthy.iter().copied())
         };
         if let Some(p) = prev.filter(|p| reuse && p.source == *v && same_health(p)) {
             if past.len() == p.past.len() {
@@ -911,11 +921,6 @@ fn build_state(
                 gre: GreOuter::new(b.addr, config.local_v4, config.local_v6),
             })
             .collect();
-        // Fail open: when no backend with a weight is healthy, all of them share the table as
-        // configured rather than none (unless configured otherwise).
-        let fail_open = config.health.fail_open
-            && backends.iter().any(|b| b.weight > 0)
-            && !backends.iter().any(|b| b.weight > 0 && b.healthy);
         let effective = |b: &BackendState| if b.healthy || fail_open { b.weight } else { 0 };
         let members: Vec<Member<'_>> = backends
             .iter()

@@ -324,7 +324,7 @@ const VIP_ANNOUNCED: Def = gauge(
 );
 const CHECKER_CPU: Def = counter(
     "nf_maglev_health_checker_cpu_seconds_total",
-    "CPU time of the health checker's threads (probes, and the data path for probes).",
+    "CPU time of the health checker's thread (probes, and the data path for probes).",
     NONE,
 );
 

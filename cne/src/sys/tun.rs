@@ -234,6 +234,42 @@ impl AsRawFd for Tun {
     }
 }
 
+/// A [`Tun`] whose reads wait on a tokio reactor, so a one-thread async runtime can serve the device
+/// beside its other work (no thread of its own, no wake-up of another thread per packet).
+#[cfg(feature = "tokio")]
+#[derive(Debug)]
+pub struct AsyncTun {
+    fd: tokio::io::unix::AsyncFd<Tun>,
+}
+
+#[cfg(feature = "tokio")]
+impl AsyncTun {
+    /// Registers `tun` with the current tokio runtime's reactor (call it within the runtime).
+    pub fn new(tun: Tun) -> io::Result<AsyncTun> {
+        // SAFETY: `Tun` owns its descriptor (an `OwnedFd` that only its drop closes) and
+        // `as_raw_fd` always returns that one, so it stays open and the same for the life of the
+        // `AsyncFd`, which owns the `Tun`.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register(tun) }.map_err(io::Error::from)?;
+        Ok(AsyncTun { fd })
+    }
+
+    /// The device.
+    pub fn get_ref(&self) -> &Tun {
+        self.fd.get_ref()
+    }
+
+    /// Waits for a packet and reads it into `buf` (see [`Tun::read`]).
+    pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            match guard.try_io(|fd| fd.get_ref().read(buf)) {
+                Ok(result) => return result,
+                Err(_would_block) => {}
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

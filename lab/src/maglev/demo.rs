@@ -111,6 +111,8 @@ const DEMO_METRICS: &[&str] = &[
     "nf_maglev_xdp_filter_claimed_packets_total",
     "nf_maglev_xdp_filter_passed_packets_total",
     "nf_maglev_conntrack_entries",
+    "nf_maglev_backend_up",
+    "nf_maglev_health_checks_total",
 ];
 
 /// The demo's selection of `/metrics`: [`DEMO_METRICS`] for the `web4` VIP, and the drops (non-zero
@@ -137,7 +139,11 @@ fn demo_lines(m: &Metrics) -> Vec<String> {
 /// Builds the lab (three backends, weights 1/1/2), starts nf-maglev, makes `connections` real TCP
 /// connections to the IPv4 VIP, reads `/metrics`, tears everything down, and reports.
 pub fn demo(opts: &DemoOpts) -> Result<DemoReport> {
-    let spec = LabSpec::new(opts.mode, &opts.nf_maglev);
+    // Every backend is checked as a client would reach it: HTTP to the VIP, through the data path.
+    let spec = LabSpec::new(opts.mode, &opts.nf_maglev).check(
+        &["web4", "web6"],
+        serde_json::json!({"type": "http", "path": "/", "interval": 1, "timeout": 0.5}),
+    );
     let mut lab = MaglevLab::build(&spec).context("building the lab")?;
     lab.start_lb(0, &[]).context("starting nf-maglev")?;
     let t0 = Instant::now();

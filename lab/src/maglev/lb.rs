@@ -158,7 +158,7 @@ impl MaglevLab {
     /// The generated nf-maglev configuration for load balancer `i`: CNDP sections for `lb0` with
     /// [`LB_QUEUES`] queues and one worker each, and a `maglev` section with the four [`VIPS`], every
     /// backend in every VIP (by its address of the VIP's family and its MAC), the spec's `health` object
-    /// and `check` objects when given. In l2dsr mode the configuration does not depend on `i` at all.
+    /// and `check` objects when given (a VIP without one is not checked). In l2dsr mode the configuration does not depend on `i` at all.
     pub fn config(&self, i: usize) -> Value {
         let lb = &self.lbs[i].host;
         let vips: Vec<Value> = VIPS
@@ -178,9 +178,12 @@ impl MaglevLab {
                     .collect();
                 let mut vip = json!({"name": name, "addr": addr.to_string(), "proto": proto,
                                      "port": port, "mode": self.mode.as_str(), "backends": backends});
-                if let Some(check) = self.checks.get(name) {
-                    vip["check"] = check.clone();
-                }
+                // Unchecked unless asked: probes would add connections the other tests count.
+                vip["check"] = self
+                    .checks
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| json!({"type": "none"}));
                 vip
             })
             .collect();

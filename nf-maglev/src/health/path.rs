@@ -7,7 +7,7 @@
 //! that only this process holds (it vanishes with the process) and a policy rule per family,
 //! `fwmark` [`MARK`] `lookup` [`TABLE`], whose table sends everything into that device. Probe sockets
 //! carry the mark (`SO_MARK`, which CAP_NET_RAW allows on Linux 5.17 and later), so the kernel writes
-//! their packets into the TUN; [`DataPath::pump`] (a thread of its own) reads them, finds the backend by the socket's local
+//! their packets into the TUN; [`DataPath::pump`] (a task on the checker's runtime) reads them, finds the backend by the socket's local
 //! port (each probe registers its port before it connects), builds the frame exactly as the data plane
 //! would (same GRE header and MACs) and sends it out of the lport's interface on a transmit-only packet
 //! socket. The answers come back from the VIP straight to this host's address, as to any DSR client, and
@@ -21,14 +21,14 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use cne::afpacket::Sender;
 use cne::sys::route::MarkRoute;
-use cne::sys::tun::Tun;
+use cne::sys::tun::{AsyncTun, Tun};
 
 use crate::config::Mac;
 use crate::control::BackendState;
@@ -93,7 +93,9 @@ pub struct PathStats {
 /// The TUN device, its policy rules and the packet socket. See the module docs.
 #[derive(Debug)]
 pub struct DataPath {
-    tun: Tun,
+    /// The device until [`DataPath::pump`] takes it.
+    tun: Mutex<Option<Tun>>,
+    tun_name: String,
     _route: MarkRoute,
     sender: Sender,
     ifname: String,
@@ -119,7 +121,8 @@ impl DataPath {
         let src_mac = cne::sys::netdev::mac_address(ifname)
             .with_context(|| format!("reading the MAC address of {ifname}"))?;
         Ok(DataPath {
-            tun,
+            tun_name: tun.name().to_owned(),
+            tun: Mutex::new(Some(tun)),
             _route: route,
             sender,
             ifname: ifname.to_owned(),
@@ -131,7 +134,7 @@ impl DataPath {
 
     /// The TUN device's name.
     pub fn tun_name(&self) -> &str {
-        self.tun.name()
+        &self.tun_name
     }
 
     /// The interface probes leave by.
@@ -139,31 +142,23 @@ impl DataPath {
         &self.ifname
     }
 
-    /// Reads the probes' packets from the TUN and sends them on until `stop` is set (checked at least
-    /// every 200 ms) or the device fails. Runs on a thread of its own: it blocks.
-    /// Adds the thread's CPU time to `cpu` (nanoseconds) about once a second.
-    pub fn pump(&self, stop: &AtomicBool, cpu: &AtomicU64) -> io::Result<()> {
+    /// Reads the probes' packets from the TUN and sends them on, until the device fails. A task on
+    /// the checker's runtime: the packets a probe's socket writes into the TUN are read in the same
+    /// thread's next turn of the loop, without waking another one.
+    pub async fn pump(&self) -> io::Result<()> {
+        let tun = AsyncTun::new(self.tun.lock().ok().and_then(|mut t| t.take()).ok_or_else(
+            || {
+                io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "the probes' TUN device is already served",
+                )
+            },
+        )?)?;
         let mut buf = vec![0u8; 65536];
-        let mut sampler = crate::health::checker::CpuSampler::default();
-        let mut sampled = Instant::now();
-        while !stop.load(Ordering::Relaxed) {
-            if sampled.elapsed() >= Duration::from_secs(1) {
-                sampler.add_to(cpu);
-                sampled = Instant::now();
-            }
-            if !self.tun.poll_readable(Some(Duration::from_millis(200)))? {
-                continue;
-            }
-            loop {
-                match self.tun.read(&mut buf) {
-                    Ok(n) => self.forward(&buf[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
+        loop {
+            let n = tun.read(&mut buf).await?;
+            self.forward(&buf[..n]);
         }
-        Ok(())
     }
 
     fn forward(&self, packet: &[u8]) {
@@ -218,8 +213,11 @@ impl DataPath {
 impl PortRegistry for DataPath {
     fn register(&self, v6: bool, proto: u8, port: u16, via: &Via) {
         if let Ok(mut p) = self.ports.lock() {
-            let now = Instant::now();
-            p.retain(|_, (_, until)| until.is_none_or(|t| t > now));
+            // Finished probes' ports are swept when the map has grown, not on every probe.
+            if p.len() >= p.capacity() {
+                let now = Instant::now();
+                p.retain(|_, (_, until)| until.is_none_or(|t| t > now));
+            }
             p.insert((v6, proto, port), (via.clone(), None));
         }
     }
