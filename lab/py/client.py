@@ -150,8 +150,11 @@ def udp_one(a, i, deadline):
     try:
         s = socket.socket(family(a.addr), socket.SOCK_DGRAM)
         try:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("::" if ":" in a.addr else "0.0.0.0", sport))
+            if sport:
+                # Only for a chosen port: with SO_REUSEADDR, the kernel may hand an automatic port to
+                # two sockets at once, and they then receive each other's answers.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("::" if ":" in a.addr else "0.0.0.0", sport))
             s.connect((a.addr, a.port))
             res["sport"] = s.getsockname()[1]
             s.settimeout(a.timeout)
