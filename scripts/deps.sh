@@ -15,6 +15,7 @@ PACKAGES=(
   clang llvm libclang-dev                           # BPF objects (clang -target bpf) and bindgen
   bpftool socat curl iproute2 ethtool tcpdump iputils-ping
   pkg-config gcc make python3 python3-venv linux-libc-dev procps util-linux
+  bird2                                             # BGP speaker of the routed lab (its own processes only)
 )
 # package:minimum version. Older ones lack what cne-sys binds or the BPF features our programs use.
 MINIMUM=(
@@ -65,6 +66,15 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The package enables and may start a system-wide BIRD; the routed lab runs its own, one per namespace,
+# and a host daemon would only hold sockets and routes nobody asked for.
+if [ -n "$(installed_version bird2)" ] && command -v systemctl >/dev/null; then
+  systemctl disable bird >/dev/null 2>&1 || true               # links only: works without a running systemd
+  if [ -d /run/systemd/system ]; then systemctl stop bird >/dev/null 2>&1 || true; fi
+fi
+if command -v service >/dev/null && [ ! -d /run/systemd/system ] && service bird status >/dev/null 2>&1; then
+  service bird stop >/dev/null 2>&1 || true
 fi
 check_minimums installed_version installed || die "upgrade the packages above (apt-get install --only-upgrade NAME)"
 

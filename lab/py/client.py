@@ -11,6 +11,8 @@ Modes:
   rate       new TCP connections as in `conns`, started at RATE per second for DURATION seconds whatever
              the answers take (up to PARALLEL open at once); each result also has "t", the wall-clock
              time (Unix seconds) the connection started, so a caller can line results up with events.
+  Results of `conns` and `rate` say how long the handshake took ("connect", seconds): about 1 s more
+  per SYN that got no answer.
   udp        COUNT datagrams of SIZE bytes (larger than the MTU: the kernel fragments them), each from
              its own socket, answered with the receiving backend's name, length and SHA-256.
 
@@ -94,9 +96,11 @@ def one_conn(a, i, deadline):
     if time.monotonic() > deadline:
         res["error"] = "deadline passed before the connection started"
         return res
+    start = time.monotonic()
     try:
         s = tcp_connect(a.addr, a.port, sport, a.timeout)
         try:
+            res["connect"] = round(time.monotonic() - start, 4)
             res["sport"] = s.getsockname()[1]
             s.sendall(b"GET / HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")
             body, _ = read_response(s, b"")
@@ -109,6 +113,7 @@ def one_conn(a, i, deadline):
     except Exception as e:  # noqa: BLE001 - every failure is a result
         res["sport"] = getattr(e, "sport", res["sport"])
         res["error"] = err(e)
+        res.setdefault("connect", round(time.monotonic() - start, 4))
     return res
 
 
@@ -145,8 +150,11 @@ def udp_one(a, i, deadline):
     try:
         s = socket.socket(family(a.addr), socket.SOCK_DGRAM)
         try:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("::" if ":" in a.addr else "0.0.0.0", sport))
+            if sport:
+                # Only for a chosen port: with SO_REUSEADDR, the kernel may hand an automatic port to
+                # two sockets at once, and they then receive each other's answers.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("::" if ":" in a.addr else "0.0.0.0", sport))
             s.connect((a.addr, a.port))
             res["sport"] = s.getsockname()[1]
             s.settimeout(a.timeout)

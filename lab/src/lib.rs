@@ -29,6 +29,7 @@ pub mod maglev;
 pub mod names;
 pub mod netns;
 pub mod process;
+pub mod routed;
 pub mod tools;
 pub mod veth;
 pub mod wait;

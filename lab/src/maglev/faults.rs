@@ -134,7 +134,12 @@ impl MaglevLab {
         if b.server.is_running() {
             bail!("the server of backend {} already runs", b.spec.name);
         }
-        b.server = spawn_server(&b.host, &self.dir.0, &b.spec.name)?;
+        b.server = spawn_server(
+            &b.host,
+            &self.dir.0,
+            &b.spec.name,
+            &[IpAddr::V4(VIP4), IpAddr::V6(VIP6)],
+        )?;
         Ok(())
     }
 

@@ -8,44 +8,150 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 
+use super::admin::admin_request;
 use super::{
-    check_interrupt, interrupted, spawn_logged, tail, MaglevLab, Mode, ADMIN_ADDR, BACKEND_IF,
-    HASH_SEED, LB_IF, LB_QUEUES, LINK_MTU, START_TIMEOUT, VIPS,
+    check_interrupt, interrupted, kill_and_reap, spawn_logged, tail, Host, MaglevLab, Mode,
+    ADMIN_ADDR, HASH_SEED, LB_IF, LB_QUEUES, LINK_MTU, START_TIMEOUT, VIPS,
 };
 use crate::cmd;
-use crate::process::{Proc, Signal};
+use crate::netns::Netns;
+use crate::process::Proc;
 use crate::wait::wait_for;
+
+/// Starts `nf-maglev decap` on backend `host` (named `name`) for its own addresses and `extra` ones;
+/// returns once its XDP program is attached.
+pub(crate) fn start_decap(
+    nf_maglev: &Path,
+    host: &Host,
+    extra: &[IpAddr],
+    name: &str,
+) -> Result<Proc> {
+    crate::tools::require_executable(nf_maglev)
+        .context("GRE backends decapsulate with `nf-maglev decap`")?;
+    let mut argv = vec![
+        nf_maglev.to_string_lossy().into_owned(),
+        "decap".into(),
+        "--dev".into(),
+        host.ifname.into(),
+    ];
+    let addrs = [IpAddr::V4(host.v4), IpAddr::V6(host.v6)];
+    for a in addrs.iter().chain(extra) {
+        argv.extend(["--addr".to_string(), a.to_string()]);
+    }
+    let cmd = host.ns.command_with_bpffs(&argv);
+    let mut p = spawn_logged(&format!("decap-{name}"), cmd)?;
+    let attached = wait_for(START_TIMEOUT, || {
+        matches!(host.ns.xdp_prog(host.ifname), Ok(Some(_))) || !p.is_running() || interrupted()
+    });
+    check_interrupt()?;
+    if !attached || !p.is_running() {
+        bail!(
+            "`nf-maglev decap` on backend {name} did not attach: {}",
+            tail(&p.stderr(), 20)
+        );
+    }
+    Ok(p)
+}
+
+/// The CNDP sections of an nf-maglev configuration for [`LB_IF`] with [`LB_QUEUES`] queues, one worker
+/// each, around the given `maglev` section.
+pub(crate) fn nf_config(maglev: Value) -> Value {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut lports = serde_json::Map::new();
+    let mut threads = serde_json::Map::new();
+    let mut groups = serde_json::Map::new();
+    groups.insert("initial".into(), json!([0]));
+    threads.insert(
+        "main".into(),
+        json!({"group": "initial", "description": "control plane"}),
+    );
+    let regions: Vec<u32> = (0..LB_QUEUES).map(|_| 8).collect();
+    for q in 0..LB_QUEUES {
+        let lport = format!("{LB_IF}:{q}");
+        lports.insert(
+            lport.clone(),
+            json!({"pmd": "net_af_xdp", "qid": q, "umem": "umem0", "region": q,
+                   "description": format!("queue {q}")}),
+        );
+        let core = usize::try_from(q).unwrap_or(0) % cpus;
+        groups.insert(format!("group{q}"), json!([core]));
+        threads.insert(
+            format!("lb:{q}"),
+            json!({"group": format!("group{q}"), "lports": [lport]}),
+        );
+    }
+    json!({
+        "application": {"name": "nf-maglev", "description": "Maglev lab load balancer"},
+        "defaults": {"bufcnt": 16, "bufsz": 2, "rxdesc": 0, "txdesc": 0, "cache": 256, "mtype": "4KB"},
+        "umems": {"umem0": {"bufcnt": 8 * LB_QUEUES, "bufsz": 2, "mtype": "4KB", "regions": regions,
+                            "rxdesc": 0, "txdesc": 0}},
+        "lports": lports,
+        "lcore-groups": groups,
+        "options": {"pkt_api": "xskdev"},
+        "threads": threads,
+        "maglev": maglev,
+    })
+}
+
+/// Starts nf-maglev in `ns` with configuration file `config`, the admin API on [`ADMIN_ADDR`] and
+/// `extra` arguments; returns once the admin API answers (`admin` asks it) and the XDP program is
+/// attached to [`LB_IF`]. `what` names the load balancer in errors.
+pub(crate) fn start_nf_maglev(
+    nf_maglev: &Path,
+    ns: &Netns,
+    config: &Path,
+    extra: &[&str],
+    what: &str,
+) -> Result<Proc> {
+    crate::tools::require_executable(nf_maglev).context("the load balancer is nf-maglev")?;
+    let mut argv = vec![
+        nf_maglev.to_string_lossy().into_owned(),
+        "-c".into(),
+        config.to_string_lossy().into_owned(),
+        "--listen".into(),
+        ADMIN_ADDR.into(),
+    ];
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    let cmd = ns.command_with_bpffs(&argv);
+    let mut proc = spawn_logged(&format!("nf-maglev-{what}"), cmd)?;
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if !proc.is_running() {
+            bail!(
+                "nf-maglev on {what} exited during start-up:\n{}",
+                tail(&proc.stderr(), 30)
+            );
+        }
+        let attached = matches!(ns.xdp_prog(LB_IF), Ok(Some(_)));
+        if attached && matches!(admin_request(ns, "GET", "/api/state", None), Ok((200, _))) {
+            return Ok(proc);
+        }
+        if Instant::now() >= deadline {
+            let log = proc.stderr();
+            // Not left running half-started: the caller gets an error, not a process.
+            if let Err(e) = proc.stop(Duration::from_secs(2)) {
+                log::debug!("{e:#}");
+            }
+            bail!(
+                "nf-maglev on {what} not ready after {START_TIMEOUT:?} (XDP attached: \
+                 {attached}):\n{}",
+                tail(&log, 30)
+            );
+        }
+        check_interrupt()?;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
 
 impl MaglevLab {
     pub(super) fn start_decap(&mut self, i: usize) -> Result<()> {
-        crate::tools::require_executable(&self.nf_maglev)
-            .context("GRE backends decapsulate with `nf-maglev decap`")?;
         let b = &mut self.backends[i];
-        let mut argv = vec![
-            self.nf_maglev.to_string_lossy().into_owned(),
-            "decap".into(),
-            "--dev".into(),
-            BACKEND_IF.into(),
-        ];
-        let addrs = [IpAddr::V4(b.host.v4), IpAddr::V6(b.host.v6)];
-        for a in addrs.iter().chain(&b.extra_addrs) {
-            argv.extend(["--addr".to_string(), a.to_string()]);
-        }
-        let cmd = b.host.ns.command_with_bpffs(&argv);
-        let mut p = spawn_logged(&format!("decap-{}", b.spec.name), cmd)?;
-        let ns = &b.host.ns;
-        let attached = wait_for(START_TIMEOUT, || {
-            matches!(ns.xdp_prog(BACKEND_IF), Ok(Some(_))) || !p.is_running() || interrupted()
-        });
-        check_interrupt()?;
-        if !attached || !p.is_running() {
-            bail!(
-                "`nf-maglev decap` on backend {} did not attach: {}",
-                b.spec.name,
-                tail(&p.stderr(), 20)
-            );
-        }
-        b.decap = Some(p);
+        b.decap = Some(start_decap(
+            &self.nf_maglev,
+            &b.host,
+            &b.extra_addrs,
+            &b.spec.name,
+        )?);
         Ok(())
     }
 
@@ -54,30 +160,6 @@ impl MaglevLab {
     /// backend in every VIP (by its address of the VIP's family and its MAC), the spec's `health` object
     /// and `check` objects when given (a VIP without one is not checked). In l2dsr mode the configuration does not depend on `i` at all.
     pub fn config(&self, i: usize) -> Value {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let mut lports = serde_json::Map::new();
-        let mut threads = serde_json::Map::new();
-        let mut groups = serde_json::Map::new();
-        groups.insert("initial".into(), json!([0]));
-        threads.insert(
-            "main".into(),
-            json!({"group": "initial", "description": "control plane"}),
-        );
-        let regions: Vec<u32> = (0..LB_QUEUES).map(|_| 8).collect();
-        for q in 0..LB_QUEUES {
-            let lport = format!("{LB_IF}:{q}");
-            lports.insert(
-                lport.clone(),
-                json!({"pmd": "net_af_xdp", "qid": q, "umem": "umem0", "region": q,
-                       "description": format!("queue {q}")}),
-            );
-            let core = usize::try_from(q).unwrap_or(0) % cpus;
-            groups.insert(format!("group{q}"), json!([core]));
-            threads.insert(
-                format!("lb:{q}"),
-                json!({"group": format!("group{q}"), "lports": [lport]}),
-            );
-        }
         let lb = &self.lbs[i].host;
         let vips: Vec<Value> = VIPS
             .iter()
@@ -119,17 +201,7 @@ impl MaglevLab {
         if self.mode == Mode::Gre {
             maglev["local_addrs"] = json!([lb.v4.to_string(), lb.v6.to_string()]);
         }
-        json!({
-            "application": {"name": "nf-maglev", "description": "Maglev lab load balancer"},
-            "defaults": {"bufcnt": 16, "bufsz": 2, "rxdesc": 0, "txdesc": 0, "cache": 256, "mtype": "4KB"},
-            "umems": {"umem0": {"bufcnt": 8 * LB_QUEUES, "bufsz": 2, "mtype": "4KB", "regions": regions,
-                                "rxdesc": 0, "txdesc": 0}},
-            "lports": lports,
-            "lcore-groups": groups,
-            "options": {"pkt_api": "xskdev"},
-            "threads": threads,
-            "maglev": maglev,
-        })
+        nf_config(maglev)
     }
 
     /// Path of load balancer `i`'s configuration file.
@@ -152,43 +224,16 @@ impl MaglevLab {
                 bail!("nf-maglev already runs on load balancer {i}");
             }
         }
-        crate::tools::require_executable(&self.nf_maglev)
-            .context("the load balancer is nf-maglev")?;
         let lb = &self.lbs[i];
-        let mut argv = vec![
-            self.nf_maglev.to_string_lossy().into_owned(),
-            "-c".into(),
-            lb.config.to_string_lossy().into_owned(),
-            "--listen".into(),
-            ADMIN_ADDR.into(),
-        ];
-        argv.extend(extra.iter().map(|s| s.to_string()));
-        let cmd = lb.host.ns.command_with_bpffs(&argv);
-        let proc = spawn_logged(&format!("nf-maglev-lb{i}"), cmd)?;
+        let proc = start_nf_maglev(
+            &self.nf_maglev,
+            &lb.host.ns,
+            &lb.config,
+            extra,
+            &format!("lb{i}"),
+        )?;
         self.lbs[i].nf = Some(proc);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let running = self.lbs[i].nf.as_mut().is_some_and(Proc::is_running);
-            if !running {
-                bail!(
-                    "nf-maglev on load balancer {i} exited during start-up:\n{}",
-                    tail(&self.lb_log(i), 30)
-                );
-            }
-            let attached = matches!(self.lbs[i].host.ns.xdp_prog(LB_IF), Ok(Some(_)));
-            if attached && matches!(self.admin(i, "GET", "/api/state", None), Ok((200, _))) {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "nf-maglev on load balancer {i} not ready after {START_TIMEOUT:?} (XDP attached: \
-                     {attached}):\n{}",
-                    tail(&self.lb_log(i), 30)
-                );
-            }
-            check_interrupt()?;
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        Ok(())
     }
 
     /// Stops nf-maglev on load balancer `i` (SIGINT, then harder); errors when it does not exit
@@ -217,10 +262,7 @@ impl MaglevLab {
         let Some(mut p) = self.lbs[i].nf.take() else {
             bail!("nf-maglev does not run on load balancer {i}");
         };
-        p.signal(Signal::Kill)?;
-        p.wait_timeout(Duration::from_secs(5))?
-            .with_context(|| format!("nf-maglev on load balancer {i} survived SIGKILL"))?;
-        Ok(())
+        kill_and_reap(&mut p, &format!("nf-maglev on load balancer {i}"))
     }
 
     /// True while nf-maglev runs on load balancer `i`.

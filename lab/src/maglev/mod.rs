@@ -63,17 +63,20 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 
 use crate::process::Proc;
 
+pub use admin::Admin;
 pub use demo::{demo, DemoOpts, DemoReport};
 pub use faults::Fault;
 pub use health_bench::{health_bench, HealthBenchOpts, HealthBenchReport};
 pub use prom::{Metrics, Sample};
 pub use stats::{binomial_tolerance, Spread};
 pub use topology::{BackendSpec, Host, LabSpec, MaglevLab, Mode};
-pub use traffic::{ConnResult, ConnStream, Hold, KeepaliveResult, TimedConn, UdpResult};
+pub use traffic::{
+    ConnResult, ConnStream, Hold, KeepaliveResult, StreamSummary, TimedConn, Traffic, UdpResult,
+};
 
 /// IPv4 VIP (on `lo` of every backend).
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
@@ -112,7 +115,7 @@ pub const VIPS: [(&str, IpAddr, &str, u16); 4] = [
 const BACKEND_PY: &str = include_str!("../../py/backend.py");
 const CLIENT_PY: &str = include_str!("../../py/client.py");
 const SWITCH_BRIDGE: &str = "br0";
-const START_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(30);
 const ADMIN_TIMEOUT_S: &str = "10";
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -129,12 +132,12 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
-fn check_interrupt() -> Result<()> {
+pub(crate) fn check_interrupt() -> Result<()> {
     ensure!(!interrupted(), "interrupted");
     Ok(())
 }
 
-fn spawn_logged(name: &str, mut command: Command) -> Result<Proc> {
+pub(crate) fn spawn_logged(name: &str, mut command: Command) -> Result<Proc> {
     command.env(
         "RUST_LOG",
         std::env::var("LAB_NF_LOG").unwrap_or_else(|_| "info".into()),
@@ -142,8 +145,28 @@ fn spawn_logged(name: &str, mut command: Command) -> Result<Proc> {
     Proc::spawn(name, command)
 }
 
+/// Sends SIGTERM to every process of `procs` that still runs, without waiting: a lab's `Drop` asks all
+/// at once, then the processes' own `Drop` reaps them (gone by then, or killed after a grace period).
+pub(crate) fn ask_to_stop<'a>(procs: impl IntoIterator<Item = &'a mut Proc>) {
+    for p in procs {
+        if p.is_running() {
+            if let Err(e) = p.signal(crate::process::Signal::Term) {
+                log::debug!("{e:#}");
+            }
+        }
+    }
+}
+
+/// Kills `p` with SIGKILL (as a crash or an OOM kill would) and reaps it; `what` names it in errors.
+pub(crate) fn kill_and_reap(p: &mut Proc, what: &str) -> Result<()> {
+    p.signal(crate::process::Signal::Kill)?;
+    p.wait_timeout(Duration::from_secs(5))?
+        .with_context(|| format!("{what} survived SIGKILL"))?;
+    Ok(())
+}
+
 /// Last `n` lines of a text, for error messages.
-fn tail(text: &str, n: usize) -> String {
+pub(crate) fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }

@@ -19,7 +19,7 @@ use super::{
 use crate::addr::Mac;
 use crate::cmd;
 use crate::netns::Netns;
-use crate::process::{Proc, Signal};
+use crate::process::Proc;
 use crate::wait::wait_for;
 
 /// How the load balancer reaches the backends.
@@ -148,12 +148,12 @@ impl LabSpec {
 /// A host on the segment: its namespace, interface, MAC and addresses.
 #[derive(Debug)]
 pub struct Host {
-    pub(super) ns: Netns,
-    pub(super) ifname: &'static str,
-    pub(super) port: String,
-    pub(super) mac: Mac,
-    pub(super) v4: Ipv4Addr,
-    pub(super) v6: Ipv6Addr,
+    pub(crate) ns: Netns,
+    pub(crate) ifname: &'static str,
+    pub(crate) port: String,
+    pub(crate) mac: Mac,
+    pub(crate) v4: Ipv4Addr,
+    pub(crate) v6: Ipv6Addr,
 }
 
 impl Host {
@@ -200,21 +200,38 @@ pub(super) struct Lb {
 }
 
 #[derive(Debug)]
-pub(super) struct Backend {
-    pub(super) server: Proc,
-    pub(super) decap: Option<Proc>,
-    pub(super) host: Host,
-    pub(super) spec: BackendSpec,
+pub(crate) struct Backend {
+    pub(crate) server: Proc,
+    pub(crate) decap: Option<Proc>,
+    pub(crate) host: Host,
+    pub(crate) spec: BackendSpec,
     /// The server is stopped by SIGSTOP (see [`faults`](super::faults)).
-    pub(super) paused: bool,
+    pub(crate) paused: bool,
     /// Addresses added to its interface after the build (see [`faults`](super::faults)).
-    pub(super) extra_addrs: Vec<IpAddr>,
+    pub(crate) extra_addrs: Vec<IpAddr>,
 }
 
 /// The working directory of a lab (Python programs, configurations, step files); removed by `Drop`
 /// unless `LAB_KEEP_LOGS` is set.
 #[derive(Debug)]
-pub(super) struct WorkDir(pub(super) PathBuf);
+pub(crate) struct WorkDir(pub(crate) PathBuf);
+
+impl WorkDir {
+    /// Creates `$TMPDIR/<kind>-<pid>-<n>` holding the Python programs.
+    pub(crate) fn create(kind: &str) -> Result<WorkDir> {
+        let dir = WorkDir(std::env::temp_dir().join(format!(
+            "{kind}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        )));
+        std::fs::create_dir_all(&dir.0).with_context(|| format!("creating {}", dir.0.display()))?;
+        for (file, text) in [("backend.py", BACKEND_PY), ("client.py", CLIENT_PY)] {
+            let p = dir.0.join(file);
+            std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+        }
+        Ok(dir)
+    }
+}
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
@@ -238,7 +255,7 @@ pub struct MaglevLab {
     pub(super) checks: BTreeMap<String, Value>,
 }
 
-fn sysctl(ns: &Netns, settings: &[&str]) -> Result<()> {
+pub(crate) fn sysctl(ns: &Netns, settings: &[&str]) -> Result<()> {
     let mut argv = vec!["sysctl", "-q", "-w"];
     argv.extend_from_slice(settings);
     ns.exec(&argv)
@@ -247,7 +264,7 @@ fn sysctl(ns: &Netns, settings: &[&str]) -> Result<()> {
 }
 
 /// Settings every host gets before its interface exists (`default` applies to interfaces created later).
-const HOST_SYSCTLS: &[&str] = &[
+pub(crate) const HOST_SYSCTLS: &[&str] = &[
     "net.ipv4.conf.all.rp_filter=0",
     "net.ipv4.conf.default.rp_filter=0",
     "net.ipv4.conf.all.send_redirects=0",
@@ -263,7 +280,7 @@ const HOST_SYSCTLS: &[&str] = &[
 
 /// L2 DSR on the backends: answer ARP only for addresses of the receiving interface (not the VIP on
 /// `lo`), and source ARP requests from the outgoing interface's address.
-const BACKEND_SYSCTLS: &[&str] = &[
+pub(crate) const BACKEND_SYSCTLS: &[&str] = &[
     "net.ipv4.conf.all.arp_ignore=1",
     "net.ipv4.conf.all.arp_announce=2",
     "net.ipv4.conf.default.arp_ignore=1",
@@ -283,36 +300,71 @@ fn host_mac(n: u8) -> Mac {
 }
 
 /// How to build one host.
-struct HostSpec<'a> {
+pub(crate) struct HostSpec<'a> {
     /// Namespace name tag.
-    tag: &'a str,
+    pub(crate) tag: &'a str,
     /// Interface name inside the namespace.
-    ifname: &'static str,
+    pub(crate) ifname: &'static str,
     /// Name of the switch-side end.
-    port: String,
-    /// Host number: last byte of its addresses and MAC.
-    n: u8,
-    mtu: u32,
-    queues: u32,
-    sysctls: &'a [&'a str],
+    pub(crate) port: String,
+    /// Its MAC and addresses (on a /24 and a /64).
+    pub(crate) mac: Mac,
+    pub(crate) v4: Ipv4Addr,
+    pub(crate) v6: Ipv6Addr,
+    pub(crate) mtu: u32,
+    pub(crate) queues: u32,
+    pub(crate) sysctls: &'a [&'a str],
+}
+
+impl<'a> HostSpec<'a> {
+    /// Host number `n` of the segment: last byte of its addresses and MAC.
+    fn numbered(tag: &'a str, ifname: &'static str, port: String, n: u8) -> HostSpec<'a> {
+        HostSpec {
+            tag,
+            ifname,
+            port,
+            mac: host_mac(n),
+            v4: host_v4(n),
+            v6: host_v6(n),
+            mtu: LINK_MTU,
+            queues: 1,
+            sysctls: &[],
+        }
+    }
 }
 
 /// Builds one host: namespace, sysctls, a veth to the switch with the given MTU and queues, addresses.
-fn make_host(switch: &Netns, spec: HostSpec<'_>) -> Result<Host> {
-    let HostSpec {
-        tag,
+pub(crate) fn make_host(switch: &Netns, spec: HostSpec<'_>) -> Result<Host> {
+    let ns = Netns::new(spec.tag)?;
+    sysctl(&ns, HOST_SYSCTLS)?;
+    if !spec.sysctls.is_empty() {
+        sysctl(&ns, spec.sysctls)?;
+    }
+    let (ifname, port, mac, v4, v6) = (spec.ifname, spec.port.clone(), spec.mac, spec.v4, spec.v6);
+    plug(&ns, switch, spec)?;
+    Ok(Host {
+        ns,
         ifname,
         port,
-        n,
+        mac,
+        v4,
+        v6,
+    })
+}
+
+/// Connects namespace `ns` to the bridge of `switch` by a veth (MTU, queues, MAC, addresses and a
+/// static FDB entry as `spec` says; `spec.tag` and `spec.sysctls` are not used).
+pub(crate) fn plug(ns: &Netns, switch: &Netns, spec: HostSpec<'_>) -> Result<()> {
+    let HostSpec {
+        ifname,
+        port,
+        mac,
+        v4,
+        v6,
         mtu,
         queues,
-        sysctls: extra_sysctls,
+        ..
     } = spec;
-    let ns = Netns::new(tag)?;
-    sysctl(&ns, HOST_SYSCTLS)?;
-    if !extra_sysctls.is_empty() {
-        sysctl(&ns, extra_sysctls)?;
-    }
     let q = queues.to_string();
     cmd::ip(
         None,
@@ -340,26 +392,17 @@ fn make_host(switch: &Netns, spec: HostSpec<'_>) -> Result<Host> {
         ],
     )
     .with_context(|| format!("creating veth {ifname} ({}) / {port} (switch)", ns.name()))?;
-    let host = Host {
-        ns,
-        ifname,
-        port,
-        mac: host_mac(n),
-        v4: host_v4(n),
-        v6: host_v6(n),
-    };
     let mtu = mtu.to_string();
-    let mac = host.mac.to_string();
-    host.ns.ip(&[
+    let mac = mac.to_string();
+    ns.ip(&[
         "link", "set", "dev", ifname, "address", &mac, "mtu", &mtu, "up",
     ])?;
-    host.ns
-        .ip(&["addr", "add", &format!("{}/24", host.v4), "dev", ifname])?;
-    host.ns.ip(&[
+    ns.ip(&["addr", "add", &format!("{}/24", v4), "dev", ifname])?;
+    ns.ip(&[
         "-6",
         "addr",
         "add",
-        &format!("{}/64", host.v6),
+        &format!("{}/64", v6),
         "dev",
         ifname,
         "nodad",
@@ -368,7 +411,7 @@ fn make_host(switch: &Netns, spec: HostSpec<'_>) -> Result<Host> {
         "link",
         "set",
         "dev",
-        &host.port,
+        &port,
         "mtu",
         &mtu,
         "master",
@@ -378,14 +421,15 @@ fn make_host(switch: &Netns, spec: HostSpec<'_>) -> Result<Host> {
     // A static entry: frames to this host never flood the segment, whatever the ageing.
     switch
         .exec(&[
-            "bridge", "fdb", "replace", &mac, "dev", &host.port, "master", "static",
+            "bridge", "fdb", "replace", &mac, "dev", &port, "master", "static",
         ])
         .with_context(|| format!("static FDB entry for {mac}"))?;
-    Ok(host)
+    Ok(())
 }
 
-fn make_switch() -> Result<Netns> {
-    let sw = Netns::new("sw")?;
+/// A namespace `tag` holding the segment's bridge.
+pub(crate) fn make_switch(tag: &str) -> Result<Netns> {
+    let sw = Netns::new(tag)?;
     // Per-namespace bridge-netfilter switches (br_netfilter is built into this kernel).
     for key in [
         "net.bridge.bridge-nf-call-iptables=0",
@@ -423,34 +467,68 @@ fn make_switch() -> Result<Netns> {
     Ok(sw)
 }
 
+/// Makes `host` a backend serving `vip4` and `vip6`: the VIPs on `lo`, ARP only for its interface's own
+/// addresses, and the HTTP/UDP server (`py/backend.py` in `dir`) bound to the VIPs (and, with `own`, to
+/// the host's own addresses too, for health checks sent to the backend's address); returns the server
+/// once it is ready.
+pub(crate) fn start_backend_server(
+    host: &Host,
+    dir: &Path,
+    name: &str,
+    (vip4, vip6): (Ipv4Addr, Ipv6Addr),
+    own: bool,
+) -> Result<Proc> {
+    sysctl(
+        &host.ns,
+        &[
+            &format!("net.ipv4.conf.{}.arp_ignore=1", host.ifname),
+            &format!("net.ipv4.conf.{}.arp_announce=2", host.ifname),
+        ],
+    )?;
+    host.ns
+        .ip(&["addr", "add", &format!("{vip4}/32"), "dev", "lo"])?;
+    host.ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{vip6}/128"),
+        "dev",
+        "lo",
+        "nodad",
+    ])?;
+    let mut binds = vec![IpAddr::V4(vip4), IpAddr::V6(vip6)];
+    if own {
+        binds.extend([IpAddr::V4(host.v4), IpAddr::V6(host.v6)]);
+    }
+    spawn_server(host, dir, name, &binds)
+}
+
 /// Path of the flag file that makes backend `name`'s HTTP server answer 500 while it exists.
 pub(super) fn http_fail_flag(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("http-fail-{name}"))
 }
 
-/// Starts the backend server (`py/backend.py`) of backend `name` on `host`; returns once it is ready.
-pub(super) fn spawn_server(host: &Host, dir: &Path, name: &str) -> Result<Proc> {
+/// Starts the backend server (`py/backend.py`) of backend `name` on `host`, bound to `binds`; returns
+/// once it is ready.
+pub(super) fn spawn_server(host: &Host, dir: &Path, name: &str, binds: &[IpAddr]) -> Result<Proc> {
     let script = dir.join("backend.py");
-    let mut server = host.ns.spawn(
-        &format!("backend-{name}"),
-        &[
-            "python3".to_string(),
-            "-u".into(),
-            script.to_string_lossy().into_owned(),
-            "--name".into(),
-            name.to_string(),
-            "--vip".into(),
-            VIP4.to_string(),
-            "--vip".into(),
-            VIP6.to_string(),
-            "--http-port".into(),
-            HTTP_PORT.to_string(),
-            "--udp-port".into(),
-            UDP_PORT.to_string(),
-            "--fail-flag".into(),
-            http_fail_flag(dir, name).to_string_lossy().into_owned(),
-        ],
-    )?;
+    let mut argv = vec![
+        "python3".to_string(),
+        "-u".into(),
+        script.to_string_lossy().into_owned(),
+        "--name".into(),
+        name.to_string(),
+        "--http-port".into(),
+        HTTP_PORT.to_string(),
+        "--udp-port".into(),
+        UDP_PORT.to_string(),
+        "--fail-flag".into(),
+        http_fail_flag(dir, name).to_string_lossy().into_owned(),
+    ];
+    for a in binds {
+        argv.extend(["--vip".to_string(), a.to_string()]);
+    }
+    let mut server = host.ns.spawn(&format!("backend-{name}"), &argv)?;
     let ready = wait_for(START_TIMEOUT, || {
         server.stdout().contains("\"ev\": \"ready\"") || !server.is_running() || interrupted()
     });
@@ -479,28 +557,14 @@ impl MaglevLab {
             "a lab has 1..={MAX_BACKENDS} backends, not {}",
             spec.backends.len()
         );
-        let dir = WorkDir(std::env::temp_dir().join(format!(
-            "maglev-lab-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        )));
-        std::fs::create_dir_all(&dir.0).with_context(|| format!("creating {}", dir.0.display()))?;
-        for (file, text) in [("backend.py", BACKEND_PY), ("client.py", CLIENT_PY)] {
-            let p = dir.0.join(file);
-            std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
-        }
+        let dir = WorkDir::create("maglev-lab")?;
 
-        let switch = make_switch()?;
+        let switch = make_switch("sw")?;
         let client = make_host(
             &switch,
             HostSpec {
-                tag: "c",
-                ifname: CLIENT_IF,
-                port: "p-c".into(),
-                n: 1,
                 mtu: spec.client_mtu,
-                queues: 1,
-                sysctls: &[],
+                ..HostSpec::numbered("c", CLIENT_IF, "p-c".into(), 1)
             },
         )?;
         // Full checksums in every packet the client sends (see the module documentation).
@@ -515,13 +579,8 @@ impl MaglevLab {
             let host = make_host(
                 &switch,
                 HostSpec {
-                    tag: "lb",
-                    ifname: LB_IF,
-                    port: format!("p-lb{i}"),
-                    n,
-                    mtu: LINK_MTU,
                     queues: LB_QUEUES,
-                    sysctls: &[],
+                    ..HostSpec::numbered("lb", LB_IF, format!("p-lb{i}"), n)
                 },
             )?;
             lbs.push(Lb {
@@ -537,34 +596,11 @@ impl MaglevLab {
             let host = make_host(
                 &switch,
                 HostSpec {
-                    tag: "b",
-                    ifname: BACKEND_IF,
-                    port: format!("p-b{i}"),
-                    n,
-                    mtu: LINK_MTU,
-                    queues: 1,
                     sysctls: BACKEND_SYSCTLS,
+                    ..HostSpec::numbered("b", BACKEND_IF, format!("p-b{i}"), n)
                 },
             )?;
-            sysctl(
-                &host.ns,
-                &[
-                    &format!("net.ipv4.conf.{BACKEND_IF}.arp_ignore=1"),
-                    &format!("net.ipv4.conf.{BACKEND_IF}.arp_announce=2"),
-                ],
-            )?;
-            host.ns
-                .ip(&["addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
-            host.ns.ip(&[
-                "-6",
-                "addr",
-                "add",
-                &format!("{VIP6}/128"),
-                "dev",
-                "lo",
-                "nodad",
-            ])?;
-            let server = spawn_server(&host, &dir.0, &b.name)?;
+            let server = start_backend_server(&host, &dir.0, &b.name, (VIP4, VIP6), false)?;
             backends.push(Backend {
                 server,
                 decap: None,
@@ -718,20 +754,14 @@ impl Drop for MaglevLab {
                 log::debug!("{e:#}");
             }
         }
-        // Ask every process to stop at once; the fields' own Drop then reaps them (already gone, or
-        // killed after a grace period) before the namespaces go.
-        let procs = self.lbs.iter_mut().filter_map(|l| l.nf.as_mut()).chain(
-            self.backends
-                .iter_mut()
-                .flat_map(|b| std::iter::once(&mut b.server).chain(b.decap.as_mut())),
+        // The fields' own Drop then reaps the processes before the namespaces go.
+        super::ask_to_stop(
+            self.lbs.iter_mut().filter_map(|l| l.nf.as_mut()).chain(
+                self.backends
+                    .iter_mut()
+                    .flat_map(|b| std::iter::once(&mut b.server).chain(b.decap.as_mut())),
+            ),
         );
-        for p in procs {
-            if p.is_running() {
-                if let Err(e) = p.signal(Signal::Term) {
-                    log::debug!("{e:#}");
-                }
-            }
-        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! datagrams, held connections across steps), what the backends logged, and the result types.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -11,18 +11,27 @@ use serde_json::Value;
 
 use super::{check_interrupt, interrupted, tail, MaglevLab, CLIENT_IF, HTTP_PORT, SEQ, UDP_PORT};
 use crate::capture;
+use crate::netns::Netns;
 use crate::process::Proc;
 
-impl MaglevLab {
+/// The client's traffic in a lab: runs the Python client (`client.py` in the lab directory) inside the
+/// client's namespace.
+#[derive(Debug, Clone, Copy)]
+pub struct Traffic<'a> {
+    pub(crate) ns: &'a Netns,
+    pub(crate) dir: &'a Path,
+}
+
+impl Traffic<'_> {
     fn run_client(&self, name: &str, args: &[String], bound: Duration) -> Result<String> {
-        let script = self.dir.0.join("client.py");
+        let script = self.dir.join("client.py");
         let mut argv = vec![
             "python3".to_string(),
             "-u".into(),
             script.to_string_lossy().into_owned(),
         ];
         argv.extend_from_slice(args);
-        let mut p = self.client.ns.spawn(name, &argv)?;
+        let mut p = self.ns.spawn(name, &argv)?;
         let deadline = Instant::now() + bound;
         let st = loop {
             if let Some(st) = p.wait_timeout(Duration::from_millis(100))? {
@@ -155,11 +164,10 @@ impl MaglevLab {
     pub fn hold(&self, vip: IpAddr, conns: u32, steps: u32) -> Result<Hold> {
         let step_dir = self
             .dir
-            .0
             .join(format!("hold-{}", SEQ.fetch_add(1, Ordering::Relaxed)));
         std::fs::create_dir_all(&step_dir)
             .with_context(|| format!("creating {}", step_dir.display()))?;
-        let script = self.dir.0.join("client.py");
+        let script = self.dir.join("client.py");
         let argv = vec![
             "python3".to_string(),
             "-u".into(),
@@ -178,14 +186,14 @@ impl MaglevLab {
             "--parallel".into(),
             conns.min(64).to_string(),
         ];
-        let proc = self.client.ns.spawn("client-hold", &argv)?;
+        let proc = self.ns.spawn("client-hold", &argv)?;
         Ok(Hold { proc, step_dir })
     }
 
     /// Starts new TCP connections to `vip`:[`HTTP_PORT`] from the client at `rate` per second for
     /// `duration`, in the background, whatever the answers take; [`ConnStream::finish`] collects them.
     pub fn conn_stream(&self, vip: IpAddr, rate: u32, duration: Duration) -> Result<ConnStream> {
-        let script = self.dir.0.join("client.py");
+        let script = self.dir.join("client.py");
         let argv = vec![
             "python3".to_string(),
             "-u".into(),
@@ -202,8 +210,63 @@ impl MaglevLab {
             "--parallel".into(),
             "256".into(),
         ];
-        let proc = self.client.ns.spawn("client-rate", &argv)?;
+        let proc = self.ns.spawn("client-rate", &argv)?;
         Ok(ConnStream { proc, duration })
+    }
+}
+
+impl MaglevLab {
+    fn driver(&self) -> Traffic<'_> {
+        Traffic {
+            ns: &self.client.ns,
+            dir: &self.dir.0,
+        }
+    }
+
+    /// `count` new TCP connections to `vip`:[`HTTP_PORT`] from the client, `parallel` at a time, one
+    /// HTTP request each; with `sport_base`, connection i binds source port `sport_base + i`.
+    pub fn tcp_conns(
+        &self,
+        vip: IpAddr,
+        count: u32,
+        parallel: u32,
+        sport_base: Option<u16>,
+    ) -> Result<Vec<ConnResult>> {
+        self.driver().tcp_conns(vip, count, parallel, sport_base)
+    }
+
+    /// `conns` keep-alive connections to `vip`:[`HTTP_PORT`], `requests` requests each.
+    pub fn keepalive(
+        &self,
+        vip: IpAddr,
+        conns: u32,
+        requests: u32,
+    ) -> Result<Vec<KeepaliveResult>> {
+        self.driver().keepalive(vip, conns, requests)
+    }
+
+    /// `count` UDP datagrams of `size` bytes to `vip`:[`UDP_PORT`], each from its own socket (source
+    /// port `sport_base + i` when given), up to 3 attempts each.
+    pub fn udp(
+        &self,
+        vip: IpAddr,
+        size: u32,
+        count: u32,
+        sport_base: Option<u16>,
+    ) -> Result<Vec<UdpResult>> {
+        self.driver().udp(vip, size, count, sport_base)
+    }
+
+    /// Opens `conns` keep-alive connections to `vip`:[`HTTP_PORT`] held across `steps` steps; step 0
+    /// (one request per connection) runs at once: read it with [`Hold::step`].
+    pub fn hold(&self, vip: IpAddr, conns: u32, steps: u32) -> Result<Hold> {
+        self.driver().hold(vip, conns, steps)
+    }
+
+    /// Starts new TCP connections to `vip`:[`HTTP_PORT`] from the client at `rate` per second for
+    /// `duration`, in the background, whatever the answers take; [`ConnStream::finish`] collects them.
+    pub fn conn_stream(&self, vip: IpAddr, rate: u32, duration: Duration) -> Result<ConnStream> {
+        self.driver().conn_stream(vip, rate, duration)
     }
 
     /// The log of backend `i`'s server (one JSON object per line).
@@ -331,6 +394,7 @@ impl ConnStream {
                         .get("t")
                         .and_then(Value::as_f64)
                         .context("result without \"t\"")?,
+                    connect: v.get("connect").and_then(Value::as_f64).unwrap_or(0.0),
                     conn: ConnResult::from_json(v)?,
                 })
             })
@@ -343,11 +407,81 @@ impl ConnStream {
 pub struct TimedConn {
     /// Wall-clock start, Unix seconds.
     pub start: f64,
+    /// How long its handshake took (or the attempt until it failed), seconds: about 1 s more per SYN
+    /// lost on the way (Linux's initial retransmission timeout).
+    pub connect: f64,
     /// The outcome.
     pub conn: ConnResult,
 }
 
-fn parse_lines(text: &str) -> Vec<Value> {
+impl TimedConn {
+    /// Answered, and at the first SYN (a handshake well under the 1 s retransmission timeout).
+    pub fn first_try(&self) -> bool {
+        self.conn.error.is_none() && self.conn.backend.is_some() && self.connect < SYN_RETRY_S / 2.0
+    }
+}
+
+/// The initial SYN retransmission timeout of Linux, seconds.
+const SYN_RETRY_S: f64 = 1.0;
+
+/// What a stream of new connections saw.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct StreamSummary {
+    /// Connections started.
+    pub started: usize,
+    /// Connections that failed.
+    pub failed: usize,
+    /// Connections answered only after a retransmitted SYN.
+    pub retried: usize,
+    /// Longest time between the starts of two consecutive connections answered at the first SYN (also
+    /// from the first start and to the last): how long new connections were not served at once.
+    pub longest_gap: f64,
+}
+
+impl StreamSummary {
+    /// Summarizes a stream's connections (in start order).
+    pub fn of(conns: &[TimedConn]) -> StreamSummary {
+        let mut s = StreamSummary {
+            started: conns.len(),
+            ..StreamSummary::default()
+        };
+        let Some(first) = conns.first() else {
+            return s;
+        };
+        let mut last_ok = first.start;
+        for c in conns {
+            if c.conn.error.is_some() || c.conn.backend.is_none() {
+                s.failed += 1;
+            } else if !c.first_try() {
+                s.retried += 1;
+            } else {
+                s.longest_gap = s.longest_gap.max(c.start - last_ok);
+                last_ok = c.start;
+            }
+        }
+        if let Some(end) = conns.last() {
+            s.longest_gap = s.longest_gap.max(end.start - last_ok);
+        }
+        s
+    }
+
+    /// SYNs that got no answer: connections that needed a retransmission, and failed ones.
+    pub fn syns_lost(&self) -> usize {
+        self.retried + self.failed
+    }
+}
+
+impl std::fmt::Display for StreamSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} new connections: {} failed, {} answered after a lost SYN, longest gap {:.3} s",
+            self.started, self.failed, self.retried, self.longest_gap
+        )
+    }
+}
+
+pub(crate) fn parse_lines(text: &str) -> Vec<Value> {
     text.lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
