@@ -175,6 +175,10 @@ pub(crate) trait Api {
     fn in_maintenance(&self, _vip: &str, _backend: &str) -> bool {
         false
     }
+    /// Whether a VIP is ready to serve by health (see the health monitor).
+    fn vip_ready(&self, vip: &nf_maglev::control::VipState) -> bool {
+        vip.ready()
+    }
     /// Whether a VIP address is announced; `None` without announcement.
     fn announced(&self, _addr: std::net::IpAddr) -> Option<bool> {
         None
@@ -500,7 +504,7 @@ fn state_json(api: &dyn Api) -> Value {
                 "port": port_json(v.port),
                 "mode": mode_name(v.mode),
                 "table_size": size,
-                "ready": v.ready(),
+                "ready": api.vip_ready(v),
                 "announced": api.announced(v.addr),
                 "fail_open": v.fail_open,
                 "counters": traffic_json(traffic(&counters.vips, v.id)),

@@ -5,8 +5,11 @@
 //! dies, however it dies (SIGKILL, the OOM killer), the kernel deletes it with every address on it and
 //! the daemon withdraws the routes without nf-maglev's help (BFD covers a node that dies whole). While it
 //! runs, an address is on the device exactly while some VIP of that address is ready (see
-//! [`crate::control::VipState::ready`] and the runtime's readiness); a graceful stop removes every
-//! address first and keeps serving for the drain period before the workers stop.
+//! the health monitor's readiness, [`crate::health::monitor::Monitor::vip_ready`], and the runtime's);
+//! a graceful stop removes every address first and keeps serving for the drain period before the
+//! workers stop. The addresses are not local to the host: their routes in the kernel's `local` table
+//! are deleted, so the host neither answers for them nor takes packets to them as its own (VIP traffic
+//! is the data plane's), and health probes to the VIP still leave for the backends.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -115,7 +118,12 @@ impl Announcer {
         let mut changes = Vec::new();
         let ifindex = self.tun.ifindex();
         for &a in want.difference(&self.addrs.clone()) {
-            match route::add_address(ifindex, a, host_prefix(a)) {
+            // The address is there for the routing daemon, not for this host: without its local
+            // route, the host's own packets to the VIP (health probes through the data path) are
+            // routed like anyone's instead of being delivered here.
+            let added = route::add_address(ifindex, a, host_prefix(a))
+                .and_then(|()| route::del_local_route(ifindex, a));
+            match added {
                 Ok(()) => {
                     self.addrs.insert(a);
                     changes.push((a, true));

@@ -278,7 +278,9 @@ impl VipState {
             .collect()
     }
 
-    /// Whether the VIP can take new connections by health: some backend with a weight is healthy.
+    /// Whether some backend with a weight is healthy (not kept out by health), so the table is not failing
+    /// open. A backend not checked yet counts as healthy here; readiness to be announced asks more
+    /// (the runtime's health monitor: a passed check).
     pub fn ready(&self) -> bool {
         self.backends.iter().any(|b| b.weight > 0 && b.healthy)
     }

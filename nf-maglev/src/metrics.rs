@@ -309,7 +309,7 @@ const BACKEND_UP: Def = gauge(
 );
 const VIP_READY: Def = gauge(
     "nf_maglev_vip_ready",
-    "1 when some backend of the VIP with a weight is healthy.",
+    "1 when some backend of the VIP with a weight is in its table and has passed its checks.",
     VIP,
 );
 const VIP_FAIL_OPEN: Def = gauge(
@@ -452,6 +452,8 @@ pub(crate) struct ControlStats {
     pub(crate) reloads_rejected: u64,
     /// XDP filter counters per netdev, read just before each scrape.
     pub(crate) filters: Vec<(String, FilterStats)>,
+    /// The VIPs ready to serve by health (names).
+    pub(crate) ready: std::collections::BTreeSet<String>,
     /// The announced VIP addresses; `None` without announcement.
     pub(crate) announced: Option<std::collections::BTreeSet<std::net::IpAddr>>,
 }
@@ -644,7 +646,7 @@ impl Collector for LbCollector {
             vf[2].add(&v, t.new_conns as f64);
             vf[3].add(&v, vip.backends().len() as f64);
             vf[4].add(&v, (1 + vip.past_tables().len()) as f64);
-            vf[5].add(&v, f64::from(u8::from(vip.ready())));
+            vf[5].add(&v, f64::from(u8::from(control.ready.contains(&vip.name))));
             vf[6].add(&v, f64::from(u8::from(vip.fail_open)));
             if let Some(a) = &control.announced {
                 vf[7].add(&v, f64::from(u8::from(a.contains(&vip.addr))));
@@ -825,6 +827,7 @@ mod tests {
         }]));
         let control_stats = Arc::new(Mutex::new(ControlStats {
             announced: Some(std::collections::BTreeSet::new()),
+            ready: std::collections::BTreeSet::new(),
             rebuilds: c.rebuilds(),
             reloads_applied: 1,
             reloads_rejected: 2,

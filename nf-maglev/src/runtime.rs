@@ -326,7 +326,7 @@ impl Runtime {
         let running = self.slots.iter().all(|s| !s.load().is_empty());
         if !self.draining && running && self.readiness().is_empty() {
             for v in self.control.state().vips() {
-                if !require_healthy || v.ready() {
+                if !require_healthy || self.health.vip_ready(v) {
                     want.insert(v.addr);
                 }
             }
@@ -344,7 +344,7 @@ impl Runtime {
                 let vips: Vec<&str> = state
                     .vips()
                     .iter()
-                    .filter(|v| v.addr == addr && (!require_healthy || v.ready()))
+                    .filter(|v| v.addr == addr && (!require_healthy || self.health.vip_ready(v)))
                     .map(|v| v.name.as_str())
                     .collect();
                 log::info!("announce: {addr} announced (ready: {})", vips.join(", "));
@@ -362,6 +362,22 @@ impl Runtime {
         let announced = announcer.addresses().clone();
         if let Ok(mut s) = self.stats.lock() {
             s.announced = Some(announced);
+        }
+    }
+
+    /// Records which VIPs are ready by health, for the metrics.
+    fn refresh_ready(&mut self) {
+        let state = self.control.state();
+        let ready: std::collections::BTreeSet<String> = state
+            .vips()
+            .iter()
+            .filter(|v| self.health.vip_ready(v))
+            .map(|v| v.name.clone())
+            .collect();
+        if let Ok(mut s) = self.stats.lock() {
+            if s.ready != ready {
+                s.ready = ready;
+            }
         }
     }
 
@@ -509,6 +525,10 @@ impl Api for Runtime {
 
     fn in_maintenance(&self, vip: &str, backend: &str) -> bool {
         self.health.in_maintenance(vip, backend)
+    }
+
+    fn vip_ready(&self, vip: &nf_maglev::control::VipState) -> bool {
+        self.health.vip_ready(vip)
     }
 
     fn announced(&self, addr: IpAddr) -> Option<bool> {
@@ -997,6 +1017,7 @@ fn control_loop(
         if let Err(e) = rt.apply_health() {
             log::error!("health: publishing the backends' health: {e}");
         }
+        rt.refresh_ready();
         rt.announce();
         match event {
             Ok(Event::Stop(sig)) => {

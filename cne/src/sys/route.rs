@@ -405,6 +405,34 @@ pub fn del_address(ifindex: u32, addr: IpAddr, prefix_len: u8) -> Result<(), Rou
     })
 }
 
+/// The kernel's `local` routing table.
+const TABLE_LOCAL: u8 = 255;
+
+/// Deletes the route the kernel put in its `local` table for the address `addr` of the device
+/// `ifindex`, so the address stays on the device (a routing daemon can export it) but the host no
+/// longer takes packets to it as its own: they are routed by the other rules and tables (for
+/// nf-maglev, its probes to the VIP reach the backends). A route already gone is no error. Needs
+/// `CAP_NET_ADMIN`.
+pub fn del_local_route(ifindex: u32, addr: IpAddr) -> Result<(), RouteError> {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = Family::of(addr).address_family();
+    msg.header.destination_prefix_length = if addr.is_ipv4() { 32 } else { 128 };
+    msg.header.table = TABLE_LOCAL;
+    msg.header.scope = RouteScope::Host;
+    msg.header.kind = RouteType::Local;
+    msg.attributes = vec![
+        RouteAttribute::Destination(addr.into()),
+        RouteAttribute::Table(u32::from(TABLE_LOCAL)),
+        RouteAttribute::Oif(ifindex),
+    ];
+    ignore_missing(request(RouteNetlinkMessage::DelRoute(msg), 0)).map_err(|source| {
+        RouteError::Netlink {
+            op: format!("deleting the local route of {addr} on device #{ifindex}"),
+            source,
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -263,6 +263,20 @@ impl Monitor {
         }
     }
 
+    /// Whether `vip` is ready to serve by health: some backend with a weight is in its table and has
+    /// passed its checks (or is not checked). Before the first results a VIP whose backends are all
+    /// checked is not ready, though its table already uses them.
+    pub fn vip_ready(&self, vip: &crate::control::VipState) -> bool {
+        vip.backends().iter().any(|b| {
+            b.weight > 0
+                && b.healthy
+                && self
+                    .tracker
+                    .get(&vip.name, &b.name)
+                    .is_none_or(|e| e.confirmed())
+        })
+    }
+
     /// Whether the backend is in maintenance.
     pub fn in_maintenance(&self, vip: &str, backend: &str) -> bool {
         self.tracker

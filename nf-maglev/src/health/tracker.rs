@@ -134,6 +134,12 @@ impl Entry {
         !self.maintenance && self.suppressed.is_none() && self.status != Status::Down
     }
 
+    /// Whether the backend may take new connections and its checks have passed (or it is not checked):
+    /// a backend not checked yet is in the table but not confirmed.
+    pub fn confirmed(&self) -> bool {
+        self.in_table() && matches!(self.status, Status::Up | Status::Unchecked)
+    }
+
     /// The state `/api/state` shows: maintenance, then suppression, then the checks.
     pub fn state_name(&self) -> &'static str {
         if self.maintenance {
