@@ -3,7 +3,7 @@
 //!
 //! Every holder that runs adds one nexthop to the router's route of each VIP; a holder killed with
 //! SIGKILL takes its device along and its nexthop goes (the time it takes is printed); a BIRD stopped
-//! takes its nexthops along too. The client reaches a VIP through the router (the holding namespace's
+//! takes its nexthops along too; a node whose link goes dark is withdrawn by BFD. The client reaches a VIP through the router (the holding namespace's
 //! kernel answers the ping, since the VIP is its own address there). Needs root; skipped otherwise.
 #![forbid(unsafe_code)]
 
@@ -97,6 +97,33 @@ fn holders_announce_and_withdraw_through_bird() {
     for vip in VIPS {
         let took = lab.wait_nexthops(vip, &[0, 1, 2], ROUTE_TIMEOUT).unwrap();
         eprintln!("{vip}: lb2 back after its BIRD restarted ({took:?} after the sessions came up)");
+    }
+
+    // A node that dies silently (no FIN, no reset: its link to the fabric goes dark): BFD (100 ms x 3)
+    // notices, not BGP's 9 s hold time.
+    let port = lab.lb(0).port().to_owned();
+    let at = Instant::now();
+    lab.fabric()
+        .ip(&["link", "set", "dev", &port, "down"])
+        .unwrap();
+    for vip in VIPS {
+        lab.wait_nexthops(vip, &[1, 2], ROUTE_TIMEOUT).unwrap();
+    }
+    let silent = at.elapsed();
+    eprintln!(
+        "lb0's link to the fabric dark: its nexthops gone after {:.1} ms (BFD)",
+        silent.as_secs_f64() * 1e3
+    );
+    assert!(
+        silent < Duration::from_secs(2),
+        "a silent node withdrawn after {silent:?}: BFD did not act"
+    );
+    lab.fabric()
+        .ip(&["link", "set", "dev", &port, "up"])
+        .unwrap();
+    lab.wait_sessions(0, ROUTE_TIMEOUT).unwrap();
+    for vip in VIPS {
+        lab.wait_nexthops(vip, &[0, 1, 2], ROUTE_TIMEOUT).unwrap();
     }
 
     // The last holder gone: no route at all.
