@@ -349,8 +349,13 @@ impl RuleKey {
     }
 
     /// The same key in generation `gen`.
-    fn in_gen(self, gen: u8) -> Self {
+    pub(crate) fn in_gen(self, gen: u8) -> Self {
         RuleKey { gen, ..self }
+    }
+
+    /// The generation the key belongs to.
+    pub(crate) fn gen(&self) -> u8 {
+        self.gen
     }
 
     /// The per-address entry of `addr`.
@@ -389,6 +394,7 @@ impl XdpProgram {
             c"xsk_filter",
             c"xsk_filter",
             &[c"xsks_map", c"cfg", c"rules", c"stats"],
+            &[],
         )?;
         let mut maps = loaded.maps.into_iter();
         let mut next = |name: &'static str| {
