@@ -28,7 +28,7 @@
  *             template (and for IPv4 the sum of its fixed words, so the checksum needs no pass over it).
  *   tables    ARRAY of backend ids: the VIP's table is tables[base .. base + size]; a flow's slot is
  *             ((hash >> 32) * size) >> 32, as `maglev::Table::lookup`.
- *   conns     LRU_PERCPU_HASH 5-tuple -> backend id (like the user-space per-worker connection table:
+ *   conns     LRU_PERCPU_HASH 5-tuple -> backend id and VIP id (like the user-space per-worker connection table:
  *             entries never leave the CPU that made them; they age out by LRU, not by timeouts).
  *   stats     PERCPU_ARRAY of counters (see enum below).
  */
@@ -125,6 +125,13 @@ struct conn_key {
 	__u8 pad[3];
 };
 
+/* A recorded connection: its backend, and the VIP it was recorded for (a backend id only means something
+ * within its VIP; a 5-tuple that now matches another VIP is a new flow there). */
+struct conn_val {
+	__u32 backend;
+	__u32 vip;
+};
+
 struct vlan_hdr {
 	__be16 tci;
 	__be16 proto;
@@ -176,7 +183,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
 	__uint(max_entries, CONNS_MAX);
 	__type(key, struct conn_key);
-	__type(value, __u32);
+	__type(value, struct conn_val);
 } conns SEC(".maps");
 
 struct {
@@ -461,7 +468,8 @@ int maglev_fast(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
-	__u32 zero = 0, bytes = end - data, *conn, *slot, reason;
+	__u32 zero = 0, bytes = end - data, *slot, reason;
+	struct conn_val *conn, rec;
 	struct backend_key bkey = {};
 	struct vip_key vkey = {};
 	struct pkt p = {};
@@ -496,8 +504,8 @@ int maglev_fast(struct xdp_md *ctx)
 
 	conn = bpf_map_lookup_elem(&conns, &p.key);
 	if (conn) {
-		bkey.id = *conn;
-		b = bpf_map_lookup_elem(&backends, &bkey);
+		bkey.id = conn->backend;
+		b = conn->vip == vip->id ? bpf_map_lookup_elem(&backends, &bkey) : 0;
 		/* A SYN opens a new connection: a backend that takes none gets none, even on a reused 5-tuple. */
 		if (b && syn && !(b->flags & BACKEND_NEW_CONNS))
 			b = 0;
@@ -525,7 +533,9 @@ int maglev_fast(struct xdp_md *ctx)
 		if (vip->mode == MODE_GRE &&
 		    p.ip_len + (b->outer == OUTER_V6 ? 44 : 24) > c->mtu)
 			return hand_over(ctx, STAT_TOO_BIG, 1);
-		bpf_map_update_elem(&conns, &p.key, &bkey.id, BPF_ANY);
+		rec.backend = bkey.id;
+		rec.vip = vip->id;
+		bpf_map_update_elem(&conns, &p.key, &rec, BPF_ANY);
 		add(STAT_CONN_NEW, 1);
 	}
 

@@ -400,7 +400,13 @@ fn random_flows_decide_as_user_space() {
     c.set_weight("pool", "p1", 0).expect("drains");
     c.set_weight("dsrpool", "e1", 0).expect("drains");
     let state = c.state();
+    let gen = p.fast.program().cfg().expect("cfg").active;
     p.fast.publish(&state).expect("publishes the new state");
+    assert_eq!(
+        p.fast.program().cfg().expect("cfg").active,
+        gen ^ 1,
+        "a publication switches the generation"
+    );
     let replay = &flows[..20_000];
     let (p1_mac, e1_mac) = ([2, 0, 0, 0, 0, 0xfe], [2, 0, 0, 0, 5, 2]);
     for (phase, flags) in [("ack", ACK), ("syn", SYN), ("ack again", ACK)] {

@@ -65,7 +65,7 @@ pub struct FastVip {
     pub table_base: u32,
     /// Slots of the table (0: no table, packets are handed on).
     pub table_size: u32,
-    /// The VIP's id (informational).
+    /// The VIP's id: recorded with each connection, whose backend counts only for the same VIP.
     pub id: u32,
     /// Forwarding mode.
     pub mode: FastMode,
@@ -247,7 +247,7 @@ pub struct FastProgram {
     vips: Map<RuleKey, VipInfo>,
     backends: Map<BackendKey, BackendValue>,
     tables: Map<u32, u32>,
-    conns: Map<ConnKey, u32>,
+    conns: Map<ConnKey, [u32; 2]>,
     stats: Map<u32, u64>,
 }
 
