@@ -514,6 +514,54 @@ fn program_flow_hash_equals_hash_rs() {
     }
 }
 
+#[test]
+#[ignore = "needs root"]
+fn a_flow_that_changes_vip_is_a_new_flow_there() {
+    lab::require_root();
+    pin();
+    let mut c = control();
+    let state = c.state();
+    let mut p = Pair::new(&state);
+    // Flows to the all-ports pool, on port 8080, recorded by both paths.
+    let mut rng = Rng(99);
+    let flows: Vec<Flow> = (0..2000)
+        .map(|_| {
+            let s: [u8; 2] = rng.bytes();
+            Flow {
+                src: vec![198, 21, s[0], s[1]],
+                dst: vec![198, 18, 100, 4],
+                sport: 1024 + rng.below(60000) as u16,
+                dport: 8080,
+                proto: 6,
+            }
+        })
+        .collect();
+    for f in &flows {
+        assert_eq!(
+            p.run(&state, &frame(f, SYN, 0, 0, None), "before"),
+            Outcome::Same
+        );
+    }
+    // Port 8080 of the same address becomes a VIP of its own: the recorded backends belong to the
+    // pool, not to it.
+    let extra = r#"{ "name": "pool-8080", "addr": "198.18.100.4", "proto": "tcp", "port": 8080,
+        "mode": "gre", "backends": [ { "name": "n0", "addr": "198.18.6.1" } ] },"#;
+    let config = CONFIG.replacen(r#""vips": ["#, &format!(r#""vips": [ {extra}"#), 1);
+    let section: MaglevSection = serde_json::from_str(&config).expect("parses");
+    c.reload(&section).expect("reloads");
+    let state = c.state();
+    p.fast.publish(&state).expect("publishes");
+    for f in &flows {
+        // A SYN: the new VIP has no past tables, so the program decides it.
+        assert_eq!(
+            p.run(&state, &frame(f, SYN, 0, 0, None), "after"),
+            Outcome::Same
+        );
+        assert_eq!(p.last[30..34], [198, 18, 6, 1], "to the new VIP's backend");
+    }
+    assert_eq!(p.differences, 0);
+}
+
 /// The 128-bit multiply the C program assembles from 32-bit products, written the same way, equals
 /// Rust's `u128` product on random and extreme operands.
 #[test]

@@ -16,7 +16,7 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use crate::bpf::filter::{RuleKey, XdpError};
 use crate::bpf::program::{self, Aligned, Map};
@@ -243,6 +243,8 @@ pub struct FastRun {
 #[derive(Debug)]
 pub struct FastProgram {
     prog: OwnedFd,
+    xsks_map: Map<u32, u32>,
+    fallback: Map<u32, u32>,
     cfg: Map<u32, FastCfg>,
     vips: Map<RuleKey, VipInfo>,
     backends: Map<BackendKey, BackendValue>,
@@ -258,7 +260,16 @@ impl FastProgram {
             &MAGLEV_FAST_OBJ.0,
             c"maglev_fast",
             c"maglev_fast",
-            &[c"cfg", c"vips", c"backends", c"tables", c"conns", c"stats"],
+            &[
+                c"xsks_map",
+                c"fallback",
+                c"cfg",
+                c"vips",
+                c"backends",
+                c"tables",
+                c"conns",
+                c"stats",
+            ],
             &[
                 (c"tables", limits.table_entries.max(1)),
                 (c"conns", limits.conns.max(1)),
@@ -273,6 +284,8 @@ impl FastProgram {
             })
         };
         Ok(FastProgram {
+            xsks_map: Map::checked("xsks_map", next("xsks_map")?)?,
+            fallback: Map::checked("fallback", next("fallback")?)?,
             cfg: Map::checked("cfg", next("cfg")?)?,
             vips: Map::checked("vips", next("vips")?)?,
             backends: Map::checked("backends", next("backends")?)?,
@@ -281,6 +294,38 @@ impl FastProgram {
             stats: Map::checked("stats", next("stats")?)?,
             prog: loaded.prog,
         })
+    }
+
+    /// Hands every frame the fast path does not forward to `prog` (an XDP program, typically the
+    /// `xsk_filter` of [`crate::bpf::filter::XdpProgram::prog_fd`]) by tail call, instead of to this
+    /// program's own socket map.
+    pub fn set_fallback(&self, prog: BorrowedFd<'_>) -> Result<(), XdpError> {
+        let fd = u32::try_from(prog.as_raw_fd()).map_err(|_| {
+            XdpError::bpf(
+                "bpf_map_update_elem",
+                "fallback",
+                io::Error::from_raw_os_error(libc::EBADF),
+            )
+        })?;
+        self.fallback.update(&0, &fd)
+    }
+
+    /// Stops handing frames to a fallback program.
+    pub fn clear_fallback(&self) -> Result<(), XdpError> {
+        self.fallback.delete(&0).map(drop)
+    }
+
+    /// Binds the AF_XDP socket `xsk` to receive queue `queue`: without a fallback program, VIP frames the
+    /// fast path does not forward go there.
+    pub fn set_socket(&self, queue: u32, xsk: BorrowedFd<'_>) -> Result<(), XdpError> {
+        let fd = u32::try_from(xsk.as_raw_fd()).map_err(|_| {
+            XdpError::bpf(
+                "bpf_map_update_elem",
+                "xsks_map",
+                io::Error::from_raw_os_error(libc::EBADF),
+            )
+        })?;
+        self.xsks_map.update(&queue, &fd)
     }
 
     /// The configuration packets see now.
@@ -459,6 +504,53 @@ mod tests {
         assert_eq!(std::mem::size_of::<BackendKey>(), 8);
         assert_eq!(std::mem::size_of::<ConnKey>(), 40);
         assert_eq!(std::mem::size_of::<RuleKey>(), 20);
+    }
+
+    /// A frame the fast path does not take reaches the fallback program by tail call.
+    #[test]
+    #[ignore = "needs root"]
+    fn frames_not_forwarded_reach_the_fallback_program() {
+        lab::require_root();
+        let fast = FastProgram::load(FastLimits {
+            table_entries: 16,
+            conns: 16,
+        })
+        .expect("loads");
+        let filter = program::load_object(
+            &crate::bpf::filter::XSK_FILTER_OBJ.0,
+            c"xsk_filter",
+            c"xsk_filter",
+            &[c"cfg", c"stats"],
+            &[],
+        )
+        .expect("loads xsk_filter");
+        let cfg: Map<u32, [u32; 2]> =
+            Map::checked("cfg", filter.maps[0].try_clone().expect("dup")).expect("cfg");
+        let stats: Map<u32, u64> =
+            Map::checked("stats", filter.maps[1].try_clone().expect("dup")).expect("stats");
+        // claim_all: the filter claims every frame (and, with no socket, passes it to the kernel).
+        cfg.update(&0, &[1, 0]).expect("claim_all");
+        let mut frame = [0u8; 42];
+        frame[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(
+            fast.test_run(&frame, 1).expect("runs").action,
+            XdpAction::Pass
+        );
+        assert_eq!(stats.percpu_sum(0).expect("claimed"), 0, "no fallback yet");
+        fast.set_fallback(filter.prog.as_fd())
+            .expect("sets the fallback");
+        let run = fast.test_run(&frame, 1).expect("runs");
+        assert_eq!((run.action, &run.output[..]), (XdpAction::Pass, &frame[..]));
+        assert_eq!(
+            stats.percpu_sum(0).expect("claimed"),
+            1,
+            "the filter saw it"
+        );
+        assert_eq!(fast.stats().expect("stats").handed_not_fast, 2);
+        fast.clear_fallback().expect("clears");
+        fast.test_run(&frame, 1).expect("runs");
+        assert_eq!(stats.percpu_sum(0).expect("claimed"), 1);
+        assert_eq!(fast.stats().expect("stats").handed_not_fast, 3);
     }
 
     #[test]

@@ -610,6 +610,11 @@ impl Attachment {
         self.prog_id
     }
 
+    /// The attached program.
+    pub(crate) fn prog(&self) -> BorrowedFd<'_> {
+        self.prog.as_fd()
+    }
+
     /// Runs the program once on `frame` with `BPF_PROG_RUN`: its return value and the output frame.
     pub(crate) fn test_run(&self, frame: &[u8]) -> Result<(u32, Vec<u8>), XdpError> {
         let run = test_run(self.prog.as_fd(), frame, 1, &self.ifname)?;
