@@ -401,7 +401,13 @@ fn random_flows_decide_as_user_space() {
     c.set_weight("dsrpool", "e1", 0).expect("drains");
     let state = c.state();
     let gen = p.fast.program().cfg().expect("cfg").active;
+    let t = std::time::Instant::now();
     p.fast.publish(&state).expect("publishes the new state");
+    println!(
+        "publication of {} VIPs with {TABLE_SIZE}-slot tables: {:?}",
+        state.vips().len(),
+        t.elapsed()
+    );
     assert_eq!(
         p.fast.program().cfg().expect("cfg").active,
         gen ^ 1,

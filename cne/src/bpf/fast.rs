@@ -421,10 +421,8 @@ impl FastProgram {
                 io::Error::from_raw_os_error(libc::E2BIG),
             ));
         }
-        for (i, id) in (base..).zip(slots) {
-            self.tables.update(&i, id)?;
-        }
-        Ok(())
+        let keys: Vec<u32> = (base..).take(slots.len()).collect();
+        self.tables.update_batch(&keys, slots)
     }
 
     /// Deletes every VIP and backend entry of generation `gen` (after a switch away from it).

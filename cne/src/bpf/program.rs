@@ -97,6 +97,37 @@ impl<K: Copy + Default, V: Copy + Default> Map<K, V> {
             .map_err(|e| XdpError::bpf("bpf_map_update_elem", self.name, e))
     }
 
+    /// Writes `keys[i] -> values[i]` for every `i`, many entries per `bpf(2)` call
+    /// (`BPF_MAP_UPDATE_BATCH`). Not atomic: on an error, a prefix may have been written.
+    pub(crate) fn update_batch(&self, keys: &[K], values: &[V]) -> Result<(), XdpError> {
+        /// Entries per call: bounds the kernel's copy of a batch.
+        const CHUNK: usize = 16384;
+        if keys.len() != values.len() {
+            return Err(XdpError::bpf(
+                "bpf_map_update_batch",
+                self.name,
+                io::Error::from_raw_os_error(libc::EINVAL),
+            ));
+        }
+        for (k, v) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
+            // Fits: a chunk has at most CHUNK entries.
+            let mut count = u32::try_from(k.len()).unwrap_or(0);
+            // SAFETY: keys and values point to `count` live objects each, of the map's key and value size
+            // (checked in Map::checked); count is writable; null opts are libbpf's defaults.
+            let rc = unsafe {
+                cne_sys::bpf_map_update_batch(
+                    self.fd.as_raw_fd(),
+                    k.as_ptr().cast::<c_void>(),
+                    v.as_ptr().cast::<c_void>(),
+                    &mut count,
+                    std::ptr::null(),
+                )
+            };
+            parse_ret(rc).map_err(|e| XdpError::bpf("bpf_map_update_batch", self.name, e))?;
+        }
+        Ok(())
+    }
+
     /// Reads the value at `key`; `None` when absent.
     pub(crate) fn lookup(&self, key: &K) -> Result<Option<V>, XdpError> {
         if self.percpu {
