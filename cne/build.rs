@@ -1,4 +1,4 @@
-//! Compiles the XDP programs in `bpf/` into BPF objects in OUT_DIR; `cne::bpf::filter` and `cne::bpf::decap` embed them
+//! Compiles the XDP programs in `bpf/` into BPF objects in OUT_DIR; `cne::bpf::filter`, `cne::bpf::decap` and `cne::bpf::fast` embed them
 //! with `include_bytes!`, so a binary carries its programs and needs no object files at run time.
 
 use std::env;
@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The BPF sources, compiled to `OUT_DIR/<name>.o`.
-const PROGRAMS: &[&str] = &["xsk_filter", "gre_decap"];
+const PROGRAMS: &[&str] = &["xsk_filter", "gre_decap", "maglev_fast"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

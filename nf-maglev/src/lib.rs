@@ -5,7 +5,8 @@
 //! packet path and publishes it with one atomic swap ([`control`]), and the per-worker data plane
 //! ([`conntrack`], [`dataplane`], [`counters`]) that fixtures can drive without any socket. The GRE
 //! tunnel's outer-header templates ([`tunnel`]) are built by the control plane and written by the data
-//! plane, so they belong to neither: the two depend on it, not on each other. The admin
+//! plane, so they belong to neither: the two depend on it, not on each other. The XDP fast path
+//! ([`fastpath`]) is written from the same published state. The admin
 //! endpoint's HTTP server ([`http`]) and its authorisation ([`auth`]) live here too, so tests and
 //! benchmarks can run them without the rest of the binary.
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@ pub mod conntrack;
 pub mod control;
 pub mod counters;
 pub mod dataplane;
+pub mod fastpath;
 pub mod hash;
 pub mod health;
 pub mod http;

@@ -67,6 +67,7 @@ impl DecapProgram {
             c"gre_decap",
             c"gre_decap",
             &[c"decap_addrs", c"stats"],
+            &[],
         )?;
         let mut maps = loaded.maps.into_iter();
         let mut next = |name: &'static str| {

@@ -46,7 +46,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use crate::bpf::program::{self, Aligned, Attachment, Map};
 
 /// The compiled `xsk_filter` program (`bpf/xsk_filter.bpf.c`).
-static XSK_FILTER_OBJ: &Aligned<[u8]> =
+pub(crate) static XSK_FILTER_OBJ: &Aligned<[u8]> =
     &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/xsk_filter.o")));
 
 /// Stats map indices, as in `bpf/xsk_filter.bpf.c`.
@@ -349,8 +349,13 @@ impl RuleKey {
     }
 
     /// The same key in generation `gen`.
-    fn in_gen(self, gen: u8) -> Self {
+    pub(crate) fn in_gen(self, gen: u8) -> Self {
         RuleKey { gen, ..self }
+    }
+
+    /// The generation the key belongs to.
+    pub(crate) fn gen(&self) -> u8 {
+        self.gen
     }
 
     /// The per-address entry of `addr`.
@@ -389,6 +394,7 @@ impl XdpProgram {
             c"xsk_filter",
             c"xsk_filter",
             &[c"xsks_map", c"cfg", c"rules", c"stats"],
+            &[],
         )?;
         let mut maps = loaded.maps.into_iter();
         let mut next = |name: &'static str| {
@@ -717,6 +723,11 @@ impl XdpProgram {
             passed: self.stats.percpu_sum(STAT_PASSED)?,
             redirect_failed: self.stats.percpu_sum(STAT_REDIRECT_FAILED)?,
         })
+    }
+
+    /// The attached program's descriptor (for a program that hands frames to it by tail call).
+    pub fn prog_fd(&self) -> BorrowedFd<'_> {
+        self.attachment.prog()
     }
 
     /// Runs the program once on `frame` (`BPF_PROG_RUN`, no socket involved): the XDP verdict and the

@@ -97,6 +97,37 @@ impl<K: Copy + Default, V: Copy + Default> Map<K, V> {
             .map_err(|e| XdpError::bpf("bpf_map_update_elem", self.name, e))
     }
 
+    /// Writes `keys[i] -> values[i]` for every `i`, many entries per `bpf(2)` call
+    /// (`BPF_MAP_UPDATE_BATCH`). Not atomic: on an error, a prefix may have been written.
+    pub(crate) fn update_batch(&self, keys: &[K], values: &[V]) -> Result<(), XdpError> {
+        /// Entries per call: bounds the kernel's copy of a batch.
+        const CHUNK: usize = 16384;
+        if keys.len() != values.len() {
+            return Err(XdpError::bpf(
+                "bpf_map_update_batch",
+                self.name,
+                io::Error::from_raw_os_error(libc::EINVAL),
+            ));
+        }
+        for (k, v) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
+            // Fits: a chunk has at most CHUNK entries.
+            let mut count = u32::try_from(k.len()).unwrap_or(0);
+            // SAFETY: keys and values point to `count` live objects each, of the map's key and value size
+            // (checked in Map::checked); count is writable; null opts are libbpf's defaults.
+            let rc = unsafe {
+                cne_sys::bpf_map_update_batch(
+                    self.fd.as_raw_fd(),
+                    k.as_ptr().cast::<c_void>(),
+                    v.as_ptr().cast::<c_void>(),
+                    &mut count,
+                    std::ptr::null(),
+                )
+            };
+            parse_ret(rc).map_err(|e| XdpError::bpf("bpf_map_update_batch", self.name, e))?;
+        }
+        Ok(())
+    }
+
     /// Reads the value at `key`; `None` when absent.
     pub(crate) fn lookup(&self, key: &K) -> Result<Option<V>, XdpError> {
         if self.percpu {
@@ -273,12 +304,14 @@ pub(crate) struct Loaded {
     pub(crate) maps: Vec<OwnedFd>,
 }
 
-/// Opens and loads an embedded BPF object, returning its program and the named maps.
+/// Opens and loads an embedded BPF object, returning its program and the named maps. `sizes` gives maps
+/// of the object a number of entries other than the one compiled in (before they are created).
 pub(crate) fn load_object(
     obj: &'static [u8],
     obj_name: &'static CStr,
     prog_name: &'static CStr,
     map_names: &[&'static CStr],
+    sizes: &[(&'static CStr, u32)],
 ) -> Result<Loaded, XdpError> {
     let target = obj_name.to_string_lossy();
     // SAFETY: bpf_object_open_opts holds integers, a bool, a bitfield and pointers (all-zero is valid)
@@ -298,6 +331,21 @@ pub(crate) fn load_object(
         ));
     }
     let object = ObjectGuard(raw);
+    for (name, entries) in sizes {
+        // SAFETY: object.0 is an open, not yet loaded object; name is NUL-terminated.
+        let map = unsafe { cne_sys::bpf_object__find_map_by_name(object.0, name.as_ptr()) };
+        if map.is_null() {
+            return Err(XdpError::bpf(
+                "bpf_object__find_map_by_name",
+                name.to_string_lossy(),
+                io::Error::from_raw_os_error(libc::ENOENT),
+            ));
+        }
+        // SAFETY: map belongs to the open object, whose maps are not created yet.
+        let rc = unsafe { cne_sys::bpf_map__set_max_entries(map, *entries) };
+        parse_ret(rc)
+            .map_err(|e| XdpError::bpf("bpf_map__set_max_entries", name.to_string_lossy(), e))?;
+    }
     // SAFETY: object.0 is an open, not yet loaded object.
     let rc = unsafe { cne_sys::bpf_object__load(object.0) };
     parse_ret(rc).map_err(|e| XdpError::bpf("bpf_object__load", target.clone(), e))?;
@@ -593,34 +641,15 @@ impl Attachment {
         self.prog_id
     }
 
+    /// The attached program.
+    pub(crate) fn prog(&self) -> BorrowedFd<'_> {
+        self.prog.as_fd()
+    }
+
     /// Runs the program once on `frame` with `BPF_PROG_RUN`: its return value and the output frame.
     pub(crate) fn test_run(&self, frame: &[u8]) -> Result<(u32, Vec<u8>), XdpError> {
-        let too_big = || {
-            XdpError::bpf(
-                "bpf_prog_test_run_opts",
-                self.ifname.clone(),
-                io::Error::from_raw_os_error(libc::E2BIG),
-            )
-        };
-        // Head adjustments can grow the frame by the XDP headroom at most (256 bytes).
-        let mut out = vec![0u8; frame.len() + 256];
-        // SAFETY: bpf_test_run_opts holds integers and pointers (all-zero is valid) and starts with
-        // `size_t sz`.
-        let mut opts = unsafe { LibbpfOpts::<cne_sys::bpf_test_run_opts>::new() };
-        let o = opts.get_mut();
-        o.data_in = frame.as_ptr().cast::<c_void>();
-        o.data_size_in = u32::try_from(frame.len()).map_err(|_| too_big())?;
-        o.data_out = out.as_mut_ptr().cast::<c_void>();
-        o.data_size_out = u32::try_from(out.len()).map_err(|_| too_big())?;
-        o.repeat = 1;
-        // SAFETY: data_in/data_out point to buffers of the sizes given in opts, live for the call.
-        let rc =
-            unsafe { cne_sys::bpf_prog_test_run_opts(self.prog.as_raw_fd(), opts.as_mut_ptr()) };
-        parse_ret(rc)
-            .map_err(|e| XdpError::bpf("bpf_prog_test_run_opts", self.ifname.clone(), e))?;
-        let o = opts.get_mut();
-        out.truncate(o.data_size_out as usize);
-        Ok((o.retval, out))
+        let run = test_run(self.prog.as_fd(), frame, 1, &self.ifname)?;
+        Ok((run.retval, run.output))
     }
 
     /// Detaches the program: `BPF_LINK_DETACH` on our link, so the program leaves the interface now
@@ -645,4 +674,52 @@ impl Drop for Attachment {
     fn drop(&mut self) {
         self.detach();
     }
+}
+
+/// What one [`test_run`] reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TestRun {
+    /// The program's return value (the XDP action) of the last run.
+    pub(crate) retval: u32,
+    /// The frame as the program left it.
+    pub(crate) output: Vec<u8>,
+    /// Mean run time per repetition, in nanoseconds, as the kernel measured it.
+    pub(crate) duration_ns: u32,
+}
+
+/// Runs `prog` `repeat` times on `frame` with `BPF_PROG_RUN` (each run on a fresh copy of the frame).
+pub(crate) fn test_run(
+    prog: BorrowedFd<'_>,
+    frame: &[u8],
+    repeat: u32,
+    target: &str,
+) -> Result<TestRun, XdpError> {
+    let too_big = || {
+        XdpError::bpf(
+            "bpf_prog_test_run_opts",
+            target,
+            io::Error::from_raw_os_error(libc::E2BIG),
+        )
+    };
+    // Head adjustments can grow the frame by the XDP headroom at most (256 bytes).
+    let mut out = vec![0u8; frame.len() + 256];
+    // SAFETY: bpf_test_run_opts holds integers and pointers (all-zero is valid) and starts with
+    // `size_t sz`.
+    let mut opts = unsafe { LibbpfOpts::<cne_sys::bpf_test_run_opts>::new() };
+    let o = opts.get_mut();
+    o.data_in = frame.as_ptr().cast::<c_void>();
+    o.data_size_in = u32::try_from(frame.len()).map_err(|_| too_big())?;
+    o.data_out = out.as_mut_ptr().cast::<c_void>();
+    o.data_size_out = u32::try_from(out.len()).map_err(|_| too_big())?;
+    o.repeat = i32::try_from(repeat.max(1)).unwrap_or(i32::MAX);
+    // SAFETY: data_in/data_out point to buffers of the sizes given in opts, live for the call.
+    let rc = unsafe { cne_sys::bpf_prog_test_run_opts(prog.as_raw_fd(), opts.as_mut_ptr()) };
+    parse_ret(rc).map_err(|e| XdpError::bpf("bpf_prog_test_run_opts", target, e))?;
+    let o = opts.get_mut();
+    out.truncate(o.data_size_out as usize);
+    Ok(TestRun {
+        retval: o.retval,
+        output: out,
+        duration_ns: o.duration,
+    })
 }

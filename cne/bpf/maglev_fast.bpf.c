@@ -1,0 +1,566 @@
+// SPDX-License-Identifier: BSD-3-Clause OR GPL-2.0-only
+/*
+ * maglev_fast: the common case of the Maglev load balancer (nf-maglev) decided in the kernel.
+ *
+ * For a frame that is Ethernet (at most one 802.1Q/802.1ad tag), IPv4 without options or IPv6 without
+ * extension headers, not a fragment, TCP or UDP, well formed, and addressed to a VIP, it makes the decision
+ * nf-maglev's data plane makes (`nf-maglev/src/dataplane/`): the seeded flow hash of `hash.rs`, the per-CPU
+ * connection map first, else the VIP's Maglev table, then GRE encapsulation (outer IPv4 or IPv6 header of
+ * the backend's family, RFC 2784 header without options) or the L2 direct-server-return MAC rewrite, and
+ * sends the frame back out with XDP_TX. Everything else is handed on unchanged, counted by reason:
+ *   - to the program in fallback[0] by tail call when there is one (the xsk_filter program, which claims
+ *     for the AF_XDP sockets what the network function wants and passes the rest to the kernel);
+ *   - else, for a packet to a VIP, to the AF_XDP socket of its receive queue (xsks_map), and XDP_PASS for
+ *     anything else (also when no socket is bound there).
+ * The user-space data plane then decides what this program does not: fragments, ICMP errors, ARP and
+ * neighbour discovery, packets too big for the tunnel, VIPs without a table, backends without an outer
+ * header, and TCP packets other than a SYN that miss the connection map while the VIP keeps past tables
+ * (they may belong to a connection that began under an older table, which only user space keeps).
+ *
+ * Maps, all but the connection map and the counters in two generations (cfg[0].active names the one
+ * packets see, as in xsk_filter): user space writes a whole new state (VIPs, backends, tables) under the
+ * other generation, then switches with one array write, then deletes the old generation's entries. Every
+ * packet sees one complete state, never a mix.
+ *   cfg       ARRAY[1]: hash seed, MTU, the port's MAC, the active generation.
+ *   vips      HASH (addr, proto, gen, port) -> where the VIP's table is, its size, mode and flags. IPv4 as
+ *             ::ffff:a.b.c.d, port in network order, 0 for a VIP of all ports (the fallback lookup).
+ *   backends  HASH (backend id, gen) -> MAC, whether it takes new connections, the outer IP header
+ *             template (and for IPv4 the sum of its fixed words, so the checksum needs no pass over it).
+ *   tables    ARRAY of backend ids: the VIP's table is tables[base .. base + size]; a flow's slot is
+ *             ((hash >> 32) * size) >> 32, as `maglev::Table::lookup`.
+ *   conns     LRU_PERCPU_HASH 5-tuple -> backend id and VIP id (like the user-space per-worker connection table:
+ *             entries never leave the CPU that made them; they age out by LRU, not by timeouts).
+ *   stats     PERCPU_ARRAY of counters (see enum below).
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define XSKS_MAX_QUEUES 256
+/* VIP and backend entries per generation; the maps hold two generations. */
+#define VIPS_MAX 1024
+#define BACKENDS_MAX 16384
+/* Default connection-map and table sizes; user space sets them before loading. */
+#define CONNS_MAX 65536
+#define TABLE_ENTRIES 131074
+
+#define MODE_GRE 0
+#define MODE_L2DSR 1
+
+#define VIP_HAS_TABLE (1u << 0) /* the table has slots (some backend has weight) */
+#define VIP_HAS_PAST (1u << 1) /* user space keeps past tables for the VIP */
+
+#define BACKEND_NEW_CONNS (1u << 0) /* weight > 0 and healthy (or the VIP fails open) */
+
+#define OUTER_NONE 0
+#define OUTER_V4 4
+#define OUTER_V6 6
+
+#define GRE_LEN 4
+#define TCP_SYN 0x02
+#define TCP_ACK 0x10
+
+enum {
+	STAT_FWD_PACKETS = 0,
+	STAT_FWD_BYTES = 1,
+	STAT_NOT_FAST = 2, /* not the common case (parse): VLANs, options, fragments, ICMP, ARP, ... */
+	STAT_NO_VIP = 3,
+	STAT_NO_TABLE = 4,
+	STAT_PAST = 5,
+	STAT_NO_BACKEND = 6, /* a table slot names a backend the map does not have */
+	STAT_NO_OUTER = 7,
+	STAT_TOO_BIG = 8,
+	STAT_ADJUST_FAILED = 9, /* a helper failed half way: dropped */
+	STAT_CONN_HITS = 10,
+	STAT_CONN_NEW = 11,
+	STAT_MAX = 12,
+};
+
+struct fast_cfg {
+	__u64 seed;
+	__u32 active; /* the generation packets see (0 or 1) */
+	__u16 mtu; /* largest IP packet sent to a backend */
+	__u8 mac[6]; /* the port's MAC: source of every frame sent */
+};
+
+struct vip_key {
+	__u32 addr[4];
+	__u8 proto;
+	__u8 gen;
+	__u16 port; /* network order; 0 = all ports */
+};
+
+struct vip_info {
+	__u32 base; /* first entry of the VIP's table in `tables` */
+	__u32 size; /* table slots */
+	__u32 id;
+	__u8 mode;
+	__u8 flags;
+	__u16 pad;
+};
+
+struct backend_key {
+	__u32 id;
+	__u32 gen;
+};
+
+struct backend {
+	__u32 sum; /* IPv4: sum of the template's 16-bit words but total length and checksum, unfolded */
+	__u8 mac[6];
+	__u8 flags;
+	__u8 outer; /* OUTER_* */
+	__u8 hdr[40]; /* outer header template: 20 bytes for IPv4, 40 for IPv6 */
+};
+
+struct conn_key {
+	__u32 src[4];
+	__u32 dst[4];
+	__u16 sport; /* network order */
+	__u16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/* A recorded connection: its backend, and the VIP it was recorded for (a backend id only means something
+ * within its VIP; a 5-tuple that now matches another VIP is a new flow there). */
+struct conn_val {
+	__u32 backend;
+	__u32 vip;
+};
+
+struct vlan_hdr {
+	__be16 tci;
+	__be16 proto;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, XSKS_MAX_QUEUES);
+	__type(key, __u32);
+	__type(value, __u32);
+} xsks_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} fallback SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fast_cfg);
+} cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 2 * VIPS_MAX);
+	__type(key, struct vip_key);
+	__type(value, struct vip_info);
+} vips SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 2 * BACKENDS_MAX);
+	__type(key, struct backend_key);
+	__type(value, struct backend);
+} backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TABLE_ENTRIES);
+	__type(key, __u32);
+	__type(value, __u32);
+} tables SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(max_entries, CONNS_MAX);
+	__type(key, struct conn_key);
+	__type(value, struct conn_val);
+} conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+static __always_inline void add(__u32 idx, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
+
+	if (v)
+		*v += n; /* per-CPU slot: no atomic needed */
+}
+
+/* The wyhash primes of nf-maglev's hash.rs. */
+#define P0 0xa0761d6478bd642fULL
+#define P1 0xe7037ed1a0b428dbULL
+#define P2 0x8ebc6af09c88c6e3ULL
+#define P3 0x589965cc75374cc3ULL
+
+/* The 128-bit product of a and b, its halves xored (hash.rs fold_mul). BPF has no 64x64->128 multiply, so
+ * it is put together from four 32x32->64 products. */
+static __always_inline __u64 fold_mul(__u64 a, __u64 b)
+{
+	__u64 a_lo = a & 0xffffffff, a_hi = a >> 32;
+	__u64 b_lo = b & 0xffffffff, b_hi = b >> 32;
+	__u64 ll = a_lo * b_lo, lh = a_lo * b_hi, hl = a_hi * b_lo, hh = a_hi * b_hi;
+	__u64 mid = (ll >> 32) + (lh & 0xffffffff) + (hl & 0xffffffff);
+	__u64 lo = (ll & 0xffffffff) | (mid << 32);
+	__u64 hi = hh + (lh >> 32) + (hl >> 32) + (mid >> 32);
+
+	return lo ^ hi;
+}
+
+static __always_inline __u64 rotl(__u64 x, int r)
+{
+	return (x << r) | (x >> (64 - r));
+}
+
+/* The two 64-bit halves of a 16-byte address as hash.rs reads the u128 (big-endian). */
+static __always_inline __u64 addr_hi(const __u32 *a)
+{
+	return ((__u64)bpf_ntohl(a[0]) << 32) | bpf_ntohl(a[1]);
+}
+
+static __always_inline __u64 addr_lo(const __u32 *a)
+{
+	return ((__u64)bpf_ntohl(a[2]) << 32) | bpf_ntohl(a[3]);
+}
+
+/* hash.rs flow_hash; ports in host order. */
+static __always_inline __u64 flow_hash(__u64 seed, const struct conn_key *k)
+{
+	__u64 pp = ((__u64)bpf_ntohs(k->sport) << 24) | ((__u64)bpf_ntohs(k->dport) << 8) | k->proto;
+	__u64 a = fold_mul(addr_lo(k->src) ^ P0, addr_hi(k->src) ^ seed ^ P1);
+	__u64 b = fold_mul(addr_lo(k->dst) ^ P2, addr_hi(k->dst) ^ P3);
+	__u64 c = fold_mul(pp ^ a ^ P1, b ^ seed ^ P2);
+
+	return fold_mul(c ^ P3, rotl(a, 23) ^ P0 ^ seed);
+}
+
+/* Hands a frame the fast path does not forward to the slow path, unchanged. */
+static __always_inline int hand_over(struct xdp_md *ctx, __u32 reason, int vip)
+{
+	add(reason, 1);
+	bpf_tail_call(ctx, &fallback, 0);
+	/* No fallback program: VIP traffic to the AF_XDP socket of this queue, the rest to the kernel. */
+	if (vip)
+		return bpf_redirect_map(&xsks_map, ctx->rx_queue_index, XDP_PASS);
+	return XDP_PASS;
+}
+
+/* What parsing found out about a frame the fast path may forward. */
+struct pkt {
+	struct conn_key key;
+	__u32 l3; /* offset of the IP header: 14 or 18 */
+	__u32 ip_len; /* length of the IP datagram */
+	__u8 tos; /* IPv4 TOS or IPv6 traffic class */
+	__u8 tcp_flags;
+	__u8 v6;
+};
+
+/* Checks the transport header at l4 (ip_len - hdr bytes of transport data) as nf-maglev's fast parser
+ * does; 0 when the frame is not the common case. */
+static __always_inline int parse_l4(struct pkt *p, void *l4, void *end, __u32 l4_len)
+{
+	if (p->key.proto == IPPROTO_TCP) {
+		__u8 *t = l4;
+		__u32 hlen;
+
+		if ((void *)(t + 20) > end || l4_len < 20)
+			return 0;
+		hlen = (t[12] >> 4) * 4;
+		if (hlen < 20 || hlen > l4_len)
+			return 0;
+		p->tcp_flags = t[13];
+	} else if (p->key.proto == IPPROTO_UDP) {
+		__u8 *u = l4;
+		__u32 len;
+
+		if ((void *)(u + 8) > end || l4_len < 8)
+			return 0;
+		len = ((__u32)u[4] << 8) | u[5];
+		if (len < 8 || len > l4_len)
+			return 0;
+		p->tcp_flags = 0;
+	} else {
+		return 0;
+	}
+	__builtin_memcpy(&p->key.sport, l4, 2);
+	__builtin_memcpy(&p->key.dport, (__u8 *)l4 + 2, 2);
+	return 1;
+}
+
+static __always_inline int parse(struct pkt *p, void *data, void *end)
+{
+	struct ethhdr *eth = data;
+	__u32 len = end - data;
+	__be16 proto;
+
+	if ((void *)(eth + 1) > end)
+		return 0;
+	proto = eth->h_proto;
+	p->l3 = sizeof(*eth);
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
+		struct vlan_hdr *vh = (void *)(eth + 1);
+
+		if ((void *)(vh + 1) > end)
+			return 0;
+		proto = vh->proto;
+		p->l3 += sizeof(*vh);
+	}
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = data + p->l3;
+		__u8 *h = (__u8 *)ip;
+
+		if ((void *)(ip + 1) > end)
+			return 0;
+		/* Version 4 without options; neither MF nor an offset (DF allowed). */
+		if (h[0] != 0x45 || (h[6] & 0x3f) != 0 || h[7] != 0)
+			return 0;
+		p->ip_len = bpf_ntohs(ip->tot_len);
+		if (p->ip_len < 20 || p->ip_len > len - p->l3)
+			return 0;
+		p->v6 = 0;
+		p->tos = ip->tos;
+		p->key.src[0] = 0;
+		p->key.src[1] = 0;
+		p->key.src[2] = bpf_htonl(0x0000ffff);
+		p->key.src[3] = ip->saddr;
+		p->key.dst[0] = 0;
+		p->key.dst[1] = 0;
+		p->key.dst[2] = bpf_htonl(0x0000ffff);
+		p->key.dst[3] = ip->daddr;
+		p->key.proto = ip->protocol;
+		return parse_l4(p, ip + 1, end, p->ip_len - 20);
+	}
+	if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = data + p->l3;
+		__u8 *h = (__u8 *)ip6;
+
+		if ((void *)(ip6 + 1) > end)
+			return 0;
+		if ((h[0] >> 4) != 6)
+			return 0;
+		p->ip_len = 40 + bpf_ntohs(ip6->payload_len);
+		if (p->ip_len > len - p->l3)
+			return 0;
+		p->v6 = 1;
+		p->tos = (h[0] << 4) | (h[1] >> 4);
+		__builtin_memcpy(p->key.src, &ip6->saddr, 16);
+		__builtin_memcpy(p->key.dst, &ip6->daddr, 16);
+		/* An IPv4-mapped destination in an IPv6 packet is no IPv4 VIP: the keys would collide. */
+		if (p->key.dst[0] == 0 && p->key.dst[1] == 0 && p->key.dst[2] == bpf_htonl(0x0000ffff))
+			return 0;
+		p->key.proto = ip6->nexthdr;
+		return parse_l4(p, ip6 + 1, end, p->ip_len - 40);
+	}
+	return 0;
+}
+
+/* Writes the Ethernet header of a frame whose old header now starts at `old` bytes from the front: MACs,
+ * the VLAN tag if any, the EtherType. */
+static __always_inline int write_l2(void *data, void *end, __u32 l3, __u32 old, const __u8 *dst,
+				    const __u8 *src, __be16 type)
+{
+	__u8 *d = data;
+
+	if ((void *)(d + 18) > end)
+		return 0;
+	if (l3 == 18) {
+		__u8 *tag = d + old + 12;
+
+		if ((void *)(tag + 4) > end)
+			return 0;
+		/* Read before anything is written: the old header lies past the new one (old >= 24). */
+		__builtin_memcpy(d + 12, tag, 4);
+		__builtin_memcpy(d + 16, &type, 2);
+	} else {
+		__builtin_memcpy(d + 12, &type, 2);
+	}
+	__builtin_memcpy(d, dst, 6);
+	__builtin_memcpy(d + 6, src, 6);
+	return 1;
+}
+
+/* GRE encapsulation in front of the IP datagram, as nf-maglev's `write_gre_headers`. Returns the stat
+ * index of the reason to hand over, or STAT_MAX when the frame is ready to send. */
+static __always_inline __u32 encap_gre(struct xdp_md *ctx, const struct pkt *p, const struct backend *b,
+				       const struct fast_cfg *c, __u64 hash)
+{
+	__u32 overhead, outer_len, frame_len;
+	void *data, *end;
+	__u8 *h;
+	__be16 type, inner;
+
+	if (b->outer == OUTER_V4)
+		overhead = 20 + GRE_LEN;
+	else if (b->outer == OUTER_V6)
+		overhead = 40 + GRE_LEN;
+	else
+		return STAT_NO_OUTER;
+	if (p->ip_len + overhead > c->mtu)
+		return STAT_TOO_BIG;
+	outer_len = p->ip_len + overhead;
+	/* Ethernet padding of short frames is not part of the datagram: the new frame ends with it. */
+	frame_len = (long)ctx->data_end - (long)ctx->data;
+	if (frame_len > p->l3 + p->ip_len &&
+	    bpf_xdp_adjust_tail(ctx, (int)(p->l3 + p->ip_len) - (int)frame_len))
+		return STAT_ADJUST_FAILED;
+	if (bpf_xdp_adjust_head(ctx, -(int)overhead))
+		return STAT_ADJUST_FAILED;
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	inner = p->v6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP);
+	if (b->outer == OUTER_V4) {
+		__u32 s = b->sum + p->tos + outer_len;
+		__u16 len16 = bpf_htons(outer_len), csum;
+
+		type = bpf_htons(ETH_P_IP);
+		if (!write_l2(data, end, p->l3, 24, b->mac, c->mac, type))
+			return STAT_ADJUST_FAILED;
+		h = data + (p->l3 == 18 ? 18 : 14);
+		if ((void *)(h + 24) > end)
+			return STAT_ADJUST_FAILED;
+		s = (s & 0xffff) + (s >> 16);
+		s = (s & 0xffff) + (s >> 16);
+		csum = bpf_htons((__u16)~s);
+		__builtin_memcpy(h, b->hdr, 20);
+		h[1] = p->tos;
+		__builtin_memcpy(h + 2, &len16, 2);
+		__builtin_memcpy(h + 10, &csum, 2);
+		h[20] = 0;
+		h[21] = 0;
+		__builtin_memcpy(h + 22, &inner, 2);
+	} else {
+		__u32 first = (6u << 28) | ((__u32)p->tos << 20) | ((__u32)hash & 0x000fffff);
+		__u16 plen = bpf_htons(outer_len - 40);
+
+		first = bpf_htonl(first);
+		type = bpf_htons(ETH_P_IPV6);
+		if (!write_l2(data, end, p->l3, 44, b->mac, c->mac, type))
+			return STAT_ADJUST_FAILED;
+		h = data + (p->l3 == 18 ? 18 : 14);
+		if ((void *)(h + 44) > end)
+			return STAT_ADJUST_FAILED;
+		__builtin_memcpy(h, b->hdr, 40);
+		__builtin_memcpy(h, &first, 4);
+		__builtin_memcpy(h + 4, &plen, 2);
+		h[40] = 0;
+		h[41] = 0;
+		__builtin_memcpy(h + 42, &inner, 2);
+	}
+	return STAT_MAX;
+}
+
+SEC("xdp")
+int maglev_fast(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	__u32 zero = 0, bytes = end - data, *slot, reason;
+	struct conn_val *conn, rec;
+	struct backend_key bkey = {};
+	struct vip_key vkey = {};
+	struct pkt p = {};
+	struct fast_cfg *c;
+	struct vip_info *vip;
+	struct backend *b = 0;
+	__u64 hash;
+	int tcp, syn;
+
+	c = bpf_map_lookup_elem(&cfg, &zero);
+	if (!c)
+		return hand_over(ctx, STAT_NOT_FAST, 0);
+	if (!parse(&p, data, end))
+		return hand_over(ctx, STAT_NOT_FAST, 0);
+
+	__builtin_memcpy(vkey.addr, p.key.dst, 16);
+	vkey.proto = p.key.proto;
+	vkey.gen = c->active & 1;
+	vkey.port = p.key.dport;
+	vip = bpf_map_lookup_elem(&vips, &vkey);
+	if (!vip && vkey.port != 0) {
+		vkey.port = 0;
+		vip = bpf_map_lookup_elem(&vips, &vkey);
+	}
+	if (!vip)
+		return hand_over(ctx, STAT_NO_VIP, 0);
+
+	hash = flow_hash(c->seed, &p.key);
+	tcp = p.key.proto == IPPROTO_TCP;
+	syn = tcp && (p.tcp_flags & TCP_SYN) && !(p.tcp_flags & TCP_ACK);
+	bkey.gen = c->active & 1;
+
+	conn = bpf_map_lookup_elem(&conns, &p.key);
+	if (conn) {
+		bkey.id = conn->backend;
+		b = conn->vip == vip->id ? bpf_map_lookup_elem(&backends, &bkey) : 0;
+		/* A SYN opens a new connection: a backend that takes none gets none, even on a reused 5-tuple. */
+		if (b && syn && !(b->flags & BACKEND_NEW_CONNS))
+			b = 0;
+		if (b)
+			add(STAT_CONN_HITS, 1);
+	} else if (tcp && !syn && (vip->flags & VIP_HAS_PAST)) {
+		/* Perhaps a connection that began under an older table: user space keeps those. */
+		return hand_over(ctx, STAT_PAST, 1);
+	}
+	if (!b) {
+		__u32 idx;
+
+		if (!(vip->flags & VIP_HAS_TABLE) || vip->size == 0)
+			return hand_over(ctx, STAT_NO_TABLE, 1);
+		idx = vip->base + (__u32)(((hash >> 32) * vip->size) >> 32);
+		slot = bpf_map_lookup_elem(&tables, &idx);
+		if (!slot)
+			return hand_over(ctx, STAT_NO_BACKEND, 1);
+		bkey.id = *slot;
+		b = bpf_map_lookup_elem(&backends, &bkey);
+		if (!b)
+			return hand_over(ctx, STAT_NO_BACKEND, 1);
+		if (vip->mode == MODE_GRE && (b->outer == OUTER_NONE))
+			return hand_over(ctx, STAT_NO_OUTER, 1);
+		if (vip->mode == MODE_GRE &&
+		    p.ip_len + (b->outer == OUTER_V6 ? 44 : 24) > c->mtu)
+			return hand_over(ctx, STAT_TOO_BIG, 1);
+		rec.backend = bkey.id;
+		rec.vip = vip->id;
+		bpf_map_update_elem(&conns, &p.key, &rec, BPF_ANY);
+		add(STAT_CONN_NEW, 1);
+	}
+
+	if (vip->mode == MODE_L2DSR) {
+		__u8 *d = data;
+
+		/* Only the MAC addresses change. */
+		if ((void *)(d + 12) > end)
+			return hand_over(ctx, STAT_NOT_FAST, 1);
+		__builtin_memcpy(d, b->mac, 6);
+		__builtin_memcpy(d + 6, c->mac, 6);
+		reason = STAT_MAX;
+	} else {
+		reason = encap_gre(ctx, &p, b, c, hash);
+	}
+	if (reason == STAT_ADJUST_FAILED) {
+		/* The frame may be half rewritten: nothing sane can be handed on. */
+		add(reason, 1);
+		return XDP_DROP;
+	}
+	if (reason != STAT_MAX)
+		return hand_over(ctx, reason, 1);
+	add(STAT_FWD_PACKETS, 1);
+	add(STAT_FWD_BYTES, bytes);
+	return XDP_TX;
+}
+
+char _license[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,560 @@
+//! The kernel fast path of the Maglev load balancer: `bpf/maglev_fast.bpf.c`, loaded, its maps written
+//! through typed accessors, and run on frames with `BPF_PROG_RUN`.
+//!
+//! The program makes nf-maglev's decision for the common case (a TCP or UDP packet to a VIP, not a
+//! fragment, IPv4 without options or IPv6 without extension headers) in XDP: flow hash, per-CPU
+//! connection map, Maglev table, GRE encapsulation or L2 direct server return, `XDP_TX`. Everything else is
+//! handed on unchanged (see the C file's header for where to). This module knows nothing of VIPs as the
+//! load balancer configures them: it stores what it is given, in the layout the C program reads.
+//!
+//! Invariants: the VIP and backend maps and the table array hold two generations; the `cfg` map's
+//! `active` field names the one packets see. A writer fills the inactive generation
+//! ([`FastProgram::set_vip`], [`FastProgram::set_backend`], [`FastProgram::set_table`] into the
+//! generation's own part of the table array), switches with one array write ([`FastProgram::set_cfg`])
+//! and then removes the old generation ([`FastProgram::clear_generation`]), so that packets always see one
+//! complete state. Every map's key and value sizes are checked against the types here at load time.
+
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use crate::bpf::filter::{RuleKey, XdpError};
+use crate::bpf::program::{self, Aligned, Map};
+
+/// The compiled `maglev_fast` program (`bpf/maglev_fast.bpf.c`).
+static MAGLEV_FAST_OBJ: &Aligned<[u8]> =
+    &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/maglev_fast.o")));
+
+/// VIP entries per generation (`VIPS_MAX` of the C program).
+pub const VIP_CAPACITY: usize = 1024;
+/// Backend entries per generation (`BACKENDS_MAX` of the C program).
+pub const BACKEND_CAPACITY: usize = 16384;
+
+/// `VIP_HAS_TABLE`, `VIP_HAS_PAST` and `BACKEND_NEW_CONNS` of the C program.
+const VIP_HAS_TABLE: u8 = 1 << 0;
+const VIP_HAS_PAST: u8 = 1 << 1;
+const BACKEND_NEW_CONNS: u8 = 1 << 0;
+
+/// The C program's `struct fast_cfg`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FastCfg {
+    /// Seed of the flow hash (nf-maglev's `hash_seed`).
+    pub seed: u64,
+    /// The generation packets see (0 or 1).
+    pub active: u32,
+    /// Largest IP packet sent to a backend: a GRE packet that would be longer is handed on.
+    pub mtu: u16,
+    /// The port's MAC address, source of every frame sent.
+    pub mac: [u8; 6],
+}
+
+/// How the program forwards a VIP's packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FastMode {
+    /// GRE encapsulation (RFC 2784) in the backend's outer header.
+    Gre,
+    /// L2 direct server return: only the MAC addresses change.
+    L2Dsr,
+}
+
+/// One VIP as the program sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FastVip {
+    /// Index of the first entry of the VIP's Maglev table in the table array.
+    pub table_base: u32,
+    /// Slots of the table (0: no table, packets are handed on).
+    pub table_size: u32,
+    /// The VIP's id: recorded with each connection, whose backend counts only for the same VIP.
+    pub id: u32,
+    /// Forwarding mode.
+    pub mode: FastMode,
+    /// Whether user space keeps past tables for the VIP: TCP packets other than a SYN that miss the
+    /// connection map are then handed on.
+    pub has_past: bool,
+}
+
+/// The C program's `struct vip_info`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct VipInfo {
+    base: u32,
+    size: u32,
+    id: u32,
+    mode: u8,
+    flags: u8,
+    pad: u16,
+}
+
+/// The outer IP header of GRE packets to a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FastOuter {
+    /// No outer header of the backend's family: GRE packets to it are handed on.
+    None,
+    /// IPv4 template (total length and checksum are written per packet) and the ones-complement sum of
+    /// its 16-bit words other than total length and checksum, unfolded.
+    V4 {
+        /// The header template.
+        header: [u8; 20],
+        /// The sum of its fixed words.
+        sum: u32,
+    },
+    /// IPv6 template (first word and payload length are written per packet).
+    V6 {
+        /// The header template.
+        header: [u8; 40],
+    },
+}
+
+/// One backend as the program sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FastBackend {
+    /// Destination MAC of frames to it.
+    pub mac: [u8; 6],
+    /// Whether it takes new connections (weight above zero and healthy, or its VIP fails open).
+    pub new_conns: bool,
+    /// Its GRE outer header.
+    pub outer: FastOuter,
+}
+
+/// The C program's `struct backend`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BackendValue {
+    sum: u32,
+    mac: [u8; 6],
+    flags: u8,
+    outer: u8,
+    hdr: [u8; 40],
+}
+
+impl Default for BackendValue {
+    fn default() -> Self {
+        BackendValue {
+            sum: 0,
+            mac: [0; 6],
+            flags: 0,
+            outer: 0,
+            hdr: [0; 40],
+        }
+    }
+}
+
+/// The C program's `struct backend_key`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct BackendKey {
+    id: u32,
+    gen: u32,
+}
+
+/// The C program's `struct conn_key` (only its size matters here: the map is cleared, not read).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ConnKey {
+    src: [u8; 16],
+    dst: [u8; 16],
+    ports: [u8; 4],
+    proto: u8,
+    pad: [u8; 3],
+}
+
+/// Sizes chosen when the program is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FastLimits {
+    /// Entries of the table array, both generations together (e.g. 2 x VIPs x table size).
+    pub table_entries: u32,
+    /// Entries of the connection map (per CPU).
+    pub conns: u32,
+}
+
+/// Counters of the program, summed over all CPUs. The `handed_*` fields count frames handed on, by
+/// reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FastStats {
+    /// Frames forwarded with `XDP_TX`.
+    pub forwarded: u64,
+    /// Their bytes, as received.
+    pub forwarded_bytes: u64,
+    /// Not the common case (parse): VLAN stacks, options, extension headers, fragments, ICMP, ARP, ...
+    pub handed_not_fast: u64,
+    /// To no VIP.
+    pub handed_no_vip: u64,
+    /// To a VIP without a table.
+    pub handed_no_table: u64,
+    /// TCP other than a SYN, unknown to the connection map, to a VIP with past tables.
+    pub handed_past: u64,
+    /// A table slot naming a backend the program does not know.
+    pub handed_no_backend: u64,
+    /// GRE to a backend without an outer header.
+    pub handed_no_outer: u64,
+    /// Too big for the tunnel.
+    pub handed_too_big: u64,
+    /// A head or tail adjustment failed (dropped).
+    pub adjust_failed: u64,
+    /// Packets whose backend came from the connection map.
+    pub conn_hits: u64,
+    /// Connections recorded.
+    pub conn_new: u64,
+}
+
+/// An XDP action, as a program returns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpAction {
+    /// `XDP_ABORTED`.
+    Aborted,
+    /// `XDP_DROP`.
+    Drop,
+    /// `XDP_PASS`.
+    Pass,
+    /// `XDP_TX`.
+    Tx,
+    /// `XDP_REDIRECT`.
+    Redirect,
+    /// Anything else.
+    Unknown(u32),
+}
+
+impl From<u32> for XdpAction {
+    fn from(v: u32) -> Self {
+        match v {
+            0 => XdpAction::Aborted,
+            1 => XdpAction::Drop,
+            2 => XdpAction::Pass,
+            3 => XdpAction::Tx,
+            4 => XdpAction::Redirect,
+            n => XdpAction::Unknown(n),
+        }
+    }
+}
+
+/// What [`FastProgram::test_run`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FastRun {
+    /// The program's verdict.
+    pub action: XdpAction,
+    /// The frame as the program left it.
+    pub output: Vec<u8>,
+    /// Mean time per run in nanoseconds, as the kernel measured it.
+    pub ns_per_run: u32,
+}
+
+/// The loaded (not attached) `maglev_fast` program and its maps.
+#[derive(Debug)]
+pub struct FastProgram {
+    prog: OwnedFd,
+    xsks_map: Map<u32, u32>,
+    fallback: Map<u32, u32>,
+    cfg: Map<u32, FastCfg>,
+    vips: Map<RuleKey, VipInfo>,
+    backends: Map<BackendKey, BackendValue>,
+    tables: Map<u32, u32>,
+    conns: Map<ConnKey, [u32; 2]>,
+    stats: Map<u32, u64>,
+}
+
+impl FastProgram {
+    /// Loads the program with the given map sizes. Needs `CAP_BPF` (root); errors name the failing call.
+    pub fn load(limits: FastLimits) -> Result<Self, XdpError> {
+        let loaded = program::load_object(
+            &MAGLEV_FAST_OBJ.0,
+            c"maglev_fast",
+            c"maglev_fast",
+            &[
+                c"xsks_map",
+                c"fallback",
+                c"cfg",
+                c"vips",
+                c"backends",
+                c"tables",
+                c"conns",
+                c"stats",
+            ],
+            &[
+                (c"tables", limits.table_entries.max(1)),
+                (c"conns", limits.conns.max(1)),
+            ],
+        )?;
+        let mut maps = loaded.maps.into_iter();
+        let mut next = |name: &'static str| {
+            maps.next().ok_or_else(|| XdpError::Bpf {
+                call: "bpf_object__find_map_by_name",
+                target: name.to_string(),
+                source: io::Error::from_raw_os_error(libc::ENOENT),
+            })
+        };
+        Ok(FastProgram {
+            xsks_map: Map::checked("xsks_map", next("xsks_map")?)?,
+            fallback: Map::checked("fallback", next("fallback")?)?,
+            cfg: Map::checked("cfg", next("cfg")?)?,
+            vips: Map::checked("vips", next("vips")?)?,
+            backends: Map::checked("backends", next("backends")?)?,
+            tables: Map::checked("tables", next("tables")?)?,
+            conns: Map::checked("conns", next("conns")?)?,
+            stats: Map::checked("stats", next("stats")?)?,
+            prog: loaded.prog,
+        })
+    }
+
+    /// Hands every frame the fast path does not forward to `prog` (an XDP program, typically the
+    /// `xsk_filter` of [`crate::bpf::filter::XdpProgram::prog_fd`]) by tail call, instead of to this
+    /// program's own socket map.
+    pub fn set_fallback(&self, prog: BorrowedFd<'_>) -> Result<(), XdpError> {
+        let fd = u32::try_from(prog.as_raw_fd()).map_err(|_| {
+            XdpError::bpf(
+                "bpf_map_update_elem",
+                "fallback",
+                io::Error::from_raw_os_error(libc::EBADF),
+            )
+        })?;
+        self.fallback.update(&0, &fd)
+    }
+
+    /// Stops handing frames to a fallback program.
+    pub fn clear_fallback(&self) -> Result<(), XdpError> {
+        self.fallback.delete(&0).map(drop)
+    }
+
+    /// Binds the AF_XDP socket `xsk` to receive queue `queue`: without a fallback program, VIP frames the
+    /// fast path does not forward go there.
+    pub fn set_socket(&self, queue: u32, xsk: BorrowedFd<'_>) -> Result<(), XdpError> {
+        let fd = u32::try_from(xsk.as_raw_fd()).map_err(|_| {
+            XdpError::bpf(
+                "bpf_map_update_elem",
+                "xsks_map",
+                io::Error::from_raw_os_error(libc::EBADF),
+            )
+        })?;
+        self.xsks_map.update(&queue, &fd)
+    }
+
+    /// The configuration packets see now.
+    pub fn cfg(&self) -> Result<FastCfg, XdpError> {
+        Ok(self.cfg.lookup(&0)?.unwrap_or_default())
+    }
+
+    /// Writes the configuration: one array write, so a change of `active` switches every packet to the
+    /// other generation at once.
+    pub fn set_cfg(&self, cfg: &FastCfg) -> Result<(), XdpError> {
+        self.cfg.update(&0, cfg)
+    }
+
+    /// Writes the VIP `(addr, proto, port)` (`port` 0: all ports) of generation `gen`.
+    pub fn set_vip(
+        &self,
+        addr: IpAddr,
+        proto: u8,
+        port: u16,
+        gen: u8,
+        vip: &FastVip,
+    ) -> Result<(), XdpError> {
+        let mut flags = 0;
+        if vip.table_size > 0 {
+            flags |= VIP_HAS_TABLE;
+        }
+        if vip.has_past {
+            flags |= VIP_HAS_PAST;
+        }
+        let info = VipInfo {
+            base: vip.table_base,
+            size: vip.table_size,
+            id: vip.id,
+            mode: match vip.mode {
+                FastMode::Gre => 0,
+                FastMode::L2Dsr => 1,
+            },
+            flags,
+            pad: 0,
+        };
+        self.vips
+            .update(&RuleKey::new(addr, proto, port).in_gen(gen & 1), &info)
+    }
+
+    /// Writes backend `id` of generation `gen`.
+    pub fn set_backend(&self, id: u32, gen: u8, backend: &FastBackend) -> Result<(), XdpError> {
+        let mut v = BackendValue {
+            mac: backend.mac,
+            flags: if backend.new_conns {
+                BACKEND_NEW_CONNS
+            } else {
+                0
+            },
+            ..BackendValue::default()
+        };
+        match backend.outer {
+            FastOuter::None => {}
+            FastOuter::V4 { header, sum } => {
+                v.outer = 4;
+                v.sum = sum;
+                v.hdr[..20].copy_from_slice(&header);
+            }
+            FastOuter::V6 { header } => {
+                v.outer = 6;
+                v.hdr = header;
+            }
+        }
+        self.backends.update(
+            &BackendKey {
+                id,
+                gen: u32::from(gen & 1),
+            },
+            &v,
+        )
+    }
+
+    /// Entries of the table array.
+    pub fn table_capacity(&self) -> u32 {
+        self.tables.max_entries
+    }
+
+    /// Writes `slots` (backend ids) into the table array from index `base` on. Fails before writing
+    /// anything when they do not fit.
+    pub fn set_table(&self, base: u32, slots: &[u32]) -> Result<(), XdpError> {
+        let fits = u32::try_from(slots.len())
+            .ok()
+            .and_then(|n| base.checked_add(n))
+            .is_some_and(|end| end <= self.tables.max_entries);
+        if !fits {
+            return Err(XdpError::bpf(
+                "bpf_map_update_elem",
+                "tables",
+                io::Error::from_raw_os_error(libc::E2BIG),
+            ));
+        }
+        let keys: Vec<u32> = (base..).take(slots.len()).collect();
+        self.tables.update_batch(&keys, slots)
+    }
+
+    /// Deletes every VIP and backend entry of generation `gen` (after a switch away from it).
+    pub fn clear_generation(&self, gen: u8) -> Result<(), XdpError> {
+        for k in self.vips.keys()? {
+            if k.gen() == gen & 1 {
+                self.vips.delete(&k)?;
+            }
+        }
+        for k in self.backends.keys()? {
+            if k.gen == u32::from(gen & 1) {
+                self.backends.delete(&k)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets every recorded connection.
+    pub fn clear_conns(&self) -> Result<(), XdpError> {
+        for k in self.conns.keys()? {
+            self.conns.delete(&k)?;
+        }
+        Ok(())
+    }
+
+    /// The counters, summed over all CPUs.
+    pub fn stats(&self) -> Result<FastStats, XdpError> {
+        let s = |i| self.stats.percpu_sum(i);
+        Ok(FastStats {
+            forwarded: s(0)?,
+            forwarded_bytes: s(1)?,
+            handed_not_fast: s(2)?,
+            handed_no_vip: s(3)?,
+            handed_no_table: s(4)?,
+            handed_past: s(5)?,
+            handed_no_backend: s(6)?,
+            handed_no_outer: s(7)?,
+            handed_too_big: s(8)?,
+            adjust_failed: s(9)?,
+            conn_hits: s(10)?,
+            conn_new: s(11)?,
+        })
+    }
+
+    /// Runs the program `repeat` times (at least once) on `frame` with `BPF_PROG_RUN`, without any
+    /// interface: the verdict and output of the last run and the mean time per run. Maps are live, so
+    /// runs after the first see the connections the first recorded. With no fallback program and no
+    /// AF_XDP socket, a frame handed on comes back with [`XdpAction::Pass`].
+    ///
+    /// The kernel does not restore the frame between repetitions: each run sees the frame the previous
+    /// one left (a GRE packet after the first encapsulation, which the program then hands on). For the
+    /// cost of forwarding, run once per frame and average, or use live frames.
+    pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<FastRun, XdpError> {
+        let run = program::test_run(self.prog.as_fd(), frame, repeat, "maglev_fast")?;
+        Ok(FastRun {
+            action: XdpAction::from(run.retval),
+            output: run.output,
+            ns_per_run: run.duration_ns,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_object_is_an_elf_file() {
+        assert_eq!(&MAGLEV_FAST_OBJ.0[..4], b"\x7fELF");
+    }
+
+    #[test]
+    fn value_layouts_match_the_c_structs() {
+        assert_eq!(std::mem::size_of::<FastCfg>(), 24);
+        assert_eq!(std::mem::size_of::<VipInfo>(), 16);
+        assert_eq!(std::mem::size_of::<BackendValue>(), 52);
+        assert_eq!(std::mem::size_of::<BackendKey>(), 8);
+        assert_eq!(std::mem::size_of::<ConnKey>(), 40);
+        assert_eq!(std::mem::size_of::<RuleKey>(), 20);
+    }
+
+    /// A frame the fast path does not take reaches the fallback program by tail call.
+    #[test]
+    #[ignore = "needs root"]
+    fn frames_not_forwarded_reach_the_fallback_program() {
+        lab::require_root();
+        let fast = FastProgram::load(FastLimits {
+            table_entries: 16,
+            conns: 16,
+        })
+        .expect("loads");
+        let filter = program::load_object(
+            &crate::bpf::filter::XSK_FILTER_OBJ.0,
+            c"xsk_filter",
+            c"xsk_filter",
+            &[c"cfg", c"stats"],
+            &[],
+        )
+        .expect("loads xsk_filter");
+        let cfg: Map<u32, [u32; 2]> =
+            Map::checked("cfg", filter.maps[0].try_clone().expect("dup")).expect("cfg");
+        let stats: Map<u32, u64> =
+            Map::checked("stats", filter.maps[1].try_clone().expect("dup")).expect("stats");
+        // claim_all: the filter claims every frame (and, with no socket, passes it to the kernel).
+        cfg.update(&0, &[1, 0]).expect("claim_all");
+        let mut frame = [0u8; 42];
+        frame[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(
+            fast.test_run(&frame, 1).expect("runs").action,
+            XdpAction::Pass
+        );
+        assert_eq!(stats.percpu_sum(0).expect("claimed"), 0, "no fallback yet");
+        fast.set_fallback(filter.prog.as_fd())
+            .expect("sets the fallback");
+        let run = fast.test_run(&frame, 1).expect("runs");
+        assert_eq!((run.action, &run.output[..]), (XdpAction::Pass, &frame[..]));
+        assert_eq!(
+            stats.percpu_sum(0).expect("claimed"),
+            1,
+            "the filter saw it"
+        );
+        assert_eq!(fast.stats().expect("stats").handed_not_fast, 2);
+        fast.clear_fallback().expect("clears");
+        fast.test_run(&frame, 1).expect("runs");
+        assert_eq!(stats.percpu_sum(0).expect("claimed"), 1);
+        assert_eq!(fast.stats().expect("stats").handed_not_fast, 3);
+    }
+
+    #[test]
+    fn actions_from_numbers() {
+        assert_eq!(XdpAction::from(3), XdpAction::Tx);
+        assert_eq!(XdpAction::from(2), XdpAction::Pass);
+        assert_eq!(XdpAction::from(9), XdpAction::Unknown(9));
+    }
+}
