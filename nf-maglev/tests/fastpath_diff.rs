@@ -9,43 +9,28 @@
 use cne::bpf::fast::{FastStats, XdpAction};
 use cne::frame::{Frame, VecFrame};
 use cne::wire::checksum;
-use nf_maglev::config::{Mac, MaglevSection};
+use nf_maglev::config::MaglevSection;
 use nf_maglev::control::{Control, State};
+use nf_maglev::dataplane::fixtures::{
+    self, DSR_IN, DSR_OUT, GRE4_IN, GRE4_OUT, GRE6_IN, GRE6_OUT, LB_MAC, MIXED_IN, MIXED_OUT,
+    VLAN_IN, VLAN_OUT,
+};
 use nf_maglev::dataplane::{process, PortPlane, Verdict};
 use nf_maglev::fastpath::FastPath;
 
-const LB_MAC: Mac = Mac([2, 0, 0, 0, 0, 0xaa]);
 const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xcc];
 const TABLE_SIZE: u32 = 16381;
 const CONNS: u32 = 262_144;
 
-/// The data-plane fixtures' configuration, with more VIPs: IPv6 and L2 DSR pools.
-const CONFIG: &str = r#"{
-    "hash_seed": 7,
-    "table_size": 16381,
-    "conntrack": { "size": 262144 },
-    "flood_guard": { "max_new_conns_per_sec": 0 },
-    "local_addrs": ["198.18.0.1", "2001:2::1"],
-    "gateway_mac": "02:00:00:00:00:fe",
-    "vips": [
-      { "name": "web4", "addr": "198.18.100.1", "proto": "tcp", "port": 80, "mode": "gre",
-        "backends": [ { "name": "b1", "addr": "198.18.1.1", "mac": "02:00:00:00:01:01" } ] },
-      { "name": "web6", "addr": "2001:2::100", "proto": "tcp", "port": 80, "mode": "gre",
-        "backends": [ { "name": "b1", "addr": "2001:2:1::1", "mac": "02:00:00:00:01:02" } ] },
-      { "name": "mixed", "addr": "198.18.100.2", "proto": "udp", "port": 53, "mode": "gre",
-        "backends": [ { "name": "b", "addr": "2001:2:1::2" } ] },
-      { "name": "dsr", "addr": "198.18.100.3", "proto": "udp", "port": 443, "mode": "l2dsr",
-        "backends": [ { "name": "b", "addr": "198.18.1.3", "mac": "02:00:00:00:01:03" } ] },
-      { "name": "pool", "addr": "198.18.100.4", "proto": "tcp", "port": "all", "mode": "gre",
-        "backends": [ { "name": "p0", "addr": "198.18.2.1" }, { "name": "p1", "addr": "198.18.2.2" },
-                      { "name": "p2", "addr": "198.18.2.3" }, { "name": "p3", "addr": "198.18.2.4" } ] },
-      { "name": "udp-a", "addr": "198.18.100.5", "proto": "udp", "port": 1000, "mode": "gre",
-        "backends": [ { "name": "b", "addr": "198.18.1.5" } ] },
-      { "name": "udp-b", "addr": "198.18.100.5", "proto": "udp", "port": 2000, "mode": "gre",
-        "backends": [ { "name": "b", "addr": "198.18.1.6" } ] },
-      { "name": "empty", "addr": "198.18.100.6", "proto": "tcp", "port": 80, "mode": "gre", "backends": [] },
-      { "name": "big", "addr": "198.18.100.7", "proto": "udp", "port": "all", "mode": "gre",
-        "backends": [ { "name": "b", "addr": "198.18.1.5" } ] },
+/// The data-plane fixtures' configuration with a smaller table, room for every flow, no flood guard and
+/// more VIPs: IPv6 and L2 DSR pools.
+fn config() -> serde_json::Value {
+    let mut c: serde_json::Value = serde_json::from_str(fixtures::CONFIG).expect("parses");
+    c["table_size"] = TABLE_SIZE.into();
+    c["conntrack"]["size"] = CONNS.into();
+    c["flood_guard"] = serde_json::json!({ "max_new_conns_per_sec": 0 });
+    let vips = c["vips"].as_array_mut().expect("vips");
+    vips.extend(serde_json::json!([
       { "name": "pool6", "addr": "2001:2::200", "proto": "udp", "port": "all", "mode": "gre",
         "backends": [ { "name": "q0", "addr": "2001:2:3::1" }, { "name": "q1", "addr": "2001:2:3::2" },
                       { "name": "q2", "addr": "198.18.3.3" } ] },
@@ -56,13 +41,15 @@ const CONFIG: &str = r#"{
         "backends": [ { "name": "e0", "addr": "198.18.4.1", "mac": "02:00:00:00:05:01" },
                       { "name": "e1", "addr": "198.18.4.2", "mac": "02:00:00:00:05:02" },
                       { "name": "e2", "addr": "198.18.4.3", "mac": "02:00:00:00:05:03" } ] }
-    ] }"#;
+    ]).as_array().expect("list").iter().cloned());
+    c
+}
 
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 
 fn control() -> Control {
-    let s: MaglevSection = serde_json::from_str(CONFIG).expect("parses");
+    let s: MaglevSection = serde_json::from_value(config()).expect("parses");
     Control::new(s.validate().expect("valid")).expect("builds")
 }
 
@@ -550,10 +537,13 @@ fn a_flow_that_changes_vip_is_a_new_flow_there() {
     }
     // Port 8080 of the same address becomes a VIP of its own: the recorded backends belong to the
     // pool, not to it.
-    let extra = r#"{ "name": "pool-8080", "addr": "198.18.100.4", "proto": "tcp", "port": 8080,
-        "mode": "gre", "backends": [ { "name": "n0", "addr": "198.18.6.1" } ] },"#;
-    let config = CONFIG.replacen(r#""vips": ["#, &format!(r#""vips": [ {extra}"#), 1);
-    let section: MaglevSection = serde_json::from_str(&config).expect("parses");
+    let mut config = config();
+    config["vips"].as_array_mut().expect("vips").insert(
+        0,
+        serde_json::json!({ "name": "pool-8080", "addr": "198.18.100.4", "proto": "tcp", "port": 8080,
+            "mode": "gre", "backends": [ { "name": "n0", "addr": "198.18.6.1" } ] }),
+    );
+    let section: MaglevSection = serde_json::from_value(config).expect("parses");
     c.reload(&section).expect("reloads");
     let state = c.state();
     p.fast.publish(&state).expect("publishes");
@@ -642,63 +632,3 @@ fn folded_multiply_from_32_bit_products() {
         assert_eq!(fold_mul_32(a, b), reference(a, b), "{a:#x} * {b:#x}");
     }
 }
-
-// Fixtures of nf-maglev's data plane (src/dataplane/testing.rs), generated with scapy.
-const GRE4_IN: &str = "
-    02 00 00 00 00 aa 02 00 00 00 00 cc 08 00 45 28
-    00 28 00 01 40 00 40 06 18 80 c6 12 32 01 c6 12
-    64 01 9c 40 00 50 00 00 00 01 00 00 00 00 50 02
-    20 00 d1 29 00 00";
-const GRE4_OUT: &str = "
-    02 00 00 00 01 01 02 00 00 00 00 aa 08 00 45 28
-    00 40 00 00 40 00 40 2f ad 40 c6 12 00 01 c6 12
-    01 01 00 00 08 00 45 28 00 28 00 01 40 00 40 06
-    18 80 c6 12 32 01 c6 12 64 01 9c 40 00 50 00 00
-    00 01 00 00 00 00 50 02 20 00 d1 29 00 00";
-const GRE6_IN: &str = "
-    02 00 00 00 00 aa 02 00 00 00 00 cc 86 dd 62 80
-    00 00 00 19 06 40 20 01 00 02 00 50 00 00 00 00
-    00 00 00 00 00 01 20 01 00 02 00 00 00 00 00 00
-    00 00 00 00 01 00 9c 41 00 50 00 00 00 05 00 00
-    00 07 50 10 20 00 6e 09 00 00 68 65 6c 6c 6f";
-const GRE6_OUT: &str = "
-    02 00 00 00 01 02 02 00 00 00 00 aa 86 dd 62 80
-    00 00 00 45 2f 40 20 01 00 02 00 00 00 00 00 00
-    00 00 00 00 00 01 20 01 00 02 00 01 00 00 00 00
-    00 00 00 00 00 01 00 00 86 dd 62 80 00 00 00 19
-    06 40 20 01 00 02 00 50 00 00 00 00 00 00 00 00
-    00 01 20 01 00 02 00 00 00 00 00 00 00 00 00 00
-    01 00 9c 41 00 50 00 00 00 05 00 00 00 07 50 10
-    20 00 6e 09 00 00 68 65 6c 6c 6f";
-const MIXED_IN: &str = "
-    02 00 00 00 00 aa 02 00 00 00 00 cc 08 00 45 00
-    00 1e 00 02 00 00 40 11 58 a5 c6 12 32 01 c6 12
-    64 02 13 88 00 35 00 0a 58 b5 71 3f 00 00 00 00
-    00 00 00 00 00 00 00 00 00 00 00 00";
-const MIXED_OUT: &str = "
-    02 00 00 00 00 fe 02 00 00 00 00 aa 86 dd 60 00
-    00 00 00 22 2f 40 20 01 00 02 00 00 00 00 00 00
-    00 00 00 00 00 01 20 01 00 02 00 01 00 00 00 00
-    00 00 00 00 00 02 00 00 08 00 45 00 00 1e 00 02
-    00 00 40 11 58 a5 c6 12 32 01 c6 12 64 02 13 88
-    00 35 00 0a 58 b5 71 3f";
-const DSR_IN: &str = "
-    02 00 00 00 00 aa 02 00 00 00 00 cc 08 00 45 00
-    00 1f 00 03 00 00 40 11 58 a2 c6 12 32 01 c6 12
-    64 03 13 89 01 bb 00 0b f1 f6 64 73 72";
-const DSR_OUT: &str = "
-    02 00 00 00 01 03 02 00 00 00 00 aa 08 00 45 00
-    00 1f 00 03 00 00 40 11 58 a2 c6 12 32 01 c6 12
-    64 03 13 89 01 bb 00 0b f1 f6 64 73 72";
-const VLAN_IN: &str = "
-    02 00 00 00 00 aa 02 00 00 00 00 cc 81 00 00 64
-    08 00 45 28 00 28 00 01 40 00 40 06 18 80 c6 12
-    32 01 c6 12 64 01 9c 40 00 50 00 00 00 01 00 00
-    00 00 50 02 20 00 d1 29 00 00";
-const VLAN_OUT: &str = "
-    02 00 00 00 01 01 02 00 00 00 00 aa 81 00 00 64
-    08 00 45 28 00 40 00 00 40 00 40 2f ad 40 c6 12
-    00 01 c6 12 01 01 00 00 08 00 45 28 00 28 00 01
-    40 00 40 06 18 80 c6 12 32 01 c6 12 64 01 9c 40
-    00 50 00 00 00 01 00 00 00 00 50 02 20 00 d1 29
-    00 00";

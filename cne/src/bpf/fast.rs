@@ -427,25 +427,13 @@ impl FastProgram {
 
     /// Deletes every VIP and backend entry of generation `gen` (after a switch away from it).
     pub fn clear_generation(&self, gen: u8) -> Result<(), XdpError> {
-        for k in self.vips.keys()? {
-            if k.gen() == gen & 1 {
-                self.vips.delete(&k)?;
-            }
-        }
-        for k in self.backends.keys()? {
-            if k.gen == u32::from(gen & 1) {
-                self.backends.delete(&k)?;
-            }
-        }
-        Ok(())
+        self.vips.delete_where(|k| k.gen() == gen & 1)?;
+        self.backends.delete_where(|k| k.gen == u32::from(gen & 1))
     }
 
     /// Forgets every recorded connection.
     pub fn clear_conns(&self) -> Result<(), XdpError> {
-        for k in self.conns.keys()? {
-            self.conns.delete(&k)?;
-        }
-        Ok(())
+        self.conns.delete_where(|_| true)
     }
 
     /// The counters, summed over all CPUs.

@@ -566,20 +566,12 @@ impl XdpProgram {
 
     /// Deletes every entry of generation `gen`.
     fn clear_gen(&self, gen: u8) -> Result<(), XdpError> {
-        for key in self.rules.keys()? {
-            if key.gen == gen {
-                self.rules.delete(&key)?;
-            }
-        }
-        Ok(())
+        self.rules.delete_where(|k| k.gen == gen)
     }
 
     /// Removes every rule and per-address entry (of both generations).
     pub fn clear_rules(&self) -> Result<(), XdpError> {
-        for key in self.rules.keys()? {
-            self.rules.delete(&key)?;
-        }
-        Ok(())
+        self.rules.delete_where(|_| true)
     }
 
     /// The rule-map entries (generation 0) that `rules` plus `addresses` make: one per port or protocol

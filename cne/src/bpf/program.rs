@@ -170,6 +170,14 @@ impl<K: Copy + Default, V: Copy + Default> Map<K, V> {
         }
     }
 
+    /// Deletes every key of a hash map for which `doomed` holds (control path: reads the keys first).
+    pub(crate) fn delete_where(&self, doomed: impl Fn(&K) -> bool) -> Result<(), XdpError> {
+        for key in self.keys()?.iter().filter(|k| doomed(k)) {
+            self.delete(key)?;
+        }
+        Ok(())
+    }
+
     /// All keys of a hash map (control path: allocates).
     pub(crate) fn keys(&self) -> Result<Vec<K>, XdpError> {
         let mut keys = Vec::new();
@@ -304,6 +312,22 @@ pub(crate) struct Loaded {
     pub(crate) maps: Vec<OwnedFd>,
 }
 
+impl ObjectGuard {
+    /// The object's map `name` (open or loaded), valid while the object is.
+    fn find_map(&self, name: &CStr) -> Result<*mut cne_sys::bpf_map, XdpError> {
+        // SAFETY: self.0 is an open object; name is NUL-terminated.
+        let map = unsafe { cne_sys::bpf_object__find_map_by_name(self.0, name.as_ptr()) };
+        if map.is_null() {
+            return Err(XdpError::bpf(
+                "bpf_object__find_map_by_name",
+                name.to_string_lossy(),
+                io::Error::from_raw_os_error(libc::ENOENT),
+            ));
+        }
+        Ok(map)
+    }
+}
+
 /// Opens and loads an embedded BPF object, returning its program and the named maps. `sizes` gives maps
 /// of the object a number of entries other than the one compiled in (before they are created).
 pub(crate) fn load_object(
@@ -332,15 +356,7 @@ pub(crate) fn load_object(
     }
     let object = ObjectGuard(raw);
     for (name, entries) in sizes {
-        // SAFETY: object.0 is an open, not yet loaded object; name is NUL-terminated.
-        let map = unsafe { cne_sys::bpf_object__find_map_by_name(object.0, name.as_ptr()) };
-        if map.is_null() {
-            return Err(XdpError::bpf(
-                "bpf_object__find_map_by_name",
-                name.to_string_lossy(),
-                io::Error::from_raw_os_error(libc::ENOENT),
-            ));
-        }
+        let map = object.find_map(name)?;
         // SAFETY: map belongs to the open object, whose maps are not created yet.
         let rc = unsafe { cne_sys::bpf_map__set_max_entries(map, *entries) };
         parse_ret(rc)
@@ -365,15 +381,7 @@ pub(crate) fn load_object(
 
     let mut maps = Vec::with_capacity(map_names.len());
     for name in map_names {
-        // SAFETY: object.0 is a loaded object; name is NUL-terminated.
-        let map = unsafe { cne_sys::bpf_object__find_map_by_name(object.0, name.as_ptr()) };
-        if map.is_null() {
-            return Err(XdpError::bpf(
-                "bpf_object__find_map_by_name",
-                name.to_string_lossy(),
-                io::Error::from_raw_os_error(libc::ENOENT),
-            ));
-        }
+        let map = object.find_map(name)?;
         // SAFETY: map is a map of the loaded object, valid until the object is closed.
         let fd = unsafe { cne_sys::bpf_map__fd(map) };
         maps.push(dup_fd(fd, "bpf_map__fd", &name.to_string_lossy())?);

@@ -22,6 +22,8 @@
 
 mod classify;
 mod encap;
+#[doc(hidden)]
+pub mod fixtures;
 mod icmp;
 mod neighbor;
 mod select;
