@@ -117,6 +117,9 @@ enum Cmd {
     },
 }
 
+/// Set by `lab bench`'s interrupt handler as it starts removing the lab.
+static BENCH_INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     match Cli::parse().cmd {
@@ -147,6 +150,7 @@ fn main() -> Result<()> {
             // Ctrl-C or SIGTERM mid-run: stop what this run started (every process in its namespaces) and
             // remove its namespaces and links, so an interrupted benchmark leaves nothing behind.
             ctrlc::set_handler(|| {
+                BENCH_INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
                 let prefix = format!("{}{}_", lab::names::PREFIX, std::process::id());
                 match cleanup::cleanup(&prefix, true) {
                     Ok(_) => eprintln!("interrupted: the lab is removed"),
@@ -156,7 +160,14 @@ fn main() -> Result<()> {
             })
             .context("installing the SIGINT/SIGTERM handler")?;
             let bin_dir = bin_dir.unwrap_or_else(tools::release_bin_dir);
-            let report = bench::run(&opts, &forwarder::builtin(&bin_dir))?;
+            let report = bench::run(&opts, &forwarder::builtin(&bin_dir));
+            // An interrupt ends the run's processes under it, so the run may return (a failed step)
+            // before the handler is done removing the lab: the handler decides the exit, with 130.
+            if BENCH_INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_secs(60));
+                std::process::exit(130);
+            }
+            let report = report?;
             print!("{}", report.table());
             if let Some(path) = json {
                 let text = serde_json::to_string_pretty(&report.to_json())?;
