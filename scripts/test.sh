@@ -19,6 +19,11 @@ step "clippy";  cargo clippy --workspace --all-targets --locked -- -D warnings
 step "docs";    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked -q
 step "build";   cargo build --workspace --all-targets --locked
 step "tests";   cargo test --workspace --locked --no-fail-fast -- --include-ignored
+# The load-balancer lab tests ran on the AF_XDP data path above; once more on the kernel XDP fast path.
+lab_tests=()
+for t in nf-maglev/tests/lab_*.rs; do lab_tests+=(--test "$(basename "$t" .rs)"); done
+step "load-balancer lab tests, data_path xdp"
+LAB_DATA_PATH=xdp cargo test -p nf-maglev --locked --no-fail-fast "${lab_tests[@]}" -- --include-ignored
 if [ -x scripts/k8s-validate.sh ]; then
   step "kubernetes manifests"; bash scripts/k8s-validate.sh
 fi

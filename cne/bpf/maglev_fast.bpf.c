@@ -4,7 +4,7 @@
  *
  * For a frame that is Ethernet (at most one 802.1Q/802.1ad tag), IPv4 without options or IPv6 without
  * extension headers, not a fragment, TCP or UDP, well formed, and addressed to a VIP, it makes the decision
- * nf-maglev's data plane makes (`nf-maglev/src/dataplane/`): the seeded flow hash of `hash.rs`, the per-CPU
+ * nf-maglev's data plane makes (`nf-maglev/src/dataplane/`): the seeded flow hash of `hash.rs`, the
  * connection map first, else the VIP's Maglev table, then GRE encapsulation (outer IPv4 or IPv6 header of
  * the backend's family, RFC 2784 header without options) or the L2 direct-server-return MAC rewrite, and
  * sends the frame back out with XDP_TX. Everything else is handed on unchanged, counted by reason:
@@ -28,12 +28,14 @@
  *             template (and for IPv4 the sum of its fixed words, so the checksum needs no pass over it).
  *   tables    ARRAY of backend ids: the VIP's table is tables[base .. base + size]; a flow's slot is
  *             ((hash >> 32) * size) >> 32, as `maglev::Table::lookup`.
- *   conns     LRU_PERCPU_HASH 5-tuple -> backend id, VIP id, expiry (like the user-space per-worker
- *             connection table: an entry made on one CPU is no entry on the others (their values stay zero,
- *             expiry 0); idle timeouts as nf-maglev's conntrack: an entry lives while now <= expires, and
- *             each packet moves expires to now + the timeout of its protocol, the short one once a FIN or
- *             RST was seen; the LRU evicts when the map is full). User space may write an entry for all
- *             CPUs at once (connections it forwarded from a past table).
+ *   conns     LRU_HASH 5-tuple -> backend id, VIP id, expiry, with per-CPU LRU lists (BPF_F_NO_COMMON_LRU:
+ *             no shared list lock; the LRU evicts from the CPU's own list when the map is full). One entry
+ *             per flow for all CPUs: a flow's packets do not always arrive on one CPU (a veth runs XDP on
+ *             the sender's CPU), and a SYN that moves a reused 5-tuple to a new backend must move it for
+ *             every CPU, or the connection's next packet could go to the old backend. Idle timeouts as
+ *             nf-maglev's conntrack: an entry lives while now <= expires, and each packet moves expires to
+ *             now + the timeout of its protocol, the short one once a FIN or RST was seen (expires 0: no
+ *             entry). User space writes entries too (connections it forwarded from a past table).
  *   flood     PERCPU_ARRAY[1]: the flood guard's second and the entries made in it on this CPU; above
  *             cfg.max_new_per_sec new flows are forwarded by the table but not recorded (Katran).
  *   vip_traffic, backend_traffic
@@ -202,7 +204,8 @@ struct {
 } tables SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__uint(max_entries, CONNS_MAX);
 	__type(key, struct conn_key);
 	__type(value, struct conn_val);

@@ -15,8 +15,10 @@
 //! connection map with [`FastPath::record`]). Idle timeouts and the flood guard are the workers' own.
 
 use crate::config::{Mac, Mode, Validated};
+use crate::conntrack::Timeouts;
 use crate::control::State;
 use crate::counters::{Counters, Traffic};
+use crate::dataplane::PastFlow;
 use crate::tunnel::GreOuter;
 use cne::bpf::fast::{
     FastBackend, FastCfg, FastConn, FastLimits, FastMode, FastOuter, FastProgram, FastStats,
@@ -72,7 +74,7 @@ pub struct FastPath {
 
 impl FastPath {
     /// Loads the program with room for `vips` VIPs of `table_size` slots per generation and a connection
-    /// map of `conns` entries per CPU; `mac` is the port's MAC address (source of the frames it sends).
+    /// map of `conns` entries; `mac` is the port's MAC address (source of the frames it sends).
     pub fn load(vips: u32, table_size: u32, conns: u32, mac: Mac) -> Result<Self, FastPathError> {
         let per_gen = u64::from(vips) * u64::from(table_size);
         let table_entries = u32::try_from(2 * per_gen).map_err(|_| FastPathError::TablesFull {
@@ -126,8 +128,7 @@ impl FastPath {
         if need > u64::from(half) {
             return Err(FastPathError::TablesFull { need, have: half });
         }
-        let cfg = self.prog.cfg()?;
-        let gen = u8::from(cfg.active & 1 == 0);
+        let gen = self.prog.active_generation()? ^ 1;
         // Whatever a failed publication left in this generation goes first.
         self.prog.clear_generation(gen)?;
         let mut base = u32::from(gen) * half;
@@ -184,6 +185,29 @@ impl FastPath {
     }
 }
 
+/// The connection-map entries of connections the workers forwarded from a past table: the flow, its
+/// backend, and the idle timeout user space gives it.
+pub fn past_conns(flows: &[PastFlow], timeouts: Timeouts) -> Vec<FastConn> {
+    flows
+        .iter()
+        .map(|f| FastConn {
+            src: f.key.src.to_be_bytes(),
+            dst: f.key.dst.to_be_bytes(),
+            sport: f.key.sport,
+            dport: f.key.dport,
+            proto: f.key.proto,
+            backend: f.backend,
+            vip: f.vip,
+            closing: f.closing,
+            timeout: match (f.key.proto, f.closing) {
+                (6, false) => timeouts.tcp,
+                (6, true) => timeouts.tcp_fin,
+                _ => timeouts.udp,
+            },
+        })
+        .collect()
+}
+
 /// The fast paths of a running instance, one per interface, in front of its XDP filters: each runs the
 /// fast program, which hands what it does not forward to the interface's filter by tail call.
 #[derive(Debug)]
@@ -196,13 +220,18 @@ pub struct FastPaths {
 impl FastPaths {
     /// Loads a fast path per filter program, publishes `state` into it and puts it in front of the filter
     /// (one link update each: packets never meet neither program). Room: twice the VIPs of `config` (at
-    /// least 16, at most the program's limit) and a connection map of `conntrack.size` entries per CPU.
+    /// least 16, at most the program's limit) and a connection map of `conntrack.size` entries per lport
+    /// (what the workers' tables hold together).
     /// Dropping the filters detaches the fast paths with them.
     pub fn attach(
         filters: &[XdpProgram],
+        lports: usize,
         config: &Validated,
         state: &State,
     ) -> Result<Self, FastPathError> {
+        let conns = u32::try_from(lports.max(1))
+            .unwrap_or(1)
+            .saturating_mul(config.conntrack.size);
         if filters.is_empty() {
             return Err(FastPathError::NoOwnProgram);
         }
@@ -210,18 +239,18 @@ impl FastPaths {
         let mut paths = Vec::with_capacity(filters.len());
         for filter in filters {
             let ifname = filter.ifname();
-            let mac = cne::sys::netdev::mac_address(ifname).map_err(|source| FastPathError::Mac {
-                ifname: ifname.to_owned(),
-                source,
-            })?;
-            let path = FastPath::load(vips, config.table_size, config.conntrack.size, Mac(mac))?;
+            let mac =
+                cne::sys::netdev::mac_address(ifname).map_err(|source| FastPathError::Mac {
+                    ifname: ifname.to_owned(),
+                    source,
+                })?;
+            let path = FastPath::load(vips, config.table_size, conns, Mac(mac))?;
             path.publish(state)?;
             path.prog.set_fallback(filter.prog_fd())?;
             filter.set_front(path.prog.prog_fd())?;
             log::info!(
-                "{ifname}: XDP fast path in front of the filter (room for {vips} VIPs, {} connections \
-                 per CPU)",
-                config.conntrack.size
+                "{ifname}: XDP fast path in front of the filter (room for {vips} VIPs and {conns} \
+                 connections)"
             );
             paths.push((ifname.to_owned(), path));
         }

@@ -47,9 +47,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use nf_maglev::announce::Announcer;
 use nf_maglev::auth::Token;
 use nf_maglev::config::{DataPath, Mac, Validated};
+use nf_maglev::control::{Control, ControlError, State};
 use nf_maglev::counters::Counters;
 use nf_maglev::fastpath::FastPaths;
-use nf_maglev::control::{Control, ControlError, State};
 use nf_maglev::health::monitor::Monitor;
 use nf_maglev::http;
 use serde_json::{json, Value};
@@ -63,6 +63,9 @@ use crate::worker::{self, PortReport, ReportSlot};
 /// How often the control thread checks that the workers are alive and refreshes the XDP filter
 /// counters the metrics show.
 const TICK: Duration = Duration::from_millis(250);
+
+/// Batches of past-table connections the workers may queue for the control thread.
+const PAST_FLOW_BATCHES: usize = 1024;
 /// A worker that has not published a report for this long counts as stalled (not ready). Workers
 /// publish every 250 ms, also when idle (they sleep at most 100 ms in `poll`).
 const STALL_AFTER: Duration = Duration::from_secs(5);
@@ -224,6 +227,8 @@ struct Runtime {
     fast: Option<FastPaths>,
     /// When a failure to publish into the fast paths was last logged.
     fast_warning: Option<Instant>,
+    /// Connections the workers forwarded from a past table, for the fast paths.
+    past_flows: Option<Receiver<Vec<nf_maglev::dataplane::PastFlow>>>,
 }
 
 impl Runtime {
@@ -340,6 +345,28 @@ impl Runtime {
                 );
                 self.fast_warning = Some(Instant::now());
             }
+        }
+    }
+
+    /// Writes the connections the workers forwarded from a past table into the fast paths'
+    /// connection maps, so their next packets stay on the same backend in the kernel too (the fast path
+    /// keeps no past tables; until then it hands those packets to the workers).
+    fn record_past_flows(&mut self) {
+        let (Some(fast), Some(rx)) = (&self.fast, &self.past_flows) else {
+            return;
+        };
+        let flows: Vec<_> = rx.try_iter().flatten().collect();
+        let conns = nf_maglev::fastpath::past_conns(&flows, self.control.state().timeouts);
+        if conns.is_empty() {
+            return;
+        }
+        if let Err(e) = fast.record(&conns) {
+            log::warn!(
+                "XDP fast path: recording {} connections from past tables: {} (the workers keep \
+                 forwarding them)",
+                conns.len(),
+                cne::error_chain(&e)
+            );
         }
     }
 
@@ -496,7 +523,8 @@ impl Runtime {
         if let Ok(mut s) = self.stats.lock() {
             s.filters = filters;
             s.rebuilds = self.control.rebuilds();
-        }        self.refresh_fast();
+        }
+        self.refresh_fast();
     }
 
     fn update_stats(&self, reload: Option<bool>) {
@@ -681,9 +709,42 @@ impl Api for Runtime {
                 "draining": self.draining,
             })
         });
+        let fast: Vec<Value> = s
+            .fast
+            .iter()
+            .map(|(port, f)| {
+                json!({
+                    "port": port,
+                    "forwarded": f.forwarded,
+                    "handed_on": {
+                        "not_fast": f.handed_not_fast,
+                        "no_vip": f.handed_no_vip,
+                        "no_table": f.handed_no_table,
+                        "past_table": f.handed_past,
+                        "no_backend": f.handed_no_backend,
+                        "no_outer_header": f.handed_no_outer,
+                        "too_big": f.handed_too_big,
+                    },
+                    "dropped_adjust_failed": f.adjust_failed,
+                    "connections": {
+                        "hits": f.conn_hits,
+                        "recorded": f.conn_new,
+                        "expired": f.conn_expired,
+                        "flood_limited": f.conn_limited,
+                    },
+                })
+            })
+            .collect();
         json!({
             "config": self.path.display().to_string(),
             "read_only": self.read_only,
+            "data_path": {
+                "mode": match self.control.config().data_path {
+                    DataPath::AfXdp => "af_xdp",
+                    DataPath::Xdp => "xdp",
+                },
+                "fast_path": fast,
+            },
             "announce": announce,
             "health": { "probe_path": self.health.path_json() },
             "reloads": {
@@ -863,9 +924,14 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
     let fast = match control.config().data_path {
         DataPath::AfXdp => None,
         DataPath::Xdp => Some(
-            FastPaths::attach(instance.programs(), control.config(), &control.state())
-                .map_err(|e| anyhow!("{}: {}", instance.config().origin(), cne::error_chain(&e)))
-                .context("setting up the XDP fast path")?,
+            FastPaths::attach(
+                instance.programs(),
+                instance.config().lports().len(),
+                control.config(),
+                &control.state(),
+            )
+            .map_err(|e| anyhow!("{}: {}", instance.config().origin(), cne::error_chain(&e)))
+            .context("setting up the XDP fast path")?,
         ),
     };
     let probe_if = instance.config().lports().first().map(|l| l.netdev.clone());
@@ -912,6 +978,8 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
         setups.push(lports);
     }
     let slots: Vec<Arc<ReportSlot>> = workers.iter().map(|_| worker::new_report_slot()).collect();
+    let (past_tx, past_rx) = crossbeam_channel::bounded(PAST_FLOW_BATCHES);
+    let past_tx = fast.is_some().then_some(past_tx);
     let stats = Arc::new(Mutex::new(ControlStats {
         rebuilds: control.rebuilds(),
         ..ControlStats::default()
@@ -941,6 +1009,7 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
             slot: Arc::clone(slot),
             stop: Arc::clone(&stop),
             epoch,
+            past_flows: past_tx.clone(),
         };
         match thread::Builder::new()
             .name(name.clone())
@@ -971,6 +1040,7 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
         health,
         announcer,
         draining: false,
+        past_flows: fast.is_some().then_some(past_rx),
         fast,
         fast_warning: None,
     };
@@ -1121,6 +1191,7 @@ fn control_loop(
             log::error!("health: publishing the backends' health: {e}");
         }
         rt.sync_fast();
+        rt.record_past_flows();
         rt.refresh_ready();
         rt.announce();
         match event {

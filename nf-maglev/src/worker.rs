@@ -83,6 +83,8 @@ pub(crate) struct Setup {
     pub(crate) stop: Arc<AtomicBool>,
     /// Start of the connection-table clock (shared by all workers).
     pub(crate) epoch: Instant,
+    /// Where to send the connections forwarded from a past table (with the kernel fast path).
+    pub(crate) past_flows: Option<crossbeam_channel::Sender<Vec<dataplane::PastFlow>>>,
 }
 
 /// Runs the packet loop of `w` on the calling thread until `setup.stop` is set: cne's shared loop
@@ -94,12 +96,19 @@ pub(crate) fn run(w: cne::instance::Worker, setup: Setup) -> anyhow::Result<()> 
         slot,
         stop,
         epoch,
+        past_flows,
     } = setup;
     let planes: Vec<dataplane::PortPlane> = {
         let state = shared.load();
         lports
             .iter()
-            .map(|&(_, mac)| dataplane::PortPlane::new(mac, &state))
+            .map(|&(_, mac)| {
+                let mut plane = dataplane::PortPlane::new(mac, &state);
+                if past_flows.is_some() {
+                    plane.keep_past_flows();
+                }
+                plane
+            })
             .collect()
     };
     let entries = vec![0u64; planes.len()];
@@ -114,6 +123,7 @@ pub(crate) fn run(w: cne::instance::Worker, setup: Setup) -> anyhow::Result<()> 
             entries,
             verdicts: [Verdict::Tx; BURST],
             last_count: None,
+            past_flows,
         },
     )?;
     Ok(())
@@ -131,6 +141,7 @@ struct LbLoop {
     entries: Vec<u64>,
     verdicts: [Verdict; BURST],
     last_count: Option<Instant>,
+    past_flows: Option<crossbeam_channel::Sender<Vec<dataplane::PastFlow>>>,
 }
 
 impl PortLoop for LbLoop {
@@ -167,6 +178,14 @@ impl PortLoop for LbLoop {
                         |f| tx.push(f),
                     );
                 }
+            }
+        }
+        // Rare (after a table change, for connections this instance did not see begin): the control
+        // thread writes them into the kernel fast path's connection map. A full queue loses them for the
+        // fast path only; this table keeps forwarding them while their VIP keeps past tables.
+        if let Some(flows) = plane.take_past_flows() {
+            if let Some(tx) = &self.past_flows {
+                let _ = tx.try_send(flows);
             }
         }
     }

@@ -387,7 +387,7 @@ fn random_flows_decide_as_user_space() {
     c.set_weight("pool", "p1", 0).expect("drains");
     c.set_weight("dsrpool", "e1", 0).expect("drains");
     let state = c.state();
-    let gen = p.fast.program().cfg().expect("cfg").active;
+    let gen = p.fast.program().active_generation().expect("cfg");
     let t = std::time::Instant::now();
     p.fast.publish(&state).expect("publishes the new state");
     println!(
@@ -396,7 +396,7 @@ fn random_flows_decide_as_user_space() {
         t.elapsed()
     );
     assert_eq!(
-        p.fast.program().cfg().expect("cfg").active,
+        p.fast.program().active_generation().expect("cfg"),
         gen ^ 1,
         "a publication switches the generation"
     );
@@ -449,6 +449,77 @@ fn random_flows_decide_as_user_space() {
         p.differences, 0,
         "differences between the program and user space"
     );
+}
+
+/// Connections user space forwarded from a past table (which the program does not keep) are written
+/// into the program's connection map and from then on forwarded by the program to the same backend,
+/// also once the past tables are gone.
+#[test]
+#[ignore = "needs root"]
+fn connections_from_past_tables_reach_the_kernel() {
+    lab::require_root();
+    pin();
+    let s: MaglevSection = serde_json::from_value(config()).expect("parses");
+    let mut c = Control::new_at(s.validate().expect("valid"), Some(1_000)).expect("builds");
+    let mut p = Pair::new(&c.state());
+    p.plane.keep_past_flows();
+    // A table change: the pool's old table becomes a past table.
+    c.set_weight("pool", "p1", 0).expect("drains");
+    let state = c.state();
+    assert!(state.vip_by_name("pool").expect("pool").has_past());
+    p.fast.publish(&state).expect("publishes");
+    let mut rng = Rng(0x51ed_2705_8f2a_44c3);
+    let flows: Vec<Flow> = (0..2000)
+        .map(|_| {
+            let mut f = random_flow(&mut rng);
+            let s: [u8; 2] = rng.bytes();
+            f.src = vec![198, 20, s[0], s[1]];
+            f.dst = vec![198, 18, 100, 4];
+            f.proto = 6;
+            f
+        })
+        .collect();
+    // Mid-connection packets of flows nobody has seen: handed on, and user space sends those the
+    // past table gives p1 to p1.
+    for f in &flows {
+        let outcome = p.run(&state, &frame(f, ACK, 0, 0, None), "past");
+        assert_eq!(outcome, Outcome::HandedOn(Verdict::Tx));
+    }
+    let past = p.plane.take_past_flows().expect("past flows kept");
+    let from_past = past.len();
+    assert!(from_past > 100, "{from_past} flows from the past table");
+    let conns = nf_maglev::fastpath::past_conns(&past, state.timeouts);
+    p.fast.program().record_conns(&conns).expect("records");
+    // The recorded flows are the program's now, with the same decision as user space.
+    let recorded: std::collections::HashSet<(u16, Vec<u8>)> = past
+        .iter()
+        .map(|f| (f.key.sport, f.key.src.to_be_bytes()[12..].to_vec()))
+        .collect();
+    let mut taken = 0;
+    for f in &flows {
+        let outcome = p.run(&state, &frame(f, ACK, 0, 0, None), "recorded");
+        if recorded.contains(&(f.sport, f.src.clone())) {
+            assert_eq!(outcome, Outcome::Same, "a recorded flow");
+            taken += 1;
+        }
+    }
+    assert_eq!(taken, from_past);
+    // Past tables forgotten (after the TCP idle timeout): the program still has the flows.
+    c.set_now(Some(1_000 + u64::from(state.timeouts.tcp) + 1));
+    assert!(c.tick(), "the past tables expire");
+    let state = c.state();
+    assert!(!state.vip_by_name("pool").expect("pool").has_past());
+    p.fast.publish(&state).expect("publishes");
+    for f in flows
+        .iter()
+        .filter(|f| recorded.contains(&(f.sport, f.src.clone())))
+    {
+        assert_eq!(
+            p.run(&state, &frame(f, ACK, 0, 0, None), "after"),
+            Outcome::Same
+        );
+    }
+    assert_eq!(p.differences, 0);
 }
 
 #[test]

@@ -164,16 +164,43 @@ fn bpftool_json(args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("bpftool json")
 }
 
-/// Kernel id of the `rules` map of the filter on the load balancer's interface.
-fn rules_map_id(lab: &MaglevLab) -> String {
-    let prog = lab.lb(0).ns().xdp_prog(LB_IF).unwrap().expect("attached");
-    let info = bpftool_json(&["prog", "show", "id", &prog.id.to_string()]);
+/// The kernel ids of the maps of program `id`, with their names.
+fn prog_maps(id: &str) -> Vec<(String, Value)> {
+    let info = bpftool_json(&["prog", "show", "id", id]);
     info["map_ids"]
         .as_array()
         .expect("map_ids")
         .iter()
-        .map(|id| id.to_string())
-        .find(|id| bpftool_json(&["map", "show", "id", id])["name"] == "rules")
+        .map(|id| {
+            let id = id.to_string();
+            let name = bpftool_json(&["map", "show", "id", &id])["name"].clone();
+            (id, name)
+        })
+        .collect()
+}
+
+/// Kernel id of the `rules` map of the filter on the load balancer's interface (with the XDP fast path
+/// in front, the filter is the program in the fast path's `fallback` map).
+fn rules_map_id(lab: &MaglevLab) -> String {
+    let prog = lab.lb(0).ns().xdp_prog(LB_IF).unwrap().expect("attached");
+    let mut maps = prog_maps(&prog.id.to_string());
+    if let Some((fallback, _)) = maps.iter().find(|(_, name)| name == "fallback") {
+        // The entry's value is the program id, shown as little-endian hex bytes.
+        let entries = bpftool_json(&["map", "dump", "id", fallback]);
+        let filter = entries[0]["value"]
+            .as_array()
+            .expect("value bytes")
+            .iter()
+            .rev()
+            .fold(0u32, |id, b| {
+                let b = b.as_str().expect("hex byte").trim_start_matches("0x");
+                id << 8 | u32::from_str_radix(b, 16).expect("hex byte")
+            });
+        maps = prog_maps(&filter.to_string());
+    }
+    maps.into_iter()
+        .find(|(_, name)| name == "rules")
+        .map(|(id, _)| id)
         .expect("no rules map")
 }
 

@@ -171,6 +171,33 @@ fn traffic(mode: Mode) {
         assert!((0..backends).all(|i| lab.decapped(i).is_none()));
     }
 
+    // Which path forwarded the connections: with the XDP fast path, the kernel (the workers get only
+    // what it hands on: here the fragments); else the workers.
+    let m = lab.metrics(0).unwrap();
+    let kernel = m.sum(
+        "nf_maglev_xdp_fast_path_packets_total",
+        &[("result", "forwarded")],
+    );
+    let vip_packets = m.sum("nf_maglev_vip_packets_total", &[]);
+    let workers = m.sum("nf_maglev_port_rx_packets_total", &[]);
+    eprintln!(
+        "{mode}: {vip_packets} VIP packets forwarded, {kernel} by the XDP fast path; the workers \
+         received {workers} frames"
+    );
+    if maglev::data_path().as_deref() == Some("xdp") {
+        assert!(
+            kernel >= 3.0 * 1440.0,
+            "the XDP fast path forwarded only {kernel} packets"
+        );
+        assert!(
+            kernel <= vip_packets,
+            "the fast path's packets count in the VIPs' ({kernel} of {vip_packets})"
+        );
+    } else {
+        assert_eq!(kernel, 0.0, "no fast path in the AF_XDP data path");
+        assert!(workers >= 3.0 * 1440.0, "the workers received {workers}");
+    }
+
     assert!(lab.backends_running());
     lab.stop_lb(0).unwrap();
 }

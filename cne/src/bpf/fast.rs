@@ -2,8 +2,8 @@
 //! through typed accessors, and run on frames with `BPF_PROG_RUN`.
 //!
 //! The program makes nf-maglev's decision for the common case (a TCP or UDP packet to a VIP, not a
-//! fragment, IPv4 without options or IPv6 without extension headers) in XDP: flow hash, per-CPU
-//! connection map, Maglev table, GRE encapsulation or L2 direct server return, `XDP_TX`. Everything else is
+//! fragment, IPv4 without options or IPv6 without extension headers) in XDP: flow hash,
+//! connection map (LRU, per-CPU lists), Maglev table, GRE encapsulation or L2 direct server return, `XDP_TX`. Everything else is
 //! handed on unchanged (see the C file's header for where to). This module knows nothing of VIPs as the
 //! load balancer configures them: it stores what it is given, in the layout the C program reads.
 //!
@@ -83,21 +83,6 @@ impl From<&FastCfg> for CfgValue {
             udp_timeout: c.udp_timeout,
             max_new_per_sec: c.max_new_per_sec,
             pad: 0,
-        }
-    }
-}
-
-impl From<CfgValue> for FastCfg {
-    fn from(c: CfgValue) -> Self {
-        FastCfg {
-            seed: c.seed,
-            active: c.active,
-            mtu: c.mtu,
-            mac: c.mac,
-            tcp_timeout: c.tcp_timeout,
-            tcp_fin_timeout: c.tcp_fin_timeout,
-            udp_timeout: c.udp_timeout,
-            max_new_per_sec: c.max_new_per_sec,
         }
     }
 }
@@ -274,7 +259,7 @@ pub fn clock_secs() -> u32 {
 pub struct FastLimits {
     /// Entries of the table array, both generations together (e.g. 2 x VIPs x table size).
     pub table_entries: u32,
-    /// Entries of the connection map (per CPU).
+    /// Entries of the connection map.
     pub conns: u32,
 }
 
@@ -448,9 +433,11 @@ impl FastProgram {
         self.xsks_map.update(&queue, &fd)
     }
 
-    /// The configuration packets see now.
-    pub fn cfg(&self) -> Result<FastCfg, XdpError> {
-        Ok(self.cfg.lookup(&0)?.unwrap_or_default().into())
+    /// The generation packets see now (0 or 1).
+    pub fn active_generation(&self) -> Result<u8, XdpError> {
+        Ok(u8::from(
+            self.cfg.lookup(&0)?.unwrap_or_default().active & 1 == 1,
+        ))
     }
 
     /// Writes the configuration: one array write, so a change of `active` switches every packet to the
@@ -551,9 +538,9 @@ impl FastProgram {
         self.backends.delete_where(|k| k.gen == u32::from(gen & 1))
     }
 
-    /// Records `conns` in the connection map on every CPU, so that whichever CPU sees their next packet
-    /// sends it where user space decided (connections it forwarded from a past Maglev table, which the
-    /// program does not keep). Replaces what a CPU recorded for the same flow.
+    /// Records `conns` in the connection map, so that the next packets of those flows go where user
+    /// space decided (connections it forwarded from a past Maglev table, which the program does not
+    /// keep). Replaces what the program recorded for the same flow.
     pub fn record_conns(&self, conns: &[FastConn]) -> Result<(), XdpError> {
         let now = clock_secs();
         let (keys, values): (Vec<ConnKey>, Vec<ConnValue>) = conns
@@ -580,11 +567,11 @@ impl FastProgram {
                 )
             })
             .unzip();
-        self.conns.percpu_update_batch(&keys, &values)
+        self.conns.update_batch(&keys, &values)
     }
 
-    /// The connection map's entry for a flow on every CPU: `(backend id, VIP id)` where one is alive.
-    pub fn conn(&self, c: &FastConn) -> Result<Vec<Option<(u32, u32)>>, XdpError> {
+    /// The connection map's live entry for a flow: `(backend id, VIP id)`.
+    pub fn conn(&self, c: &FastConn) -> Result<Option<(u32, u32)>, XdpError> {
         let mut ports = [0u8; 4];
         ports[..2].copy_from_slice(&c.sport.to_be_bytes());
         ports[2..].copy_from_slice(&c.dport.to_be_bytes());
@@ -598,11 +585,9 @@ impl FastProgram {
         let now = clock_secs();
         Ok(self
             .conns
-            .percpu_lookup(&key)?
-            .unwrap_or_default()
-            .into_iter()
-            .map(|v| (v.expires != 0 && now <= v.expires).then_some((v.backend, v.vip)))
-            .collect())
+            .lookup(&key)?
+            .filter(|v| v.expires != 0 && now <= v.expires)
+            .map(|v| (v.backend, v.vip)))
     }
 
     /// Traffic the program forwarded for VIP `id`, summed over all CPUs (zero for ids at or above
@@ -621,15 +606,14 @@ impl FastProgram {
         if id >= map.max_entries {
             return Ok(FastTraffic::default());
         }
-        Ok(map
-            .percpu_lookup(&id)?
-            .unwrap_or_default()
-            .iter()
-            .fold(FastTraffic::default(), |a, t| FastTraffic {
+        Ok(map.percpu_lookup(&id)?.unwrap_or_default().iter().fold(
+            FastTraffic::default(),
+            |a, t| FastTraffic {
                 packets: a.packets.wrapping_add(t.packets),
                 bytes: a.bytes.wrapping_add(t.bytes),
                 new_conns: a.new_conns.wrapping_add(t.new_conns),
-            }))
+            },
+        ))
     }
 
     /// The program's descriptor (to attach it, e.g. with

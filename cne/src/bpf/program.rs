@@ -265,45 +265,6 @@ impl<K: Copy + Default, V: Copy + Default> Map<K, V> {
             Err(e) => Err(XdpError::bpf("bpf_map_lookup_elem", self.name, e)),
         }
     }
-
-    /// Writes `keys[i] -> values[i]` on every possible CPU of a per-CPU map, many entries per `bpf(2)`
-    /// call (`BPF_MAP_UPDATE_BATCH`). Not atomic: on an error, a prefix may have been written.
-    pub(crate) fn percpu_update_batch(&self, keys: &[K], values: &[V]) -> Result<(), XdpError> {
-        /// Entries per call.
-        const CHUNK: usize = 1024;
-        self.check_percpu("bpf_map_update_batch")?;
-        if keys.len() != values.len() {
-            return Err(XdpError::bpf(
-                "bpf_map_update_batch",
-                self.name,
-                io::Error::from_raw_os_error(libc::EINVAL),
-            ));
-        }
-        let ncpus = possible_cpus()?;
-        let mut all = Vec::with_capacity(CHUNK.min(values.len()) * ncpus);
-        for (k, v) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
-            all.clear();
-            for value in v {
-                all.extend(std::iter::repeat_n(*value, ncpus));
-            }
-            // Fits: a chunk has at most CHUNK entries.
-            let mut count = u32::try_from(k.len()).unwrap_or(0);
-            // SAFETY: k points to `count` live keys of the map's key size; `all` to `count` x ncpus
-            // values of the map's value size, a multiple of 8 (checked above), laid out as the kernel
-            // reads per-CPU batches; count is writable; null opts are libbpf's defaults.
-            let rc = unsafe {
-                cne_sys::bpf_map_update_batch(
-                    self.fd.as_raw_fd(),
-                    k.as_ptr().cast::<c_void>(),
-                    all.as_ptr().cast::<c_void>(),
-                    &mut count,
-                    std::ptr::null(),
-                )
-            };
-            parse_ret(rc).map_err(|e| XdpError::bpf("bpf_map_update_batch", self.name, e))?;
-        }
-        Ok(())
-    }
 }
 
 impl Map<u32, u64> {

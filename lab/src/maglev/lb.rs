@@ -56,7 +56,9 @@ pub(crate) fn start_decap(
 /// The data path every lab load balancer runs: `LAB_DATA_PATH` (`af_xdp` or `xdp`) when set, else
 /// nf-maglev's default. The test command runs the load-balancer lab tests once with each.
 pub fn data_path() -> Option<String> {
-    std::env::var("LAB_DATA_PATH").ok().filter(|s| !s.is_empty())
+    std::env::var("LAB_DATA_PATH")
+        .ok()
+        .filter(|s| !s.is_empty())
 }
 
 /// The CNDP sections of an nf-maglev configuration for [`LB_IF`] with [`LB_QUEUES`] queues, one worker

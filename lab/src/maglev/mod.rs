@@ -71,6 +71,7 @@ pub use admin::Admin;
 pub use demo::{demo, DemoOpts, DemoReport};
 pub use faults::Fault;
 pub use health_bench::{health_bench, HealthBenchOpts, HealthBenchReport};
+pub use lb::data_path;
 pub use prom::{Metrics, Sample};
 pub use stats::{binomial_tolerance, Spread};
 pub use topology::{BackendSpec, Host, LabSpec, MaglevLab, Mode};

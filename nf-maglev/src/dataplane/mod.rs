@@ -68,7 +68,29 @@ pub struct PortPlane {
     conntrack: ConnTrack,
     counters: Counters,
     generation: u64,
+    /// Connections forwarded from a past table since the last [`PortPlane::take_past_flows`], kept
+    /// only once [`PortPlane::keep_past_flows`] was called (the kernel fast path needs them).
+    past_flows: Option<Vec<PastFlow>>,
 }
+
+/// A connection the data plane forwarded from a past Maglev table of its VIP (a TCP packet other
+/// than a SYN it had no entry for; see [`crate::control::VipState::past_pick`]): the kernel fast path
+/// does not keep past tables, so it learns these connections from here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PastFlow {
+    /// The flow.
+    pub key: FlowKey,
+    /// Its VIP's id.
+    pub vip: u32,
+    /// The backend the past table gave it.
+    pub backend: u32,
+    /// Whether the packet was a FIN or RST.
+    pub closing: bool,
+}
+
+/// Past flows a port keeps between two [`PortPlane::take_past_flows`]; more are not kept (they stay
+/// with the workers, which keep forwarding them by their own table).
+const PAST_FLOWS_KEPT: usize = 1024;
 
 impl PortPlane {
     /// The plane of a port with the MAC address `mac` (source of every frame it sends), with a connection
@@ -83,6 +105,7 @@ impl PortPlane {
             ),
             counters: Counters::default(),
             generation: 0,
+            past_flows: None,
         };
         w.adopt(state);
         w
@@ -91,6 +114,32 @@ impl PortPlane {
     /// The port's MAC address.
     pub fn mac(&self) -> Mac {
         Mac(self.mac)
+    }
+
+    /// From now on keeps the connections forwarded from a past table, for
+    /// [`take_past_flows`](Self::take_past_flows).
+    pub fn keep_past_flows(&mut self) {
+        self.past_flows.get_or_insert_with(Vec::new);
+    }
+
+    /// The connections forwarded from a past table since the last call (`None` when there are none or
+    /// they are not kept). Allocates only when there are some.
+    #[inline]
+    pub fn take_past_flows(&mut self) -> Option<Vec<PastFlow>> {
+        match &mut self.past_flows {
+            Some(v) if !v.is_empty() => Some(std::mem::take(v)),
+            _ => None,
+        }
+    }
+
+    /// Keeps a connection forwarded from a past table, if asked to.
+    #[cold]
+    fn past_flow(&mut self, flow: PastFlow) {
+        if let Some(v) = &mut self.past_flows {
+            if v.len() < PAST_FLOWS_KEPT {
+                v.push(flow);
+            }
+        }
     }
 
     /// The connection table.

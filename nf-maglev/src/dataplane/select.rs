@@ -79,7 +79,7 @@ pub(super) fn select<'s>(
     // A connection (not a SYN) nobody here knows may have begun before the table changed: it goes where the
     // oldest kept table sends it while that backend exists. Only after a change, and only on a miss.
     let (index, b) = if hit.is_none() && tcp && !syn && vip.has_past() {
-        past_or_pick(vip, flow.hash, plane)?
+        past_or_pick(vip, key, flow.hash, closing, plane)?
     } else {
         vip.pick(flow.hash)?
     };
@@ -102,11 +102,19 @@ pub(super) fn select<'s>(
 #[inline(never)]
 fn past_or_pick<'s>(
     vip: &'s VipState,
+    key: &FlowKey,
     hash: u64,
+    closing: bool,
     plane: &mut PortPlane,
 ) -> Option<(u16, &'s BackendState)> {
     if let Some((i, b, _)) = vip.past_pick(hash) {
         plane.counters.past_table += 1;
+        plane.past_flow(super::PastFlow {
+            key: *key,
+            vip: vip.id,
+            backend: b.id,
+            closing,
+        });
         return Some((i, b));
     }
     vip.pick(hash)
