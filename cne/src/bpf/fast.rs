@@ -249,9 +249,19 @@ pub const VIP_IDS_COUNTED: u32 = 4096;
 /// See [`VIP_IDS_COUNTED`].
 pub const BACKEND_IDS_COUNTED: u32 = 65536;
 
-/// The program's clock: `CLOCK_MONOTONIC` in whole seconds, as `bpf_ktime_get_coarse_ns` reads it.
+/// The program's clock: seconds of `CLOCK_MONOTONIC` (`bpf_ktime_get_coarse_ns`), computed as the
+/// program computes them (see [`secs_of_ns`]).
 pub fn clock_secs() -> u32 {
-    program::monotonic_coarse_secs()
+    secs_of_ns(program::monotonic_coarse_ns())
+}
+
+/// Nanoseconds to seconds as the program converts them, without a division: `(ns >> 20) * 4503600 >>
+/// 32`, within 8e-8 of `ns / 10^9`.
+pub fn secs_of_ns(ns: u64) -> u32 {
+    // The shift leaves at most 32 bits: the cast is exact.
+    #[allow(clippy::cast_possible_truncation)]
+    let secs = (((ns >> 20).wrapping_mul(4_503_600)) >> 32) as u32;
+    secs
 }
 
 /// Sizes chosen when the program is loaded.
@@ -732,6 +742,24 @@ mod tests {
         fast.test_run(&frame, 1).expect("runs");
         assert_eq!(stats.percpu_sum(0).expect("claimed"), 1);
         assert_eq!(fast.stats().expect("stats").handed_not_fast, 3);
+    }
+
+    #[test]
+    fn seconds_without_division_stay_within_a_second() {
+        for secs in [0u64, 1, 59, 60, 3_599, 86_400, 31_536_000, 10 * 31_536_000] {
+            for ns in [secs * 1_000_000_000, secs * 1_000_000_000 + 999_999_999] {
+                let got = u64::from(secs_of_ns(ns));
+                // Rounding the factor up can only make a second start up to 8e-8 early.
+                assert!(
+                    got == ns / 1_000_000_000 || got == ns / 1_000_000_000 + 1 && ns % 1_000_000_000 > 999_000_000,
+                    "{ns} ns -> {got} s"
+                );
+            }
+        }
+        // Timeouts: 900 s from any time are 900 s within a millisecond.
+        let start = 12_345_678_901_234_567u64;
+        let end = start + 900_000_000_000;
+        assert_eq!(secs_of_ns(end) - secs_of_ns(start), 900);
     }
 
     #[test]

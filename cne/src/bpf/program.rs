@@ -207,15 +207,17 @@ impl<K: Copy + Default, V: Copy + Default> Map<K, V> {
     }
 }
 
-/// `CLOCK_MONOTONIC_COARSE` in whole seconds: the clock of `bpf_ktime_get_coarse_ns`.
-pub(crate) fn monotonic_coarse_secs() -> u32 {
+/// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the clock of `bpf_ktime_get_coarse_ns`.
+pub(crate) fn monotonic_coarse_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: ts is a writable timespec; CLOCK_MONOTONIC_COARSE exists on every Linux we run on.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    u32::try_from(ts.tv_sec).unwrap_or(u32::MAX)
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
 }
 
 /// The number of possible CPUs: how many values a per-CPU map holds per key.
