@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::counters::Counters;
-use crate::forwarder::{tail, Forwarder, FwdCtx, Measure};
+use crate::forwarder::{tail, Forwarder, FwdCtx, Measure, XDP_TX_HAIRPIN};
 use crate::generator::{GenLimit, GenReport};
 use crate::lab::Lab;
 use crate::wait::wait_idle;
@@ -162,10 +162,16 @@ fn ahead(pairs: &[f64]) -> usize {
 }
 
 /// Forwarders compared with another forwarder besides the C reference: (forwarder, against). The load
-/// balancer's cost is judged against the MAC-swap echo, the least work an NF can do per packet.
+/// balancer's cost is judged against the MAC-swap echo, the least work an NF can do per packet; its
+/// XDP data path against its AF_XDP twin (what moving the decision into the kernel gains) and against
+/// the XDP_TX hairpin (the least work a forwarder in XDP can do, so what the decision costs there).
 pub const COMPARISONS: &[(&str, &str)] = &[
     ("nf-maglev gre", "nf-echo mac-swap"),
     ("nf-maglev l2dsr", "nf-echo mac-swap"),
+    ("nf-maglev gre xdp", "nf-maglev gre"),
+    ("nf-maglev gre xdp", XDP_TX_HAIRPIN),
+    ("nf-maglev l2dsr xdp", "nf-maglev l2dsr"),
+    ("nf-maglev l2dsr xdp", XDP_TX_HAIRPIN),
 ];
 
 /// One forwarder against another at one queue count (see [`COMPARISONS`]).
@@ -777,5 +783,79 @@ mod tests {
             report.table()
         );
         assert_eq!(report.to_json()["comparisons"][0]["pairs_ahead"], 1);
+    }
+
+    #[test]
+    fn xdp_data_path_is_compared_with_its_twin_and_the_hairpin() {
+        let report = BenchReport {
+            opts: BenchOpts::default(),
+            ncpus: 2,
+            results: vec![
+                res(
+                    "c-l2fwd",
+                    Measure::Returned,
+                    &[Some(0.5), Some(0.5), Some(0.5)],
+                ),
+                res(
+                    XDP_TX_HAIRPIN,
+                    Measure::Returned,
+                    &[Some(2.0), Some(2.5), Some(3.0)],
+                ),
+                res(
+                    "nf-maglev gre",
+                    Measure::Returned,
+                    &[Some(0.4), Some(0.5), Some(0.6)],
+                ),
+                res(
+                    "nf-maglev gre xdp",
+                    Measure::Returned,
+                    &[Some(1.6), Some(1.5), None],
+                ),
+                res("nf-maglev l2dsr xdp", Measure::Returned, &[Some(2.4)]),
+            ],
+        };
+        // The hairpin has the C reference's measure, so the ratio column compares it with c-l2fwd.
+        assert_eq!(report.ratio(&report.results[1]), Some(5.0));
+        let c = report.comparisons();
+        let pairs: Vec<(&str, &str)> = c
+            .iter()
+            .map(|c| (c.name.as_str(), c.against.as_str()))
+            .collect();
+        // "nf-maglev l2dsr" did not run: its XDP twin is compared with the hairpin only.
+        assert_eq!(
+            pairs,
+            [
+                ("nf-maglev gre xdp", "nf-maglev gre"),
+                ("nf-maglev gre xdp", XDP_TX_HAIRPIN),
+                ("nf-maglev l2dsr xdp", XDP_TX_HAIRPIN),
+            ]
+        );
+        let close = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-12);
+        // Medians 1.55 / 0.5; run by run 1.6 / 0.4 = 4 and 1.5 / 0.5 = 3 (run 3 failed).
+        assert!(close(c[0].ratio, 1.55 / 0.5), "{:?}", c[0]);
+        assert!(close(c[0].paired, 3.5), "{:?}", c[0]);
+        assert_eq!((c[0].ahead, c[0].pairs), (2, 2));
+        // Against the hairpin: 1.55 / 2.5; runs 1.6 / 2.0 = 0.8 and 1.5 / 2.5 = 0.6.
+        assert!(close(c[1].ratio, 1.55 / 2.5), "{:?}", c[1]);
+        assert!(close(c[1].paired, 0.7), "{:?}", c[1]);
+        assert_eq!((c[1].ahead, c[1].pairs), (0, 2));
+        assert!(close(c[2].ratio, 2.4 / 2.5), "{:?}", c[2]);
+        assert_eq!((c[2].paired, c[2].ahead, c[2].pairs), (Some(1.2), 1, 1));
+        let table = report.table();
+        assert!(
+            table.contains(
+                "1 queue(s): nf-maglev gre xdp / nf-maglev gre: ratio 3.10, paired 3.50, ahead in 2 of 2"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "nf-maglev gre xdp / xdp-tx hairpin: ratio 0.62, paired 0.70, ahead in 0 of 2"
+            ),
+            "{table}"
+        );
+        let j = report.to_json();
+        assert_eq!(j["comparisons"][1]["against"], XDP_TX_HAIRPIN);
+        assert_eq!(j["comparisons"][2]["pairs"], 1);
     }
 }
