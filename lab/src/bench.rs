@@ -616,7 +616,18 @@ fn window(
         Measure::Returned => returned,
         Measure::Consumed => consumed,
     });
+    if f.measure == Measure::Returned && generator_bound(returned, gen_report.pps / 1e6) {
+        r.note.get_or_insert_with(|| {
+            "returned as fast as offered: the generator bounds this rate".to_string()
+        });
+    }
     Ok(())
+}
+
+/// Whether a forwarder returned (nearly) every frame offered, so the generator, not the forwarder,
+/// set the rate (the XDP_TX hairpin on veth does).
+fn generator_bound(returned_mpps: f64, offered_mpps: f64) -> bool {
+    offered_mpps > 0.0 && returned_mpps >= 0.98 * offered_mpps
 }
 
 #[cfg(test)]
@@ -648,6 +659,13 @@ mod tests {
         );
         assert!(pinning(3, 2).is_err());
         assert!(pinning(0, 2).is_err());
+    }
+
+    #[test]
+    fn generator_bound_when_nearly_all_return() {
+        assert!(generator_bound(12.83, 12.84));
+        assert!(!generator_bound(1.2, 5.3));
+        assert!(!generator_bound(0.0, 0.0));
     }
 
     #[test]
