@@ -18,6 +18,7 @@ fn main() {
         "-I/usr/include/{}-linux-gnu",
         env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".to_string())
     );
+    println!("cargo:rerun-if-changed=bpf/nf_common.h");
     for name in PROGRAMS {
         let src = format!("bpf/{name}.bpf.c");
         println!("cargo:rerun-if-changed={src}");

@@ -28,9 +28,18 @@
  *             template (and for IPv4 the sum of its fixed words, so the checksum needs no pass over it).
  *   tables    ARRAY of backend ids: the VIP's table is tables[base .. base + size]; a flow's slot is
  *             ((hash >> 32) * size) >> 32, as `maglev::Table::lookup`.
- *   conns     LRU_PERCPU_HASH 5-tuple -> backend id and VIP id (like the user-space per-worker connection table:
- *             entries never leave the CPU that made them; they age out by LRU, not by timeouts).
+ *   conns     LRU_PERCPU_HASH 5-tuple -> backend id, VIP id, expiry (like the user-space per-worker
+ *             connection table: an entry made on one CPU is no entry on the others (their values stay zero,
+ *             expiry 0); idle timeouts as nf-maglev's conntrack: an entry lives while now <= expires, and
+ *             each packet moves expires to now + the timeout of its protocol, the short one once a FIN or
+ *             RST was seen; the LRU evicts when the map is full). User space may write an entry for all
+ *             CPUs at once (connections it forwarded from a past table).
+ *   flood     PERCPU_ARRAY[1]: the flood guard's second and the entries made in it on this CPU; above
+ *             cfg.max_new_per_sec new flows are forwarded by the table but not recorded (Katran).
+ *   vip_traffic, backend_traffic
+ *             PERCPU_ARRAY by VIP id / backend id: packets, bytes and new connections forwarded here.
  *   stats     PERCPU_ARRAY of counters (see enum below).
+ * Time is CLOCK_MONOTONIC in whole seconds (bpf_ktime_get_coarse_ns), which user space can read too.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -39,14 +48,17 @@
 #include <linux/ipv6.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include "nf_common.h"
 
-#define XSKS_MAX_QUEUES 256
 /* VIP and backend entries per generation; the maps hold two generations. */
 #define VIPS_MAX 1024
 #define BACKENDS_MAX 16384
 /* Default connection-map and table sizes; user space sets them before loading. */
 #define CONNS_MAX 65536
 #define TABLE_ENTRIES 131074
+/* Traffic counters by id; ids at or above these are not counted. */
+#define VIP_IDS_MAX 4096
+#define BACKEND_IDS_MAX 65536
 
 #define MODE_GRE 0
 #define MODE_L2DSR 1
@@ -63,6 +75,8 @@
 #define GRE_LEN 4
 #define TCP_SYN 0x02
 #define TCP_ACK 0x10
+#define TCP_FIN 0x01
+#define TCP_RST 0x04
 
 enum {
 	STAT_FWD_PACKETS = 0,
@@ -77,7 +91,9 @@ enum {
 	STAT_ADJUST_FAILED = 9, /* a helper failed half way: dropped */
 	STAT_CONN_HITS = 10,
 	STAT_CONN_NEW = 11,
-	STAT_MAX = 12,
+	STAT_CONN_EXPIRED = 12, /* an entry found past its timeout */
+	STAT_CONN_LIMITED = 13, /* a new flow not recorded by the flood guard */
+	STAT_MAX = 14,
 };
 
 struct fast_cfg {
@@ -85,13 +101,10 @@ struct fast_cfg {
 	__u32 active; /* the generation packets see (0 or 1) */
 	__u16 mtu; /* largest IP packet sent to a backend */
 	__u8 mac[6]; /* the port's MAC: source of every frame sent */
-};
-
-struct vip_key {
-	__u32 addr[4];
-	__u8 proto;
-	__u8 gen;
-	__u16 port; /* network order; 0 = all ports */
+	__u32 tcp_timeout; /* idle timeouts, seconds */
+	__u32 tcp_fin_timeout;
+	__u32 udp_timeout;
+	__u32 max_new_per_sec; /* flood guard: new entries per second and CPU, 0 = no limit */
 };
 
 struct vip_info {
@@ -130,11 +143,20 @@ struct conn_key {
 struct conn_val {
 	__u32 backend;
 	__u32 vip;
+	__u32 expires; /* seconds; 0: no entry on this CPU */
+	__u8 closing; /* a FIN or RST was seen */
+	__u8 pad[3];
 };
 
-struct vlan_hdr {
-	__be16 tci;
-	__be16 proto;
+struct flood {
+	__u32 sec;
+	__u32 count;
+};
+
+struct traffic {
+	__u64 packets;
+	__u64 bytes;
+	__u64 new_conns;
 };
 
 struct {
@@ -161,7 +183,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 2 * VIPS_MAX);
-	__type(key, struct vip_key);
+	__type(key, struct addr_key);
 	__type(value, struct vip_info);
 } vips SEC(".maps");
 
@@ -188,6 +210,27 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct flood);
+} flood SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, VIP_IDS_MAX);
+	__type(key, __u32);
+	__type(value, struct traffic);
+} vip_traffic SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, BACKEND_IDS_MAX);
+	__type(key, __u32);
+	__type(value, struct traffic);
+} backend_traffic SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, STAT_MAX);
 	__type(key, __u32);
 	__type(value, __u64);
@@ -199,6 +242,45 @@ static __always_inline void add(__u32 idx, __u64 n)
 
 	if (v)
 		*v += n; /* per-CPU slot: no atomic needed */
+}
+
+static __always_inline void count(void *map, __u32 id, __u64 bytes, __u64 new_conn)
+{
+	struct traffic *t = bpf_map_lookup_elem(map, &id);
+
+	if (t) {
+		t->packets++;
+		t->bytes += bytes;
+		t->new_conns += new_conn;
+	}
+}
+
+/* Whether the flood guard lets this CPU record one more connection in second `now`. */
+static __always_inline int may_record(const struct fast_cfg *c, __u32 now)
+{
+	__u32 zero = 0;
+	struct flood *f;
+
+	if (c->max_new_per_sec == 0)
+		return 1;
+	f = bpf_map_lookup_elem(&flood, &zero);
+	if (!f)
+		return 1;
+	if (f->sec != now) {
+		f->sec = now;
+		f->count = 0;
+	}
+	if (f->count >= c->max_new_per_sec)
+		return 0;
+	f->count++;
+	return 1;
+}
+
+static __always_inline __u32 timeout(const struct fast_cfg *c, int tcp, int closing)
+{
+	if (!tcp)
+		return c->udp_timeout;
+	return closing ? c->tcp_fin_timeout : c->tcp_timeout;
 }
 
 /* The wyhash primes of nf-maglev's hash.rs. */
@@ -469,15 +551,16 @@ int maglev_fast(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	__u32 zero = 0, bytes = end - data, *slot, reason;
-	struct conn_val *conn, rec;
+	struct conn_val *conn, rec = {};
 	struct backend_key bkey = {};
-	struct vip_key vkey = {};
+	struct addr_key vkey = {};
 	struct pkt p = {};
 	struct fast_cfg *c;
 	struct vip_info *vip;
 	struct backend *b = 0;
 	__u64 hash;
-	int tcp, syn;
+	__u32 now;
+	int tcp, syn, closing, new_conn = 0;
 
 	c = bpf_map_lookup_elem(&cfg, &zero);
 	if (!c)
@@ -500,17 +583,32 @@ int maglev_fast(struct xdp_md *ctx)
 	hash = flow_hash(c->seed, &p.key);
 	tcp = p.key.proto == IPPROTO_TCP;
 	syn = tcp && (p.tcp_flags & TCP_SYN) && !(p.tcp_flags & TCP_ACK);
+	closing = tcp && (p.tcp_flags & (TCP_FIN | TCP_RST));
 	bkey.gen = c->active & 1;
+	now = bpf_ktime_get_coarse_ns() / 1000000000ULL;
 
 	conn = bpf_map_lookup_elem(&conns, &p.key);
-	if (conn) {
+	if (conn && conn->expires && now > conn->expires) {
+		add(STAT_CONN_EXPIRED, 1);
+		conn->expires = 0;
+	}
+	if (conn && conn->expires) {
 		bkey.id = conn->backend;
 		b = conn->vip == vip->id ? bpf_map_lookup_elem(&backends, &bkey) : 0;
 		/* A SYN opens a new connection: a backend that takes none gets none, even on a reused 5-tuple. */
 		if (b && syn && !(b->flags & BACKEND_NEW_CONNS))
 			b = 0;
-		if (b)
+		if (b) {
+			/* The idle timeout restarts, the short one from the first FIN or RST on. */
+			__u8 cl = conn->closing | (closing ? 1 : 0);
+			__u32 exp = now + timeout(c, tcp, cl);
+
+			if (conn->expires != exp || conn->closing != cl) {
+				conn->expires = exp;
+				conn->closing = cl;
+			}
 			add(STAT_CONN_HITS, 1);
+		}
 	} else if (tcp && !syn && (vip->flags & VIP_HAS_PAST)) {
 		/* Perhaps a connection that began under an older table: user space keeps those. */
 		return hand_over(ctx, STAT_PAST, 1);
@@ -533,10 +631,17 @@ int maglev_fast(struct xdp_md *ctx)
 		if (vip->mode == MODE_GRE &&
 		    p.ip_len + (b->outer == OUTER_V6 ? 44 : 24) > c->mtu)
 			return hand_over(ctx, STAT_TOO_BIG, 1);
-		rec.backend = bkey.id;
-		rec.vip = vip->id;
-		bpf_map_update_elem(&conns, &p.key, &rec, BPF_ANY);
-		add(STAT_CONN_NEW, 1);
+		new_conn = 1;
+		if (may_record(c, now)) {
+			rec.backend = bkey.id;
+			rec.vip = vip->id;
+			rec.closing = closing ? 1 : 0;
+			rec.expires = now + timeout(c, tcp, closing);
+			bpf_map_update_elem(&conns, &p.key, &rec, BPF_ANY);
+			add(STAT_CONN_NEW, 1);
+		} else {
+			add(STAT_CONN_LIMITED, 1);
+		}
 	}
 
 	if (vip->mode == MODE_L2DSR) {
@@ -560,6 +665,8 @@ int maglev_fast(struct xdp_md *ctx)
 		return hand_over(ctx, reason, 1);
 	add(STAT_FWD_PACKETS, 1);
 	add(STAT_FWD_BYTES, bytes);
+	count(&vip_traffic, vip->id, bytes, new_conn);
+	count(&backend_traffic, bkey.id, bytes, new_conn);
 	return XDP_TX;
 }
 

@@ -40,8 +40,8 @@
 #include <linux/ipv6.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include "nf_common.h"
 
-#define XSKS_MAX_QUEUES 256
 /* Entries per generation; the map holds two generations. */
 #define RULES_MAX 4096
 /* Bound on IPv6 extension headers walked before giving up (the loop is unrolled). */
@@ -54,21 +54,9 @@
 
 enum { STAT_CLAIMED = 0, STAT_PASSED = 1, STAT_REDIRECT_FAILED = 2, STAT_MAX = 3 };
 
-struct rule_key {
-	__u32 addr[4];
-	__u8 proto;
-	__u8 gen; /* generation of the claims (0 or 1, see cfg.active) */
-	__u16 port; /* network order; 0 = all ports */
-};
-
 struct filter_cfg {
 	__u32 claim_all;
 	__u32 active; /* the generation of rules packets see */
-};
-
-struct vlan_hdr {
-	__be16 tci;
-	__be16 proto;
 };
 
 struct arp_eth_ipv4 {
@@ -120,7 +108,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 2 * RULES_MAX);
-	__type(key, struct rule_key);
+	__type(key, struct addr_key);
 	__type(value, __u32);
 } rules SEC(".maps");
 
@@ -139,7 +127,7 @@ static __always_inline void count(__u32 idx)
 		*v += 1; /* per-CPU slot: no atomic needed */
 }
 
-static __always_inline void key_ipv4(struct rule_key *key, __be32 addr, __u8 gen)
+static __always_inline void key_ipv4(struct addr_key *key, __be32 addr, __u8 gen)
 {
 	key->addr[0] = 0;
 	key->addr[1] = 0;
@@ -150,7 +138,7 @@ static __always_inline void key_ipv4(struct rule_key *key, __be32 addr, __u8 gen
 	key->port = 0;
 }
 
-static __always_inline void key_ipv6(struct rule_key *key, const void *addr, __u8 gen)
+static __always_inline void key_ipv6(struct addr_key *key, const void *addr, __u8 gen)
 {
 	__builtin_memcpy(key->addr, addr, 16);
 	key->proto = 0;
@@ -160,7 +148,7 @@ static __always_inline void key_ipv6(struct rule_key *key, const void *addr, __u
 
 /* Flags of the per-address entry of key->addr in generation key->gen (0 if none). Resets proto and port
  * of key. */
-static __always_inline __u32 addr_flags(struct rule_key *key)
+static __always_inline __u32 addr_flags(struct addr_key *key)
 {
 	__u32 *flags;
 
@@ -180,7 +168,7 @@ static __always_inline int has_ports(__u8 proto)
  * Rule lookups for an IP packet to key->addr carrying `proto`. `l4` points at the transport header, or is
  * NULL for non-first fragments (no ports there).
  */
-static __always_inline int match_ip(struct rule_key *key, __u8 proto, void *l4, void *end, int is_frag)
+static __always_inline int match_ip(struct addr_key *key, __u8 proto, void *l4, void *end, int is_frag)
 {
 	__u32 flags;
 
@@ -216,7 +204,7 @@ static __always_inline int match_ip(struct rule_key *key, __u8 proto, void *l4, 
 static __always_inline int classify_arp(void *l3, void *end, __u8 gen)
 {
 	struct arp_eth_ipv4 *arp = l3;
-	struct rule_key key;
+	struct addr_key key;
 	__be32 tpa;
 	__u16 op;
 
@@ -236,7 +224,7 @@ static __always_inline int classify_arp(void *l3, void *end, __u8 gen)
 static __always_inline int classify_ipv4(void *l3, void *end, __u8 gen)
 {
 	struct iphdr *ip = l3;
-	struct rule_key key;
+	struct addr_key key;
 	__u16 frag;
 	int is_frag;
 	void *l4;
@@ -256,7 +244,7 @@ static __always_inline int classify_ipv4(void *l3, void *end, __u8 gen)
 static __always_inline int classify_ipv6(void *l3, void *end, __u8 gen)
 {
 	struct ipv6hdr *ip6 = l3;
-	struct rule_key key;
+	struct addr_key key;
 	int is_frag = 0;
 	int first = 1;
 	void *p;
@@ -299,7 +287,7 @@ static __always_inline int classify_ipv6(void *l3, void *end, __u8 gen)
 		if ((void *)(nd + 1) <= end) {
 			if (nd->type == 135 && nd->code == 0) {
 				/* Neighbour solicitation: sent to the solicited-node group, so key on the target. */
-				struct rule_key tkey;
+				struct addr_key tkey;
 
 				key_ipv6(&tkey, nd->target, gen);
 				if (addr_flags(&tkey) & (ADDR_NEIGH | ADDR_OWN_ALL))

@@ -162,6 +162,10 @@ pub(crate) trait Api {
     fn metrics(&mut self) -> Result<String, ApiError>;
     /// The workers' latest reports.
     fn reports(&self) -> Vec<PortReport>;
+    /// What the kernel fast path forwarded (with `data_path: xdp`), counted like a worker counts it.
+    fn kernel_counters(&self) -> Option<Counters> {
+        None
+    }
     /// Why the load balancer is not ready to serve (an interface down or gone, a stalled worker,
     /// claims not programmed); empty when ready.
     fn readiness(&self) -> Vec<String>;
@@ -458,7 +462,10 @@ fn counters_json(c: &Counters, reports: &[PortReport]) -> Value {
 fn state_json(api: &dyn Api) -> Value {
     let state = api.state();
     let reports = api.reports();
-    let counters = worker::merged_counters(&reports);
+    let mut counters = worker::merged_counters(&reports);
+    if let Some(k) = api.kernel_counters() {
+        counters.merge(&k);
+    }
     let traffic = |list: &[Traffic], id: u32| list.get(id as usize).copied().unwrap_or_default();
     let vips: Vec<Value> = state
         .vips()

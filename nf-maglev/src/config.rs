@@ -87,6 +87,20 @@ pub enum Mode {
     L2dsr,
 }
 
+/// Where the per-packet work runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataPath {
+    /// Every claimed packet goes to the AF_XDP workers (the default).
+    #[default]
+    AfXdp,
+    /// The kernel's XDP program forwards the common case (TCP and UDP to a VIP, decided by the same
+    /// tables and connection rules) with `XDP_TX`; the AF_XDP workers get the rest: fragments, ICMP
+    /// errors, ARP and neighbour discovery, packets too big for the tunnel, IPv6 extension headers,
+    /// connections from past tables.
+    Xdp,
+}
+
 /// A VIP port: a number, or `0` / `"all"` for every port of the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Port(pub u16);
@@ -142,6 +156,9 @@ pub struct MaglevSection {
     /// balancers) need the same seed; a secret seed keeps clients from aiming floods at one backend.
     #[serde(default)]
     pub hash_seed: u64,
+    /// Where the per-packet work runs: `"af_xdp"` (default) or `"xdp"`.
+    #[serde(default)]
+    pub data_path: DataPath,
     /// Connection table of each worker.
     #[serde(default)]
     pub conntrack: ConntrackSection,
@@ -334,6 +351,8 @@ pub struct Validated {
     pub table_size: u32,
     /// Hash seed.
     pub hash_seed: u64,
+    /// Where the per-packet work runs.
+    pub data_path: DataPath,
     /// Connection-table settings.
     pub conntrack: ConntrackSection,
     /// New connections recorded per second per worker; 0 = no limit.
@@ -685,6 +704,7 @@ impl MaglevSection {
         Ok(Validated {
             table_size: self.table_size,
             hash_seed: self.hash_seed,
+            data_path: self.data_path,
             conntrack: self.conntrack,
             max_new_conns_per_sec: self.flood_guard.max_new_conns_per_sec,
             local_v4,
@@ -706,6 +726,7 @@ impl Validated {
         MaglevSection {
             table_size: self.table_size,
             hash_seed: self.hash_seed,
+            data_path: self.data_path,
             conntrack: self.conntrack,
             flood_guard: FloodGuardSection {
                 max_new_conns_per_sec: self.max_new_conns_per_sec,

@@ -11,16 +11,18 @@
 //!
 //! What the program does not know stays with user space: past tables are not written, only whether a VIP
 //! has any (the program then hands TCP packets other than a SYN that miss its connection map to the
-//! workers), and neither are timeouts or the new-connection flood guard (the kernel's connection map ages
-//! out by LRU).
+//! workers, and the connections the workers forward from a past table are written into the program's
+//! connection map with [`FastPath::record`]). Idle timeouts and the flood guard are the workers' own.
 
-use crate::config::{Mac, Mode};
+use crate::config::{Mac, Mode, Validated};
 use crate::control::State;
+use crate::counters::{Counters, Traffic};
 use crate::tunnel::GreOuter;
 use cne::bpf::fast::{
-    FastBackend, FastCfg, FastLimits, FastMode, FastOuter, FastProgram, FastVip, VIP_CAPACITY,
+    FastBackend, FastCfg, FastConn, FastLimits, FastMode, FastOuter, FastProgram, FastStats,
+    FastTraffic, FastVip, VIP_CAPACITY,
 };
-use cne::bpf::filter::XdpError;
+use cne::bpf::filter::{XdpError, XdpProgram};
 
 /// Why the fast path could not be loaded or written.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,21 @@ pub enum FastPathError {
         /// VIPs of the state.
         count: usize,
     },
+    /// The interface runs no XDP program of nf-maglev's own (the AF_XDP device plugin's instead).
+    #[error(
+        "maglev.data_path \"xdp\" needs nf-maglev's own XDP program on the interface; with the AF_XDP \
+         device plugin (uds_path or xsk_pin_path in the lports) use \"af_xdp\""
+    )]
+    NoOwnProgram,
+    /// Reading the interface's MAC address failed.
+    #[error("reading the MAC address of {ifname}")]
+    Mac {
+        /// The interface.
+        ifname: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The loaded fast-path program and the generation of the state it shows.
@@ -49,6 +66,8 @@ pub enum FastPathError {
 pub struct FastPath {
     prog: FastProgram,
     mac: Mac,
+    /// Table-array entries of one generation.
+    table_room: u64,
 }
 
 impl FastPath {
@@ -64,7 +83,29 @@ impl FastPath {
             table_entries,
             conns,
         })?;
-        Ok(FastPath { prog, mac })
+        Ok(FastPath {
+            prog,
+            mac,
+            table_room: per_gen,
+        })
+    }
+
+    /// Whether the tables of `config` fit in one generation (checked before a reload is applied).
+    pub fn fits(&self, config: &Validated) -> Result<(), FastPathError> {
+        if config.vips.len() > VIP_CAPACITY {
+            return Err(FastPathError::TooManyVips {
+                count: config.vips.len(),
+            });
+        }
+        // A VIP's table has at most table_size slots.
+        let need = config.vips.len() as u64 * u64::from(config.table_size);
+        if need > self.table_room {
+            return Err(FastPathError::TablesFull {
+                need,
+                have: u32::try_from(self.table_room).unwrap_or(u32::MAX),
+            });
+        }
+        Ok(())
     }
 
     /// The program, for its counters and for test runs.
@@ -133,8 +174,129 @@ impl FastPath {
             active: u32::from(gen),
             mtu: state.mtu,
             mac: self.mac.0,
+            tcp_timeout: state.timeouts.tcp,
+            tcp_fin_timeout: state.timeouts.tcp_fin,
+            udp_timeout: state.timeouts.udp,
+            max_new_per_sec: state.max_new_conns_per_sec,
         })?;
         self.prog.clear_generation(gen ^ 1)?;
         Ok(())
+    }
+}
+
+/// The fast paths of a running instance, one per interface, in front of its XDP filters: each runs the
+/// fast program, which hands what it does not forward to the interface's filter by tail call.
+#[derive(Debug)]
+pub struct FastPaths {
+    paths: Vec<(String, FastPath)>,
+    /// Generation of the state every path holds; `None` after a failed publication.
+    generation: Option<u64>,
+}
+
+impl FastPaths {
+    /// Loads a fast path per filter program, publishes `state` into it and puts it in front of the filter
+    /// (one link update each: packets never meet neither program). Room: twice the VIPs of `config` (at
+    /// least 16, at most the program's limit) and a connection map of `conntrack.size` entries per CPU.
+    /// Dropping the filters detaches the fast paths with them.
+    pub fn attach(
+        filters: &[XdpProgram],
+        config: &Validated,
+        state: &State,
+    ) -> Result<Self, FastPathError> {
+        if filters.is_empty() {
+            return Err(FastPathError::NoOwnProgram);
+        }
+        let vips = u32::try_from((2 * config.vips.len()).clamp(16, VIP_CAPACITY)).unwrap_or(16);
+        let mut paths = Vec::with_capacity(filters.len());
+        for filter in filters {
+            let ifname = filter.ifname();
+            let mac = cne::sys::netdev::mac_address(ifname).map_err(|source| FastPathError::Mac {
+                ifname: ifname.to_owned(),
+                source,
+            })?;
+            let path = FastPath::load(vips, config.table_size, config.conntrack.size, Mac(mac))?;
+            path.publish(state)?;
+            path.prog.set_fallback(filter.prog_fd())?;
+            filter.set_front(path.prog.prog_fd())?;
+            log::info!(
+                "{ifname}: XDP fast path in front of the filter (room for {vips} VIPs, {} connections \
+                 per CPU)",
+                config.conntrack.size
+            );
+            paths.push((ifname.to_owned(), path));
+        }
+        Ok(FastPaths {
+            paths,
+            generation: Some(state.generation),
+        })
+    }
+
+    /// Publishes `state` unless every path holds it already. `Ok(true)` when something was written.
+    pub fn sync(&mut self, state: &State) -> Result<bool, FastPathError> {
+        if self.generation == Some(state.generation) {
+            return Ok(false);
+        }
+        self.generation = None;
+        for (_, p) in &self.paths {
+            p.publish(state)?;
+        }
+        self.generation = Some(state.generation);
+        Ok(true)
+    }
+
+    /// Whether every path holds `state`.
+    pub fn holds(&self, state: &State) -> bool {
+        self.generation == Some(state.generation)
+    }
+
+    /// Whether `config` fits every path (see [`FastPath::fits`]).
+    pub fn fits(&self, config: &Validated) -> Result<(), FastPathError> {
+        self.paths.iter().try_for_each(|(_, p)| p.fits(config))
+    }
+
+    /// Records connections the workers forwarded from a past table in every path's connection map.
+    pub fn record(&self, conns: &[FastConn]) -> Result<(), FastPathError> {
+        for (_, p) in &self.paths {
+            p.prog.record_conns(conns)?;
+        }
+        Ok(())
+    }
+
+    /// The counters of each path, by interface.
+    pub fn stats(&self) -> Result<Vec<(String, FastStats)>, FastPathError> {
+        self.paths
+            .iter()
+            .map(|(n, p)| Ok((n.clone(), p.prog.stats()?)))
+            .collect()
+    }
+
+    /// What the paths forwarded, as the workers count it: per VIP and backend of `state`, forwarded
+    /// packets, connections recorded, expired and refused by the flood guard.
+    pub fn counters(&self, state: &State) -> Result<Counters, FastPathError> {
+        let mut c = Counters::new(state.vip_id_bound, state.backend_id_bound);
+        let add = |t: &mut Traffic, f: FastTraffic| {
+            t.packets += f.packets;
+            t.bytes += f.bytes;
+            t.new_conns += f.new_conns;
+        };
+        for (_, p) in &self.paths {
+            let s = p.prog.stats()?;
+            c.rx_packets += s.forwarded;
+            c.tx_packets += s.forwarded;
+            c.conntrack.inserted += s.conn_new;
+            c.conntrack.expired += s.conn_expired;
+            c.conntrack.limited += s.conn_limited;
+            for vip in state.vips() {
+                if let Some(t) = c.vips.get_mut(vip.id as usize) {
+                    add(t, p.prog.vip_traffic(vip.id)?);
+                }
+                for b in vip.backends() {
+                    if let Some(t) = c.backends.get_mut(b.id as usize) {
+                        add(t, p.prog.backend_traffic(b.id)?);
+                    }
+                }
+            }
+        }
+        Ok(c)
     }
 }

@@ -141,6 +141,12 @@ const FILTER_REDIRECT_FAILED: Def = counter(
     "Claimed packets with no socket at their queue, passed to the kernel.",
     &["port"],
 );
+const FAST_PATH: Def = counter(
+    "nf_maglev_xdp_fast_path_packets_total",
+    "Packets the XDP fast path (data_path xdp) forwarded itself (result forwarded) or handed to the \
+     AF_XDP workers, by reason.",
+    &["port", "result"],
+);
 const CT_ENTRIES: Def = gauge(
     "nf_maglev_conntrack_entries",
     "Live connection-table entries (counted once per second).",
@@ -346,6 +352,7 @@ const ALL: &[&Def] = &[
     &FILTER_CLAIMED,
     &FILTER_PASSED,
     &FILTER_REDIRECT_FAILED,
+    &FAST_PATH,
     &CT_ENTRIES,
     &CT_CAPACITY,
     &CT_INSERTED,
@@ -456,6 +463,10 @@ pub(crate) struct ControlStats {
     pub(crate) ready: std::collections::BTreeSet<String>,
     /// The announced VIP addresses; `None` without announcement.
     pub(crate) announced: Option<std::collections::BTreeSet<std::net::IpAddr>>,
+    /// XDP fast path counters per netdev (with `data_path: xdp`), read just before each scrape.
+    pub(crate) fast: Vec<(String, cne::bpf::fast::FastStats)>,
+    /// What the fast paths forwarded, counted like a worker counts it.
+    pub(crate) fast_counters: nf_maglev::counters::Counters,
 }
 
 /// Where the collector reads from.
@@ -515,7 +526,14 @@ impl Collector for LbCollector {
     fn collect(&self) -> Vec<proto::MetricFamily> {
         let mut out = Vec::with_capacity(ALL.len());
         let reports = worker::all_reports(&self.sources.workers);
-        let counters = worker::merged_counters(&reports);
+        let control = self
+            .sources
+            .control
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default();
+        let mut counters = worker::merged_counters(&reports);
+        counters.merge(&control.fast_counters);
 
         let mut info = Family::new(&PORT_INFO);
         for r in &reports {
@@ -551,12 +569,6 @@ impl Collector for LbCollector {
             out.push(f.finish());
         }
 
-        let control = self
-            .sources
-            .control
-            .lock()
-            .map(|c| c.clone())
-            .unwrap_or_default();
         for (def, value) in [
             (&FILTER_CLAIMED, (|s| s.claimed) as fn(&FilterStats) -> u64),
             (&FILTER_PASSED, |s| s.passed),
@@ -568,6 +580,23 @@ impl Collector for LbCollector {
             }
             out.push(f.finish());
         }
+        let mut fast = Family::new(&FAST_PATH);
+        for (netdev, s) in &control.fast {
+            for (result, v) in [
+                ("forwarded", s.forwarded),
+                ("not_fast", s.handed_not_fast),
+                ("no_vip", s.handed_no_vip),
+                ("no_table", s.handed_no_table),
+                ("past_table", s.handed_past),
+                ("no_backend", s.handed_no_backend),
+                ("no_outer_header", s.handed_no_outer),
+                ("too_big", s.handed_too_big),
+                ("dropped_adjust_failed", s.adjust_failed),
+            ] {
+                fast.add(&[netdev, result], v as f64);
+            }
+        }
+        out.push(fast.finish());
 
         let mut drops = Family::new(&DROPS);
         for reason in DropReason::ALL {
@@ -839,6 +868,21 @@ mod tests {
                     redirect_failed: 0,
                 },
             )],
+            fast: vec![(
+                "eth9".into(),
+                cne::bpf::fast::FastStats {
+                    forwarded: 2,
+                    handed_past: 5,
+                    ..Default::default()
+                },
+            )],
+            // What the kernel forwarded adds to what the workers did.
+            fast_counters: {
+                let mut k = nf_maglev::counters::Counters::new(1, 2);
+                k.forwarded(0, 0, 100, true);
+                k.forwarded(0, 0, 100, false);
+                k
+            },
         }));
         let reg = registry(Sources {
             checker_cpu_ns: Default::default(),
@@ -883,9 +927,19 @@ mod tests {
                 0.0,
             ),
             ("nf_maglev_replies_total", &[("kind", "arp")][..], 2.0),
-            ("nf_maglev_vip_packets_total", &[("vip", "web")][..], 2.0),
-            ("nf_maglev_vip_bytes_total", &[("vip", "web")][..], 160.0),
-            ("nf_maglev_backend_new_connections_total", &wa[..], 1.0),
+            ("nf_maglev_vip_packets_total", &[("vip", "web")][..], 4.0),
+            ("nf_maglev_vip_bytes_total", &[("vip", "web")][..], 360.0),
+            ("nf_maglev_backend_new_connections_total", &wa[..], 2.0),
+            (
+                "nf_maglev_xdp_fast_path_packets_total",
+                &[("port", "eth9"), ("result", "past_table")][..],
+                5.0,
+            ),
+            (
+                "nf_maglev_xdp_fast_path_packets_total",
+                &[("port", "eth9"), ("result", "forwarded")][..],
+                2.0,
+            ),
             ("nf_maglev_backend_weight", &wb[..], 0.0),
             ("nf_maglev_backend_table_entries", &wa[..], 251.0),
             ("nf_maglev_backend_table_share", &wa[..], 1.0),

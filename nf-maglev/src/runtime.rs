@@ -46,7 +46,9 @@ use cne::sys::netdev::LinkWatch;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use nf_maglev::announce::Announcer;
 use nf_maglev::auth::Token;
-use nf_maglev::config::{Mac, Validated};
+use nf_maglev::config::{DataPath, Mac, Validated};
+use nf_maglev::counters::Counters;
+use nf_maglev::fastpath::FastPaths;
 use nf_maglev::control::{Control, ControlError, State};
 use nf_maglev::health::monitor::Monitor;
 use nf_maglev::http;
@@ -218,6 +220,10 @@ struct Runtime {
     announcer: Option<Announcer>,
     /// A graceful stop has withdrawn the announcements: nothing is announced again.
     draining: bool,
+    /// The kernel fast paths, with `data_path: xdp`.
+    fast: Option<FastPaths>,
+    /// When a failure to publish into the fast paths was last logged.
+    fast_warning: Option<Instant>,
 }
 
 impl Runtime {
@@ -233,6 +239,19 @@ impl Runtime {
     /// (its packets reach a data plane that drops them) while a VIP being added is not yet claimed (its
     /// packets go to the kernel); neither reaches a state that does not know it.
     fn publish(&mut self, config: &Validated) -> Result<(), ApiError> {
+        if let Some(fast) = &self.fast {
+            fast.fits(config).map_err(|e| {
+                ApiError::new(
+                    400,
+                    format!(
+                        "{}: {}; the XDP fast path was sized at start: restart nf-maglev to grow it \
+                         (the running configuration stays)",
+                        self.path.display(),
+                        cne::error_chain(&e)
+                    ),
+                )
+            })?;
+        }
         let (rules, addrs) = claims(config);
         let programs = self.instance.programs();
         let failed = |what: &str, ifname: &str, e: &cne::bpf::filter::XdpError| {
@@ -296,8 +315,52 @@ impl Runtime {
             }
         }
         self.claims_ok = true;
+        self.sync_fast();
         self.sync_health();
         Ok(())
+    }
+
+    /// Publishes the control plane's state into the kernel fast paths when they do not hold it yet
+    /// (after a reload, an admin change, a health change or past tables expiring). On a failure they
+    /// keep the state before, `/readyz` says so, and the next call tries again.
+    fn sync_fast(&mut self) {
+        let Some(fast) = self.fast.as_mut() else {
+            return;
+        };
+        let state = self.control.state();
+        if let Err(e) = fast.sync(&state) {
+            if self
+                .fast_warning
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+            {
+                log::error!(
+                    "XDP fast path: publishing generation {}: {} (retrying)",
+                    state.generation,
+                    cne::error_chain(&e)
+                );
+                self.fast_warning = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Reads the fast paths' counters into the figures the metrics and `/api/state` show.
+    fn refresh_fast(&self) {
+        let Some(fast) = &self.fast else {
+            return;
+        };
+        let state = self.control.state();
+        match fast.stats().and_then(|s| Ok((s, fast.counters(&state)?))) {
+            Ok((stats, counters)) => {
+                if let Ok(mut s) = self.stats.lock() {
+                    s.fast = stats;
+                    s.fast_counters = counters;
+                }
+            }
+            Err(e) => log::warn!(
+                "reading the XDP fast path counters: {}",
+                cne::error_chain(&e)
+            ),
+        }
     }
 
     /// Gives the health checker the configuration just published and applies what it says.
@@ -400,13 +463,14 @@ impl Runtime {
     fn apply_health(&mut self) -> Result<(), ControlError> {
         let changed = self.control.set_unhealthy(self.health.out())?;
         if changed {
+            self.sync_fast();
             self.update_stats(None);
         }
         Ok(())
     }
 
-    /// Reads the XDP filter counters into the figures the metrics show. Runs every [`TICK`], so a
-    /// failure is logged once a minute at most.
+    /// Reads the XDP filter (and fast path) counters into the figures the metrics show. Runs every
+    /// [`TICK`], so a failure is logged once a minute at most.
     fn refresh_filters(&mut self) {
         let mut failed = Vec::new();
         let filters = self
@@ -432,7 +496,7 @@ impl Runtime {
         if let Ok(mut s) = self.stats.lock() {
             s.filters = filters;
             s.rebuilds = self.control.rebuilds();
-        }
+        }        self.refresh_fast();
     }
 
     fn update_stats(&self, reload: Option<bool>) {
@@ -469,6 +533,15 @@ impl Runtime {
         self.health
             .admissible(&validated)
             .map_err(|e| ApiError::new(400, e))?;
+        if validated.data_path != self.control.config().data_path {
+            return Err(ApiError::new(
+                409,
+                format!(
+                    "{origin}: maglev.data_path changed; that needs a restart of nf-maglev (the running \
+                     configuration stays)"
+                ),
+            ));
+        }
         let interface = |c: &Validated| c.announce.as_ref().map(|a| a.interface.clone());
         if interface(&validated) != interface(self.control.config()) {
             return Err(ApiError::new(
@@ -515,8 +588,23 @@ impl Api for Runtime {
                 r
             }
         };
+        self.sync_fast();
         self.update_stats(None);
         r
+    }
+
+    fn kernel_counters(&self) -> Option<Counters> {
+        let fast = self.fast.as_ref()?;
+        match fast.counters(&self.control.state()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                log::warn!(
+                    "reading the XDP fast path counters: {}",
+                    cne::error_chain(&e)
+                );
+                None
+            }
+        }
     }
 
     fn backend_health(&self, vip: &str, backend: &str) -> Value {
@@ -575,6 +663,11 @@ impl Api for Runtime {
         problems.extend(worker::stalled(&self.slots, Instant::now(), STALL_AFTER));
         if !self.claims_ok {
             problems.push("the XDP filters do not hold the claims of the published state".into());
+        }
+        if let Some(fast) = &self.fast {
+            if !fast.holds(&self.control.state()) {
+                problems.push("the XDP fast path does not hold the published state".into());
+            }
         }
         problems
     }
@@ -767,6 +860,14 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
             }
         );
     }
+    let fast = match control.config().data_path {
+        DataPath::AfXdp => None,
+        DataPath::Xdp => Some(
+            FastPaths::attach(instance.programs(), control.config(), &control.state())
+                .map_err(|e| anyhow!("{}: {}", instance.config().origin(), cne::error_chain(&e)))
+                .context("setting up the XDP fast path")?,
+        ),
+    };
     let probe_if = instance.config().lports().first().map(|l| l.netdev.clone());
     let probes = Monitor::prepare(control.config(), probe_if.as_deref())
         .context("setting up health checks")?;
@@ -870,6 +971,8 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
         health,
         announcer,
         draining: false,
+        fast,
+        fast_warning: None,
     };
     let result = match spawn_error {
         Some(e) => Err(e),
@@ -1017,6 +1120,7 @@ fn control_loop(
         if let Err(e) = rt.apply_health() {
             log::error!("health: publishing the backends' health: {e}");
         }
+        rt.sync_fast();
         rt.refresh_ready();
         rt.announce();
         match event {

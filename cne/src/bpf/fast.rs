@@ -35,8 +35,7 @@ const VIP_HAS_TABLE: u8 = 1 << 0;
 const VIP_HAS_PAST: u8 = 1 << 1;
 const BACKEND_NEW_CONNS: u8 = 1 << 0;
 
-/// The C program's `struct fast_cfg`.
-#[repr(C)]
+/// The program's configuration.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FastCfg {
     /// Seed of the flow hash (nf-maglev's `hash_seed`).
@@ -47,6 +46,60 @@ pub struct FastCfg {
     pub mtu: u16,
     /// The port's MAC address, source of every frame sent.
     pub mac: [u8; 6],
+    /// Idle timeout of a TCP connection, seconds.
+    pub tcp_timeout: u32,
+    /// Idle timeout of a TCP connection after a FIN or RST, seconds.
+    pub tcp_fin_timeout: u32,
+    /// Idle timeout of a UDP flow, seconds.
+    pub udp_timeout: u32,
+    /// Connections each CPU records per second at most (the flood guard); 0: no limit.
+    pub max_new_per_sec: u32,
+}
+
+/// The C program's `struct fast_cfg`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct CfgValue {
+    seed: u64,
+    active: u32,
+    mtu: u16,
+    mac: [u8; 6],
+    tcp_timeout: u32,
+    tcp_fin_timeout: u32,
+    udp_timeout: u32,
+    max_new_per_sec: u32,
+    pad: u32,
+}
+
+impl From<&FastCfg> for CfgValue {
+    fn from(c: &FastCfg) -> Self {
+        CfgValue {
+            seed: c.seed,
+            active: c.active,
+            mtu: c.mtu,
+            mac: c.mac,
+            tcp_timeout: c.tcp_timeout,
+            tcp_fin_timeout: c.tcp_fin_timeout,
+            udp_timeout: c.udp_timeout,
+            max_new_per_sec: c.max_new_per_sec,
+            pad: 0,
+        }
+    }
+}
+
+impl From<CfgValue> for FastCfg {
+    fn from(c: CfgValue) -> Self {
+        FastCfg {
+            seed: c.seed,
+            active: c.active,
+            mtu: c.mtu,
+            mac: c.mac,
+            tcp_timeout: c.tcp_timeout,
+            tcp_fin_timeout: c.tcp_fin_timeout,
+            udp_timeout: c.udp_timeout,
+            max_new_per_sec: c.max_new_per_sec,
+        }
+    }
 }
 
 /// How the program forwards a VIP's packets.
@@ -148,15 +201,72 @@ struct BackendKey {
     gen: u32,
 }
 
-/// The C program's `struct conn_key` (only its size matters here: the map is cleared, not read).
+/// The C program's `struct conn_key`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct ConnKey {
     src: [u8; 16],
     dst: [u8; 16],
+    /// Source and destination port, network order.
     ports: [u8; 4],
     proto: u8,
     pad: [u8; 3],
+}
+
+/// The C program's `struct conn_val`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ConnValue {
+    backend: u32,
+    vip: u32,
+    expires: u32,
+    closing: u8,
+    pad: [u8; 3],
+}
+
+/// A connection for the program's connection map: the flow and where its packets go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FastConn {
+    /// Client address, 16 bytes (IPv4 as `::ffff:a.b.c.d`).
+    pub src: [u8; 16],
+    /// VIP address, likewise.
+    pub dst: [u8; 16],
+    /// Client port.
+    pub sport: u16,
+    /// VIP port.
+    pub dport: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Id of the backend.
+    pub backend: u32,
+    /// Id of the VIP the backend id belongs to.
+    pub vip: u32,
+    /// Whether a FIN or RST was seen (the short timeout applies).
+    pub closing: bool,
+    /// Idle timeout from now, seconds.
+    pub timeout: u32,
+}
+
+/// The C program's `struct traffic`, and traffic of one VIP or backend summed over all CPUs.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FastTraffic {
+    /// Packets forwarded.
+    pub packets: u64,
+    /// Their bytes, as received.
+    pub bytes: u64,
+    /// Connections given a backend by the Maglev table.
+    pub new_conns: u64,
+}
+
+/// Ids at or above these have no traffic counters (`VIP_IDS_MAX`, `BACKEND_IDS_MAX` of the C program).
+pub const VIP_IDS_COUNTED: u32 = 4096;
+/// See [`VIP_IDS_COUNTED`].
+pub const BACKEND_IDS_COUNTED: u32 = 65536;
+
+/// The program's clock: `CLOCK_MONOTONIC` in whole seconds, as `bpf_ktime_get_coarse_ns` reads it.
+pub fn clock_secs() -> u32 {
+    program::monotonic_coarse_secs()
 }
 
 /// Sizes chosen when the program is loaded.
@@ -196,6 +306,10 @@ pub struct FastStats {
     pub conn_hits: u64,
     /// Connections recorded.
     pub conn_new: u64,
+    /// Entries found past their idle timeout.
+    pub conn_expired: u64,
+    /// New flows not recorded because of the flood guard.
+    pub conn_limited: u64,
 }
 
 /// An XDP action, as a program returns it.
@@ -245,11 +359,13 @@ pub struct FastProgram {
     prog: OwnedFd,
     xsks_map: Map<u32, u32>,
     fallback: Map<u32, u32>,
-    cfg: Map<u32, FastCfg>,
+    cfg: Map<u32, CfgValue>,
     vips: Map<RuleKey, VipInfo>,
     backends: Map<BackendKey, BackendValue>,
     tables: Map<u32, u32>,
-    conns: Map<ConnKey, [u32; 2]>,
+    conns: Map<ConnKey, ConnValue>,
+    vip_traffic: Map<u32, FastTraffic>,
+    backend_traffic: Map<u32, FastTraffic>,
     stats: Map<u32, u64>,
 }
 
@@ -268,6 +384,8 @@ impl FastProgram {
                 c"backends",
                 c"tables",
                 c"conns",
+                c"vip_traffic",
+                c"backend_traffic",
                 c"stats",
             ],
             &[
@@ -291,6 +409,8 @@ impl FastProgram {
             backends: Map::checked("backends", next("backends")?)?,
             tables: Map::checked("tables", next("tables")?)?,
             conns: Map::checked("conns", next("conns")?)?,
+            vip_traffic: Map::checked("vip_traffic", next("vip_traffic")?)?,
+            backend_traffic: Map::checked("backend_traffic", next("backend_traffic")?)?,
             stats: Map::checked("stats", next("stats")?)?,
             prog: loaded.prog,
         })
@@ -330,13 +450,13 @@ impl FastProgram {
 
     /// The configuration packets see now.
     pub fn cfg(&self) -> Result<FastCfg, XdpError> {
-        Ok(self.cfg.lookup(&0)?.unwrap_or_default())
+        Ok(self.cfg.lookup(&0)?.unwrap_or_default().into())
     }
 
     /// Writes the configuration: one array write, so a change of `active` switches every packet to the
     /// other generation at once.
     pub fn set_cfg(&self, cfg: &FastCfg) -> Result<(), XdpError> {
-        self.cfg.update(&0, cfg)
+        self.cfg.update(&0, &CfgValue::from(cfg))
     }
 
     /// Writes the VIP `(addr, proto, port)` (`port` 0: all ports) of generation `gen`.
@@ -431,6 +551,93 @@ impl FastProgram {
         self.backends.delete_where(|k| k.gen == u32::from(gen & 1))
     }
 
+    /// Records `conns` in the connection map on every CPU, so that whichever CPU sees their next packet
+    /// sends it where user space decided (connections it forwarded from a past Maglev table, which the
+    /// program does not keep). Replaces what a CPU recorded for the same flow.
+    pub fn record_conns(&self, conns: &[FastConn]) -> Result<(), XdpError> {
+        let now = clock_secs();
+        let (keys, values): (Vec<ConnKey>, Vec<ConnValue>) = conns
+            .iter()
+            .map(|c| {
+                let mut ports = [0u8; 4];
+                ports[..2].copy_from_slice(&c.sport.to_be_bytes());
+                ports[2..].copy_from_slice(&c.dport.to_be_bytes());
+                (
+                    ConnKey {
+                        src: c.src,
+                        dst: c.dst,
+                        ports,
+                        proto: c.proto,
+                        pad: [0; 3],
+                    },
+                    ConnValue {
+                        backend: c.backend,
+                        vip: c.vip,
+                        expires: now.saturating_add(c.timeout).max(1),
+                        closing: u8::from(c.closing),
+                        pad: [0; 3],
+                    },
+                )
+            })
+            .unzip();
+        self.conns.percpu_update_batch(&keys, &values)
+    }
+
+    /// The connection map's entry for a flow on every CPU: `(backend id, VIP id)` where one is alive.
+    pub fn conn(&self, c: &FastConn) -> Result<Vec<Option<(u32, u32)>>, XdpError> {
+        let mut ports = [0u8; 4];
+        ports[..2].copy_from_slice(&c.sport.to_be_bytes());
+        ports[2..].copy_from_slice(&c.dport.to_be_bytes());
+        let key = ConnKey {
+            src: c.src,
+            dst: c.dst,
+            ports,
+            proto: c.proto,
+            pad: [0; 3],
+        };
+        let now = clock_secs();
+        Ok(self
+            .conns
+            .percpu_lookup(&key)?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| (v.expires != 0 && now <= v.expires).then_some((v.backend, v.vip)))
+            .collect())
+    }
+
+    /// Traffic the program forwarded for VIP `id`, summed over all CPUs (zero for ids at or above
+    /// [`VIP_IDS_COUNTED`]).
+    pub fn vip_traffic(&self, id: u32) -> Result<FastTraffic, XdpError> {
+        Self::traffic(&self.vip_traffic, id)
+    }
+
+    /// Traffic the program forwarded to backend `id`, summed over all CPUs (zero for ids at or above
+    /// [`BACKEND_IDS_COUNTED`]).
+    pub fn backend_traffic(&self, id: u32) -> Result<FastTraffic, XdpError> {
+        Self::traffic(&self.backend_traffic, id)
+    }
+
+    fn traffic(map: &Map<u32, FastTraffic>, id: u32) -> Result<FastTraffic, XdpError> {
+        if id >= map.max_entries {
+            return Ok(FastTraffic::default());
+        }
+        Ok(map
+            .percpu_lookup(&id)?
+            .unwrap_or_default()
+            .iter()
+            .fold(FastTraffic::default(), |a, t| FastTraffic {
+                packets: a.packets.wrapping_add(t.packets),
+                bytes: a.bytes.wrapping_add(t.bytes),
+                new_conns: a.new_conns.wrapping_add(t.new_conns),
+            }))
+    }
+
+    /// The program's descriptor (to attach it, e.g. with
+    /// [`crate::bpf::filter::XdpProgram::set_front`]).
+    pub fn prog_fd(&self) -> BorrowedFd<'_> {
+        self.prog.as_fd()
+    }
+
     /// Forgets every recorded connection.
     pub fn clear_conns(&self) -> Result<(), XdpError> {
         self.conns.delete_where(|_| true)
@@ -452,6 +659,8 @@ impl FastProgram {
             adjust_failed: s(9)?,
             conn_hits: s(10)?,
             conn_new: s(11)?,
+            conn_expired: s(12)?,
+            conn_limited: s(13)?,
         })
     }
 
@@ -484,7 +693,9 @@ mod tests {
 
     #[test]
     fn value_layouts_match_the_c_structs() {
-        assert_eq!(std::mem::size_of::<FastCfg>(), 24);
+        assert_eq!(std::mem::size_of::<CfgValue>(), 40);
+        assert_eq!(std::mem::size_of::<ConnValue>(), 16);
+        assert_eq!(std::mem::size_of::<FastTraffic>(), 24);
         assert_eq!(std::mem::size_of::<VipInfo>(), 16);
         assert_eq!(std::mem::size_of::<BackendValue>(), 52);
         assert_eq!(std::mem::size_of::<BackendKey>(), 8);

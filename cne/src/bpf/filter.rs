@@ -322,7 +322,7 @@ pub struct FilterStats {
 }
 
 /// Key of the filter's `rules` map and the decap program's `decap_addrs` map, laid out like the C
-/// `struct rule_key { __u32 addr[4]; __u8 proto; __u8 gen; __u16 port; }`: the address as 16 bytes in
+/// `struct addr_key { __u32 addr[4]; __u8 proto; __u8 gen; __u16 port; }`: the address as 16 bytes in
 /// network order (IPv4 as `::ffff:a.b.c.d`), the generation of the claims (always 0 in the decap map,
 /// whose C struct calls it `pad`), the port in network order.
 #[repr(C)]
@@ -422,6 +422,19 @@ impl XdpProgram {
             rules,
             stats,
         })
+    }
+
+    /// Puts `front`, an XDP program that hands what it does not handle on to this filter by tail call (see
+    /// [`crate::bpf::fast::FastProgram::set_fallback`]), in front of the filter: the interface runs
+    /// `front` from now on. The switch is one link update, so no packet meets neither program; dropping
+    /// the filter still detaches whatever the link runs.
+    pub fn set_front(&self, front: BorrowedFd<'_>) -> Result<(), XdpError> {
+        self.attachment.run_instead(front)
+    }
+
+    /// Makes the interface run the filter itself again (undoes [`set_front`](Self::set_front)).
+    pub fn clear_front(&self) -> Result<(), XdpError> {
+        self.attachment.run_instead(self.attachment.prog())
     }
 
     /// The XSKMAP: an AF_XDP socket bound to queue `q` goes at index `q`.

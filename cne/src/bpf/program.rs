@@ -207,6 +207,105 @@ impl<K: Copy + Default, V: Copy + Default> Map<K, V> {
     }
 }
 
+/// `CLOCK_MONOTONIC_COARSE` in whole seconds: the clock of `bpf_ktime_get_coarse_ns`.
+pub(crate) fn monotonic_coarse_secs() -> u32 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a writable timespec; CLOCK_MONOTONIC_COARSE exists on every Linux we run on.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    u32::try_from(ts.tv_sec).unwrap_or(u32::MAX)
+}
+
+/// The number of possible CPUs: how many values a per-CPU map holds per key.
+pub(crate) fn possible_cpus() -> Result<usize, XdpError> {
+    // SAFETY: libbpf_num_possible_cpus takes no arguments; it reads and caches a sysfs file.
+    let ncpus = unsafe { cne_sys::libbpf_num_possible_cpus() };
+    let ncpus = parse_ret(ncpus).map_err(|e| {
+        XdpError::bpf(
+            "libbpf_num_possible_cpus",
+            "/sys/devices/system/cpu/possible",
+            e,
+        )
+    })?;
+    Ok(usize::try_from(ncpus).unwrap_or(1).max(1))
+}
+
+impl<K: Copy + Default, V: Copy + Default> Map<K, V> {
+    /// Fails unless this is a per-CPU map whose values the kernel lays out without padding (a per-CPU
+    /// value is rounded up to 8 bytes, so `V` must be a multiple of 8 long).
+    fn check_percpu(&self, call: &'static str) -> Result<(), XdpError> {
+        if !self.percpu || size_of::<V>() % 8 != 0 {
+            return Err(XdpError::bpf(
+                call,
+                self.name,
+                io::Error::from_raw_os_error(libc::EINVAL),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The values of every possible CPU at `key` of a per-CPU map; `None` when absent.
+    pub(crate) fn percpu_lookup(&self, key: &K) -> Result<Option<Vec<V>>, XdpError> {
+        self.check_percpu("bpf_map_lookup_elem")?;
+        let mut values = vec![V::default(); possible_cpus()?];
+        // SAFETY: key points to a live object of the key size; values holds one value per possible CPU,
+        // each of the map's value size, a multiple of 8 (checked above), which is what the kernel writes.
+        let rc = unsafe {
+            cne_sys::bpf_map_lookup_elem(
+                self.fd.as_raw_fd(),
+                std::ptr::from_ref(key).cast::<c_void>(),
+                values.as_mut_ptr().cast::<c_void>(),
+            )
+        };
+        match parse_ret(rc) {
+            Ok(_) => Ok(Some(values)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(XdpError::bpf("bpf_map_lookup_elem", self.name, e)),
+        }
+    }
+
+    /// Writes `keys[i] -> values[i]` on every possible CPU of a per-CPU map, many entries per `bpf(2)`
+    /// call (`BPF_MAP_UPDATE_BATCH`). Not atomic: on an error, a prefix may have been written.
+    pub(crate) fn percpu_update_batch(&self, keys: &[K], values: &[V]) -> Result<(), XdpError> {
+        /// Entries per call.
+        const CHUNK: usize = 1024;
+        self.check_percpu("bpf_map_update_batch")?;
+        if keys.len() != values.len() {
+            return Err(XdpError::bpf(
+                "bpf_map_update_batch",
+                self.name,
+                io::Error::from_raw_os_error(libc::EINVAL),
+            ));
+        }
+        let ncpus = possible_cpus()?;
+        let mut all = Vec::with_capacity(CHUNK.min(values.len()) * ncpus);
+        for (k, v) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
+            all.clear();
+            for value in v {
+                all.extend(std::iter::repeat_n(*value, ncpus));
+            }
+            // Fits: a chunk has at most CHUNK entries.
+            let mut count = u32::try_from(k.len()).unwrap_or(0);
+            // SAFETY: k points to `count` live keys of the map's key size; `all` to `count` x ncpus
+            // values of the map's value size, a multiple of 8 (checked above), laid out as the kernel
+            // reads per-CPU batches; count is writable; null opts are libbpf's defaults.
+            let rc = unsafe {
+                cne_sys::bpf_map_update_batch(
+                    self.fd.as_raw_fd(),
+                    k.as_ptr().cast::<c_void>(),
+                    all.as_ptr().cast::<c_void>(),
+                    &mut count,
+                    std::ptr::null(),
+                )
+            };
+            parse_ret(rc).map_err(|e| XdpError::bpf("bpf_map_update_batch", self.name, e))?;
+        }
+        Ok(())
+    }
+}
+
 impl Map<u32, u64> {
     /// Sum over all possible CPUs of the `u64` at `index` of a per-CPU array.
     pub(crate) fn percpu_sum(&self, index: u32) -> Result<u64, XdpError> {
@@ -217,17 +316,8 @@ impl Map<u32, u64> {
                 io::Error::from_raw_os_error(libc::EINVAL),
             ));
         }
-        // SAFETY: libbpf_num_possible_cpus takes no arguments; it reads and caches a sysfs file.
-        let ncpus = unsafe { cne_sys::libbpf_num_possible_cpus() };
-        let ncpus = parse_ret(ncpus).map_err(|e| {
-            XdpError::bpf(
-                "libbpf_num_possible_cpus",
-                "/sys/devices/system/cpu/possible",
-                e,
-            )
-        })?;
         // A u64 per-CPU value occupies exactly 8 bytes per CPU (values are rounded up to 8).
-        let mut values = vec![0u64; usize::try_from(ncpus).unwrap_or(1).max(1)];
+        let mut values = vec![0u64; possible_cpus()?];
         // SAFETY: index is a live u32 key; values holds one 8-byte value per possible CPU, which is what
         // the kernel writes for a per-CPU map with 8-byte values (checked at load).
         let rc = unsafe {
@@ -652,6 +742,19 @@ impl Attachment {
     /// The attached program.
     pub(crate) fn prog(&self) -> BorrowedFd<'_> {
         self.prog.as_fd()
+    }
+
+    /// Makes the link run `prog` instead of what it runs now, in one step (`BPF_LINK_UPDATE`): every
+    /// packet sees one program or the other. [`prog`](Self::prog) stays the program first attached.
+    pub(crate) fn run_instead(&self, prog: BorrowedFd<'_>) -> Result<(), XdpError> {
+        // SAFETY: plain syscall wrapper on our open link and an open program descriptor; null opts are
+        // libbpf's defaults (no flags, any old program).
+        let rc = unsafe {
+            cne_sys::bpf_link_update(self.link.as_raw_fd(), prog.as_raw_fd(), std::ptr::null())
+        };
+        parse_ret(rc)
+            .map(drop)
+            .map_err(|e| XdpError::bpf("bpf_link_update", &self.ifname, e))
     }
 
     /// Runs the program once on `frame` with `BPF_PROG_RUN`: its return value and the output frame.

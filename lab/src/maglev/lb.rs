@@ -53,9 +53,18 @@ pub(crate) fn start_decap(
     Ok(p)
 }
 
+/// The data path every lab load balancer runs: `LAB_DATA_PATH` (`af_xdp` or `xdp`) when set, else
+/// nf-maglev's default. The test command runs the load-balancer lab tests once with each.
+pub fn data_path() -> Option<String> {
+    std::env::var("LAB_DATA_PATH").ok().filter(|s| !s.is_empty())
+}
+
 /// The CNDP sections of an nf-maglev configuration for [`LB_IF`] with [`LB_QUEUES`] queues, one worker
-/// each, around the given `maglev` section.
-pub(crate) fn nf_config(maglev: Value) -> Value {
+/// each, around the given `maglev` section (with [`data_path`] added when set).
+pub(crate) fn nf_config(mut maglev: Value) -> Value {
+    if let Some(path) = data_path() {
+        maglev["data_path"] = path.into();
+    }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut lports = serde_json::Map::new();
     let mut threads = serde_json::Map::new();

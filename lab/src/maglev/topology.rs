@@ -353,8 +353,9 @@ pub(crate) fn make_host(switch: &Netns, spec: HostSpec<'_>) -> Result<Host> {
 }
 
 /// Connects namespace `ns` to the bridge of `switch` by a veth (MTU, queues, MAC, addresses and a
-/// static FDB entry as `spec` says; `spec.tag` and `spec.sysctls` are not used).
+/// static FDB entry as `spec` says; `spec.sysctls` is not used, `spec.tag` only to tell a load balancer).
 pub(crate) fn plug(ns: &Netns, switch: &Netns, spec: HostSpec<'_>) -> Result<()> {
+    let spec_tag_is_lb = spec.tag == "lb";
     let HostSpec {
         ifname,
         port,
@@ -418,6 +419,24 @@ pub(crate) fn plug(ns: &Netns, switch: &Netns, spec: HostSpec<'_>) -> Result<()>
         SWITCH_BRIDGE,
         "up",
     ])?;
+    // A veth takes the frames its peer's XDP program sends back (XDP_TX) promptly only when it runs
+    // an XDP program itself (GRO alone queues them until the peer next transmits normally): the load
+    // balancers' ports get a pass-everything program when the fast path forwards in XDP.
+    if spec_tag_is_lb && crate::maglev::lb::data_path().as_deref() == Some("xdp") {
+        switch
+            .ip(&[
+                "link",
+                "set",
+                "dev",
+                &port,
+                "xdpdrv",
+                "obj",
+                crate::tools::XDP_PASS_OBJ,
+                "sec",
+                "xdp",
+            ])
+            .with_context(|| format!("attaching an XDP_PASS program to {port}"))?;
+    }
     // A static entry: frames to this host never flood the segment, whatever the ageing.
     switch
         .exec(&[
