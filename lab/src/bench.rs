@@ -8,6 +8,12 @@
 //! XDP program. The result is a rate per run; the report gives median, min, max and the ratio of
 //! medians against the C reference measured the same way.
 //!
+//! Forwarders in XDP (the XDP_TX hairpin, nf-maglev's XDP data path) run on the generator's CPU: veth
+//! runs a receiver's XDP program in the sender's softirq. Their rate is the generator's, slowed by
+//! their per-packet work on the same CPU, and a run marks it ("returned all offered"). Compared with
+//! one another (nf-maglev in XDP against the hairpin) the ratio still orders them by that work, diluted
+//! by the generator's own share of the CPU.
+//!
 //! Pinning (identical for every forwarder): generator thread i on CPU i (i < N), which also
 //! makes the kernel deliver its frames to rx queue i; queue i's worker on CPU (N + i) mod #CPUs.
 //! On this 2-CPU machine: 1 queue = generator on CPU 0, worker on CPU 1; 2 queues = generator
@@ -474,7 +480,7 @@ pub fn run(opts: &BenchOpts, forwarders: &[Forwarder]) -> Result<BenchReport> {
                     |m| format!("{m:.3} Mpps"),
                 );
                 eprintln!(
-                    "q={q} run {run_no}/{} {:<18} {shown} (offered {}, idle {:.0}%{}){}",
+                    "q={q} run {run_no}/{} {:<20} {shown} (offered {}, idle {:.0}%{}){}",
                     opts.runs,
                     f.name,
                     r.offered_mpps
@@ -618,14 +624,17 @@ fn window(
     });
     if f.measure == Measure::Returned && generator_bound(returned, gen_report.pps / 1e6) {
         r.note.get_or_insert_with(|| {
-            "returned as fast as offered: the generator bounds this rate".to_string()
+            "returned all offered: bound by the generator's CPU, which on veth also runs XDP forwarding"
+                .to_string()
         });
     }
     Ok(())
 }
 
-/// Whether a forwarder returned (nearly) every frame offered, so the generator, not the forwarder,
-/// set the rate (the XDP_TX hairpin on veth does).
+/// Whether a forwarder returned (nearly) every frame offered, so the generator's CPU set the rate. An
+/// XDP forwarder on veth always does: veth runs the receiver's XDP program in the softirq of the CPU
+/// that sent the frame, so the generator's CPU generates, forwards (XDP_TX) and sinks every frame, and
+/// the rate is that of the whole loop on one CPU (the workers' CPUs stay idle).
 fn generator_bound(returned_mpps: f64, offered_mpps: f64) -> bool {
     offered_mpps > 0.0 && returned_mpps >= 0.98 * offered_mpps
 }
