@@ -54,6 +54,12 @@ fn main() {
         &out.join("xdp_drop.bpf.o"),
         &["-DSINK_ACTION=XDP_DROP"],
     );
+    let hairpin_obj = bpf(
+        &clang,
+        &bpf_dir.join("xdp_hairpin.bpf.c"),
+        &out.join("xdp_hairpin.bpf.o"),
+        &[],
+    );
     let redirect_obj = bpf(
         &clang,
         &bpf_dir.join("xsk_redirect.bpf.c"),
@@ -87,6 +93,7 @@ fn main() {
         ("LAB_XDP_GEN_OBJ", &gen_obj),
         ("LAB_XDP_PASS_OBJ", &pass_obj),
         ("LAB_XDP_DROP_OBJ", &drop_obj),
+        ("LAB_XDP_HAIRPIN_OBJ", &hairpin_obj),
         ("LAB_XSK_REDIRECT_OBJ", &redirect_obj),
     ] {
         println!("cargo:rustc-env={name}={}", path.display());

@@ -8,6 +8,12 @@
 //! XDP program. The result is a rate per run; the report gives median, min, max and the ratio of
 //! medians against the C reference measured the same way.
 //!
+//! Forwarders in XDP (the XDP_TX hairpin, nf-maglev's XDP data path) run on the generator's CPU: veth
+//! runs a receiver's XDP program in the sender's softirq. Their rate is the generator's, slowed by
+//! their per-packet work on the same CPU, and a run marks it ("returned all offered"). Compared with
+//! one another (nf-maglev in XDP against the hairpin) the ratio still orders them by that work, diluted
+//! by the generator's own share of the CPU.
+//!
 //! Pinning (identical for every forwarder): generator thread i on CPU i (i < N), which also
 //! makes the kernel deliver its frames to rx queue i; queue i's worker on CPU (N + i) mod #CPUs.
 //! On this 2-CPU machine: 1 queue = generator on CPU 0, worker on CPU 1; 2 queues = generator
@@ -19,7 +25,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::counters::Counters;
-use crate::forwarder::{tail, Forwarder, FwdCtx, Measure};
+use crate::forwarder::{tail, Forwarder, FwdCtx, Measure, XDP_TX_HAIRPIN};
 use crate::generator::{GenLimit, GenReport};
 use crate::lab::Lab;
 use crate::wait::wait_idle;
@@ -162,10 +168,16 @@ fn ahead(pairs: &[f64]) -> usize {
 }
 
 /// Forwarders compared with another forwarder besides the C reference: (forwarder, against). The load
-/// balancer's cost is judged against the MAC-swap echo, the least work an NF can do per packet.
+/// balancer's cost is judged against the MAC-swap echo, the least work an NF can do per packet; its
+/// XDP data path against its AF_XDP twin (what moving the decision into the kernel gains) and against
+/// the XDP_TX hairpin (the least work a forwarder in XDP can do, so what the decision costs there).
 pub const COMPARISONS: &[(&str, &str)] = &[
     ("nf-maglev gre", "nf-echo mac-swap"),
     ("nf-maglev l2dsr", "nf-echo mac-swap"),
+    ("nf-maglev gre xdp", "nf-maglev gre"),
+    ("nf-maglev gre xdp", XDP_TX_HAIRPIN),
+    ("nf-maglev l2dsr xdp", "nf-maglev l2dsr"),
+    ("nf-maglev l2dsr xdp", XDP_TX_HAIRPIN),
 ];
 
 /// One forwarder against another at one queue count (see [`COMPARISONS`]).
@@ -468,7 +480,7 @@ pub fn run(opts: &BenchOpts, forwarders: &[Forwarder]) -> Result<BenchReport> {
                     |m| format!("{m:.3} Mpps"),
                 );
                 eprintln!(
-                    "q={q} run {run_no}/{} {:<18} {shown} (offered {}, idle {:.0}%{}){}",
+                    "q={q} run {run_no}/{} {:<20} {shown} (offered {}, idle {:.0}%{}){}",
                     opts.runs,
                     f.name,
                     r.offered_mpps
@@ -610,7 +622,21 @@ fn window(
         Measure::Returned => returned,
         Measure::Consumed => consumed,
     });
+    if f.measure == Measure::Returned && generator_bound(returned, gen_report.pps / 1e6) {
+        r.note.get_or_insert_with(|| {
+            "returned all offered: bound by the generator's CPU, which on veth also runs XDP forwarding"
+                .to_string()
+        });
+    }
     Ok(())
+}
+
+/// Whether a forwarder returned (nearly) every frame offered, so the generator's CPU set the rate. An
+/// XDP forwarder on veth always does: veth runs the receiver's XDP program in the softirq of the CPU
+/// that sent the frame, so the generator's CPU generates, forwards (XDP_TX) and sinks every frame, and
+/// the rate is that of the whole loop on one CPU (the workers' CPUs stay idle).
+fn generator_bound(returned_mpps: f64, offered_mpps: f64) -> bool {
+    offered_mpps > 0.0 && returned_mpps >= 0.98 * offered_mpps
 }
 
 #[cfg(test)]
@@ -642,6 +668,13 @@ mod tests {
         );
         assert!(pinning(3, 2).is_err());
         assert!(pinning(0, 2).is_err());
+    }
+
+    #[test]
+    fn generator_bound_when_nearly_all_return() {
+        assert!(generator_bound(12.83, 12.84));
+        assert!(!generator_bound(1.2, 5.3));
+        assert!(!generator_bound(0.0, 0.0));
     }
 
     #[test]
@@ -777,5 +810,79 @@ mod tests {
             report.table()
         );
         assert_eq!(report.to_json()["comparisons"][0]["pairs_ahead"], 1);
+    }
+
+    #[test]
+    fn xdp_data_path_is_compared_with_its_twin_and_the_hairpin() {
+        let report = BenchReport {
+            opts: BenchOpts::default(),
+            ncpus: 2,
+            results: vec![
+                res(
+                    "c-l2fwd",
+                    Measure::Returned,
+                    &[Some(0.5), Some(0.5), Some(0.5)],
+                ),
+                res(
+                    XDP_TX_HAIRPIN,
+                    Measure::Returned,
+                    &[Some(2.0), Some(2.5), Some(3.0)],
+                ),
+                res(
+                    "nf-maglev gre",
+                    Measure::Returned,
+                    &[Some(0.4), Some(0.5), Some(0.6)],
+                ),
+                res(
+                    "nf-maglev gre xdp",
+                    Measure::Returned,
+                    &[Some(1.6), Some(1.5), None],
+                ),
+                res("nf-maglev l2dsr xdp", Measure::Returned, &[Some(2.4)]),
+            ],
+        };
+        // The hairpin has the C reference's measure, so the ratio column compares it with c-l2fwd.
+        assert_eq!(report.ratio(&report.results[1]), Some(5.0));
+        let c = report.comparisons();
+        let pairs: Vec<(&str, &str)> = c
+            .iter()
+            .map(|c| (c.name.as_str(), c.against.as_str()))
+            .collect();
+        // "nf-maglev l2dsr" did not run: its XDP twin is compared with the hairpin only.
+        assert_eq!(
+            pairs,
+            [
+                ("nf-maglev gre xdp", "nf-maglev gre"),
+                ("nf-maglev gre xdp", XDP_TX_HAIRPIN),
+                ("nf-maglev l2dsr xdp", XDP_TX_HAIRPIN),
+            ]
+        );
+        let close = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-12);
+        // Medians 1.55 / 0.5; run by run 1.6 / 0.4 = 4 and 1.5 / 0.5 = 3 (run 3 failed).
+        assert!(close(c[0].ratio, 1.55 / 0.5), "{:?}", c[0]);
+        assert!(close(c[0].paired, 3.5), "{:?}", c[0]);
+        assert_eq!((c[0].ahead, c[0].pairs), (2, 2));
+        // Against the hairpin: 1.55 / 2.5; runs 1.6 / 2.0 = 0.8 and 1.5 / 2.5 = 0.6.
+        assert!(close(c[1].ratio, 1.55 / 2.5), "{:?}", c[1]);
+        assert!(close(c[1].paired, 0.7), "{:?}", c[1]);
+        assert_eq!((c[1].ahead, c[1].pairs), (0, 2));
+        assert!(close(c[2].ratio, 2.4 / 2.5), "{:?}", c[2]);
+        assert_eq!((c[2].paired, c[2].ahead, c[2].pairs), (Some(1.2), 1, 1));
+        let table = report.table();
+        assert!(
+            table.contains(
+                "1 queue(s): nf-maglev gre xdp / nf-maglev gre: ratio 3.10, paired 3.50, ahead in 2 of 2"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "nf-maglev gre xdp / xdp-tx hairpin: ratio 0.62, paired 0.70, ahead in 0 of 2"
+            ),
+            "{table}"
+        );
+        let j = report.to_json();
+        assert_eq!(j["comparisons"][1]["against"], XDP_TX_HAIRPIN);
+        assert_eq!(j["comparisons"][2]["pairs"], 1);
     }
 }

@@ -75,6 +75,20 @@ pub fn echo_config(ifname: &str, queues: u32, cpus: &[usize]) -> String {
 /// whose next hop is the generator end, so forwarded frames return to the generator and are
 /// counted there.
 pub fn maglev_config(ifname: &str, queues: u32, cpus: &[usize], mode: &str) -> String {
+    to_text(maglev_root(ifname, queues, cpus, mode))
+}
+
+/// [`maglev_config`] with `"data_path": "xdp"` in the `maglev` section: the same VIP and backends,
+/// forwarded by the kernel fast path (XDP_TX) instead of the AF_XDP workers.
+pub fn maglev_xdp_config(ifname: &str, queues: u32, cpus: &[usize], mode: &str) -> String {
+    let mut root = maglev_root(ifname, queues, cpus, mode);
+    if let Some(Value::Object(m)) = root.get_mut("maglev") {
+        m.insert("data_path".into(), json!("xdp"));
+    }
+    to_text(root)
+}
+
+fn maglev_root(ifname: &str, queues: u32, cpus: &[usize], mode: &str) -> Map<String, Value> {
     let mut root = cndp_sections("nf-maglev", ifname, queues, cpus);
     // The generator's UDP flows to the dut address are the VIP (forwarded in `mode`, "gre" or
     // "l2dsr"); four backends whose next hop is the generator, so every forwarded frame returns to
@@ -96,7 +110,7 @@ pub fn maglev_config(ifname: &str, queues: u32, cpus: &[usize], mode: &str) -> S
                        "mode": mode, "backends": backends }],
         }),
     );
-    to_text(root)
+    root
 }
 
 fn to_text(root: Map<String, Value>) -> String {
@@ -151,5 +165,16 @@ mod tests {
             v["maglev"]["vips"][0]["backends"].as_array().unwrap().len(),
             4
         );
+    }
+
+    #[test]
+    fn maglev_xdp_config_adds_only_the_data_path() {
+        let mut af_xdp: Value =
+            serde_json::from_str(&maglev_config("veth1", 2, &[0, 1], "gre")).unwrap();
+        let xdp: Value =
+            serde_json::from_str(&maglev_xdp_config("veth1", 2, &[0, 1], "gre")).unwrap();
+        assert_eq!(xdp["maglev"]["data_path"], "xdp");
+        af_xdp["maglev"]["data_path"] = "xdp".into();
+        assert_eq!(af_xdp, xdp);
     }
 }

@@ -5,7 +5,9 @@
 //! `{cpus}` (comma-separated CPU per queue) and `{config}` (path of the file written from
 //! `needs_config`). Every forwarder runs inside the dut namespace with bpffs mounted, is ready
 //! when its XDP program shows on the interface (or after a delay for forwarders without one), and
-//! is stopped with SIGINT. [`builtin`] lists the C reference and the workspace's network functions.
+//! is stopped with SIGINT. [`builtin`] lists the C reference, the XDP_TX hairpin (the kernel-only
+//! reference, held by `lab xdp-hairpin`, see [`hairpin`]) and the workspace's network functions, the
+//! load balancer in both of its data paths.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+use crate::cmd;
 use crate::config;
 use crate::netns::Netns;
 use crate::process::{self, Proc};
@@ -89,6 +92,8 @@ pub struct Forwarder {
 pub const C_L2FWD: &str = "c-l2fwd";
 /// Name of the C reference in rx-drop mode.
 pub const C_L2FWD_DROP: &str = "c-l2fwd-drop";
+/// Name of the XDP_TX hairpin: MAC swap and XDP_TX, no user space at all (`bpf/xdp_hairpin.bpf.c`).
+pub const XDP_TX_HAIRPIN: &str = "xdp-tx hairpin";
 
 fn echo_cfg(ctx: &FwdCtx) -> String {
     config::echo_config(&ctx.ifname, ctx.queues, &ctx.cpus)
@@ -100,6 +105,14 @@ fn maglev_gre_cfg(ctx: &FwdCtx) -> String {
 
 fn maglev_l2dsr_cfg(ctx: &FwdCtx) -> String {
     config::maglev_config(&ctx.ifname, ctx.queues, &ctx.cpus, "l2dsr")
+}
+
+fn maglev_gre_xdp_cfg(ctx: &FwdCtx) -> String {
+    config::maglev_xdp_config(&ctx.ifname, ctx.queues, &ctx.cpus, "gre")
+}
+
+fn maglev_l2dsr_xdp_cfg(ctx: &FwdCtx) -> String {
+    config::maglev_xdp_config(&ctx.ifname, ctx.queues, &ctx.cpus, "l2dsr")
 }
 
 /// The built-in forwarders; workspace binaries are looked up in `bin_dir`.
@@ -124,9 +137,16 @@ pub fn builtin(bin_dir: &Path) -> Vec<Forwarder> {
         v
     };
     let maglev = vec![bin("nf-maglev"), "-c".into(), "{config}".into()];
+    let hairpin = vec![
+        tools::lab_exe(bin_dir).to_string_lossy().into_owned(),
+        "xdp-hairpin".into(),
+        "--dev".into(),
+        "{ifname}".into(),
+    ];
     vec![
         Forwarder::new(C_L2FWD, l2fwd("fwd")),
         Forwarder::new(C_L2FWD_DROP, l2fwd("drop")).measure(Measure::Consumed),
+        Forwarder::new(XDP_TX_HAIRPIN, hairpin),
         Forwarder::new("nf-echo mac-swap", echo(&["--mode", "mac-swap"])).with_config(echo_cfg),
         Forwarder::new(
             "nf-echo af-packet",
@@ -138,8 +158,36 @@ pub fn builtin(bin_dir: &Path) -> Vec<Forwarder> {
             .with_config(echo_cfg)
             .measure(Measure::Consumed),
         Forwarder::new("nf-maglev gre", maglev.clone()).with_config(maglev_gre_cfg),
-        Forwarder::new("nf-maglev l2dsr", maglev).with_config(maglev_l2dsr_cfg),
+        Forwarder::new("nf-maglev l2dsr", maglev.clone()).with_config(maglev_l2dsr_cfg),
+        Forwarder::new("nf-maglev gre xdp", maglev.clone()).with_config(maglev_gre_xdp_cfg),
+        Forwarder::new("nf-maglev l2dsr xdp", maglev).with_config(maglev_l2dsr_xdp_cfg),
     ]
+}
+
+/// Attaches the XDP_TX hairpin to `dev` (native mode, in the caller's namespace), calls `hold` and
+/// detaches it when `hold` returns. `lab xdp-hairpin` holds until SIGINT or SIGTERM, so the bench
+/// starts and stops it like any forwarder, and its readiness (an XDP program on the interface) is the
+/// attach itself.
+pub fn hairpin(dev: &str, hold: impl FnOnce()) -> Result<()> {
+    cmd::ip(
+        None,
+        &[
+            "link",
+            "set",
+            "dev",
+            dev,
+            "xdpdrv",
+            "obj",
+            tools::XDP_HAIRPIN_OBJ,
+            "sec",
+            "xdp",
+        ],
+    )
+    .with_context(|| format!("attaching the XDP_TX hairpin to {dev}"))?;
+    hold();
+    cmd::ip(None, &["link", "set", "dev", dev, "xdpdrv", "off"])
+        .with_context(|| format!("detaching the XDP_TX hairpin from {dev}"))?;
+    Ok(())
 }
 
 /// A started forwarder; dropping it stops the process and removes its config file.
@@ -337,11 +385,14 @@ mod tests {
             [
                 "c-l2fwd",
                 "c-l2fwd-drop",
+                "xdp-tx hairpin",
                 "nf-echo mac-swap",
                 "nf-echo af-packet",
                 "nf-echo drop",
                 "nf-maglev gre",
-                "nf-maglev l2dsr"
+                "nf-maglev l2dsr",
+                "nf-maglev gre xdp",
+                "nf-maglev l2dsr xdp"
             ]
         );
         let c = &fs[0];
@@ -350,17 +401,37 @@ mod tests {
             c.render(&ctx(), None).unwrap()[1..],
             ["--dev", "lab1_2b", "--queues", "2", "--cpus", "0,1", "--mode", "fwd"]
         );
-        let echo = &fs[2];
+        let hairpin = &fs[2];
+        assert_eq!(
+            hairpin.render(&ctx(), None).unwrap()[1..],
+            ["xdp-hairpin", "--dev", "lab1_2b"]
+        );
+        assert_eq!(hairpin.measure, Measure::Returned);
+        assert_eq!(hairpin.ready, Ready::XdpAttached);
+        let echo = &fs[3];
         let err = echo.available().unwrap_err().to_string();
         assert!(err.contains("not built"), "{err}");
         let argv = echo.render(&ctx(), Some(Path::new("/c"))).unwrap();
         assert_eq!(argv[1..], ["-c", "/c", "--mode", "mac-swap"]);
         assert_eq!(
-            fs[3].render(&ctx(), Some(Path::new("/c"))).unwrap()[1..],
+            fs[4].render(&ctx(), Some(Path::new("/c"))).unwrap()[1..],
             ["-c", "/c", "--mode", "mac-swap", "--backend", "af-packet"]
         );
-        assert_eq!(fs[4].measure, Measure::Consumed);
-        assert_eq!(fs[4].measure.reference(), C_L2FWD_DROP);
+        assert_eq!(fs[5].measure, Measure::Consumed);
+        assert_eq!(fs[5].measure.reference(), C_L2FWD_DROP);
+        // The XDP data path differs from its twin only in the config's `maglev.data_path`.
+        let cfg = |i: usize| -> serde_json::Value {
+            let text = (fs[i].needs_config.unwrap())(&ctx());
+            serde_json::from_str(&text).unwrap()
+        };
+        assert_eq!(fs[8].name, "nf-maglev gre xdp");
+        assert_eq!(fs[8].argv, fs[6].argv);
+        let (mut twin, xdp) = (cfg(6), cfg(8));
+        assert_eq!(twin["maglev"].get("data_path"), None);
+        twin["maglev"]["data_path"] = "xdp".into();
+        assert_eq!(twin, xdp);
+        assert_eq!(cfg(9)["maglev"]["vips"][0]["mode"], "l2dsr");
+        assert_eq!(cfg(9)["maglev"]["data_path"], "xdp");
         assert!(fs
             .iter()
             .filter(|f| f.name.starts_with("nf-"))

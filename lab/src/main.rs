@@ -106,6 +106,14 @@ enum Cmd {
         #[arg(long)]
         bin_dir: Option<PathBuf>,
     },
+    /// Hold the XDP_TX hairpin (MAC swap, XDP_TX) on an interface until SIGINT or SIGTERM, then detach
+    /// it: the bench's kernel-only reference forwarder.
+    #[command(hide = true)]
+    XdpHairpin {
+        /// Interface (in the current namespace).
+        #[arg(long)]
+        dev: String,
+    },
     /// Delete namespaces and links whose names start with a prefix.
     Cleanup {
         /// Name prefix (at least 3 characters).
@@ -227,6 +235,17 @@ fn main() -> Result<()> {
             if !report.goal_met() {
                 anyhow::bail!("health bench ({mode}): goal not met");
             }
+        }
+        Cmd::XdpHairpin { dev } => {
+            // Installed before the attach, so a stop that comes right after readiness is not lost.
+            let (stop, stopped) = std::sync::mpsc::channel();
+            ctrlc::set_handler(move || {
+                let _ = stop.send(());
+            })
+            .context("installing the SIGINT/SIGTERM handler")?;
+            forwarder::hairpin(&dev, || {
+                let _ = stopped.recv();
+            })?;
         }
         Cmd::Cleanup { prefix, kill_procs } => {
             let r = cleanup::cleanup(&prefix, kill_procs)?;

@@ -17,6 +17,8 @@ pub const XDP_GEN_OBJ: &str = env!("LAB_XDP_GEN_OBJ");
 pub const XDP_PASS_OBJ: &str = env!("LAB_XDP_PASS_OBJ");
 /// Sink program returning XDP_DROP (section `xdp`): accepts and counts frames at the least cost.
 pub const XDP_DROP_OBJ: &str = env!("LAB_XDP_DROP_OBJ");
+/// MAC swap and XDP_TX (section `xdp`): the bench's kernel-only reference forwarder.
+pub const XDP_HAIRPIN_OBJ: &str = env!("LAB_XDP_HAIRPIN_OBJ");
 /// Queue-to-XSKMAP redirect program used by `l2fwd` (section `xdp`).
 pub const XSK_REDIRECT_OBJ: &str = env!("LAB_XSK_REDIRECT_OBJ");
 
@@ -35,6 +37,15 @@ pub fn release_bin_dir() -> PathBuf {
         }
     }
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release")
+}
+
+/// The `lab` binary for forwarders it provides itself (`lab xdp-hairpin`): the running executable when
+/// it is `lab` (the bench), else `lab` in `bin_dir`.
+pub fn lab_exe(bin_dir: &Path) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .filter(|exe| exe.file_name().is_some_and(|n| n == "lab"))
+        .unwrap_or_else(|| bin_dir.join("lab"))
 }
 
 /// Errors with a clear message when `path` is not an executable file.
@@ -56,7 +67,13 @@ mod tests {
         for p in [XDPGEN, L2FWD] {
             require_executable(Path::new(p)).unwrap();
         }
-        for p in [XDP_GEN_OBJ, XDP_PASS_OBJ, XDP_DROP_OBJ, XSK_REDIRECT_OBJ] {
+        for p in [
+            XDP_GEN_OBJ,
+            XDP_PASS_OBJ,
+            XDP_DROP_OBJ,
+            XDP_HAIRPIN_OBJ,
+            XSK_REDIRECT_OBJ,
+        ] {
             assert!(Path::new(p).is_file(), "{p}");
         }
         assert!(require_executable(Path::new("/nonexistent/nf-echo")).is_err());

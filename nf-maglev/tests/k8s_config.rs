@@ -53,6 +53,23 @@ fn benchmark_lab_config_validates() {
         )
     });
     assert_eq!(validated.vips[0].backends.len(), 4);
+    assert_eq!(validated.data_path, nf_maglev::config::DataPath::AfXdp);
+}
+
+#[test]
+fn benchmark_lab_xdp_config_validates() {
+    for mode in ["gre", "l2dsr"] {
+        let text = lab::config::maglev_xdp_config("veth0", 1, &[1], mode);
+        let config =
+            Config::parse(&text, "lab maglev_xdp_config").unwrap_or_else(|e| panic!("{e}"));
+        let validated = nf_maglev::config::from_config(&config)
+            .unwrap_or_else(|errors| panic!("{mode}: {} errors", errors.len()));
+        assert_eq!(
+            validated.data_path,
+            nf_maglev::config::DataPath::Xdp,
+            "{mode}"
+        );
+    }
 }
 
 #[test]
