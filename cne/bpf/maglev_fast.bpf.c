@@ -28,8 +28,9 @@
  *             template (and for IPv4 the sum of its fixed words, so the checksum needs no pass over it).
  *   tables    ARRAY of backend ids: the VIP's table is tables[base .. base + size]; a flow's slot is
  *             ((hash >> 32) * size) >> 32, as `maglev::Table::lookup`.
- *   conns     LRU_HASH 5-tuple -> backend id, VIP id, expiry, with per-CPU LRU lists (BPF_F_NO_COMMON_LRU:
- *             no shared list lock; the LRU evicts from the CPU's own list when the map is full). One entry
+ *   conns     LRU_HASH 5-tuple -> backend id, VIP id, expiry, one LRU for the whole map (per-CPU LRU lists
+ *             would give each CPU a fixed share of the entries, so one busy CPU would evict while the map
+ *             has room; the common list is locked only to refill a CPU's small local free list). One entry
  *             per flow for all CPUs: a flow's packets do not always arrive on one CPU (a veth runs XDP on
  *             the sender's CPU), and a SYN that moves a reused 5-tuple to a new backend must move it for
  *             every CPU, or the connection's next packet could go to the old backend. Idle timeouts as
@@ -40,7 +41,7 @@
  *             cfg.max_new_per_sec new flows are forwarded by the table but not recorded (Katran).
  *   vip_traffic, backend_traffic
  *             PERCPU_ARRAY by VIP id / backend id: packets, bytes and new connections forwarded here.
- *   stats     PERCPU_ARRAY of counters (see enum below).
+ *   stats     PERCPU_ARRAY[1] of all counters (see enum below).
  * Time is CLOCK_MONOTONIC (bpf_ktime_get_coarse_ns, which user space reads as CLOCK_MONOTONIC_COARSE) in
  * seconds, computed without a division (see clock_secs); cne::bpf::fast::clock_secs is the same function.
  */
@@ -206,7 +207,6 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__uint(max_entries, CONNS_MAX);
 	__type(key, struct conn_key);
 	__type(value, struct conn_val);
@@ -233,19 +233,26 @@ struct {
 	__type(value, struct traffic);
 } backend_traffic SEC(".maps");
 
+/* All counters in one per-CPU value: the few cache lines a packet touches for counting are always the
+ * same two. */
+struct counters {
+	__u64 v[STAT_MAX];
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, STAT_MAX);
+	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct counters);
 } stats SEC(".maps");
 
 static __always_inline void add(__u32 idx, __u64 n)
 {
-	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
+	__u32 zero = 0;
+	struct counters *c = bpf_map_lookup_elem(&stats, &zero);
 
-	if (v)
-		*v += n; /* per-CPU slot: no atomic needed */
+	if (c && idx < STAT_MAX)
+		c->v[idx] += n; /* per-CPU value: no atomic needed */
 }
 
 static __always_inline void count(void *map, __u32 id, __u64 bytes, __u64 new_conn)
