@@ -12,7 +12,8 @@
 //! What the program does not know stays with user space: past tables are not written, only whether a VIP
 //! has any (the program then hands TCP packets other than a SYN that miss its connection map to the
 //! workers, and the connections the workers forward from a past table are written into the program's
-//! connection map with [`FastPath::record`]). Idle timeouts and the flood guard are the workers' own.
+//! connection map with [`FastPaths::record`]). Idle timeouts and the flood guard take the workers'
+//! values.
 
 use crate::config::{Mac, Mode, Validated};
 use crate::conntrack::Timeouts;
