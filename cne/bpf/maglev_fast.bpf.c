@@ -577,7 +577,8 @@ int maglev_fast(struct xdp_md *ctx)
 	struct fast_cfg *c;
 	struct vip_info *vip;
 	struct backend *b = 0;
-	__u64 hash;
+	__u64 hash = 0;
+	int hashed = 0;
 	__u32 now;
 	int tcp, syn, closing, new_conn = 0;
 
@@ -599,7 +600,6 @@ int maglev_fast(struct xdp_md *ctx)
 	if (!vip)
 		return hand_over(ctx, STAT_NO_VIP, 0);
 
-	hash = flow_hash(c->seed, &p.key);
 	tcp = p.key.proto == IPPROTO_TCP;
 	syn = tcp && (p.tcp_flags & TCP_SYN) && !(p.tcp_flags & TCP_ACK);
 	closing = tcp && (p.tcp_flags & (TCP_FIN | TCP_RST));
@@ -637,6 +637,9 @@ int maglev_fast(struct xdp_md *ctx)
 
 		if (!(vip->flags & VIP_HAS_TABLE) || vip->size == 0)
 			return hand_over(ctx, STAT_NO_TABLE, 1);
+		/* Only a flow without a connection needs its hash for the table (a hit skips it). */
+		hash = flow_hash(c->seed, &p.key);
+		hashed = 1;
 		idx = vip->base + (__u32)(((hash >> 32) * vip->size) >> 32);
 		slot = bpf_map_lookup_elem(&tables, &idx);
 		if (!slot)
@@ -673,6 +676,9 @@ int maglev_fast(struct xdp_md *ctx)
 		__builtin_memcpy(d + 6, c->mac, 6);
 		reason = STAT_MAX;
 	} else {
+		/* The IPv6 outer header's flow label carries the hash's low bits. */
+		if (!hashed && b->outer == OUTER_V6)
+			hash = flow_hash(c->seed, &p.key);
 		reason = encap_gre(ctx, &p, b, c, hash);
 	}
 	if (reason == STAT_ADJUST_FAILED) {

@@ -51,6 +51,9 @@ pub struct BenchOpts {
     pub idle_max_wait: Duration,
     /// Only forwarders with these names (all when empty).
     pub only: Vec<String>,
+    /// Run the dut end's receive work (NAPI) in kernel threads on the forwarder's CPUs instead of in
+    /// the generator's softirq: the XDP programs then run where the AF_XDP workers run, as on a NIC.
+    pub dut_napi_on_forwarder_cpus: bool,
 }
 
 impl Default for BenchOpts {
@@ -65,6 +68,7 @@ impl Default for BenchOpts {
             idle_threshold: 0.9,
             idle_max_wait: Duration::from_secs(30),
             only: Vec::new(),
+            dut_napi_on_forwarder_cpus: false,
         }
     }
 }
@@ -467,6 +471,13 @@ pub fn run(opts: &BenchOpts, forwarders: &[Forwarder]) -> Result<BenchReport> {
         let lab = Lab::new(q)?;
         lab.sink_returns()?;
         lab.dut_if().set_gro(true)?;
+        if opts.dut_napi_on_forwarder_cpus {
+            let threads = lab.dut_if().set_napi_threads(&pin.fwd_cpus)?;
+            eprintln!(
+                "dut receive work in NAPI threads {threads:?} on CPUs {:?}",
+                pin.fwd_cpus
+            );
+        }
         let ctx = FwdCtx {
             ifname: lab.dut_if().name().to_string(),
             queues: q,

@@ -59,6 +59,10 @@ enum Cmd {
         /// Only these forwarders (comma-separated names, e.g. "c-l2fwd,nf-echo mac-swap").
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Run the dut end's receive work (its XDP program included) in NAPI threads on the
+        /// forwarder's CPUs, not in the generator's softirq (as a NIC queue on its own CPU).
+        #[arg(long)]
+        dut_napi_on_forwarder_cpus: bool,
         /// Directory of the nf-* release binaries (default: this binary's directory or target/release).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
@@ -141,6 +145,7 @@ fn main() -> Result<()> {
             idle_threshold,
             idle_wait,
             only,
+            dut_napi_on_forwarder_cpus,
             bin_dir,
             json,
         } => {
@@ -154,6 +159,7 @@ fn main() -> Result<()> {
                 idle_threshold,
                 idle_max_wait: Duration::from_secs(idle_wait),
                 only,
+                dut_napi_on_forwarder_cpus,
             };
             // Ctrl-C or SIGTERM mid-run: stop what this run started (every process in its namespaces) and
             // remove its namespaces and links, so an interrupted benchmark leaves nothing behind.

@@ -231,6 +231,50 @@ impl VethEnd {
         Ok(())
     }
 
+    /// Moves this interface's receive work (its NAPI instances: the XDP program and the stack) from the
+    /// softirq of whichever CPU sent the frame to kernel threads pinned to `cpus`
+    /// (`/sys/class/net/IF/threaded`, then `taskset` on the threads that appeared), as a NIC's receive
+    /// queue runs on the CPU its interrupt is bound to. NAPI must be on (GRO or an XDP program).
+    /// Returns the threads' process ids.
+    pub fn set_napi_threads(&self, cpus: &[usize]) -> Result<Vec<u32>> {
+        let napi_threads = || -> Vec<u32> {
+            std::fs::read_dir("/proc")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| {
+                    let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                    let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+                    comm.starts_with("napi/").then_some(pid)
+                })
+                .collect()
+        };
+        let before = napi_threads();
+        let path = format!("/sys/class/net/{}/threaded", self.name);
+        self.exec(&["sh", "-c", &format!("echo 1 > {path}")])
+            .with_context(|| format!("writing {path}"))?;
+        let ours: Vec<u32> = napi_threads()
+            .into_iter()
+            .filter(|p| !before.contains(p))
+            .collect();
+        if ours.is_empty() {
+            bail!(
+                "{}: no NAPI thread appeared (is NAPI on: GRO or XDP?)",
+                self.name
+            );
+        }
+        let list = cpus
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        for pid in &ours {
+            cmd::run_argv(&["taskset", "-pc", &list, &pid.to_string()])
+                .with_context(|| format!("pinning NAPI thread {pid} to CPUs {list}"))?;
+        }
+        Ok(ours)
+    }
+
     /// Turns TX checksum offload on or off (`ethtool -K IF tx on|off`).
     pub fn set_tx_checksum(&self, on: bool) -> Result<()> {
         self.exec(&[

@@ -186,6 +186,15 @@ impl FastPath {
     }
 }
 
+/// Whether `ifname` has no device behind it but a link to another interface (`iflink` is not its own
+/// index): a veth, whose peer must run an XDP program to take `XDP_TX` frames promptly.
+fn paired_virtual(ifname: &str) -> bool {
+    let dir = std::path::Path::new("/sys/class/net").join(ifname);
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).map(|t| t.trim().to_owned());
+    !dir.join("device").exists()
+        && matches!((read("iflink"), read("ifindex")), (Ok(a), Ok(b)) if a != b)
+}
+
 /// The connection-map entries of connections the workers forwarded from a past table: the flow, its
 /// backend, and the idle timeout user space gives it.
 pub fn past_conns(flows: &[PastFlow], timeouts: Timeouts) -> Vec<FastConn> {
@@ -253,6 +262,13 @@ impl FastPaths {
                 "{ifname}: XDP fast path in front of the filter (room for {vips} VIPs and {conns} \
                  connections)"
             );
+            if paired_virtual(ifname) {
+                log::warn!(
+                    "{ifname} is a virtual device with a peer (a veth?): frames the fast path sends \
+                     back with XDP_TX reach a veth's peer only when the peer runs an XDP program of \
+                     its own (one returning XDP_PASS will do)"
+                );
+            }
             paths.push((ifname.to_owned(), path));
         }
         Ok(FastPaths {

@@ -645,6 +645,23 @@ fn admin_api_round_trip_and_reloads() {
     );
     assert_eq!(lb.state()["generation"], 5);
 
+    // So does the data path.
+    assert_eq!(lb.state()["data_path"]["mode"], "af_xdp");
+    let xdp = config_text(&veth.a, 0, &maglev("")).replace(
+        r#""table_size": 251"#,
+        r#""table_size": 251, "data_path": "xdp""#,
+    );
+    std::fs::write(&file, xdp).expect("write");
+    let (st, v) = lb.json("POST", "/api/reload", "");
+    assert_eq!(st, 409, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("maglev.data_path changed")),
+        "{v}"
+    );
+    assert_eq!(lb.state()["generation"], 5);
+
     // SIGHUP applies a good file: the API's changes give way to the file, plus the new backend "e".
     std::fs::write(
         &file,
@@ -671,7 +688,7 @@ fn admin_api_round_trip_and_reloads() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("nf_maglev_reloads_total{result=\"rejected\"} 2"),
+        metrics.contains("nf_maglev_reloads_total{result=\"rejected\"} 3"),
         "{metrics}"
     );
 
