@@ -719,26 +719,31 @@ mod tests {
         }
     }
 
-    #[test]
-    fn ratios_use_the_reference_with_the_same_measure() {
-        let report = BenchReport {
+    /// A report of `results` on two CPUs with the default options.
+    fn report_of(results: Vec<FwdResult>) -> BenchReport {
+        BenchReport {
             opts: BenchOpts::default(),
             ncpus: 2,
-            results: vec![
-                res(
-                    "c-l2fwd",
-                    Measure::Returned,
-                    &[Some(0.5), Some(0.4), Some(0.6)],
-                ),
-                res("c-l2fwd-drop", Measure::Consumed, &[Some(2.0)]),
-                res(
-                    "nf-echo mac-swap",
-                    Measure::Returned,
-                    &[Some(0.25), None, Some(0.25)],
-                ),
-                res("nf-echo drop", Measure::Consumed, &[Some(3.0)]),
-            ],
-        };
+            results,
+        }
+    }
+
+    #[test]
+    fn ratios_use_the_reference_with_the_same_measure() {
+        let report = report_of(vec![
+            res(
+                "c-l2fwd",
+                Measure::Returned,
+                &[Some(0.5), Some(0.4), Some(0.6)],
+            ),
+            res("c-l2fwd-drop", Measure::Consumed, &[Some(2.0)]),
+            res(
+                "nf-echo mac-swap",
+                Measure::Returned,
+                &[Some(0.25), None, Some(0.25)],
+            ),
+            res("nf-echo drop", Measure::Consumed, &[Some(3.0)]),
+        ]);
         let r = &report.results;
         assert_eq!(report.ratio(&r[0]), Some(1.0));
         assert_eq!(report.ratio(&r[2]), Some(0.5));
@@ -773,24 +778,20 @@ mod tests {
 
     #[test]
     fn load_balancer_is_compared_with_the_echo() {
-        let report = BenchReport {
-            opts: BenchOpts::default(),
-            ncpus: 2,
-            results: vec![
-                res("c-l2fwd", Measure::Returned, &[Some(0.5), Some(0.5)]),
-                res(
-                    "nf-echo mac-swap",
-                    Measure::Returned,
-                    &[Some(0.4), Some(0.5)],
-                ),
-                res(
-                    "nf-maglev gre",
-                    Measure::Returned,
-                    &[Some(0.42), Some(0.45)],
-                ),
-                res("nf-maglev l2dsr", Measure::Returned, &[Some(0.5), None]),
-            ],
-        };
+        let report = report_of(vec![
+            res("c-l2fwd", Measure::Returned, &[Some(0.5), Some(0.5)]),
+            res(
+                "nf-echo mac-swap",
+                Measure::Returned,
+                &[Some(0.4), Some(0.5)],
+            ),
+            res(
+                "nf-maglev gre",
+                Measure::Returned,
+                &[Some(0.42), Some(0.45)],
+            ),
+            res("nf-maglev l2dsr", Measure::Returned, &[Some(0.5), None]),
+        ]);
         let c = report.comparisons();
         assert_eq!(c.len(), 2);
         // l2dsr completed one run: its median over the echo's (0.5 / 0.45), and one pair (0.5 / 0.4).
@@ -825,33 +826,29 @@ mod tests {
 
     #[test]
     fn xdp_data_path_is_compared_with_its_twin_and_the_hairpin() {
-        let report = BenchReport {
-            opts: BenchOpts::default(),
-            ncpus: 2,
-            results: vec![
-                res(
-                    "c-l2fwd",
-                    Measure::Returned,
-                    &[Some(0.5), Some(0.5), Some(0.5)],
-                ),
-                res(
-                    XDP_TX_HAIRPIN,
-                    Measure::Returned,
-                    &[Some(2.0), Some(2.5), Some(3.0)],
-                ),
-                res(
-                    "nf-maglev gre",
-                    Measure::Returned,
-                    &[Some(0.4), Some(0.5), Some(0.6)],
-                ),
-                res(
-                    "nf-maglev gre xdp",
-                    Measure::Returned,
-                    &[Some(1.6), Some(1.5), None],
-                ),
-                res("nf-maglev l2dsr xdp", Measure::Returned, &[Some(2.4)]),
-            ],
-        };
+        let report = report_of(vec![
+            res(
+                "c-l2fwd",
+                Measure::Returned,
+                &[Some(0.5), Some(0.5), Some(0.5)],
+            ),
+            res(
+                XDP_TX_HAIRPIN,
+                Measure::Returned,
+                &[Some(2.0), Some(2.5), Some(3.0)],
+            ),
+            res(
+                "nf-maglev gre",
+                Measure::Returned,
+                &[Some(0.4), Some(0.5), Some(0.6)],
+            ),
+            res(
+                "nf-maglev gre xdp",
+                Measure::Returned,
+                &[Some(1.6), Some(1.5), None],
+            ),
+            res("nf-maglev l2dsr xdp", Measure::Returned, &[Some(2.4)]),
+        ]);
         // The hairpin has the C reference's measure, so the ratio column compares it with c-l2fwd.
         assert_eq!(report.ratio(&report.results[1]), Some(5.0));
         let c = report.comparisons();
