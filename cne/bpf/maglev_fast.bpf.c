@@ -614,8 +614,9 @@ int maglev_fast(struct xdp_md *ctx)
 	if (conn && conn->expires) {
 		bkey.id = conn->backend;
 		b = conn->vip == vip->id ? bpf_map_lookup_elem(&backends, &bkey) : 0;
-		/* A SYN opens a new connection: a backend that takes none gets none, even on a reused 5-tuple. */
-		if (b && syn && !(b->flags & BACKEND_NEW_CONNS))
+		/* A SYN opens a new connection: a backend that takes none gets none, even on a reused 5-tuple,
+		 * and the 5-tuple of a closing connection (FIN or RST seen) starts afresh from the table. */
+		if (b && syn && (conn->closing || !(b->flags & BACKEND_NEW_CONNS)))
 			b = 0;
 		if (b) {
 			/* The idle timeout restarts, the short one from the first FIN or RST on. */

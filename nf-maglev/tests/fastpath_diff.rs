@@ -402,7 +402,15 @@ fn random_flows_decide_as_user_space() {
     );
     let replay = &flows[..20_000];
     let (p1_mac, e1_mac) = ([2, 0, 0, 0, 0, 0xfe], [2, 0, 0, 0, 5, 2]);
-    for (phase, flags) in [("ack", ACK), ("syn", SYN), ("ack again", ACK)] {
+    // Then a FIN, and a SYN on the closed 5-tuple: a new connection the current table decides.
+    let phases = [
+        ("ack", ACK),
+        ("syn", SYN),
+        ("ack again", ACK),
+        ("fin", ACK | 0x01),
+        ("syn after fin", SYN),
+    ];
+    for (phase, flags) in phases {
         let (mut handed, mut to_drained) = (0, 0);
         for f in replay {
             if let Outcome::HandedOn(_) = p.run(&state, &frame(f, flags, 0, 10, None), phase) {

@@ -134,10 +134,16 @@ fn continuity(mode: Mode) {
         "{mode}: table change, then a queue change (step took {took:?}): {kept1} of {HELD} held \
          connections kept their backend; {moved} packets sent by the past table"
     );
-    assert!(
-        moved > 0.0,
-        "no flow reached a worker without its entry: the queue change did not happen"
-    );
+    if maglev::data_path().as_deref() == Some("xdp") {
+        // The kernel fast path keeps one connection map for every CPU and queue: the queue change
+        // loses no entry, so nothing needs the past table; the connections must be kept all the same.
+        eprintln!("{mode}: the XDP fast path's connection map is one for all queues");
+    } else {
+        assert!(
+            moved > 0.0,
+            "no flow reached a worker without its entry: the queue change did not happen"
+        );
+    }
     assert_eq!(kept1, HELD as usize);
 
     // A restart: an empty connection table, the past table read back from the generations file.

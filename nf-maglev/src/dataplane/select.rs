@@ -56,8 +56,12 @@ pub(super) fn select<'s>(
     if let Some(conn) = hit {
         match vip.backend(conn.backend, conn.hint) {
             // A SYN opens a new connection: a draining or unhealthy backend gets none, even on a reused
-            // 5-tuple (unless the VIP fails open).
-            Some((index, b)) if !(syn && (b.weight == 0 || !(b.healthy || vip.fail_open))) => {
+            // 5-tuple (unless the VIP fails open); and a SYN on the 5-tuple of a connection that was
+            // closing (FIN or RST seen) is a new connection, given a backend by the current table (as
+            // IPVS does), not tied to the old one's.
+            Some((index, b))
+                if !(syn && (conn.closing || b.weight == 0 || !(b.healthy || vip.fail_open))) =>
+            {
                 if index != conn.hint {
                     // The backend list changed under the entry: remember the new position.
                     plane.conntrack.insert_at(
@@ -221,11 +225,15 @@ mod tests {
         // A new SYN on the same 5-tuple is a new connection: never to the drained backend.
         let again = backends_of(&c.state(), &mut w, &f, SYN, 4);
         assert!(again.iter().all(|d| *d != drained));
-        for (b, a) in before.iter().zip(&again) {
-            if *b != drained {
-                assert_eq!(a, b);
-            }
-        }
+        // After the FIN, the current table decides it, as for a flow never seen.
+        let mut fresh = PortPlane::new(LB_MAC, &c.state());
+        assert_eq!(again, backends_of(&c.state(), &mut fresh, &f, SYN, 4));
+        // A SYN on the 5-tuple of a connection that is not closing keeps its backend (unless drained).
+        let mut w = PortPlane::new(LB_MAC, &c.state());
+        let open = backends_of(&c.state(), &mut w, &f, ACK, 5);
+        c.set_weight("pool", "p2", 1).expect("back");
+        let reopened = backends_of(&c.state(), &mut w, &f, SYN, 6);
+        assert_eq!(reopened, open);
     }
 
     #[test]
