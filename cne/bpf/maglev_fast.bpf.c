@@ -24,8 +24,14 @@
  *   cfg       ARRAY[1]: hash seed, MTU, the port's MAC, the active generation.
  *   vips      HASH (addr, proto, gen, port) -> where the VIP's table is, its size, mode and flags. IPv4 as
  *             ::ffff:a.b.c.d, port in network order, 0 for a VIP of all ports (the fallback lookup).
- *   backends  HASH (backend id, gen) -> MAC, whether it takes new connections, the outer IP header
- *             template (and for IPv4 the sum of its fixed words, so the checksum needs no pass over it).
+ *   backend_slots
+ *             ARRAY indexed by gen * cfg.backend_slots + backend id, for ids below cfg.backend_slots -> MAC,
+ *             whether it takes new connections, the outer IP header template (and for IPv4 the sum of
+ *             its fixed words, so the checksum needs no pass over it), whether the entry is a backend.
+ *             An array lookup is a bounds check and an add: a packet of a known connection pays no hash
+ *             for its backend.
+ *   backends  HASH (backend id, gen) -> the same, for ids at or above cfg.backend_slots (ids are never
+ *             reused, so a long-lived instance with much churn may outgrow the array).
  *   tables    ARRAY of backend ids: the VIP's table is tables[base .. base + size]; a flow's slot is
  *             ((hash >> 32) * size) >> 32, as `maglev::Table::lookup`.
  *   conns     LRU_HASH 5-tuple -> backend id, VIP id, expiry, one LRU for the whole map (per-CPU LRU lists
@@ -57,6 +63,8 @@
 /* VIP and backend entries per generation; the maps hold two generations. */
 #define VIPS_MAX 1024
 #define BACKENDS_MAX 16384
+/* Default backend ids per generation in backend_slots; user space sets it before loading. */
+#define BACKEND_SLOTS 4096
 /* Default connection-map and table sizes; user space sets them before loading. */
 #define CONNS_MAX 65536
 #define TABLE_ENTRIES 131074
@@ -71,6 +79,7 @@
 #define VIP_HAS_PAST (1u << 1) /* user space keeps past tables for the VIP */
 
 #define BACKEND_NEW_CONNS (1u << 0) /* weight > 0 and healthy (or the VIP fails open) */
+#define BACKEND_PRESENT (1u << 1) /* an entry of backend_slots that is a backend */
 
 #define OUTER_NONE 0
 #define OUTER_V4 4
@@ -109,6 +118,7 @@ struct fast_cfg {
 	__u32 tcp_fin_timeout;
 	__u32 udp_timeout;
 	__u32 max_new_per_sec; /* flood guard: new entries per second and CPU, 0 = no limit */
+	__u32 backend_slots; /* entries of backend_slots per generation */
 };
 
 struct vip_info {
@@ -192,6 +202,13 @@ struct {
 } vips SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * BACKEND_SLOTS);
+	__type(key, __u32);
+	__type(value, struct backend);
+} backend_slots SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 2 * BACKENDS_MAX);
 	__type(key, struct backend_key);
@@ -246,13 +263,34 @@ struct {
 	__type(value, struct counters);
 } stats SEC(".maps");
 
-static __always_inline void add(__u32 idx, __u64 n)
+static __always_inline struct counters *counters(void)
 {
 	__u32 zero = 0;
-	struct counters *c = bpf_map_lookup_elem(&stats, &zero);
 
+	return bpf_map_lookup_elem(&stats, &zero);
+}
+
+static __always_inline void add(struct counters *c, __u32 idx, __u64 n)
+{
 	if (c && idx < STAT_MAX)
 		c->v[idx] += n; /* per-CPU value: no atomic needed */
+}
+
+/* Backend `id` of generation `gen`, or 0. */
+static __always_inline struct backend *backend_of(const struct fast_cfg *c, __u32 id, __u32 gen)
+{
+	struct backend_key key = {};
+	struct backend *b;
+
+	if (id < c->backend_slots) {
+		__u32 idx = (gen ? c->backend_slots : 0) + id;
+
+		b = bpf_map_lookup_elem(&backend_slots, &idx);
+		return b && (b->flags & BACKEND_PRESENT) ? b : 0;
+	}
+	key.id = id;
+	key.gen = gen;
+	return bpf_map_lookup_elem(&backends, &key);
 }
 
 static __always_inline void count(void *map, __u32 id, __u64 bytes, __u64 new_conn)
@@ -350,9 +388,9 @@ static __always_inline __u64 flow_hash(__u64 seed, const struct conn_key *k)
 }
 
 /* Hands a frame the fast path does not forward to the slow path, unchanged. */
-static __always_inline int hand_over(struct xdp_md *ctx, __u32 reason, int vip)
+static __always_inline int hand_over(struct xdp_md *ctx, struct counters *st, __u32 reason, int vip)
 {
-	add(reason, 1);
+	add(st, reason, 1);
 	bpf_tail_call(ctx, &fallback, 0);
 	/* No fallback program: VIP traffic to the AF_XDP socket of this queue, the rest to the kernel. */
 	if (vip)
@@ -571,7 +609,8 @@ int maglev_fast(struct xdp_md *ctx)
 	void *end = (void *)(long)ctx->data_end;
 	__u32 zero = 0, bytes = end - data, *slot, reason;
 	struct conn_val *conn, rec = {};
-	struct backend_key bkey = {};
+	struct counters *st = counters();
+	__u32 gen, bid;
 	struct addr_key vkey = {};
 	struct pkt p = {};
 	struct fast_cfg *c;
@@ -584,13 +623,14 @@ int maglev_fast(struct xdp_md *ctx)
 
 	c = bpf_map_lookup_elem(&cfg, &zero);
 	if (!c)
-		return hand_over(ctx, STAT_NOT_FAST, 0);
+		return hand_over(ctx, st, STAT_NOT_FAST, 0);
 	if (!parse(&p, data, end))
-		return hand_over(ctx, STAT_NOT_FAST, 0);
+		return hand_over(ctx, st, STAT_NOT_FAST, 0);
 
 	__builtin_memcpy(vkey.addr, p.key.dst, 16);
 	vkey.proto = p.key.proto;
-	vkey.gen = c->active & 1;
+	gen = c->active & 1;
+	vkey.gen = gen;
 	vkey.port = p.key.dport;
 	vip = bpf_map_lookup_elem(&vips, &vkey);
 	if (!vip && vkey.port != 0) {
@@ -598,22 +638,21 @@ int maglev_fast(struct xdp_md *ctx)
 		vip = bpf_map_lookup_elem(&vips, &vkey);
 	}
 	if (!vip)
-		return hand_over(ctx, STAT_NO_VIP, 0);
+		return hand_over(ctx, st, STAT_NO_VIP, 0);
 
 	tcp = p.key.proto == IPPROTO_TCP;
 	syn = tcp && (p.tcp_flags & TCP_SYN) && !(p.tcp_flags & TCP_ACK);
 	closing = tcp && (p.tcp_flags & (TCP_FIN | TCP_RST));
-	bkey.gen = c->active & 1;
 	now = clock_secs(bpf_ktime_get_coarse_ns());
 
 	conn = bpf_map_lookup_elem(&conns, &p.key);
 	if (conn && conn->expires && now > conn->expires) {
-		add(STAT_CONN_EXPIRED, 1);
+		add(st, STAT_CONN_EXPIRED, 1);
 		conn->expires = 0;
 	}
 	if (conn && conn->expires) {
-		bkey.id = conn->backend;
-		b = conn->vip == vip->id ? bpf_map_lookup_elem(&backends, &bkey) : 0;
+		bid = conn->backend;
+		b = conn->vip == vip->id ? backend_of(c, bid, gen) : 0;
 		/* A SYN opens a new connection: a backend that takes none gets none, even on a reused 5-tuple,
 		 * and the 5-tuple of a closing connection (FIN or RST seen) starts afresh from the table. */
 		if (b && syn && (conn->closing || !(b->flags & BACKEND_NEW_CONNS)))
@@ -627,43 +666,43 @@ int maglev_fast(struct xdp_md *ctx)
 				conn->expires = exp;
 				conn->closing = cl;
 			}
-			add(STAT_CONN_HITS, 1);
+			add(st, STAT_CONN_HITS, 1);
 		}
 	} else if (tcp && !syn && (vip->flags & VIP_HAS_PAST)) {
 		/* Perhaps a connection that began under an older table: user space keeps those. */
-		return hand_over(ctx, STAT_PAST, 1);
+		return hand_over(ctx, st, STAT_PAST, 1);
 	}
 	if (!b) {
 		__u32 idx;
 
 		if (!(vip->flags & VIP_HAS_TABLE) || vip->size == 0)
-			return hand_over(ctx, STAT_NO_TABLE, 1);
+			return hand_over(ctx, st, STAT_NO_TABLE, 1);
 		/* Only a flow without a connection needs its hash for the table (a hit skips it). */
 		hash = flow_hash(c->seed, &p.key);
 		hashed = 1;
 		idx = vip->base + (__u32)(((hash >> 32) * vip->size) >> 32);
 		slot = bpf_map_lookup_elem(&tables, &idx);
 		if (!slot)
-			return hand_over(ctx, STAT_NO_BACKEND, 1);
-		bkey.id = *slot;
-		b = bpf_map_lookup_elem(&backends, &bkey);
+			return hand_over(ctx, st, STAT_NO_BACKEND, 1);
+		bid = *slot;
+		b = backend_of(c, bid, gen);
 		if (!b)
-			return hand_over(ctx, STAT_NO_BACKEND, 1);
+			return hand_over(ctx, st, STAT_NO_BACKEND, 1);
 		if (vip->mode == MODE_GRE && (b->outer == OUTER_NONE))
-			return hand_over(ctx, STAT_NO_OUTER, 1);
+			return hand_over(ctx, st, STAT_NO_OUTER, 1);
 		if (vip->mode == MODE_GRE &&
 		    p.ip_len + (b->outer == OUTER_V6 ? 44 : 24) > c->mtu)
-			return hand_over(ctx, STAT_TOO_BIG, 1);
+			return hand_over(ctx, st, STAT_TOO_BIG, 1);
 		new_conn = 1;
 		if (may_record(c, now)) {
-			rec.backend = bkey.id;
+			rec.backend = bid;
 			rec.vip = vip->id;
 			rec.closing = closing ? 1 : 0;
 			rec.expires = now + timeout(c, tcp, closing);
 			bpf_map_update_elem(&conns, &p.key, &rec, BPF_ANY);
-			add(STAT_CONN_NEW, 1);
+			add(st, STAT_CONN_NEW, 1);
 		} else {
-			add(STAT_CONN_LIMITED, 1);
+			add(st, STAT_CONN_LIMITED, 1);
 		}
 	}
 
@@ -672,7 +711,7 @@ int maglev_fast(struct xdp_md *ctx)
 
 		/* Only the MAC addresses change. */
 		if ((void *)(d + 12) > end)
-			return hand_over(ctx, STAT_NOT_FAST, 1);
+			return hand_over(ctx, st, STAT_NOT_FAST, 1);
 		__builtin_memcpy(d, b->mac, 6);
 		__builtin_memcpy(d + 6, c->mac, 6);
 		reason = STAT_MAX;
@@ -684,15 +723,15 @@ int maglev_fast(struct xdp_md *ctx)
 	}
 	if (reason == STAT_ADJUST_FAILED) {
 		/* The frame may be half rewritten: nothing sane can be handed on. */
-		add(reason, 1);
+		add(st, reason, 1);
 		return XDP_DROP;
 	}
 	if (reason != STAT_MAX)
-		return hand_over(ctx, reason, 1);
-	add(STAT_FWD_PACKETS, 1);
-	add(STAT_FWD_BYTES, bytes);
+		return hand_over(ctx, st, reason, 1);
+	add(st, STAT_FWD_PACKETS, 1);
+	add(st, STAT_FWD_BYTES, bytes);
 	count(&vip_traffic, vip->id, bytes, new_conn);
-	count(&backend_traffic, bkey.id, bytes, new_conn);
+	count(&backend_traffic, bid, bytes, new_conn);
 	return XDP_TX;
 }
 

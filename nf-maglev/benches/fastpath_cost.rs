@@ -36,7 +36,7 @@
 use cne::bpf::fast::{FastProgram, XdpAction};
 use nf_maglev::config::{Mac, MaglevSection};
 use nf_maglev::control::Control;
-use nf_maglev::fastpath::FastPath;
+use nf_maglev::fastpath::{FastPath, MIN_BACKEND_SLOTS};
 use nf_maglev::testing::flow_picker;
 
 const LB_MAC: Mac = Mac([2, 0, 0, 0, 0, 0xaa]);
@@ -169,7 +169,7 @@ struct Row {
 fn measure(flows: u32, case: Case) -> Row {
     let control = case.control(flows);
     let state = control.state();
-    let fast = FastPath::load(1, TABLE_SIZE, flows + flows / 4, LB_MAC).expect("loads");
+    let fast = FastPath::load(1, TABLE_SIZE, flows + flows / 4, MIN_BACKEND_SLOTS, LB_MAC).expect("loads");
     fast.publish(&state).expect("publishes");
     let prog = fast.program();
 
@@ -234,7 +234,7 @@ fn measure(flows: u32, case: Case) -> Row {
 fn overhead_and_hot() -> (f64, u32, u32) {
     let case = Case::L2DsrV4;
     let state = case.control(1024).state();
-    let fast = FastPath::load(1, TABLE_SIZE, 1024, LB_MAC).expect("loads");
+    let fast = FastPath::load(1, TABLE_SIZE, 1024, MIN_BACKEND_SLOTS, LB_MAC).expect("loads");
     fast.publish(&state).expect("publishes");
     let prog = fast.program();
     let mut no_vip = case.frame(1, ACK);

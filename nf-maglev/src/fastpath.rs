@@ -23,9 +23,13 @@ use crate::dataplane::PastFlow;
 use crate::tunnel::GreOuter;
 use cne::bpf::fast::{
     FastBackend, FastCfg, FastConn, FastLimits, FastMode, FastOuter, FastProgram, FastStats,
-    FastTraffic, FastVip, VIP_CAPACITY,
+    FastTraffic, FastVip, BACKEND_IDS_COUNTED, VIP_CAPACITY,
 };
 use cne::bpf::filter::{XdpError, XdpProgram};
+
+/// Backend ids the fast path keeps in its array at least (ids are never reused; a reload that adds
+/// backends takes new ones).
+pub const MIN_BACKEND_SLOTS: u32 = 4096;
 
 /// Why the fast path could not be loaded or written.
 #[derive(Debug, thiserror::Error)]
@@ -74,9 +78,16 @@ pub struct FastPath {
 }
 
 impl FastPath {
-    /// Loads the program with room for `vips` VIPs of `table_size` slots per generation and a connection
-    /// map of `conns` entries; `mac` is the port's MAC address (source of the frames it sends).
-    pub fn load(vips: u32, table_size: u32, conns: u32, mac: Mac) -> Result<Self, FastPathError> {
+    /// Loads the program with room for `vips` VIPs of `table_size` slots per generation, a connection
+    /// map of `conns` entries and backend ids below `backend_slots` in its backend array (higher ids take
+    /// a hash lookup); `mac` is the port's MAC address (source of the frames it sends).
+    pub fn load(
+        vips: u32,
+        table_size: u32,
+        conns: u32,
+        backend_slots: u32,
+        mac: Mac,
+    ) -> Result<Self, FastPathError> {
         let per_gen = u64::from(vips) * u64::from(table_size);
         let table_entries = u32::try_from(2 * per_gen).map_err(|_| FastPathError::TablesFull {
             need: per_gen,
@@ -85,6 +96,7 @@ impl FastPath {
         let prog = FastProgram::load(FastLimits {
             table_entries,
             conns,
+            backend_slots,
         })?;
         Ok(FastPath {
             prog,
@@ -133,6 +145,7 @@ impl FastPath {
         // Whatever a failed publication left in this generation goes first.
         self.prog.clear_generation(gen)?;
         let mut base = u32::from(gen) * half;
+        let mut entries = Vec::new();
         for vip in vips {
             let backends = vip.backends();
             let ids: Vec<u32> = vip
@@ -148,12 +161,14 @@ impl FastPath {
                     GreOuter::V4 { header, sum } => FastOuter::V4 { header, sum },
                     GreOuter::V6 { header } => FastOuter::V6 { header },
                 };
-                let entry = FastBackend {
-                    mac: b.mac.0,
-                    new_conns: b.weight > 0 && (b.healthy || vip.fail_open),
-                    outer,
-                };
-                self.prog.set_backend(b.id, gen, &entry)?;
+                entries.push((
+                    b.id,
+                    FastBackend {
+                        mac: b.mac.0,
+                        new_conns: b.weight > 0 && (b.healthy || vip.fail_open),
+                        outer,
+                    },
+                ));
             }
             // Fits: the sum of all table sizes was checked against `half` above.
             let size = u32::try_from(ids.len()).unwrap_or(0);
@@ -171,6 +186,7 @@ impl FastPath {
                 .set_vip(vip.addr, vip.proto.number(), vip.port.0, gen, &entry)?;
             base += size;
         }
+        self.prog.set_backends(gen, &entries)?;
         self.prog.set_cfg(&FastCfg {
             seed: state.hash_seed,
             active: u32::from(gen),
@@ -231,7 +247,8 @@ impl FastPaths {
     /// Loads a fast path per filter program, publishes `state` into it and puts it in front of the filter
     /// (one link update each: packets never meet neither program). Room: twice the VIPs of `config` (at
     /// least 16, at most the program's limit) and a connection map of `conntrack.size` entries per lport
-    /// (what the workers' tables hold together).
+    /// (what the workers' tables hold together); backend ids up to four times those of `state` (at least
+    /// [`MIN_BACKEND_SLOTS`], at most [`BACKEND_IDS_COUNTED`]) take the array lookup.
     /// Dropping the filters detaches the fast paths with them.
     pub fn attach(
         filters: &[XdpProgram],
@@ -246,6 +263,10 @@ impl FastPaths {
             return Err(FastPathError::NoOwnProgram);
         }
         let vips = u32::try_from((2 * config.vips.len()).clamp(16, VIP_CAPACITY)).unwrap_or(16);
+        let backend_slots = state
+            .backend_id_bound
+            .saturating_mul(4)
+            .clamp(MIN_BACKEND_SLOTS, BACKEND_IDS_COUNTED);
         let mut paths = Vec::with_capacity(filters.len());
         for filter in filters {
             let ifname = filter.ifname();
@@ -254,7 +275,7 @@ impl FastPaths {
                     ifname: ifname.to_owned(),
                     source,
                 })?;
-            let path = FastPath::load(vips, config.table_size, conns, Mac(mac))?;
+            let path = FastPath::load(vips, config.table_size, conns, backend_slots, Mac(mac))?;
             path.publish(state)?;
             path.prog.set_fallback(filter.prog_fd())?;
             filter.set_front(path.prog.prog_fd())?;

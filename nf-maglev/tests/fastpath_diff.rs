@@ -202,7 +202,11 @@ enum Outcome {
 
 impl Pair {
     fn new(state: &State) -> Self {
-        let fast = FastPath::load(16, TABLE_SIZE, CONNS, LB_MAC).expect("loads the fast path");
+        // Half the backend ids in the program's array, the other half in its hash map: both lookups
+        // must decide alike.
+        let slots = (state.backend_id_bound / 2).max(1);
+        let fast =
+            FastPath::load(16, TABLE_SIZE, CONNS, slots, LB_MAC).expect("loads the fast path");
         fast.publish(state).expect("publishes");
         Pair {
             fast,

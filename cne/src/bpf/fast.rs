@@ -9,7 +9,7 @@
 //!
 //! Invariants: the VIP and backend maps and the table array hold two generations; the `cfg` map's
 //! `active` field names the one packets see. A writer fills the inactive generation
-//! ([`FastProgram::set_vip`], [`FastProgram::set_backend`], [`FastProgram::set_table`] into the
+//! ([`FastProgram::set_vip`], [`FastProgram::set_backends`], [`FastProgram::set_table`] into the
 //! generation's own part of the table array), switches with one array write ([`FastProgram::set_cfg`])
 //! and then removes the old generation ([`FastProgram::clear_generation`]), so that packets always see one
 //! complete state. Every map's key and value sizes are checked against the types here at load time.
@@ -30,13 +30,16 @@ const STATS: usize = 14;
 
 /// VIP entries per generation (`VIPS_MAX` of the C program).
 pub const VIP_CAPACITY: usize = 1024;
-/// Backend entries per generation (`BACKENDS_MAX` of the C program).
+/// Backend entries per generation in the hash map that holds backends with ids at or above
+/// [`FastLimits::backend_slots`] (`BACKENDS_MAX` of the C program).
 pub const BACKEND_CAPACITY: usize = 16384;
 
 /// `VIP_HAS_TABLE`, `VIP_HAS_PAST` and `BACKEND_NEW_CONNS` of the C program.
 const VIP_HAS_TABLE: u8 = 1 << 0;
 const VIP_HAS_PAST: u8 = 1 << 1;
 const BACKEND_NEW_CONNS: u8 = 1 << 0;
+/// `BACKEND_PRESENT`: an entry of the backend array that is a backend.
+const BACKEND_PRESENT: u8 = 1 << 1;
 
 /// The program's configuration.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -71,7 +74,7 @@ struct CfgValue {
     tcp_fin_timeout: u32,
     udp_timeout: u32,
     max_new_per_sec: u32,
-    pad: u32,
+    backend_slots: u32,
 }
 
 impl From<&FastCfg> for CfgValue {
@@ -85,7 +88,7 @@ impl From<&FastCfg> for CfgValue {
             tcp_fin_timeout: c.tcp_fin_timeout,
             udp_timeout: c.udp_timeout,
             max_new_per_sec: c.max_new_per_sec,
-            pad: 0,
+            backend_slots: 0,
         }
     }
 }
@@ -274,6 +277,9 @@ pub struct FastLimits {
     pub table_entries: u32,
     /// Entries of the connection map.
     pub conns: u32,
+    /// Backend ids per generation kept in an array (a lookup without a hash); backends with higher ids
+    /// are kept in a hash map of [`BACKEND_CAPACITY`] entries per generation.
+    pub backend_slots: u32,
 }
 
 /// Counters of the program, summed over all CPUs. The `handed_*` fields count frames handed on, by
@@ -359,7 +365,10 @@ pub struct FastProgram {
     fallback: Map<u32, u32>,
     cfg: Map<u32, CfgValue>,
     vips: Map<RuleKey, VipInfo>,
+    backend_slots: Map<u32, BackendValue>,
     backends: Map<BackendKey, BackendValue>,
+    /// Entries of `backend_slots` per generation.
+    slots: u32,
     tables: Map<u32, u32>,
     conns: Map<ConnKey, ConnValue>,
     vip_traffic: Map<u32, FastTraffic>,
@@ -370,6 +379,7 @@ pub struct FastProgram {
 impl FastProgram {
     /// Loads the program with the given map sizes. Needs `CAP_BPF` (root); errors name the failing call.
     pub fn load(limits: FastLimits) -> Result<Self, XdpError> {
+        let slots = limits.backend_slots.clamp(1, u32::MAX / 2);
         let loaded = program::load_object(
             &MAGLEV_FAST_OBJ.0,
             c"maglev_fast",
@@ -379,6 +389,7 @@ impl FastProgram {
                 c"fallback",
                 c"cfg",
                 c"vips",
+                c"backend_slots",
                 c"backends",
                 c"tables",
                 c"conns",
@@ -389,6 +400,7 @@ impl FastProgram {
             &[
                 (c"tables", limits.table_entries.max(1)),
                 (c"conns", limits.conns.max(1)),
+                (c"backend_slots", slots.saturating_mul(2)),
             ],
         )?;
         let mut maps = loaded.maps.into_iter();
@@ -404,6 +416,8 @@ impl FastProgram {
             fallback: Map::checked("fallback", next("fallback")?)?,
             cfg: Map::checked("cfg", next("cfg")?)?,
             vips: Map::checked("vips", next("vips")?)?,
+            backend_slots: Map::checked("backend_slots", next("backend_slots")?)?,
+            slots,
             backends: Map::checked("backends", next("backends")?)?,
             tables: Map::checked("tables", next("tables")?)?,
             conns: Map::checked("conns", next("conns")?)?,
@@ -456,7 +470,11 @@ impl FastProgram {
     /// Writes the configuration: one array write, so a change of `active` switches every packet to the
     /// other generation at once.
     pub fn set_cfg(&self, cfg: &FastCfg) -> Result<(), XdpError> {
-        self.cfg.update(&0, &CfgValue::from(cfg))
+        let value = CfgValue {
+            backend_slots: self.slots,
+            ..CfgValue::from(cfg)
+        };
+        self.cfg.update(&0, &value)
     }
 
     /// Writes the VIP `(addr, proto, port)` (`port` 0: all ports) of generation `gen`.
@@ -490,36 +508,54 @@ impl FastProgram {
             .update(&RuleKey::new(addr, proto, port).in_gen(gen & 1), &info)
     }
 
-    /// Writes backend `id` of generation `gen`.
-    pub fn set_backend(&self, id: u32, gen: u8, backend: &FastBackend) -> Result<(), XdpError> {
-        let mut v = BackendValue {
-            mac: backend.mac,
-            flags: if backend.new_conns {
-                BACKEND_NEW_CONNS
-            } else {
-                0
-            },
-            ..BackendValue::default()
-        };
-        match backend.outer {
-            FastOuter::None => {}
-            FastOuter::V4 { header, sum } => {
-                v.outer = 4;
-                v.sum = sum;
-                v.hdr[..20].copy_from_slice(&header);
+    /// Makes `backends` (by id) the backends of generation `gen`: the generation's part of the backend
+    /// array is rewritten whole (ids not listed are no backend), ids beyond it go to the hash map, which
+    /// [`FastProgram::clear_generation`] must have emptied for `gen` before.
+    pub fn set_backends(&self, gen: u8, backends: &[(u32, FastBackend)]) -> Result<(), XdpError> {
+        let slots = self.slots as usize;
+        let mut values = vec![BackendValue::default(); slots];
+        for (id, backend) in backends {
+            let mut v = BackendValue {
+                mac: backend.mac,
+                flags: BACKEND_PRESENT
+                    | if backend.new_conns {
+                        BACKEND_NEW_CONNS
+                    } else {
+                        0
+                    },
+                ..BackendValue::default()
+            };
+            match backend.outer {
+                FastOuter::None => {}
+                FastOuter::V4 { header, sum } => {
+                    v.outer = 4;
+                    v.sum = sum;
+                    v.hdr[..20].copy_from_slice(&header);
+                }
+                FastOuter::V6 { header } => {
+                    v.outer = 6;
+                    v.hdr = header;
+                }
             }
-            FastOuter::V6 { header } => {
-                v.outer = 6;
-                v.hdr = header;
+            match values.get_mut(*id as usize) {
+                Some(slot) => *slot = v,
+                None => self.backends.update(
+                    &BackendKey {
+                        id: *id,
+                        gen: u32::from(gen & 1),
+                    },
+                    &v,
+                )?,
             }
         }
-        self.backends.update(
-            &BackendKey {
-                id,
-                gen: u32::from(gen & 1),
-            },
-            &v,
-        )
+        self.write_backend_half(gen, &values)
+    }
+
+    /// Writes the part of the backend array of generation `gen`.
+    fn write_backend_half(&self, gen: u8, values: &[BackendValue]) -> Result<(), XdpError> {
+        let base = u32::from(gen & 1) * self.slots;
+        let keys: Vec<u32> = (base..).take(values.len()).collect();
+        self.backend_slots.update_batch(&keys, values)
     }
 
     /// Entries of the table array.
@@ -548,7 +584,8 @@ impl FastProgram {
     /// Deletes every VIP and backend entry of generation `gen` (after a switch away from it).
     pub fn clear_generation(&self, gen: u8) -> Result<(), XdpError> {
         self.vips.delete_where(|k| k.gen() == gen & 1)?;
-        self.backends.delete_where(|k| k.gen == u32::from(gen & 1))
+        self.backends.delete_where(|k| k.gen == u32::from(gen & 1))?;
+        self.write_backend_half(gen, &vec![BackendValue::default(); self.slots as usize])
     }
 
     /// Records `conns` in the connection map, so that the next packets of those flows go where user
@@ -713,6 +750,7 @@ mod tests {
         let fast = FastProgram::load(FastLimits {
             table_entries: 16,
             conns: 16,
+            backend_slots: 16,
         })
         .expect("loads");
         let filter = program::load_object(
