@@ -169,7 +169,8 @@ struct Row {
 fn measure(flows: u32, case: Case) -> Row {
     let control = case.control(flows);
     let state = control.state();
-    let fast = FastPath::load(1, TABLE_SIZE, flows + flows / 4, MIN_BACKEND_SLOTS, LB_MAC).expect("loads");
+    let fast =
+        FastPath::load(1, TABLE_SIZE, flows + flows / 4, MIN_BACKEND_SLOTS, LB_MAC).expect("loads");
     fast.publish(&state).expect("publishes");
     let prog = fast.program();
 

@@ -584,7 +584,8 @@ impl FastProgram {
     /// Deletes every VIP and backend entry of generation `gen` (after a switch away from it).
     pub fn clear_generation(&self, gen: u8) -> Result<(), XdpError> {
         self.vips.delete_where(|k| k.gen() == gen & 1)?;
-        self.backends.delete_where(|k| k.gen == u32::from(gen & 1))?;
+        self.backends
+            .delete_where(|k| k.gen == u32::from(gen & 1))?;
         self.write_backend_half(gen, &vec![BackendValue::default(); self.slots as usize])
     }
 
