@@ -329,25 +329,23 @@ impl FastPaths {
         Ok(())
     }
 
-    /// The counters of each path, by interface.
-    pub fn stats(&self) -> Result<Vec<(String, FastStats)>, FastPathError> {
-        self.paths
-            .iter()
-            .map(|(n, p)| Ok((n.clone(), p.prog.stats()?)))
-            .collect()
-    }
-
-    /// What the paths forwarded, as the workers count it: per VIP and backend of `state`, forwarded
-    /// packets, connections recorded, expired and refused by the flood guard.
-    pub fn counters(&self, state: &State) -> Result<Counters, FastPathError> {
+    /// The counters of each path by interface, and what the paths forwarded as the workers count it:
+    /// per VIP and backend of `state`, forwarded packets, connections recorded, expired and refused by
+    /// the flood guard. One read of every map.
+    pub fn counters(
+        &self,
+        state: &State,
+    ) -> Result<(Vec<(String, FastStats)>, Counters), FastPathError> {
         let mut c = Counters::new(state.vip_id_bound, state.backend_id_bound);
+        let mut stats = Vec::with_capacity(self.paths.len());
         let add = |t: &mut Traffic, f: FastTraffic| {
             t.packets += f.packets;
             t.bytes += f.bytes;
             t.new_conns += f.new_conns;
         };
-        for (_, p) in &self.paths {
+        for (name, p) in &self.paths {
             let s = p.prog.stats()?;
+            stats.push((name.clone(), s));
             c.rx_packets += s.forwarded;
             c.tx_packets += s.forwarded;
             c.conntrack.inserted += s.conn_new;
@@ -364,6 +362,6 @@ impl FastPaths {
                 }
             }
         }
-        Ok(c)
+        Ok((stats, c))
     }
 }

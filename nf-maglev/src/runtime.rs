@@ -375,8 +375,7 @@ impl Runtime {
         let Some(fast) = &self.fast else {
             return;
         };
-        let state = self.control.state();
-        match fast.stats().and_then(|s| Ok((s, fast.counters(&state)?))) {
+        match fast.counters(&self.control.state()) {
             Ok((stats, counters)) => {
                 if let Ok(mut s) = self.stats.lock() {
                     s.fast = stats;
@@ -624,7 +623,7 @@ impl Api for Runtime {
     fn kernel_counters(&self) -> Option<Counters> {
         let fast = self.fast.as_ref()?;
         match fast.counters(&self.control.state()) {
-            Ok(c) => Some(c),
+            Ok((_, c)) => Some(c),
             Err(e) => {
                 log::warn!(
                     "reading the XDP fast path counters: {}",
