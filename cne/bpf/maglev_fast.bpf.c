@@ -68,6 +68,12 @@
 /* Default connection-map and table sizes; user space sets them before loading. */
 #define CONNS_MAX 65536
 #define TABLE_ENTRIES 131074
+/* A cached decision holds for 64 jiffies (64 ms at HZ=1000, 640 ms at HZ=100): under a second, so that
+ * a flow's connection entry is still renewed about every second. */
+#define CACHE_TICK_SHIFT 6
+/* Entries of each CPU's flow cache (a power of two). */
+#define FLOW_CACHE_BITS 13
+#define FLOW_CACHE_ENTRIES (1u << FLOW_CACHE_BITS)
 /* Traffic counters by id; ids at or above these are not counted. */
 #define VIP_IDS_MAX 4096
 #define BACKEND_IDS_MAX 65536
@@ -111,7 +117,7 @@ enum {
 
 struct fast_cfg {
 	__u64 seed;
-	__u32 active; /* the generation packets see (0 or 1) */
+	__u32 active; /* epoch of the state packets see; its low bit is the generation */
 	__u16 mtu; /* largest IP packet sent to a backend */
 	__u8 mac[6]; /* the port's MAC: source of every frame sent */
 	__u32 tcp_timeout; /* idle timeouts, seconds */
@@ -150,7 +156,7 @@ struct conn_key {
 	__u16 dport;
 	__u8 proto;
 	__u8 pad[3];
-};
+} __attribute__((aligned(8))); /* compared as five 64-bit words */
 
 /* A recorded connection: its backend, and the VIP it was recorded for (a backend id only means something
  * within its VIP; a 5-tuple that now matches another VIP is a new flow there). */
@@ -160,6 +166,18 @@ struct conn_val {
 	__u32 expires; /* seconds; 0: no entry on this CPU */
 	__u8 closing; /* a FIN or RST was seen */
 	__u8 pad[3];
+};
+
+/* A decision of this CPU in one second, one state and one epoch of connection-map changes: what the
+ * connection map and the VIP gave a packet of this flow that was no SYN, FIN or RST. */
+struct flow_cached {
+	struct conn_key key;
+	__u32 epoch; /* cfg.active when made */
+	__u32 tick; /* jiffies >> CACHE_TICK_SHIFT when made; it holds in that tick only */
+	__u32 changes; /* changes[0] + changes[1] when made */
+	__u32 backend;
+	__u32 vip; /* VIP id */
+	__u32 mode_label; /* the VIP's mode << 24 | the flow hash's low 20 bits (IPv6 outer flow label) */
 };
 
 struct flood {
@@ -235,6 +253,24 @@ struct {
 	__type(key, __u32);
 	__type(value, struct flood);
 } flood SEC(".maps");
+
+/* Each CPU's part at cpu * FLOW_CACHE_ENTRIES (user space sizes the map for every possible CPU). A plain
+ * array, not a per-CPU one: an entry is one load away (a per-CPU array first loads a pointer per entry),
+ * and mmapable so that its values start on a page and each 64-byte entry is one cache line. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FLOW_CACHE_ENTRIES);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct flow_cached);
+} flow_cache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u32);
+} changes SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -602,6 +638,39 @@ static __always_inline __u32 encap_gre(struct xdp_md *ctx, const struct pkt *p, 
 	return STAT_MAX;
 }
 
+/* Where a flow sits in this CPU's flow cache: a multiplicative hash of its addresses and ports (the flow
+ * hash is dearer, and a collision only costs the lookups the cache saves). */
+static __always_inline __u32 cache_index(const struct conn_key *k)
+{
+	__u64 s = k->src[0] ^ k->src[1] ^ k->src[2] ^ k->src[3];
+	__u64 d = k->dst[0] ^ k->dst[1] ^ k->dst[2] ^ k->dst[3];
+	__u64 x = (s << 32 | d) ^ ((__u64)k->sport << 16 | k->dport) ^ ((__u64)k->proto << 40);
+
+	return (__u32)((x * 0x9e3779b97f4a7c15ULL) >> (64 - FLOW_CACHE_BITS));
+}
+
+static __always_inline int same_key(const struct conn_key *a, const struct conn_key *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+
+	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4])) == 0;
+}
+
+/* The sum of the two change counters: changes[0] counts connection entries this program replaced (a SYN
+ * that re-picks a reused 5-tuple), changes[1] writes and deletes of user space. Read before the
+ * connection map, so a cached decision made from an entry older than a change carries an older sum (x86
+ * keeps stores in order and loads in order; the counter is written after the entry). */
+static __always_inline __u32 change_count(void)
+{
+	__u32 k0 = 0, k1 = 1;
+	__u32 *a = bpf_map_lookup_elem(&changes, &k0);
+	__u32 *b = bpf_map_lookup_elem(&changes, &k1);
+
+	if (!a || !b)
+		return 0;
+	return *(volatile __u32 *)a + *(volatile __u32 *)b;
+}
+
 SEC("xdp")
 int maglev_fast(struct xdp_md *ctx)
 {
@@ -610,7 +679,8 @@ int maglev_fast(struct xdp_md *ctx)
 	__u32 zero = 0, bytes = end - data, *slot, reason;
 	struct conn_val *conn, rec = {};
 	struct counters *st = counters();
-	__u32 gen, bid;
+	struct flow_cached *fc = 0;
+	__u32 epoch, gen, bid, vid, mode, chg, cidx;
 	struct addr_key vkey = {};
 	struct pkt p = {};
 	struct fast_cfg *c;
@@ -618,8 +688,8 @@ int maglev_fast(struct xdp_md *ctx)
 	struct backend *b = 0;
 	__u64 hash = 0;
 	int hashed = 0;
-	__u32 now;
-	int tcp, syn, closing, new_conn = 0;
+	__u32 now, tick;
+	int tcp, syn, closing, cacheable, new_conn = 0;
 
 	c = bpf_map_lookup_elem(&cfg, &zero);
 	if (!c)
@@ -627,9 +697,39 @@ int maglev_fast(struct xdp_md *ctx)
 	if (!parse(&p, data, end))
 		return hand_over(ctx, st, STAT_NOT_FAST, 0);
 
+	epoch = *(volatile __u32 *)&c->active;
+	gen = epoch & 1;
+	tcp = p.key.proto == IPPROTO_TCP;
+	syn = tcp && (p.tcp_flags & TCP_SYN) && !(p.tcp_flags & TCP_ACK);
+	closing = tcp && (p.tcp_flags & (TCP_FIN | TCP_RST));
+	/* A packet that may change its connection's entry always takes the whole way. */
+	cacheable = !tcp || !(p.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST));
+	tick = (__u32)(bpf_jiffies64() >> CACHE_TICK_SHIFT); /* inlined: a load of jiffies */
+	chg = change_count();
+
+	/* The flow cache: this CPU's decision for this flow made in this tick, under this state, with no
+	 * connection entry replaced since, is the decision. The first packet of each tick takes the whole
+	 * way, which renews the connection entry's timeout and its place in the LRU: a flow's entry may
+	 * expire up to a second (one tick across a second's end) before it would without the cache. */
+	if (cacheable) {
+		cidx = bpf_get_smp_processor_id() * FLOW_CACHE_ENTRIES + cache_index(&p.key);
+		fc = bpf_map_lookup_elem(&flow_cache, &cidx);
+		if (fc && fc->tick == tick && fc->epoch == epoch && fc->changes == chg &&
+		    same_key(&fc->key, &p.key)) {
+			bid = fc->backend;
+			b = backend_of(c, bid, gen);
+			if (b) {
+				vid = fc->vip;
+				mode = fc->mode_label >> 24;
+				hash = fc->mode_label & 0x000fffff;
+				add(st, STAT_CONN_HITS, 1);
+				goto send;
+			}
+		}
+	}
+
 	__builtin_memcpy(vkey.addr, p.key.dst, 16);
 	vkey.proto = p.key.proto;
-	gen = c->active & 1;
 	vkey.gen = gen;
 	vkey.port = p.key.dport;
 	vip = bpf_map_lookup_elem(&vips, &vkey);
@@ -639,10 +739,8 @@ int maglev_fast(struct xdp_md *ctx)
 	}
 	if (!vip)
 		return hand_over(ctx, st, STAT_NO_VIP, 0);
-
-	tcp = p.key.proto == IPPROTO_TCP;
-	syn = tcp && (p.tcp_flags & TCP_SYN) && !(p.tcp_flags & TCP_ACK);
-	closing = tcp && (p.tcp_flags & (TCP_FIN | TCP_RST));
+	vid = vip->id;
+	mode = vip->mode;
 	now = clock_secs(bpf_ktime_get_coarse_ns());
 
 	conn = bpf_map_lookup_elem(&conns, &p.key);
@@ -652,7 +750,7 @@ int maglev_fast(struct xdp_md *ctx)
 	}
 	if (conn && conn->expires) {
 		bid = conn->backend;
-		b = conn->vip == vip->id ? backend_of(c, bid, gen) : 0;
+		b = conn->vip == vid ? backend_of(c, bid, gen) : 0;
 		/* A SYN opens a new connection: a backend that takes none gets none, even on a reused 5-tuple,
 		 * and the 5-tuple of a closing connection (FIN or RST seen) starts afresh from the table. */
 		if (b && syn && (conn->closing || !(b->flags & BACKEND_NEW_CONNS)))
@@ -688,25 +786,46 @@ int maglev_fast(struct xdp_md *ctx)
 		b = backend_of(c, bid, gen);
 		if (!b)
 			return hand_over(ctx, st, STAT_NO_BACKEND, 1);
-		if (vip->mode == MODE_GRE && (b->outer == OUTER_NONE))
+		if (mode == MODE_GRE && (b->outer == OUTER_NONE))
 			return hand_over(ctx, st, STAT_NO_OUTER, 1);
-		if (vip->mode == MODE_GRE &&
+		if (mode == MODE_GRE &&
 		    p.ip_len + (b->outer == OUTER_V6 ? 44 : 24) > c->mtu)
 			return hand_over(ctx, st, STAT_TOO_BIG, 1);
 		new_conn = 1;
 		if (may_record(c, now)) {
 			rec.backend = bid;
-			rec.vip = vip->id;
+			rec.vip = vid;
 			rec.closing = closing ? 1 : 0;
 			rec.expires = now + timeout(c, tcp, closing);
 			bpf_map_update_elem(&conns, &p.key, &rec, BPF_ANY);
 			add(st, STAT_CONN_NEW, 1);
+			/* An entry replaced: decisions other CPUs cached from it no longer hold. */
+			if (conn) {
+				__u32 *n = bpf_map_lookup_elem(&changes, &zero);
+
+				if (n)
+					__sync_fetch_and_add(n, 1);
+			}
 		} else {
 			add(st, STAT_CONN_LIMITED, 1);
+			fc = 0; /* nothing recorded: the next packet asks the table again */
 		}
 	}
+	/* The IPv6 outer header's flow label carries the hash's low bits. */
+	if (!hashed && mode == MODE_GRE && b->outer == OUTER_V6)
+		hash = flow_hash(c->seed, &p.key);
+	if (fc) {
+		__builtin_memcpy(&fc->key, &p.key, sizeof(p.key));
+		fc->epoch = epoch;
+		fc->tick = tick;
+		fc->changes = chg;
+		fc->backend = bid;
+		fc->vip = vid;
+		fc->mode_label = (mode << 24) | ((__u32)hash & 0x000fffff);
+	}
 
-	if (vip->mode == MODE_L2DSR) {
+send:
+	if (mode == MODE_L2DSR) {
 		__u8 *d = data;
 
 		/* Only the MAC addresses change. */
@@ -716,9 +835,6 @@ int maglev_fast(struct xdp_md *ctx)
 		__builtin_memcpy(d + 6, c->mac, 6);
 		reason = STAT_MAX;
 	} else {
-		/* The IPv6 outer header's flow label carries the hash's low bits. */
-		if (!hashed && b->outer == OUTER_V6)
-			hash = flow_hash(c->seed, &p.key);
 		reason = encap_gre(ctx, &p, b, c, hash);
 	}
 	if (reason == STAT_ADJUST_FAILED) {
@@ -730,7 +846,7 @@ int maglev_fast(struct xdp_md *ctx)
 		return hand_over(ctx, st, reason, 1);
 	add(st, STAT_FWD_PACKETS, 1);
 	add(st, STAT_FWD_BYTES, bytes);
-	count(&vip_traffic, vip->id, bytes, new_conn);
+	count(&vip_traffic, vid, bytes, new_conn);
 	count(&backend_traffic, bid, bytes, new_conn);
 	return XDP_TX;
 }

@@ -46,7 +46,8 @@ const BACKEND_PRESENT: u8 = 1 << 1;
 pub struct FastCfg {
     /// Seed of the flow hash (nf-maglev's `hash_seed`).
     pub seed: u64,
-    /// The generation packets see (0 or 1).
+    /// The generation packets see (0 or 1). [`FastProgram::set_cfg`] writes it as the low bit of an
+    /// epoch that every write advances (the program's flow cache holds decisions of one epoch only).
     pub active: u32,
     /// Largest IP packet sent to a backend: a GRE packet that would be longer is handed on.
     pub mtu: u16,
@@ -374,6 +375,19 @@ pub struct FastProgram {
     vip_traffic: Map<u32, FastTraffic>,
     backend_traffic: Map<u32, FastTraffic>,
     stats: Map<u32, [u64; STATS]>,
+    /// `changes[1]`: advanced after every write to the connection map, so that no CPU's flow cache keeps a
+    /// decision made from the entries before it.
+    changes: Map<u32, u32>,
+    user_changes: std::sync::Mutex<u32>,
+}
+
+/// Entries of each CPU's flow cache (`FLOW_CACHE_ENTRIES` of the C program).
+const FLOW_CACHE_ENTRIES: u32 = 1 << 13;
+
+/// Entries of the flow cache: a part for every possible CPU.
+fn flow_cache_entries() -> Result<u32, XdpError> {
+    let cpus = u32::try_from(program::possible_cpus()?).unwrap_or(u32::MAX);
+    Ok(cpus.saturating_mul(FLOW_CACHE_ENTRIES))
 }
 
 impl FastProgram {
@@ -396,11 +410,13 @@ impl FastProgram {
                 c"vip_traffic",
                 c"backend_traffic",
                 c"stats",
+                c"changes",
             ],
             &[
                 (c"tables", limits.table_entries.max(1)),
                 (c"conns", limits.conns.max(1)),
                 (c"backend_slots", slots.saturating_mul(2)),
+                (c"flow_cache", flow_cache_entries()?),
             ],
         )?;
         let mut maps = loaded.maps.into_iter();
@@ -424,6 +440,8 @@ impl FastProgram {
             vip_traffic: Map::checked("vip_traffic", next("vip_traffic")?)?,
             backend_traffic: Map::checked("backend_traffic", next("backend_traffic")?)?,
             stats: Map::checked("stats", next("stats")?)?,
+            changes: Map::checked("changes", next("changes")?)?,
+            user_changes: std::sync::Mutex::new(0),
             prog: loaded.prog,
         })
     }
@@ -468,13 +486,31 @@ impl FastProgram {
     }
 
     /// Writes the configuration: one array write, so a change of `active` switches every packet to the
-    /// other generation at once.
+    /// other generation at once. The epoch written advances by one or two to the next one of generation
+    /// `cfg.active`: decisions the program cached before no longer hold.
     pub fn set_cfg(&self, cfg: &FastCfg) -> Result<(), XdpError> {
+        let now = self.cfg.lookup(&0)?.unwrap_or_default().active;
+        let mut epoch = now.wrapping_add(1);
+        if epoch & 1 != cfg.active & 1 {
+            epoch = epoch.wrapping_add(1);
+        }
         let value = CfgValue {
             backend_slots: self.slots,
+            active: epoch,
             ..CfgValue::from(cfg)
         };
         self.cfg.update(&0, &value)
+    }
+
+    /// Advances `changes[1]` after a write to the connection map (the program reads the counter before
+    /// the map, so what it caches from older entries carries the older count).
+    fn conns_changed(&self) -> Result<(), XdpError> {
+        let mut n = self
+            .user_changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *n = n.wrapping_add(1);
+        self.changes.update(&1, &*n)
     }
 
     /// Writes the VIP `(addr, proto, port)` (`port` 0: all ports) of generation `gen`.
@@ -618,7 +654,9 @@ impl FastProgram {
                 )
             })
             .unzip();
-        self.conns.update_batch(&keys, &values)
+        let written = self.conns.update_batch(&keys, &values);
+        self.conns_changed()?;
+        written
     }
 
     /// The connection map's live entry for a flow: `(backend id, VIP id)`.
@@ -675,7 +713,9 @@ impl FastProgram {
 
     /// Forgets every recorded connection.
     pub fn clear_conns(&self) -> Result<(), XdpError> {
-        self.conns.delete_where(|_| true)
+        let cleared = self.conns.delete_where(|_| true);
+        self.conns_changed()?;
+        cleared
     }
 
     /// The counters, summed over all CPUs.
