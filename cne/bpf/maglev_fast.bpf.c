@@ -72,7 +72,7 @@
  * a flow's connection entry is still renewed about every second. */
 #define CACHE_TICK_SHIFT 6
 /* Entries of each CPU's flow cache (a power of two). */
-#define FLOW_CACHE_BITS 13
+#define FLOW_CACHE_BITS 12
 #define FLOW_CACHE_ENTRIES (1u << FLOW_CACHE_BITS)
 /* Traffic counters by id; ids at or above these are not counted. */
 #define VIP_IDS_MAX 4096
@@ -523,7 +523,7 @@ static __always_inline int parse(struct pkt *p, void *data, void *end)
 
 	if ((void *)(eth + 1) > end)
 		return 0;
-	proto = eth->h_proto;
+	proto = ld16(&eth->h_proto);
 	p->l3 = sizeof(*eth);
 	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
 		struct vlan_hdr *vh = (void *)(eth + 1);
@@ -720,12 +720,11 @@ int maglev_fast(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	__u32 zero = 0, bytes = end - data, *slot, reason;
-	struct conn_val *conn, rec = {};
+	struct conn_val *conn;
 	struct counters *st = counters();
 	struct flow_cached *fc = 0;
 	__u32 epoch, gen, bid, vid, mode, chg, cidx;
-	struct addr_key vkey = {};
-	struct pkt p = {};
+	struct pkt p;
 	struct fast_cfg *c;
 	struct vip_info *vip;
 	struct backend *b = 0;
@@ -737,6 +736,9 @@ int maglev_fast(struct xdp_md *ctx)
 	c = bpf_map_lookup_elem(&cfg, &zero);
 	if (!c)
 		return hand_over(ctx, st, STAT_NOT_FAST, 0);
+	p.key.pad[0] = 0;
+	p.key.pad[1] = 0;
+	p.key.pad[2] = 0;
 	if (!parse(&p, data, end))
 		return hand_over(ctx, st, STAT_NOT_FAST, 0);
 
@@ -771,14 +773,18 @@ int maglev_fast(struct xdp_md *ctx)
 		}
 	}
 
-	__builtin_memcpy(vkey.addr, p.key.dst, 16);
-	vkey.proto = p.key.proto;
-	vkey.gen = gen;
-	vkey.port = p.key.dport;
-	vip = bpf_map_lookup_elem(&vips, &vkey);
-	if (!vip && vkey.port != 0) {
-		vkey.port = 0;
+	{
+		struct addr_key vkey;
+
+		__builtin_memcpy(vkey.addr, p.key.dst, 16);
+		vkey.proto = p.key.proto;
+		vkey.gen = gen;
+		vkey.port = p.key.dport;
 		vip = bpf_map_lookup_elem(&vips, &vkey);
+		if (!vip && vkey.port != 0) {
+			vkey.port = 0;
+			vip = bpf_map_lookup_elem(&vips, &vkey);
+		}
 	}
 	if (!vip)
 		return hand_over(ctx, st, STAT_NO_VIP, 0);
@@ -836,6 +842,8 @@ int maglev_fast(struct xdp_md *ctx)
 			return hand_over(ctx, st, STAT_TOO_BIG, 1);
 		new_conn = 1;
 		if (may_record(c, now)) {
+			struct conn_val rec = {};
+
 			rec.backend = bid;
 			rec.vip = vid;
 			rec.closing = closing ? 1 : 0;

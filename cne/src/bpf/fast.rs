@@ -382,7 +382,7 @@ pub struct FastProgram {
 }
 
 /// Entries of each CPU's flow cache (`FLOW_CACHE_ENTRIES` of the C program).
-const FLOW_CACHE_ENTRIES: u32 = 1 << 13;
+const FLOW_CACHE_ENTRIES: u32 = 1 << 12;
 
 /// Entries of the flow cache: a part for every possible CPU.
 fn flow_cache_entries() -> Result<u32, XdpError> {
