@@ -112,7 +112,8 @@ enum {
 	STAT_CONN_NEW = 11,
 	STAT_CONN_EXPIRED = 12, /* an entry found past its timeout */
 	STAT_CONN_LIMITED = 13, /* a new flow not recorded by the flood guard */
-	STAT_MAX = 14,
+	STAT_CACHE_HITS = 14, /* connection hits decided by the flow cache */
+	STAT_MAX = 15,
 };
 
 struct fast_cfg {
@@ -768,6 +769,7 @@ int maglev_fast(struct xdp_md *ctx)
 				mode = fc->mode_label >> 24;
 				hash = fc->mode_label & 0x000fffff;
 				add(st, STAT_CONN_HITS, 1);
+				add(st, STAT_CACHE_HITS, 1);
 				goto send;
 			}
 		}

@@ -147,6 +147,12 @@ const FAST_PATH: Def = counter(
      AF_XDP workers, by reason.",
     &["port", "result"],
 );
+const FAST_CACHE: Def = counter(
+    "nf_maglev_xdp_fast_path_flow_cache_hits_total",
+    "Packets of known connections the XDP fast path forwarded from a CPU's flow cache, without its VIP \
+     and connection lookups (part of its forwarded packets).",
+    &["port"],
+);
 const CT_ENTRIES: Def = gauge(
     "nf_maglev_conntrack_entries",
     "Live connection-table entries (counted once per second).",
@@ -353,6 +359,7 @@ const ALL: &[&Def] = &[
     &FILTER_PASSED,
     &FILTER_REDIRECT_FAILED,
     &FAST_PATH,
+    &FAST_CACHE,
     &CT_ENTRIES,
     &CT_CAPACITY,
     &CT_INSERTED,
@@ -597,6 +604,11 @@ impl Collector for LbCollector {
             }
         }
         out.push(fast.finish());
+        let mut cache = Family::new(&FAST_CACHE);
+        for (netdev, s) in &control.fast {
+            cache.add(&[netdev], s.cache_hits as f64);
+        }
+        out.push(cache.finish());
 
         let mut drops = Family::new(&DROPS);
         for reason in DropReason::ALL {

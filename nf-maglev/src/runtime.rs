@@ -730,6 +730,7 @@ impl Api for Runtime {
                         "recorded": f.conn_new,
                         "expired": f.conn_expired,
                         "flood_limited": f.conn_limited,
+                        "flow_cache_hits": f.cache_hits,
                     },
                 })
             })

@@ -249,7 +249,7 @@ impl Pair {
     }
 }
 
-/// Per-CPU connection maps: every run must happen on one CPU for the program to see its entries again.
+/// The program's flow cache is per CPU: runs of one test stay on CPU 0 unless it moves on purpose.
 fn pin() {
     cne::sys::cpu::pin_current_thread(&[0]).expect("pins the thread to CPU 0");
 }
@@ -463,6 +463,128 @@ fn random_flows_decide_as_user_space() {
     );
 }
 
+/// The outer IPv4 destination of a GRE frame the program sent: which backend it chose.
+fn gre_backend(out: &[u8]) -> [u8; 4] {
+    out[30..34].try_into().expect("an IPv4 GRE frame")
+}
+
+/// A CPU's flow cache holds a decision only while nothing it came from changes: a new state (a drain),
+/// a SYN on another CPU that moves a reused 5-tuple to another backend, and a connection entry user
+/// space writes all reach the next packet on this CPU.
+#[test]
+#[ignore = "needs root"]
+fn the_flow_cache_follows_changes_made_elsewhere() {
+    lab::require_root();
+    let cpus = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
+    if cpus.trim() == "0" {
+        println!("one CPU online: the cross-CPU part cannot run; skipped");
+        return;
+    }
+    pin();
+    let mut c = control();
+    let state = c.state();
+    let mut p = Pair::new(&state);
+    let p1 = [198, 18, 2, 2];
+    // A connection to the GRE pool that the table gives p1.
+    let mut rng = Rng(0x0f10_cace_5eed_0001);
+    let f = loop {
+        let s: [u8; 2] = rng.bytes();
+        let f = Flow {
+            src: vec![198, 19, s[0], s[1]],
+            dst: vec![198, 18, 100, 4],
+            sport: 1024 + rng.below(60000) as u16,
+            dport: 80,
+            proto: 6,
+        };
+        assert_eq!(
+            p.run(&state, &frame(&f, SYN, 0, 0, None), "syn"),
+            Outcome::Same
+        );
+        if gre_backend(&p.last) == p1 {
+            break f;
+        }
+    };
+    let ack = frame(&f, ACK, 0, 10, None);
+    let hits = p.stats().cache_hits;
+    for _ in 0..3 {
+        assert_eq!(p.run(&state, &ack, "ack"), Outcome::Same);
+    }
+    assert!(
+        p.stats().cache_hits >= hits + 2,
+        "the connection's packets come from the flow cache"
+    );
+    // A new state: p1 drained keeps its connection.
+    c.set_weight("pool", "p1", 0).expect("drains");
+    let state = c.state();
+    p.fast.publish(&state).expect("publishes");
+    for _ in 0..3 {
+        assert_eq!(p.run(&state, &ack, "ack after the drain"), Outcome::Same);
+        assert_eq!(
+            gre_backend(&p.last),
+            p1,
+            "a drained backend keeps its connection"
+        );
+    }
+    // The connection ends on CPU 1 and a new one reuses its 5-tuple there: the table decides it.
+    cne::sys::cpu::pin_current_thread(&[1]).expect("pins the thread to CPU 1");
+    assert_eq!(
+        p.run(&state, &frame(&f, ACK | 0x01, 0, 0, None), "fin"),
+        Outcome::Same
+    );
+    assert_eq!(
+        p.run(&state, &frame(&f, SYN, 0, 0, None), "syn again"),
+        Outcome::Same
+    );
+    let moved = gre_backend(&p.last);
+    assert_ne!(
+        moved, p1,
+        "a SYN after a FIN is a new connection, not to a drained backend"
+    );
+    // Back on CPU 0, whose cache saw the old connection on p1: its next packet goes where CPU 1 put it.
+    pin();
+    assert_eq!(p.run(&state, &ack, "ack on the first CPU"), Outcome::Same);
+    assert_eq!(gre_backend(&p.last), moved);
+    // User space records the flow on yet another backend (as for a connection from a past table).
+    let vip = state.vip_by_name("pool").expect("pool");
+    let other = vip
+        .backends()
+        .iter()
+        .find(|b| {
+            let a = match b.addr {
+                std::net::IpAddr::V4(a) => a.octets(),
+                std::net::IpAddr::V6(_) => [0; 4],
+            };
+            a != moved && a != p1
+        })
+        .expect("a third backend");
+    let mut src = [0u8; 16];
+    src[10..12].copy_from_slice(&[0xff, 0xff]);
+    src[12..].copy_from_slice(&f.src);
+    let mut dst = src;
+    dst[12..].copy_from_slice(&f.dst);
+    p.fast
+        .program()
+        .record_conns(&[cne::bpf::fast::FastConn {
+            src,
+            dst,
+            sport: f.sport,
+            dport: f.dport,
+            proto: 6,
+            backend: other.id,
+            vip: vip.id,
+            closing: false,
+            timeout: 60,
+        }])
+        .expect("records");
+    let run = p.fast.program().test_run(&ack, 1).expect("BPF_PROG_RUN");
+    assert_eq!(run.action, XdpAction::Tx);
+    assert_eq!(
+        std::net::IpAddr::from(gre_backend(&run.output)),
+        other.addr,
+        "the program follows the entry user space wrote"
+    );
+}
+
 /// Connections user space forwarded from a past table (which the program does not keep) are written
 /// into the program's connection map and from then on forwarded by the program to the same backend,
 /// also once the past tables are gone.
@@ -628,8 +750,31 @@ fn a_flow_that_changes_vip_is_a_new_flow_there() {
     );
     let section: MaglevSection = serde_json::from_value(config).expect("parses");
     c.reload(&section).expect("reloads");
-    let state = c.state();
+    let (old, state) = (state, c.state());
+    // A packet of some of the connections: their decisions are in this CPU's flow cache now. Then the
+    // old state published again, and the new one: the generation the cached decisions were made in is
+    // the active one again, but they belong to an older state. (Their tick of 64 jiffies may end on
+    // the way, then the cache is empty anyway and the test cannot tell.)
+    let t = std::time::Instant::now();
+    for f in &flows[..200] {
+        assert_eq!(
+            p.run(&old, &frame(f, ACK, 0, 0, None), "before"),
+            Outcome::Same
+        );
+    }
+    p.fast.publish(&old).expect("publishes");
     p.fast.publish(&state).expect("publishes");
+    let hits = p.stats().cache_hits;
+    for f in &flows[..200] {
+        // Not a SYN, but the connection belongs to another VIP: a new flow of this one.
+        assert_eq!(
+            p.run(&state, &frame(f, ACK, 0, 0, None), "after"),
+            Outcome::Same
+        );
+        assert_eq!(p.last[30..34], [198, 18, 6, 1], "to the new VIP's backend");
+    }
+    assert_eq!(p.stats().cache_hits, hits, "no decision of the old state");
+    println!("cached, two publications, checked: {:?}", t.elapsed());
     for f in &flows {
         // A SYN: the new VIP has no past tables, so the program decides it.
         assert_eq!(

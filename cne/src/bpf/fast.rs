@@ -26,7 +26,7 @@ static MAGLEV_FAST_OBJ: &Aligned<[u8]> =
     &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/maglev_fast.o")));
 
 /// Counters of the C program (`STAT_MAX`).
-const STATS: usize = 14;
+const STATS: usize = 15;
 
 /// VIP entries per generation (`VIPS_MAX` of the C program).
 pub const VIP_CAPACITY: usize = 1024;
@@ -315,6 +315,9 @@ pub struct FastStats {
     pub conn_expired: u64,
     /// New flows not recorded because of the flood guard.
     pub conn_limited: u64,
+    /// Connection hits decided by a CPU's flow cache, without the VIP and connection lookups (part of
+    /// `conn_hits`).
+    pub cache_hits: u64,
 }
 
 /// An XDP action, as a program returns it.
@@ -741,6 +744,7 @@ impl FastProgram {
             conn_new: sum[11],
             conn_expired: sum[12],
             conn_limited: sum[13],
+            cache_hits: sum[14],
         })
     }
 
