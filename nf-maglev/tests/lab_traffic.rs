@@ -193,6 +193,13 @@ fn traffic(mode: Mode) {
             kernel <= vip_packets,
             "the fast path's packets count in the VIPs' ({kernel} of {vip_packets})"
         );
+        // A connection's packets after its first few come from the flow cache of their CPU.
+        let cached = m.sum("nf_maglev_xdp_fast_path_flow_cache_hits_total", &[]);
+        eprintln!("{mode}: {cached} packets from the flow cache");
+        assert!(
+            cached > 0.0 && cached < kernel,
+            "flow cache hits: {cached} of {kernel} forwarded"
+        );
     } else {
         assert_eq!(kernel, 0.0, "no fast path in the AF_XDP data path");
         assert!(workers >= 3.0 * 1440.0, "the workers received {workers}");
