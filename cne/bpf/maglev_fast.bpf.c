@@ -17,8 +17,8 @@
  * header, and TCP packets other than a SYN that miss the connection map while the VIP keeps past tables
  * (they may belong to a connection that began under an older table, which only user space keeps).
  *
- * Maps, all but the connection map and the counters in two generations (cfg[0].active names the one
- * packets see, as in xsk_filter): user space writes a whole new state (VIPs, backends, tables) under the
+ * Maps, all but the connection map, the flow cache and the counters in two generations (the low bit of
+ * cfg[0].active names the one packets see, as in xsk_filter): user space writes a whole new state (VIPs, backends, tables) under the
  * other generation, then switches with one array write, then deletes the old generation's entries. Every
  * packet sees one complete state, never a mix.
  *   cfg       ARRAY[1]: hash seed, MTU, the port's MAC, the active generation.
@@ -48,6 +48,17 @@
  *   vip_traffic, backend_traffic
  *             PERCPU_ARRAY by VIP id / backend id: packets, bytes and new connections forwarded here.
  *   stats     PERCPU_ARRAY[1] of all counters (see enum below).
+ *   flow_cache
+ *             ARRAY, FLOW_CACHE_ENTRIES per CPU (direct-mapped by a multiplicative hash of the 5-tuple):
+ *             the decision this CPU made for a flow from the VIP and connection maps, for its packets
+ *             without SYN, FIN or RST. It holds while the tick (64 jiffies, under a second), the state
+ *             epoch (cfg.active, which every configuration write advances) and the change count are
+ *             those it was made under; the first packet of each tick takes the whole way and renews
+ *             the connection entry's timeout and LRU place. A hit costs no hash-map lookup: parse,
+ *             one cache line, the backend array, rewrite, counters.
+ *   changes   ARRAY[2]: [0] connection entries this program replaced (a SYN moving a reused or
+ *             expired 5-tuple), [1] writes and deletes of user space; a change ends every CPU's cached
+ *             decisions, so a flow whose entry moves on one CPU moves on all.
  * Time is CLOCK_MONOTONIC (bpf_ktime_get_coarse_ns, which user space reads as CLOCK_MONOTONIC_COARSE) in
  * seconds, computed without a division (see clock_secs); cne::bpf::fast::clock_secs is the same function.
  */
