@@ -24,10 +24,12 @@
 //!
 //! Per flow count and case, a fresh program with a connection map of 1.25 entries per flow (so no flow
 //! is evicted): every flow opens with a SYN first (not measured), then
-//! - hit: a packet (ACK) of a known flow, found in the connection map;
-//! - hit repeat (L2 DSR only): 256 of the known flows, each run 4096 times in one call: the program's
-//!   cost with the flow's entries in the caches, while the map holds all N flows (an L2 DSR frame
-//!   stays the same flow's packet when run again; a GRE frame does not);
+//! - hit: the first packet (ACK) of a known flow after its SYN, found in the connection map (and
+//!   written into the CPU's flow cache: the whole way);
+//! - hit repeat (L2 DSR only): 256 of the known flows, each run 4096 times in one call: after the first
+//!   run a flow's packets come from the CPU's flow cache, so this is the cost of a cached hit with the
+//!   flow's entries in the CPU caches, while the map holds all N flows (an L2 DSR frame stays the same
+//!   flow's packet when run again; a GRE frame does not);
 //! - new: a SYN of a flow never seen (a quarter of N more flows, at most 50,000), which misses the
 //!   connection map, takes its backend from the Maglev table and is recorded.
 //!
