@@ -740,7 +740,7 @@ impl FastProgram {
             handed_no_outer: sum[7],
             handed_too_big: sum[8],
             adjust_failed: sum[9],
-            conn_hits: sum[10],
+            conn_hits: sum[10].wrapping_add(sum[14]),
             conn_new: sum[11],
             conn_expired: sum[12],
             conn_limited: sum[13],
