@@ -743,7 +743,7 @@ int maglev_fast(struct xdp_md *ctx)
 	__u64 hash = 0;
 	int hashed = 0;
 	__u32 now, tick, seen = 0;
-	int tcp, syn, closing, cacheable, new_conn = 0;
+	int tcp, syn, closing, cacheable, live, new_conn = 0;
 
 	c = bpf_map_lookup_elem(&cfg, &zero);
 	if (!c)
@@ -774,7 +774,11 @@ int maglev_fast(struct xdp_md *ctx)
 	}
 	tick = (__u32)(bpf_jiffies64() >> CACHE_TICK_SHIFT); /* inlined: a load of jiffies */
 	chg = change_count();
-	if (fc && seen == tick && fc->epoch == epoch && fc->changes == chg && same_key(&fc->key, &p.key)) {
+	/* An entry of this tick, state and change count: another flow's keeps its place till the tick ends
+	 * (the first flow of a tick takes a slot, so a busy flow holds it against many small ones, and a
+	 * miss writes no cache line). */
+	live = fc && seen == tick && fc->epoch == epoch && fc->changes == chg;
+	if (live && same_key(&fc->key, &p.key)) {
 		bid = fc->backend;
 		b = backend_of(c, bid, gen);
 		if (b) {
@@ -878,7 +882,7 @@ int maglev_fast(struct xdp_md *ctx)
 	/* The IPv6 outer header's flow label carries the hash's low bits. */
 	if (!hashed && mode == MODE_GRE && b->outer == OUTER_V6)
 		hash = flow_hash(c->seed, &p.key);
-	if (fc) {
+	if (fc && !live) {
 		__builtin_memcpy(&fc->key, &p.key, sizeof(p.key));
 		fc->epoch = epoch;
 		fc->tick = tick;
