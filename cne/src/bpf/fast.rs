@@ -13,6 +13,12 @@
 //! generation's own part of the table array), switches with one array write ([`FastProgram::set_cfg`])
 //! and then removes the old generation ([`FastProgram::clear_generation`]), so that packets always see one
 //! complete state. Every map's key and value sizes are checked against the types here at load time.
+//!
+//! Each CPU's flow cache in the program holds decisions of one state epoch (`cfg.active`, whose low
+//! bit is the generation: [`FastProgram::set_cfg`] advances it on every write) and one count of
+//! connection-map changes (the program counts the entries it replaces; [`FastProgram::record_conns`]
+//! and [`FastProgram::clear_conns`] count theirs after writing), so no decision outlives what it was
+//! made from.
 
 use std::io;
 use std::net::IpAddr;
