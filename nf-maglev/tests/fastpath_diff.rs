@@ -506,11 +506,12 @@ fn the_flow_cache_follows_changes_made_elsewhere() {
     };
     let ack = frame(&f, ACK, 0, 10, None);
     let hits = p.stats().cache_hits;
-    for _ in 0..3 {
+    for _ in 0..5 {
         assert_eq!(p.run(&state, &ack, "ack"), Outcome::Same);
     }
+    // The first fills the cache, the others hit it (one more fill if a tick ends in between).
     assert!(
-        p.stats().cache_hits >= hits + 2,
+        p.stats().cache_hits >= hits + 3,
         "the connection's packets come from the flow cache"
     );
     // A new state: p1 drained keeps its connection.
