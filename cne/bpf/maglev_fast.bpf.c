@@ -180,8 +180,8 @@ struct conn_val {
 	__u8 pad[3];
 };
 
-/* A decision of this CPU in one second, one state and one epoch of connection-map changes: what the
- * connection map and the VIP gave a packet of this flow that was no SYN, FIN or RST. */
+/* A decision of this CPU in one tick, under one state epoch and one count of connection-map changes:
+ * what the connection map and the VIP gave a packet of this flow that was no SYN, FIN or RST. */
 struct flow_cached {
 	struct conn_key key;
 	__u32 epoch; /* cfg.active when made */
