@@ -60,6 +60,12 @@ fn main() {
         &out.join("xdp_hairpin.bpf.o"),
         &[],
     );
+    let hairpin_gre_obj = bpf(
+        &clang,
+        &bpf_dir.join("xdp_hairpin.bpf.c"),
+        &out.join("xdp_hairpin_gre.bpf.o"),
+        &["-DHAIRPIN_GRE"],
+    );
     let redirect_obj = bpf(
         &clang,
         &bpf_dir.join("xsk_redirect.bpf.c"),
@@ -94,6 +100,7 @@ fn main() {
         ("LAB_XDP_PASS_OBJ", &pass_obj),
         ("LAB_XDP_DROP_OBJ", &drop_obj),
         ("LAB_XDP_HAIRPIN_OBJ", &hairpin_obj),
+        ("LAB_XDP_HAIRPIN_GRE_OBJ", &hairpin_gre_obj),
         ("LAB_XSK_REDIRECT_OBJ", &redirect_obj),
     ] {
         println!("cargo:rustc-env={name}={}", path.display());

@@ -25,7 +25,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::counters::Counters;
-use crate::forwarder::{tail, Forwarder, FwdCtx, Measure, XDP_TX_HAIRPIN};
+use crate::forwarder::{tail, Forwarder, FwdCtx, Measure, XDP_TX_GRE_HAIRPIN, XDP_TX_HAIRPIN};
 use crate::generator::{GenLimit, GenReport};
 use crate::lab::Lab;
 use crate::wait::wait_idle;
@@ -174,12 +174,14 @@ fn ahead(pairs: &[f64]) -> usize {
 /// Forwarders compared with another forwarder besides the C reference: (forwarder, against). The load
 /// balancer's cost is judged against the MAC-swap echo, the least work an NF can do per packet; its
 /// XDP data path against its AF_XDP twin (what moving the decision into the kernel gains) and against
-/// the XDP_TX hairpin (the least work a forwarder in XDP can do, so what the decision costs there).
+/// the XDP_TX hairpin (the least work a forwarder in XDP can do, so what the decision costs there); in
+/// GRE mode also against the GRE hairpin, which encapsulates as it does but decides nothing.
 pub const COMPARISONS: &[(&str, &str)] = &[
     ("nf-maglev gre", "nf-echo mac-swap"),
     ("nf-maglev l2dsr", "nf-echo mac-swap"),
     ("nf-maglev gre xdp", "nf-maglev gre"),
     ("nf-maglev gre xdp", XDP_TX_HAIRPIN),
+    ("nf-maglev gre xdp", XDP_TX_GRE_HAIRPIN),
     ("nf-maglev l2dsr xdp", "nf-maglev l2dsr"),
     ("nf-maglev l2dsr xdp", XDP_TX_HAIRPIN),
 ];
@@ -838,6 +840,11 @@ mod tests {
                 &[Some(2.0), Some(2.5), Some(3.0)],
             ),
             res(
+                XDP_TX_GRE_HAIRPIN,
+                Measure::Returned,
+                &[Some(1.6), Some(2.0), Some(2.0)],
+            ),
+            res(
                 "nf-maglev gre",
                 Measure::Returned,
                 &[Some(0.4), Some(0.5), Some(0.6)],
@@ -862,6 +869,7 @@ mod tests {
             [
                 ("nf-maglev gre xdp", "nf-maglev gre"),
                 ("nf-maglev gre xdp", XDP_TX_HAIRPIN),
+                ("nf-maglev gre xdp", XDP_TX_GRE_HAIRPIN),
                 ("nf-maglev l2dsr xdp", XDP_TX_HAIRPIN),
             ]
         );
@@ -874,8 +882,12 @@ mod tests {
         assert!(close(c[1].ratio, 1.55 / 2.5), "{:?}", c[1]);
         assert!(close(c[1].paired, 0.7), "{:?}", c[1]);
         assert_eq!((c[1].ahead, c[1].pairs), (0, 2));
-        assert!(close(c[2].ratio, 2.4 / 2.5), "{:?}", c[2]);
-        assert_eq!((c[2].paired, c[2].ahead, c[2].pairs), (Some(1.2), 1, 1));
+        // Against the GRE hairpin: 1.55 / 2.0; runs 1.6 / 1.6 = 1 (not ahead) and 1.5 / 2.0 = 0.75.
+        assert!(close(c[2].ratio, 1.55 / 2.0), "{:?}", c[2]);
+        assert!(close(c[2].paired, 0.875), "{:?}", c[2]);
+        assert_eq!((c[2].ahead, c[2].pairs), (0, 2));
+        assert!(close(c[3].ratio, 2.4 / 2.5), "{:?}", c[3]);
+        assert_eq!((c[3].paired, c[3].ahead, c[3].pairs), (Some(1.2), 1, 1));
         let table = report.table();
         assert!(
             table.contains(
@@ -891,6 +903,7 @@ mod tests {
         );
         let j = report.to_json();
         assert_eq!(j["comparisons"][1]["against"], XDP_TX_HAIRPIN);
-        assert_eq!(j["comparisons"][2]["pairs"], 1);
+        assert_eq!(j["comparisons"][2]["against"], XDP_TX_GRE_HAIRPIN);
+        assert_eq!(j["comparisons"][3]["pairs"], 1);
     }
 }

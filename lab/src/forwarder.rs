@@ -94,6 +94,9 @@ pub const C_L2FWD: &str = "c-l2fwd";
 pub const C_L2FWD_DROP: &str = "c-l2fwd-drop";
 /// Name of the XDP_TX hairpin: MAC swap and XDP_TX, no user space at all (`bpf/xdp_hairpin.bpf.c`).
 pub const XDP_TX_HAIRPIN: &str = "xdp-tx hairpin";
+/// Name of the GRE hairpin: MAC swap, the datagram put in GRE in a fixed outer IPv4 header, XDP_TX
+/// (`bpf/xdp_hairpin.bpf.c` built with `HAIRPIN_GRE`): the least a GRE-encapsulating XDP forwarder does.
+pub const XDP_TX_GRE_HAIRPIN: &str = "xdp-tx gre hairpin";
 
 fn echo_cfg(ctx: &FwdCtx) -> String {
     config::echo_config(&ctx.ifname, ctx.queues, &ctx.cpus)
@@ -137,16 +140,21 @@ pub fn builtin(bin_dir: &Path) -> Vec<Forwarder> {
         v
     };
     let maglev = vec![bin("nf-maglev"), "-c".into(), "{config}".into()];
-    let hairpin = vec![
-        tools::lab_exe(bin_dir).to_string_lossy().into_owned(),
-        "xdp-hairpin".into(),
-        "--dev".into(),
-        "{ifname}".into(),
-    ];
+    let hairpin = |extra: &[&str]| {
+        let mut v = vec![
+            tools::lab_exe(bin_dir).to_string_lossy().into_owned(),
+            "xdp-hairpin".into(),
+            "--dev".into(),
+            "{ifname}".into(),
+        ];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
     vec![
         Forwarder::new(C_L2FWD, l2fwd("fwd")),
         Forwarder::new(C_L2FWD_DROP, l2fwd("drop")).measure(Measure::Consumed),
-        Forwarder::new(XDP_TX_HAIRPIN, hairpin),
+        Forwarder::new(XDP_TX_HAIRPIN, hairpin(&[])),
+        Forwarder::new(XDP_TX_GRE_HAIRPIN, hairpin(&["--gre"])),
         Forwarder::new("nf-echo mac-swap", echo(&["--mode", "mac-swap"])).with_config(echo_cfg),
         Forwarder::new(
             "nf-echo af-packet",
@@ -164,23 +172,20 @@ pub fn builtin(bin_dir: &Path) -> Vec<Forwarder> {
     ]
 }
 
-/// Attaches the XDP_TX hairpin to `dev` (native mode, in the caller's namespace), calls `hold` and
-/// detaches it when `hold` returns. `lab xdp-hairpin` holds until SIGINT or SIGTERM, so the bench
-/// starts and stops it like any forwarder, and its readiness (an XDP program on the interface) is the
-/// attach itself.
-pub fn hairpin(dev: &str, hold: impl FnOnce()) -> Result<()> {
+/// Attaches the XDP_TX hairpin (with `gre`, the GRE hairpin) to `dev` (native mode, in the caller's
+/// namespace), calls `hold` and detaches it when `hold` returns. `lab xdp-hairpin` holds until SIGINT or
+/// SIGTERM, so the bench starts and stops it like any forwarder, and its readiness (an XDP program on
+/// the interface) is the attach itself.
+pub fn hairpin(dev: &str, gre: bool, hold: impl FnOnce()) -> Result<()> {
+    let obj = if gre {
+        tools::XDP_HAIRPIN_GRE_OBJ
+    } else {
+        tools::XDP_HAIRPIN_OBJ
+    };
     cmd::ip(
         None,
         &[
-            "link",
-            "set",
-            "dev",
-            dev,
-            "xdpdrv",
-            "obj",
-            tools::XDP_HAIRPIN_OBJ,
-            "sec",
-            "xdp",
+            "link", "set", "dev", dev, "xdpdrv", "obj", obj, "sec", "xdp",
         ],
     )
     .with_context(|| format!("attaching the XDP_TX hairpin to {dev}"))?;
@@ -386,6 +391,7 @@ mod tests {
                 "c-l2fwd",
                 "c-l2fwd-drop",
                 "xdp-tx hairpin",
+                "xdp-tx gre hairpin",
                 "nf-echo mac-swap",
                 "nf-echo af-packet",
                 "nf-echo drop",
@@ -408,30 +414,34 @@ mod tests {
         );
         assert_eq!(hairpin.measure, Measure::Returned);
         assert_eq!(hairpin.ready, Ready::XdpAttached);
-        let echo = &fs[3];
+        assert_eq!(
+            fs[3].render(&ctx(), None).unwrap()[1..],
+            ["xdp-hairpin", "--dev", "lab1_2b", "--gre"]
+        );
+        let echo = &fs[4];
         let err = echo.available().unwrap_err().to_string();
         assert!(err.contains("not built"), "{err}");
         let argv = echo.render(&ctx(), Some(Path::new("/c"))).unwrap();
         assert_eq!(argv[1..], ["-c", "/c", "--mode", "mac-swap"]);
         assert_eq!(
-            fs[4].render(&ctx(), Some(Path::new("/c"))).unwrap()[1..],
+            fs[5].render(&ctx(), Some(Path::new("/c"))).unwrap()[1..],
             ["-c", "/c", "--mode", "mac-swap", "--backend", "af-packet"]
         );
-        assert_eq!(fs[5].measure, Measure::Consumed);
-        assert_eq!(fs[5].measure.reference(), C_L2FWD_DROP);
+        assert_eq!(fs[6].measure, Measure::Consumed);
+        assert_eq!(fs[6].measure.reference(), C_L2FWD_DROP);
         // The XDP data path differs from its twin only in the config's `maglev.data_path`.
         let cfg = |i: usize| -> serde_json::Value {
             let text = (fs[i].needs_config.unwrap())(&ctx());
             serde_json::from_str(&text).unwrap()
         };
-        assert_eq!(fs[8].name, "nf-maglev gre xdp");
-        assert_eq!(fs[8].argv, fs[6].argv);
-        let (mut twin, xdp) = (cfg(6), cfg(8));
+        assert_eq!(fs[9].name, "nf-maglev gre xdp");
+        assert_eq!(fs[9].argv, fs[7].argv);
+        let (mut twin, xdp) = (cfg(7), cfg(9));
         assert_eq!(twin["maglev"].get("data_path"), None);
         twin["maglev"]["data_path"] = "xdp".into();
         assert_eq!(twin, xdp);
-        assert_eq!(cfg(9)["maglev"]["vips"][0]["mode"], "l2dsr");
-        assert_eq!(cfg(9)["maglev"]["data_path"], "xdp");
+        assert_eq!(cfg(10)["maglev"]["vips"][0]["mode"], "l2dsr");
+        assert_eq!(cfg(10)["maglev"]["data_path"], "xdp");
         assert!(fs
             .iter()
             .filter(|f| f.name.starts_with("nf-"))

@@ -117,6 +117,9 @@ enum Cmd {
         /// Interface (in the current namespace).
         #[arg(long)]
         dev: String,
+        /// Also put each datagram in GRE in a fixed outer IPv4 header (the GRE hairpin).
+        #[arg(long)]
+        gre: bool,
     },
     /// Delete namespaces and links whose names start with a prefix.
     Cleanup {
@@ -242,14 +245,14 @@ fn main() -> Result<()> {
                 anyhow::bail!("health bench ({mode}): goal not met");
             }
         }
-        Cmd::XdpHairpin { dev } => {
+        Cmd::XdpHairpin { dev, gre } => {
             // Installed before the attach, so a stop that comes right after readiness is not lost.
             let (stop, stopped) = std::sync::mpsc::channel();
             ctrlc::set_handler(move || {
                 let _ = stop.send(());
             })
             .context("installing the SIGINT/SIGTERM handler")?;
-            forwarder::hairpin(&dev, || {
+            forwarder::hairpin(&dev, gre, || {
                 let _ = stopped.recv();
             })?;
         }

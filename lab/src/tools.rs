@@ -19,6 +19,9 @@ pub const XDP_PASS_OBJ: &str = env!("LAB_XDP_PASS_OBJ");
 pub const XDP_DROP_OBJ: &str = env!("LAB_XDP_DROP_OBJ");
 /// MAC swap and XDP_TX (section `xdp`): the bench's kernel-only reference forwarder.
 pub const XDP_HAIRPIN_OBJ: &str = env!("LAB_XDP_HAIRPIN_OBJ");
+/// The hairpin with GRE encapsulation in a fixed outer IPv4 header (section `xdp`): the reference for
+/// a forwarder in XDP that encapsulates in GRE.
+pub const XDP_HAIRPIN_GRE_OBJ: &str = env!("LAB_XDP_HAIRPIN_GRE_OBJ");
 /// Queue-to-XSKMAP redirect program used by `l2fwd` (section `xdp`).
 pub const XSK_REDIRECT_OBJ: &str = env!("LAB_XSK_REDIRECT_OBJ");
 
@@ -72,6 +75,7 @@ mod tests {
             XDP_PASS_OBJ,
             XDP_DROP_OBJ,
             XDP_HAIRPIN_OBJ,
+            XDP_HAIRPIN_GRE_OBJ,
             XSK_REDIRECT_OBJ,
         ] {
             assert!(Path::new(p).is_file(), "{p}");
