@@ -61,38 +61,20 @@ fn l2fwd_swaps_mac_addresses() {
 
 /// A UDP datagram over IPv4 from 198.18.1.1:4000 to 198.18.2.2:80 with `payload` bytes, in a frame.
 fn udp_frame(dst: Mac, src: Mac, payload: usize) -> Vec<u8> {
-    let ip_len = 20 + 8 + payload;
-    let mut f = Vec::with_capacity(14 + ip_len);
+    let udp_len = u16::try_from(8 + payload).unwrap();
+    let ip_len = 20 + udp_len;
+    let mut f = Vec::with_capacity(14 + usize::from(ip_len));
     f.extend(dst.0);
     f.extend(src.0);
-    f.extend([0x08, 0x00]);
-    f.extend([
-        0x45,
-        0,
-        (ip_len >> 8) as u8,
-        ip_len as u8,
-        0,
-        1,
-        0,
-        0,
-        64,
-        17,
-        0,
-        0,
-    ]);
+    f.extend([0x08, 0x00, 0x45, 0]);
+    f.extend(ip_len.to_be_bytes());
+    f.extend([0, 1, 0, 0, 64, 17, 0, 0]);
     f.extend([198, 18, 1, 1, 198, 18, 2, 2]);
     let sum = ip_checksum(&f[14..34]);
     f[24..26].copy_from_slice(&sum.to_be_bytes());
-    f.extend([
-        0x0f,
-        0xa0,
-        0,
-        80,
-        (8 + payload >> 8) as u8,
-        (8 + payload) as u8,
-        0,
-        0,
-    ]);
+    f.extend([0x0f, 0xa0, 0, 80]);
+    f.extend(udp_len.to_be_bytes());
+    f.extend([0, 0]);
     f.extend((0..payload).map(|i| i as u8));
     f
 }
