@@ -52,17 +52,20 @@ fn c_reference_produces_a_rate() {
 
 #[test]
 #[ignore = "needs root"]
-fn xdp_tx_hairpin_returns_frames_and_detaches() {
+fn xdp_tx_hairpins_return_frames_and_detach() {
     require_root();
     // `lab xdp-hairpin` is found next to the test's own `lab` binary.
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_lab")).parent().unwrap();
     let fws = forwarder::builtin(bin_dir);
-    let report = bench::run(&quick(&[forwarder::XDP_TX_HAIRPIN]), &fws).unwrap();
-    let r = &report.results[0];
-    assert_eq!(r.skipped, None);
-    // An XDP program left on the interface would be an error of the run.
-    assert_eq!(r.runs[0].error, None, "{:?}", r.runs[0]);
-    assert!(r.median().unwrap() > 0.0, "{:?}", r.runs[0]);
+    let names = [forwarder::XDP_TX_HAIRPIN, forwarder::XDP_TX_GRE_HAIRPIN];
+    let report = bench::run(&quick(&names), &fws).unwrap();
+    assert_eq!(report.results.len(), 2);
+    for r in &report.results {
+        assert_eq!(r.skipped, None);
+        // An XDP program left on the interface would be an error of the run.
+        assert_eq!(r.runs[0].error, None, "{}: {:?}", r.name, r.runs[0]);
+        assert!(r.median().unwrap() > 0.0, "{}: {:?}", r.name, r.runs[0]);
+    }
 }
 
 #[test]
