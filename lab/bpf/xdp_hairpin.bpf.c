@@ -8,7 +8,8 @@
  * and the IP datagram (IPv4 or IPv6, no VLAN) put in GRE in a fixed outer IPv4 header, as a load
  * balancer in GRE mode sends it to a backend: one `bpf_xdp_adjust_head` and 38 bytes of headers written
  * in front of the datagram, the outer header's length and checksum set. No decision: every frame goes
- * back the same way. Anything else is dropped. */
+ * back the same way. Other frames, and frames shorter than Ethernet and a 40-byte header, are dropped;
+ * Ethernet padding after the datagram is not trimmed (the bench's frames have none). */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <bpf/bpf_endian.h>
