@@ -266,7 +266,7 @@ struct {
 	__type(value, struct flood);
 } flood SEC(".maps");
 
-/* Each CPU's part at cpu * FLOW_CACHE_ENTRIES (user space sizes the map for every possible CPU). A plain
+/* Each CPU's part at cpu * FLOW_CACHE_ENTRIES (user space multiplies this size by the possible CPUs). A plain
  * array, not a per-CPU one: an entry is one load away (a per-CPU array first loads a pointer per entry),
  * and mmapable so that its values start on a page and each 64-byte entry is one cache line. */
 struct {

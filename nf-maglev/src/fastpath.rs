@@ -351,13 +351,17 @@ impl FastPaths {
             c.conntrack.inserted += s.conn_new;
             c.conntrack.expired += s.conn_expired;
             c.conntrack.limited += s.conn_limited;
+            let vips = p.prog.vip_traffic(state.vip_id_bound)?;
+            let backends = p.prog.backend_traffic(state.backend_id_bound)?;
             for vip in state.vips() {
-                if let Some(t) = c.vips.get_mut(vip.id as usize) {
-                    add(t, p.prog.vip_traffic(vip.id)?);
+                let id = vip.id as usize;
+                if let (Some(t), Some(f)) = (c.vips.get_mut(id), vips.get(id)) {
+                    add(t, *f);
                 }
                 for b in vip.backends() {
-                    if let Some(t) = c.backends.get_mut(b.id as usize) {
-                        add(t, p.prog.backend_traffic(b.id)?);
+                    let id = b.id as usize;
+                    if let (Some(t), Some(f)) = (c.backends.get_mut(id), backends.get(id)) {
+                        add(t, *f);
                     }
                 }
             }

@@ -386,6 +386,44 @@ fn random_flows_decide_as_user_space() {
     );
     assert_eq!(handed, 0, "the common case is handed on");
 
+    // Both paths count what they forwarded alike, per VIP and per backend (the program's counters
+    // read in one batch per map).
+    let prog = p.fast.program();
+    let fast_vips = prog.vip_traffic(state.vip_id_bound).expect("VIP counters");
+    let fast_backends = prog
+        .backend_traffic(state.backend_id_bound)
+        .expect("backend counters");
+    assert_eq!(fast_vips.len(), state.vip_id_bound as usize);
+    assert_eq!(fast_backends.len(), state.backend_id_bound as usize);
+    let user = p.plane.refresh_counters();
+    let same = |f: &cne::bpf::fast::FastTraffic, u: &nf_maglev::counters::Traffic| {
+        (f.packets, f.bytes, f.new_conns) == (u.packets, u.bytes, u.new_conns)
+    };
+    let mut counted = 0;
+    for vip in state.vips() {
+        let id = vip.id as usize;
+        assert!(
+            same(&fast_vips[id], &user.vips[id]),
+            "VIP {}: program {:?}, user space {:?}",
+            vip.name,
+            fast_vips[id],
+            user.vips[id]
+        );
+        counted += fast_vips[id].packets;
+        for b in vip.backends() {
+            let id = b.id as usize;
+            assert!(
+                same(&fast_backends[id], &user.backends[id]),
+                "backend {} of {}: program {:?}, user space {:?}",
+                b.name,
+                vip.name,
+                fast_backends[id],
+                user.backends[id]
+            );
+        }
+    }
+    assert_eq!(counted, n as u64, "every flow counted once for its VIP");
+
     // The connection tables of both paths remember the flows; a drained backend keeps its
     // connections but gets no new ones, even on a reused 5-tuple (a SYN).
     c.set_weight("pool", "p1", 0).expect("drains");

@@ -25,7 +25,7 @@ use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use crate::bpf::filter::{RuleKey, XdpError};
-use crate::bpf::program::{self, Aligned, Map};
+use crate::bpf::program::{self, Aligned, Map, MapSize};
 
 /// The compiled `maglev_fast` program (`bpf/maglev_fast.bpf.c`).
 static MAGLEV_FAST_OBJ: &Aligned<[u8]> =
@@ -390,15 +390,6 @@ pub struct FastProgram {
     user_changes: std::sync::Mutex<u32>,
 }
 
-/// Entries of each CPU's flow cache (`FLOW_CACHE_ENTRIES` of the C program).
-const FLOW_CACHE_ENTRIES: u32 = 1 << 12;
-
-/// Entries of the flow cache: a part for every possible CPU.
-fn flow_cache_entries() -> Result<u32, XdpError> {
-    let cpus = u32::try_from(program::possible_cpus()?).unwrap_or(u32::MAX);
-    Ok(cpus.saturating_mul(FLOW_CACHE_ENTRIES))
-}
-
 impl FastProgram {
     /// Loads the program with the given map sizes. Needs `CAP_BPF` (root); errors name the failing call.
     pub fn load(limits: FastLimits) -> Result<Self, XdpError> {
@@ -422,10 +413,11 @@ impl FastProgram {
                 c"changes",
             ],
             &[
-                (c"tables", limits.table_entries.max(1)),
-                (c"conns", limits.conns.max(1)),
-                (c"backend_slots", slots.saturating_mul(2)),
-                (c"flow_cache", flow_cache_entries()?),
+                (c"tables", MapSize::Entries(limits.table_entries.max(1))),
+                (c"conns", MapSize::Entries(limits.conns.max(1))),
+                (c"backend_slots", MapSize::Entries(slots.saturating_mul(2))),
+                // The compiled-in size is one CPU's part.
+                (c"flow_cache", MapSize::PerCpu),
             ],
         )?;
         let mut maps = loaded.maps.into_iter();
@@ -688,30 +680,33 @@ impl FastProgram {
             .map(|v| (v.backend, v.vip)))
     }
 
-    /// Traffic the program forwarded for VIP `id`, summed over all CPUs (zero for ids at or above
-    /// [`VIP_IDS_COUNTED`]).
-    pub fn vip_traffic(&self, id: u32) -> Result<FastTraffic, XdpError> {
-        Self::traffic(&self.vip_traffic, id)
+    /// Traffic the program forwarded for each VIP id below `bound`, summed over all CPUs (ids at or above
+    /// [`VIP_IDS_COUNTED`] are not counted and not returned). One read of the whole range.
+    pub fn vip_traffic(&self, bound: u32) -> Result<Vec<FastTraffic>, XdpError> {
+        Self::traffic(&self.vip_traffic, bound)
     }
 
-    /// Traffic the program forwarded to backend `id`, summed over all CPUs (zero for ids at or above
-    /// [`BACKEND_IDS_COUNTED`]).
-    pub fn backend_traffic(&self, id: u32) -> Result<FastTraffic, XdpError> {
-        Self::traffic(&self.backend_traffic, id)
+    /// Traffic the program forwarded to each backend id below `bound`, summed over all CPUs (ids at or
+    /// above [`BACKEND_IDS_COUNTED`] are not counted and not returned). One read of the whole range.
+    pub fn backend_traffic(&self, bound: u32) -> Result<Vec<FastTraffic>, XdpError> {
+        Self::traffic(&self.backend_traffic, bound)
     }
 
-    fn traffic(map: &Map<u32, FastTraffic>, id: u32) -> Result<FastTraffic, XdpError> {
-        if id >= map.max_entries {
-            return Ok(FastTraffic::default());
-        }
-        Ok(map.percpu_lookup(&id)?.unwrap_or_default().iter().fold(
-            FastTraffic::default(),
-            |a, t| FastTraffic {
-                packets: a.packets.wrapping_add(t.packets),
-                bytes: a.bytes.wrapping_add(t.bytes),
-                new_conns: a.new_conns.wrapping_add(t.new_conns),
-            },
-        ))
+    fn traffic(map: &Map<u32, FastTraffic>, bound: u32) -> Result<Vec<FastTraffic>, XdpError> {
+        let cpus = program::possible_cpus()?;
+        Ok(map
+            .percpu_array_read(bound)?
+            .chunks(cpus)
+            .map(|per_cpu| {
+                per_cpu
+                    .iter()
+                    .fold(FastTraffic::default(), |a, t| FastTraffic {
+                        packets: a.packets.wrapping_add(t.packets),
+                        bytes: a.bytes.wrapping_add(t.bytes),
+                        new_conns: a.new_conns.wrapping_add(t.new_conns),
+                    })
+            })
+            .collect())
     }
 
     /// The program's descriptor (to attach it, e.g. with

@@ -80,8 +80,15 @@ impl<K: Copy + Default, V: Copy + Default> Map<K, V> {
         self.fd.as_fd()
     }
 
-    /// Writes `key -> value`.
+    /// Writes `key -> value` (not in a per-CPU map: it takes a value per CPU).
     pub(crate) fn update(&self, key: &K, value: &V) -> Result<(), XdpError> {
+        if self.percpu {
+            return Err(XdpError::bpf(
+                "bpf_map_update_elem",
+                self.name,
+                io::Error::from_raw_os_error(libc::EINVAL),
+            ));
+        }
         // SAFETY: key and value point to live objects of the map's key and value size (checked in
         // Map::checked).
         let rc = unsafe {
@@ -98,11 +105,12 @@ impl<K: Copy + Default, V: Copy + Default> Map<K, V> {
     }
 
     /// Writes `keys[i] -> values[i]` for every `i`, many entries per `bpf(2)` call
-    /// (`BPF_MAP_UPDATE_BATCH`). Not atomic: on an error, a prefix may have been written.
+    /// (`BPF_MAP_UPDATE_BATCH`; not in a per-CPU map). Not atomic: on an error, a prefix may have been
+    /// written.
     pub(crate) fn update_batch(&self, keys: &[K], values: &[V]) -> Result<(), XdpError> {
         /// Entries per call: bounds the kernel's copy of a batch.
         const CHUNK: usize = 16384;
-        if keys.len() != values.len() {
+        if keys.len() != values.len() || self.percpu {
             return Err(XdpError::bpf(
                 "bpf_map_update_batch",
                 self.name,
@@ -269,6 +277,59 @@ impl<K: Copy + Default, V: Copy + Default> Map<K, V> {
     }
 }
 
+impl<V: Copy + Default> Map<u32, V> {
+    /// The values of keys `0..count` (at most the map's size) of a per-CPU array, every possible CPU's
+    /// value of a key in a row: a few `bpf(2)` calls (`BPF_MAP_LOOKUP_BATCH`) instead of one per key.
+    pub(crate) fn percpu_array_read(&self, count: u32) -> Result<Vec<V>, XdpError> {
+        /// Keys per call: bounds the kernel's buffer of a batch.
+        const CHUNK: u32 = 4096;
+        const CALL: &str = "bpf_map_lookup_batch";
+        self.check_percpu(CALL)?;
+        let cpus = possible_cpus()?;
+        let want = count.min(self.max_entries);
+        let mut values = vec![V::default(); want as usize * cpus];
+        let mut keys = vec![0u32; CHUNK.min(want) as usize];
+        let mut read = 0u32;
+        let mut next = 0u32;
+        while read < want {
+            let mut n = CHUNK.min(want - read);
+            let from = next;
+            let out = &mut values[read as usize * cpus..];
+            // SAFETY: `from` and `next` are live u32s (an array's batch position is a key); `keys` holds
+            // at least `n` u32 keys and `out` at least `n` values of every possible CPU, each of the map's
+            // value size, a multiple of 8 (check_percpu), which is what the kernel writes; null opts are
+            // libbpf's defaults.
+            let rc = unsafe {
+                cne_sys::bpf_map_lookup_batch(
+                    self.fd.as_raw_fd(),
+                    if read == 0 {
+                        std::ptr::null_mut()
+                    } else {
+                        std::ptr::from_ref(&from).cast_mut().cast::<c_void>()
+                    },
+                    std::ptr::from_mut(&mut next).cast::<c_void>(),
+                    keys.as_mut_ptr().cast::<c_void>(),
+                    out.as_mut_ptr().cast::<c_void>(),
+                    &mut n,
+                    std::ptr::null(),
+                )
+            };
+            let done = match parse_ret(rc) {
+                Ok(_) => false,
+                // The last batch of the map: `n` says how many it held.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+                Err(e) => return Err(XdpError::bpf(CALL, self.name, e)),
+            };
+            read = read.saturating_add(n.min(want - read));
+            if done || n == 0 {
+                break;
+            }
+        }
+        values.truncate(read as usize * cpus);
+        Ok(values)
+    }
+}
+
 impl Map<u32, u64> {
     /// Sum over all possible CPUs of the `u64` at `index` of a per-CPU array.
     pub(crate) fn percpu_sum(&self, index: u32) -> Result<u64, XdpError> {
@@ -381,6 +442,16 @@ impl ObjectGuard {
     }
 }
 
+/// How many entries a map of an object gets when it is created.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum MapSize {
+    /// This many.
+    Entries(u32),
+    /// The number compiled in, once for every possible CPU: a plain array with one part per CPU, so
+    /// the program and this crate share one constant.
+    PerCpu,
+}
+
 /// Opens and loads an embedded BPF object, returning its program and the named maps. `sizes` gives maps
 /// of the object a number of entries other than the one compiled in (before they are created).
 pub(crate) fn load_object(
@@ -388,7 +459,7 @@ pub(crate) fn load_object(
     obj_name: &'static CStr,
     prog_name: &'static CStr,
     map_names: &[&'static CStr],
-    sizes: &[(&'static CStr, u32)],
+    sizes: &[(&'static CStr, MapSize)],
 ) -> Result<Loaded, XdpError> {
     let target = obj_name.to_string_lossy();
     // SAFETY: bpf_object_open_opts holds integers, a bool, a bitfield and pointers (all-zero is valid)
@@ -408,10 +479,25 @@ pub(crate) fn load_object(
         ));
     }
     let object = ObjectGuard(raw);
-    for (name, entries) in sizes {
+    for (name, size) in sizes {
         let map = object.find_map(name)?;
+        let entries = match *size {
+            MapSize::Entries(n) => n,
+            MapSize::PerCpu => {
+                let cpus = u32::try_from(possible_cpus()?).unwrap_or(u32::MAX);
+                // SAFETY: map belongs to the open object.
+                let compiled = unsafe { cne_sys::bpf_map__max_entries(map) };
+                compiled.checked_mul(cpus).ok_or_else(|| {
+                    XdpError::bpf(
+                        "bpf_map__set_max_entries",
+                        name.to_string_lossy(),
+                        io::Error::from_raw_os_error(libc::E2BIG),
+                    )
+                })?
+            }
+        };
         // SAFETY: map belongs to the open object, whose maps are not created yet.
-        let rc = unsafe { cne_sys::bpf_map__set_max_entries(map, *entries) };
+        let rc = unsafe { cne_sys::bpf_map__set_max_entries(map, entries) };
         parse_ret(rc)
             .map_err(|e| XdpError::bpf("bpf_map__set_max_entries", name.to_string_lossy(), e))?;
     }
@@ -796,4 +882,69 @@ pub(crate) fn test_run(
         output: out,
         duration_ns: o.duration,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A per-CPU array of `entries` values of three u64s, value `[key, cpu, 7]` on every CPU.
+    fn numbered_array(entries: u32) -> Map<u32, [u64; 3]> {
+        // SAFETY: the name is NUL-terminated; null opts are libbpf's defaults.
+        let rc = unsafe {
+            cne_sys::bpf_map_create(
+                cne_sys::BPF_MAP_TYPE_PERCPU_ARRAY,
+                c"cne_test_pcpu".as_ptr(),
+                4,
+                24,
+                entries,
+                std::ptr::null(),
+            )
+        };
+        let fd = crate::sys::parse_ret_fd(rc).expect("bpf_map_create");
+        let map = Map::<u32, [u64; 3]>::checked("cne_test_pcpu", fd).expect("layout");
+        let cpus = possible_cpus().expect("possible CPUs");
+        for key in 0..entries {
+            let values: Vec<[u64; 3]> = (0..cpus as u64).map(|c| [u64::from(key), c, 7]).collect();
+            // SAFETY: key is a live u32; values holds a 24-byte value for every possible CPU.
+            let rc = unsafe {
+                cne_sys::bpf_map_update_elem(
+                    map.fd.as_raw_fd(),
+                    std::ptr::from_ref(&key).cast::<c_void>(),
+                    values.as_ptr().cast::<c_void>(),
+                    0,
+                )
+            };
+            parse_ret(rc).expect("bpf_map_update_elem");
+        }
+        map
+    }
+
+    /// Batch reads of a per-CPU array return every key's values of every CPU in order, across the
+    /// calls a long range takes, and stop at the map's end.
+    #[test]
+    #[ignore = "needs root"]
+    fn percpu_array_reads_return_every_key_in_order() {
+        lab::require_root();
+        let cpus = possible_cpus().expect("possible CPUs");
+        let map = numbered_array(10_000);
+        for count in [0u32, 1, 4095, 4096, 4097, 9999, 10_000, 10_001, u32::MAX] {
+            let values = map.percpu_array_read(count).expect("batch read");
+            let keys = count.min(10_000) as usize;
+            assert_eq!(values.len(), keys * cpus, "{count} keys asked");
+            for (i, v) in values.iter().enumerate() {
+                assert_eq!(
+                    *v,
+                    [(i / cpus) as u64, (i % cpus) as u64, 7],
+                    "value {i} of {count}"
+                );
+            }
+        }
+        assert!(
+            map.update(&0, &[1, 2, 3]).is_err(),
+            "one value for a per-CPU map"
+        );
+        assert!(map.update_batch(&[0], &[[1, 2, 3]]).is_err());
+        assert!(map.lookup(&0).is_err());
+    }
 }
