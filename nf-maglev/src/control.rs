@@ -1167,6 +1167,36 @@ mod tests {
         assert!(c.state().backend_id_bound > after["d"]);
     }
 
+    /// Backends whose ids the kernel fast path cannot count are named (so the log can say which).
+    #[test]
+    fn ids_past_the_fast_path_counters_are_named() {
+        use crate::fastpath::uncounted;
+        use cne::bpf::fast::BACKEND_IDS_COUNTED;
+        let mut c = Control::new(config()).expect("builds");
+        assert!(uncounted(&c.state()).is_empty());
+        // Names removed over a long run: their ids are never given again.
+        let used = c.registry.backends.len();
+        for i in used..BACKEND_IDS_COUNTED as usize {
+            c.registry
+                .backends
+                .insert((u32::MAX, format!("gone-{i}")), i as u32);
+        }
+        c.add_backend(
+            "web",
+            BackendSection {
+                check: None,
+                name: "d".into(),
+                addr: "198.18.1.4".parse().expect("ip"),
+                weight: 1,
+                mac: None,
+            },
+        )
+        .expect("adds");
+        assert_eq!(uncounted(&c.state()), ["web/d"]);
+        c.remove_backend("web", "d").expect("removes");
+        assert!(uncounted(&c.state()).is_empty());
+    }
+
     #[test]
     fn only_the_changed_vip_is_rebuilt() {
         let mut c = Control::new(config()).expect("builds");

@@ -23,7 +23,7 @@ use crate::dataplane::PastFlow;
 use crate::tunnel::GreOuter;
 use cne::bpf::fast::{
     FastBackend, FastCfg, FastConn, FastLimits, FastMode, FastOuter, FastProgram, FastStats,
-    FastTraffic, FastVip, BACKEND_IDS_COUNTED, VIP_CAPACITY,
+    FastTraffic, FastVip, BACKEND_IDS_COUNTED, VIP_CAPACITY, VIP_IDS_COUNTED,
 };
 use cne::bpf::filter::{XdpError, XdpProgram};
 
@@ -241,6 +241,26 @@ pub struct FastPaths {
     paths: Vec<(String, FastPath)>,
     /// Generation of the state every path holds; `None` after a failed publication.
     generation: Option<u64>,
+    /// Whether the log said that some ids are past the program's counters (said once a run).
+    warned_uncounted: bool,
+}
+
+/// What of `state` the program forwards but cannot count (VIP ids from [`VIP_IDS_COUNTED`] on, backend
+/// ids from [`BACKEND_IDS_COUNTED`] on: ids are never reused within a run, so an instance whose VIPs or
+/// backends were renamed that often gets there), as `VIP` and `VIP/backend` names; empty when all count.
+pub fn uncounted(state: &State) -> Vec<String> {
+    let mut names = Vec::new();
+    for vip in state.vips() {
+        if vip.id >= VIP_IDS_COUNTED {
+            names.push(vip.name.clone());
+        }
+        for b in vip.backends() {
+            if b.id >= BACKEND_IDS_COUNTED {
+                names.push(format!("{}/{}", vip.name, b.name));
+            }
+        }
+    }
+    names
 }
 
 impl FastPaths {
@@ -292,10 +312,32 @@ impl FastPaths {
             }
             paths.push((ifname.to_owned(), path));
         }
-        Ok(FastPaths {
+        let mut paths = FastPaths {
             paths,
             generation: Some(state.generation),
-        })
+            warned_uncounted: false,
+        };
+        paths.warn_uncounted(state);
+        Ok(paths)
+    }
+
+    /// Says once, loudly, when the state has VIPs or backends the program forwards without counting.
+    fn warn_uncounted(&mut self, state: &State) {
+        if self.warned_uncounted {
+            return;
+        }
+        let names = uncounted(state);
+        if let Some(first) = names.first() {
+            self.warned_uncounted = true;
+            log::warn!(
+                "XDP fast path: {} VIPs or backends (first {first}) have ids past the program's \
+                 counters ({VIP_IDS_COUNTED} VIP ids, {BACKEND_IDS_COUNTED} backend ids a run: ids of \
+                 removed names are never reused); it forwards their packets, but their per-VIP and \
+                 per-backend packet, byte and connection counts leave out what it forwarded until a \
+                 restart numbers them afresh",
+                names.len()
+            );
+        }
     }
 
     /// Publishes `state` unless every path holds it already. `Ok(true)` when something was written.
@@ -308,6 +350,7 @@ impl FastPaths {
             p.publish(state)?;
         }
         self.generation = Some(state.generation);
+        self.warn_uncounted(state);
         Ok(true)
     }
 
