@@ -374,7 +374,7 @@ impl FastPaths {
 
     /// The counters of each path by interface, and what the paths forwarded as the workers count it:
     /// per VIP and backend of `state`, forwarded packets, connections recorded, expired and refused by
-    /// the flood guard. One read of every map.
+    /// the flood guard. A few batch reads of each map.
     pub fn counters(
         &self,
         state: &State,
@@ -386,6 +386,10 @@ impl FastPaths {
             t.bytes += f.bytes;
             t.new_conns += f.new_conns;
         };
+        let vip_ids: Vec<u32> = state.vips().iter().map(|v| v.id).collect();
+        let backend_ids: Vec<u32> = (state.vips().iter())
+            .flat_map(|v| v.backends().iter().map(|b| b.id))
+            .collect();
         for (name, p) in &self.paths {
             let s = p.prog.stats()?;
             stats.push((name.clone(), s));
@@ -394,18 +398,17 @@ impl FastPaths {
             c.conntrack.inserted += s.conn_new;
             c.conntrack.expired += s.conn_expired;
             c.conntrack.limited += s.conn_limited;
-            let vips = p.prog.vip_traffic(state.vip_id_bound)?;
-            let backends = p.prog.backend_traffic(state.backend_id_bound)?;
-            for vip in state.vips() {
-                let id = vip.id as usize;
-                if let (Some(t), Some(f)) = (c.vips.get_mut(id), vips.get(id)) {
-                    add(t, *f);
+            for (&id, f) in vip_ids.iter().zip(p.prog.vip_traffic(&vip_ids)?) {
+                if let Some(t) = c.vips.get_mut(id as usize) {
+                    add(t, f);
                 }
-                for b in vip.backends() {
-                    let id = b.id as usize;
-                    if let (Some(t), Some(f)) = (c.backends.get_mut(id), backends.get(id)) {
-                        add(t, *f);
-                    }
+            }
+            for (&id, f) in backend_ids
+                .iter()
+                .zip(p.prog.backend_traffic(&backend_ids)?)
+            {
+                if let Some(t) = c.backends.get_mut(id as usize) {
+                    add(t, f);
                 }
             }
         }

@@ -389,36 +389,30 @@ fn random_flows_decide_as_user_space() {
     // Both paths count what they forwarded alike, per VIP and per backend (the program's counters
     // read in one batch per map).
     let prog = p.fast.program();
-    let fast_vips = prog.vip_traffic(state.vip_id_bound).expect("VIP counters");
-    let fast_backends = prog
-        .backend_traffic(state.backend_id_bound)
-        .expect("backend counters");
-    assert_eq!(fast_vips.len(), state.vip_id_bound as usize);
-    assert_eq!(fast_backends.len(), state.backend_id_bound as usize);
     let user = p.plane.refresh_counters();
     let same = |f: &cne::bpf::fast::FastTraffic, u: &nf_maglev::counters::Traffic| {
         (f.packets, f.bytes, f.new_conns) == (u.packets, u.bytes, u.new_conns)
     };
     let mut counted = 0;
     for vip in state.vips() {
-        let id = vip.id as usize;
+        let id = vip.id;
+        let fast = prog.vip_traffic(&[id]).expect("VIP counters")[0];
+        let u = &user.vips[id as usize];
         assert!(
-            same(&fast_vips[id], &user.vips[id]),
-            "VIP {}: program {:?}, user space {:?}",
-            vip.name,
-            fast_vips[id],
-            user.vips[id]
+            same(&fast, u),
+            "VIP {}: program {fast:?}, user space {u:?}",
+            vip.name
         );
-        counted += fast_vips[id].packets;
-        for b in vip.backends() {
-            let id = b.id as usize;
+        counted += fast.packets;
+        let ids: Vec<u32> = vip.backends().iter().map(|b| b.id).rev().collect();
+        let fast = prog.backend_traffic(&ids).expect("backend counters");
+        assert_eq!(fast.len(), ids.len());
+        for (id, f) in ids.iter().zip(&fast) {
+            let u = &user.backends[*id as usize];
             assert!(
-                same(&fast_backends[id], &user.backends[id]),
-                "backend {} of {}: program {:?}, user space {:?}",
-                b.name,
-                vip.name,
-                fast_backends[id],
-                user.backends[id]
+                same(f, u),
+                "backend {id} of {}: program {f:?}, user space {u:?}",
+                vip.name
             );
         }
     }

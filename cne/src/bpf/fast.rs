@@ -257,6 +257,29 @@ pub struct FastTraffic {
     pub new_conns: u64,
 }
 
+/// The ids below `bound` grouped into runs of ids at most [`ID_RUN_GAP`] apart, as `(first id, last id,
+/// positions in ids)`: a run is read in one batch (the ids between its members come along), so the
+/// usual dense ids take a call or two, and when a long run with churn has left the live ids sparse
+/// among many retired ones, little is copied for nothing.
+fn id_runs(ids: &[u32], bound: u32) -> Vec<(u32, u32, Vec<usize>)> {
+    let mut order: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] < bound).collect();
+    order.sort_unstable_by_key(|&i| ids[i]);
+    let mut runs: Vec<(u32, u32, Vec<usize>)> = Vec::new();
+    for i in order {
+        match runs.last_mut() {
+            Some((_, last, members)) if ids[i] - *last <= ID_RUN_GAP => {
+                *last = ids[i];
+                members.push(i);
+            }
+            _ => runs.push((ids[i], ids[i], vec![i])),
+        }
+    }
+    runs
+}
+
+/// See [`id_runs`].
+const ID_RUN_GAP: u32 = 64;
+
 /// Ids at or above these have no traffic counters (`VIP_IDS_MAX`, `BACKEND_IDS_MAX` of the C program).
 pub const VIP_IDS_COUNTED: u32 = 4096;
 /// See [`VIP_IDS_COUNTED`].
@@ -680,33 +703,38 @@ impl FastProgram {
             .map(|v| (v.backend, v.vip)))
     }
 
-    /// Traffic the program forwarded for each VIP id below `bound`, summed over all CPUs (ids at or above
-    /// [`VIP_IDS_COUNTED`] are not counted and not returned). One read of the whole range.
-    pub fn vip_traffic(&self, bound: u32) -> Result<Vec<FastTraffic>, XdpError> {
-        Self::traffic(&self.vip_traffic, bound)
+    /// Traffic the program forwarded for each VIP of `ids`, summed over all CPUs, in the order of `ids`
+    /// (zero for ids at or above [`VIP_IDS_COUNTED`], which are not counted). See [`Self::traffic`].
+    pub fn vip_traffic(&self, ids: &[u32]) -> Result<Vec<FastTraffic>, XdpError> {
+        Self::traffic(&self.vip_traffic, ids)
     }
 
-    /// Traffic the program forwarded to each backend id below `bound`, summed over all CPUs (ids at or
-    /// above [`BACKEND_IDS_COUNTED`] are not counted and not returned). One read of the whole range.
-    pub fn backend_traffic(&self, bound: u32) -> Result<Vec<FastTraffic>, XdpError> {
-        Self::traffic(&self.backend_traffic, bound)
+    /// Traffic the program forwarded to each backend of `ids`, summed over all CPUs, in the order of
+    /// `ids` (zero for ids at or above [`BACKEND_IDS_COUNTED`], which are not counted).
+    pub fn backend_traffic(&self, ids: &[u32]) -> Result<Vec<FastTraffic>, XdpError> {
+        Self::traffic(&self.backend_traffic, ids)
     }
 
-    fn traffic(map: &Map<u32, FastTraffic>, bound: u32) -> Result<Vec<FastTraffic>, XdpError> {
+    /// Reads the counters of `ids` in runs of nearby ids ([`id_runs`]), one batch read each.
+    fn traffic(map: &Map<u32, FastTraffic>, ids: &[u32]) -> Result<Vec<FastTraffic>, XdpError> {
         let cpus = program::possible_cpus()?;
-        Ok(map
-            .percpu_array_read(bound)?
-            .chunks(cpus)
-            .map(|per_cpu| {
-                per_cpu
-                    .iter()
-                    .fold(FastTraffic::default(), |a, t| FastTraffic {
-                        packets: a.packets.wrapping_add(t.packets),
-                        bytes: a.bytes.wrapping_add(t.bytes),
-                        new_conns: a.new_conns.wrapping_add(t.new_conns),
-                    })
-            })
-            .collect())
+        let mut out = vec![FastTraffic::default(); ids.len()];
+        for (first, last, members) in id_runs(ids, map.max_entries) {
+            let values = map.percpu_array_read(first, last - first + 1)?;
+            for i in members {
+                let at = (ids[i] - first) as usize * cpus;
+                if let Some(per_cpu) = values.get(at..at + cpus) {
+                    out[i] = per_cpu
+                        .iter()
+                        .fold(FastTraffic::default(), |a, t| FastTraffic {
+                            packets: a.packets.wrapping_add(t.packets),
+                            bytes: a.bytes.wrapping_add(t.bytes),
+                            new_conns: a.new_conns.wrapping_add(t.new_conns),
+                        });
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The program's descriptor (to attach it, e.g. with
@@ -774,6 +802,22 @@ mod tests {
     #[test]
     fn embedded_object_is_an_elf_file() {
         assert_eq!(&MAGLEV_FAST_OBJ.0[..4], b"\x7fELF");
+    }
+
+    #[test]
+    fn counters_are_read_in_runs_of_nearby_ids() {
+        assert!(id_runs(&[], 10).is_empty());
+        let ids = [70, 3, 0, 200, 3, 1000, 134, 65_536];
+        assert_eq!(
+            id_runs(&ids, 65_536),
+            [
+                (0, 3, vec![2, 1, 4]),
+                (70, 134, vec![0, 6]),
+                (200, 200, vec![3]),
+                (1000, 1000, vec![5]),
+            ],
+            "runs split past 64 apart, an id repeated is read twice, the id past the bound is left out"
+        );
     }
 
     #[test]

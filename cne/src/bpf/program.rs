@@ -278,19 +278,21 @@ impl<K: Copy + Default, V: Copy + Default> Map<K, V> {
 }
 
 impl<V: Copy + Default> Map<u32, V> {
-    /// The values of keys `0..count` (at most the map's size) of a per-CPU array, every possible CPU's
-    /// value of a key in a row: a few `bpf(2)` calls (`BPF_MAP_LOOKUP_BATCH`) instead of one per key.
-    pub(crate) fn percpu_array_read(&self, count: u32) -> Result<Vec<V>, XdpError> {
+    /// The values of keys `first..first + count` (those below the map's size) of a per-CPU array,
+    /// every possible CPU's value of a key in a row: a few `bpf(2)` calls (`BPF_MAP_LOOKUP_BATCH`)
+    /// instead of one per key.
+    pub(crate) fn percpu_array_read(&self, first: u32, count: u32) -> Result<Vec<V>, XdpError> {
         /// Keys per call: bounds the kernel's buffer of a batch.
         const CHUNK: u32 = 4096;
         const CALL: &str = "bpf_map_lookup_batch";
         self.check_percpu(CALL)?;
         let cpus = possible_cpus()?;
-        let want = count.min(self.max_entries);
+        let want = count.min(self.max_entries.saturating_sub(first));
         let mut values = vec![V::default(); want as usize * cpus];
         let mut keys = vec![0u32; CHUNK.min(want) as usize];
         let mut read = 0u32;
-        let mut next = 0u32;
+        // A batch goes on after the key it is given (none: from key 0).
+        let mut next = first.wrapping_sub(1);
         while read < want {
             let mut n = CHUNK.min(want - read);
             let from = next;
@@ -302,7 +304,7 @@ impl<V: Copy + Default> Map<u32, V> {
             let rc = unsafe {
                 cne_sys::bpf_map_lookup_batch(
                     self.fd.as_raw_fd(),
-                    if read == 0 {
+                    if read == 0 && first == 0 {
                         std::ptr::null_mut()
                     } else {
                         std::ptr::from_ref(&from).cast_mut().cast::<c_void>()
@@ -928,16 +930,19 @@ mod tests {
         lab::require_root();
         let cpus = possible_cpus().expect("possible CPUs");
         let map = numbered_array(10_000);
-        for count in [0u32, 1, 4095, 4096, 4097, 9999, 10_000, 10_001, u32::MAX] {
-            let values = map.percpu_array_read(count).expect("batch read");
-            let keys = count.min(10_000) as usize;
-            assert_eq!(values.len(), keys * cpus, "{count} keys asked");
-            for (i, v) in values.iter().enumerate() {
-                assert_eq!(
-                    *v,
-                    [(i / cpus) as u64, (i % cpus) as u64, 7],
-                    "value {i} of {count}"
-                );
+        for first in [0u32, 1, 4095, 5000, 9999, 10_000, 20_000] {
+            for count in [0u32, 1, 4095, 4096, 4097, 9999, 10_000, 10_001, u32::MAX] {
+                let values = map.percpu_array_read(first, count).expect("batch read");
+                let keys = count.min(10_000u32.saturating_sub(first)) as usize;
+                assert_eq!(values.len(), keys * cpus, "{count} keys from {first}");
+                for (i, v) in values.iter().enumerate() {
+                    let key = u64::from(first) + (i / cpus) as u64;
+                    assert_eq!(
+                        *v,
+                        [key, (i % cpus) as u64, 7],
+                        "value {i} of {count} from {first}"
+                    );
+                }
             }
         }
         assert!(
