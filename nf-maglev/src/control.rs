@@ -1123,6 +1123,17 @@ mod tests {
         assert_eq!(name(s.vip_for_fragment(v4("198.18.100.2"), 6)), "none");
     }
 
+    /// A backend of weight 1 without a check.
+    fn backend(name: &str, addr: &str) -> BackendSection {
+        BackendSection {
+            check: None,
+            name: name.into(),
+            addr: addr.parse().expect("ip"),
+            weight: 1,
+            mac: None,
+        }
+    }
+
     #[test]
     fn backend_ids_are_stable_and_per_vip() {
         let mut c = Control::new(config()).expect("builds");
@@ -1133,28 +1144,10 @@ mod tests {
             "same name in another VIP is another backend"
         );
         c.remove_backend("web", "a").expect("removes");
-        c.add_backend(
-            "web",
-            BackendSection {
-                check: None,
-                name: "d".into(),
-                addr: "198.18.1.4".parse().expect("ip"),
-                weight: 1,
-                mac: None,
-            },
-        )
-        .expect("adds");
-        c.add_backend(
-            "web",
-            BackendSection {
-                check: None,
-                name: "a".into(),
-                addr: "198.18.1.1".parse().expect("ip"),
-                weight: 1,
-                mac: None,
-            },
-        )
-        .expect("adds back");
+        c.add_backend("web", backend("d", "198.18.1.4"))
+            .expect("adds");
+        c.add_backend("web", backend("a", "198.18.1.1"))
+            .expect("adds back");
         let after: HashMap<String, BackendId> = ids(&c.state(), "web").into_iter().collect();
         for (name, id) in &before {
             assert_eq!(after[name], *id, "{name} keeps its id");
@@ -1181,17 +1174,8 @@ mod tests {
                 .backends
                 .insert((u32::MAX, format!("gone-{i}")), i as u32);
         }
-        c.add_backend(
-            "web",
-            BackendSection {
-                check: None,
-                name: "d".into(),
-                addr: "198.18.1.4".parse().expect("ip"),
-                weight: 1,
-                mac: None,
-            },
-        )
-        .expect("adds");
+        c.add_backend("web", backend("d", "198.18.1.4"))
+            .expect("adds");
         assert_eq!(uncounted(&c.state()), ["web/d"]);
         c.remove_backend("web", "d").expect("removes");
         assert!(uncounted(&c.state()).is_empty());
@@ -1258,13 +1242,7 @@ mod tests {
     fn failed_changes_keep_the_published_state() {
         let mut c = Control::new(config()).expect("builds");
         let old = c.state();
-        let dup = BackendSection {
-            check: None,
-            name: "b".into(),
-            addr: "198.18.1.9".parse().expect("ip"),
-            weight: 1,
-            mac: None,
-        };
+        let dup = backend("b", "198.18.1.9");
         match c.add_backend("web", dup) {
             Err(ControlError::Invalid(issues)) => {
                 assert_eq!(issues[0].0, "maglev.vips[0].backends[3].name", "{issues:?}");
@@ -1338,13 +1316,7 @@ mod tests {
         drop(c);
         // The configuration file gained a backend while the instance was down.
         let mut s2 = first.to_section();
-        s2.vips[0].backends.push(BackendSection {
-            check: None,
-            name: "d".into(),
-            addr: "198.18.1.4".parse().expect("ip"),
-            weight: 1,
-            mac: None,
-        });
+        s2.vips[0].backends.push(backend("d", "198.18.1.4"));
         let c = Control::new_at(s2.validate().expect("valid"), Some(10_100)).expect("builds");
         let state = c.state();
         let web = state.vip_by_name("web").expect("vip");
