@@ -704,7 +704,8 @@ impl FastProgram {
     }
 
     /// Traffic the program forwarded for each VIP of `ids`, summed over all CPUs, in the order of `ids`
-    /// (zero for ids at or above [`VIP_IDS_COUNTED`], which are not counted). See [`Self::traffic`].
+    /// (zero for ids at or above [`VIP_IDS_COUNTED`], which are not counted). Ids near each other are
+    /// read in one batch.
     pub fn vip_traffic(&self, ids: &[u32]) -> Result<Vec<FastTraffic>, XdpError> {
         Self::traffic(&self.vip_traffic, ids)
     }
