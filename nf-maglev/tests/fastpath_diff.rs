@@ -386,8 +386,8 @@ fn random_flows_decide_as_user_space() {
     );
     assert_eq!(handed, 0, "the common case is handed on");
 
-    // Both paths count what they forwarded alike, per VIP and per backend (the program's counters
-    // read in one batch per map).
+    // Both paths count what they forwarded alike, per VIP and per backend (the program's backend
+    // counters read in one batch read per VIP, its ids given in reverse order).
     let prog = p.fast.program();
     let user = p.plane.refresh_counters();
     let same = |f: &cne::bpf::fast::FastTraffic, u: &nf_maglev::counters::Traffic| {
