@@ -495,36 +495,60 @@ struct pkt {
 	__u8 v6;
 };
 
-/* Checks the transport header at l4 (ip_len - hdr bytes of transport data) as nf-maglev's fast parser
- * does; 0 when the frame is not the common case. */
-static __always_inline int parse_l4(struct pkt *p, void *l4, void *end, __u32 l4_len)
+/* Checks the transport header of protocol `proto` at l4 (l4_len bytes of transport data) as
+ * nf-maglev's fast parser does. Returns the TCP flags (0 for UDP), or -1 when the frame is not the
+ * common case. */
+static __always_inline int check_l4(__u8 proto, __u8 *l4, void *end, __u32 l4_len)
 {
-	if (p->key.proto == IPPROTO_TCP) {
-		__u8 *t = l4;
+	if (proto == IPPROTO_TCP) {
 		__u32 hlen;
 
-		if ((void *)(t + 20) > end || l4_len < 20)
-			return 0;
-		hlen = (t[12] >> 4) * 4;
+		if ((void *)(l4 + 20) > end || l4_len < 20)
+			return -1;
+		hlen = (l4[12] >> 4) * 4;
 		if (hlen < 20 || hlen > l4_len)
-			return 0;
-		p->tcp_flags = t[13];
-	} else if (p->key.proto == IPPROTO_UDP) {
-		__u8 *u = l4;
+			return -1;
+		return l4[13];
+	}
+	if (proto == IPPROTO_UDP) {
 		__u32 len;
 
-		if ((void *)(u + 8) > end || l4_len < 8)
-			return 0;
-		len = ((__u32)u[4] << 8) | u[5];
+		if ((void *)(l4 + 8) > end || l4_len < 8)
+			return -1;
+		len = ((__u32)l4[4] << 8) | l4[5];
 		if (len < 8 || len > l4_len)
-			return 0;
-		p->tcp_flags = 0;
-	} else {
+			return -1;
 		return 0;
 	}
+	return -1;
+}
+
+static __always_inline int parse_l4(struct pkt *p, void *l4, void *end, __u32 l4_len)
+{
+	int flags = check_l4(p->key.proto, l4, end, l4_len);
+
+	if (flags < 0)
+		return 0;
+	p->tcp_flags = flags;
 	p->key.sport = ld16(l4);
 	p->key.dport = ld16((__u8 *)l4 + 2);
 	return 1;
+}
+
+/* An IPv4 address as the connection key holds it (::ffff:a.b.c.d): the third word of the address. */
+#define V4_MAPPED_WORD 0xffff0000u /* bpf_htonl(0x0000ffff) */
+
+/* The length of the IPv4 datagram at h, of which `room` bytes are in the frame (h + 20 within it), when
+ * it is the common case: version 4 without options, not a fragment (DF allowed), a length that fits;
+ * else 0. */
+static __always_inline __u32 v4_len(const __u8 *h, __u32 room)
+{
+	__u32 len;
+
+	if (h[0] != 0x45 || (h[6] & 0x3f) != 0 || h[7] != 0)
+		return 0;
+	len = bpf_ntohs(ld16(h + 2));
+	return len < 20 || len > room ? 0 : len;
 }
 
 static __always_inline int parse(struct pkt *p, void *data, void *end)
@@ -551,21 +575,18 @@ static __always_inline int parse(struct pkt *p, void *data, void *end)
 
 		if ((void *)(ip + 1) > end)
 			return 0;
-		/* Version 4 without options; neither MF nor an offset (DF allowed). */
-		if (h[0] != 0x45 || (h[6] & 0x3f) != 0 || h[7] != 0)
-			return 0;
-		p->ip_len = bpf_ntohs(ip->tot_len);
-		if (p->ip_len < 20 || p->ip_len > len - p->l3)
+		p->ip_len = v4_len(h, len - p->l3);
+		if (!p->ip_len)
 			return 0;
 		p->v6 = 0;
 		p->tos = ip->tos;
 		p->key.src[0] = 0;
 		p->key.src[1] = 0;
-		p->key.src[2] = bpf_htonl(0x0000ffff);
+		p->key.src[2] = V4_MAPPED_WORD;
 		p->key.src[3] = ip->saddr;
 		p->key.dst[0] = 0;
 		p->key.dst[1] = 0;
-		p->key.dst[2] = bpf_htonl(0x0000ffff);
+		p->key.dst[2] = V4_MAPPED_WORD;
 		p->key.dst[3] = ip->daddr;
 		p->key.proto = ip->protocol;
 		return parse_l4(p, ip + 1, end, p->ip_len - 20);
@@ -621,8 +642,8 @@ static __always_inline int write_l2(void *data, void *end, __u32 l3, __u32 old, 
 
 /* GRE encapsulation in front of the IP datagram, as nf-maglev's `write_gre_headers`. Returns the stat
  * index of the reason to hand over, or STAT_MAX when the frame is ready to send. */
-static __always_inline __u32 encap_gre(struct xdp_md *ctx, const struct pkt *p, const struct backend *b,
-				       const struct fast_cfg *c, __u64 hash)
+static __always_inline __u32 encap_gre(struct xdp_md *ctx, __u32 l3, __u32 ip_len, __u8 tos, __u8 v6,
+				       const struct backend *b, const struct fast_cfg *c, __u64 hash)
 {
 	__u32 overhead, outer_len, frame_len;
 	void *data, *end;
@@ -635,27 +656,27 @@ static __always_inline __u32 encap_gre(struct xdp_md *ctx, const struct pkt *p, 
 		overhead = 40 + GRE_LEN;
 	else
 		return STAT_NO_OUTER;
-	if (p->ip_len + overhead > c->mtu)
+	if (ip_len + overhead > c->mtu)
 		return STAT_TOO_BIG;
-	outer_len = p->ip_len + overhead;
+	outer_len = ip_len + overhead;
 	/* Ethernet padding of short frames is not part of the datagram: the new frame ends with it. */
 	frame_len = (long)ctx->data_end - (long)ctx->data;
-	if (frame_len > p->l3 + p->ip_len &&
-	    bpf_xdp_adjust_tail(ctx, (int)(p->l3 + p->ip_len) - (int)frame_len))
+	if (frame_len > l3 + ip_len &&
+	    bpf_xdp_adjust_tail(ctx, (int)(l3 + ip_len) - (int)frame_len))
 		return STAT_ADJUST_FAILED;
 	if (bpf_xdp_adjust_head(ctx, -(int)overhead))
 		return STAT_ADJUST_FAILED;
 	data = (void *)(long)ctx->data;
 	end = (void *)(long)ctx->data_end;
-	inner = p->v6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP);
+	inner = v6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP);
 	if (b->outer == OUTER_V4) {
-		__u32 s = b->sum + p->tos + outer_len;
+		__u32 s = b->sum + tos + outer_len;
 		__u16 len16 = bpf_htons(outer_len), csum;
 
 		type = bpf_htons(ETH_P_IP);
-		if (!write_l2(data, end, p->l3, 24, b->mac, c->mac, type))
+		if (!write_l2(data, end, l3, 24, b->mac, c->mac, type))
 			return STAT_ADJUST_FAILED;
-		h = data + (p->l3 == 18 ? 18 : 14);
+		h = data + (l3 == 18 ? 18 : 14);
 		if ((void *)(h + 24) > end)
 			return STAT_ADJUST_FAILED;
 		s = (s & 0xffff) + (s >> 16);
@@ -664,20 +685,20 @@ static __always_inline __u32 encap_gre(struct xdp_md *ctx, const struct pkt *p, 
 		st64(h, ld64(b->hdr));
 		st64(h + 8, ld64(b->hdr + 8));
 		st32(h + 16, ld32(b->hdr + 16));
-		h[1] = p->tos;
+		h[1] = tos;
 		st16(h + 2, len16);
 		st16(h + 10, csum);
 		st16(h + 20, 0);
 		st16(h + 22, inner);
 	} else {
-		__u32 first = (6u << 28) | ((__u32)p->tos << 20) | ((__u32)hash & 0x000fffff);
+		__u32 first = (6u << 28) | ((__u32)tos << 20) | ((__u32)hash & 0x000fffff);
 		__u16 plen = bpf_htons(outer_len - 40);
 
 		first = bpf_htonl(first);
 		type = bpf_htons(ETH_P_IPV6);
-		if (!write_l2(data, end, p->l3, 44, b->mac, c->mac, type))
+		if (!write_l2(data, end, l3, 44, b->mac, c->mac, type))
 			return STAT_ADJUST_FAILED;
-		h = data + (p->l3 == 18 ? 18 : 14);
+		h = data + (l3 == 18 ? 18 : 14);
 		if ((void *)(h + 44) > end)
 			return STAT_ADJUST_FAILED;
 		st32(h, first);
@@ -693,15 +714,20 @@ static __always_inline __u32 encap_gre(struct xdp_md *ctx, const struct pkt *p, 
 	return STAT_MAX;
 }
 
-/* Where a flow sits in this CPU's flow cache: a multiplicative hash of its addresses and ports (the flow
- * hash is dearer, and a collision only costs the lookups the cache saves). */
-static __always_inline __u32 cache_index(const struct conn_key *k)
+/* Where a flow sits in this CPU's flow cache: a multiplicative hash of the xor of each address's words,
+ * the ports (the key's two port fields as one word) and the protocol (the flow hash is dearer, and a
+ * collision only costs the lookups the cache saves). */
+static __always_inline __u32 cache_slot(__u32 src, __u32 dst, __u32 ports, __u8 proto)
 {
-	__u64 s = k->src[0] ^ k->src[1] ^ k->src[2] ^ k->src[3];
-	__u64 d = k->dst[0] ^ k->dst[1] ^ k->dst[2] ^ k->dst[3];
-	__u64 x = (s << 32 | d) ^ ((__u64)k->sport << 16 | k->dport) ^ ((__u64)k->proto << 40);
+	__u64 x = ((__u64)src << 32 | dst) ^ ports ^ ((__u64)proto << 40);
 
 	return (__u32)((x * 0x9e3779b97f4a7c15ULL) >> (64 - FLOW_CACHE_BITS));
+}
+
+static __always_inline __u32 cache_index(const struct conn_key *k)
+{
+	return cache_slot(k->src[0] ^ k->src[1] ^ k->src[2] ^ k->src[3],
+			  k->dst[0] ^ k->dst[1] ^ k->dst[2] ^ k->dst[3], ld32(&k->sport), k->proto);
 }
 
 static __always_inline int same_key(const struct conn_key *a, const struct conn_key *b)
@@ -726,12 +752,107 @@ static __always_inline __u32 change_count(void)
 	return *(volatile __u32 *)a + *(volatile __u32 *)b;
 }
 
+/* Sends the frame (its IP datagram at l3, ip_len bytes, TOS tos, IPv6 if v6) to backend b (id bid) of VIP
+ * vid in `mode`, and counts it: one packet of a new connection if new_conn. `hash`: the flow hash, of
+ * which an IPv6 outer header carries the low 20 bits. */
+static __always_inline int forward(struct xdp_md *ctx, struct counters *st, const struct fast_cfg *c,
+				   const struct backend *b, __u32 mode, __u32 l3, __u32 ip_len, __u8 tos,
+				   __u8 v6, __u64 hash, __u32 vid, __u32 bid, int new_conn)
+{
+	__u8 *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	__u32 bytes = (void *)end - (void *)data, reason;
+
+	if (mode == MODE_L2DSR) {
+		/* Only the MAC addresses change. */
+		if ((void *)(data + 12) > end)
+			return hand_over(ctx, st, STAT_NOT_FAST, 1);
+		copy_mac(data, b->mac);
+		copy_mac(data + 6, c->mac);
+		reason = STAT_MAX;
+	} else {
+		reason = encap_gre(ctx, l3, ip_len, tos, v6, b, c, hash);
+	}
+	if (reason == STAT_ADJUST_FAILED) {
+		/* The frame may be half rewritten: nothing sane can be handed on. */
+		add(st, reason, 1);
+		return XDP_DROP;
+	}
+	if (reason != STAT_MAX)
+		return hand_over(ctx, st, reason, 1);
+	add(st, STAT_FWD_PACKETS, 1);
+	add(st, STAT_FWD_BYTES, bytes);
+	count(&vip_traffic, vid, bytes, new_conn);
+	count(&backend_traffic, bid, bytes, new_conn);
+	return XDP_TX;
+}
+
+/* Whether a flow-cache entry holds in this tick, under state epoch `epoch`. */
+static __always_inline int cache_live(const struct flow_cached *fc, __u32 epoch)
+{
+	__u32 tick = (__u32)(bpf_jiffies64() >> CACHE_TICK_SHIFT); /* inlined: a load of jiffies */
+
+	return *(volatile __u32 *)&fc->tick == tick && fc->epoch == epoch && fc->changes == change_count();
+}
+
+/* The common case of the common case: an untagged IPv4 frame of a flow whose decision this CPU's flow
+ * cache holds. The checks of parse() and the cache's are made on registers; no connection key is built
+ * and no map but the cache, the backend array and the counters is read. Returns -1 when the frame is
+ * anything else; the whole way then decides it as this would have. */
+static __always_inline int cached_v4(struct xdp_md *ctx, const struct fast_cfg *c, struct counters *st)
+{
+	__u8 *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	__u8 *h = data + 14, *l4 = data + 34;
+	__u32 ip_len, epoch, cidx, ports, saddr, daddr, label;
+	const __u8 *k;
+	struct flow_cached *fc;
+	struct backend *b;
+	int flags;
+	__u8 proto;
+
+	if ((void *)(data + 34) > end || ld16(data + 12) != bpf_htons(ETH_P_IP))
+		return -1;
+	ip_len = v4_len(h, (void *)end - (void *)h);
+	if (!ip_len)
+		return -1;
+	proto = h[9];
+	flags = check_l4(proto, l4, end, ip_len - 20);
+	/* A packet that may change its connection's entry takes the whole way (UDP has no flags). */
+	if (flags < 0 || (flags & (TCP_SYN | TCP_FIN | TCP_RST)))
+		return -1;
+	saddr = ld32(h + 12);
+	daddr = ld32(h + 16);
+	ports = ld32(l4);
+	cidx = bpf_get_smp_processor_id() * FLOW_CACHE_ENTRIES +
+	       cache_slot(saddr ^ V4_MAPPED_WORD, daddr ^ V4_MAPPED_WORD, ports, proto);
+	fc = bpf_map_lookup_elem(&flow_cache, &cidx);
+	if (!fc)
+		return -1;
+	epoch = *(volatile __u32 *)&c->active;
+	if (!cache_live(fc, epoch))
+		return -1;
+	/* The key as parse() writes it: ::ffff:saddr, ::ffff:daddr, the ports, the protocol, zero pad. */
+	k = (const __u8 *)&fc->key;
+	if ((ld64(k) | ld64(k + 16)) != 0 || ld64(k + 8) != (V4_MAPPED_WORD | (__u64)saddr << 32) ||
+	    ld64(k + 24) != (V4_MAPPED_WORD | (__u64)daddr << 32) ||
+	    ld64(k + 32) != (ports | (__u64)proto << 32))
+		return -1;
+	b = backend_of(c, fc->backend, epoch & 1);
+	if (!b)
+		return -1;
+	add(st, STAT_CACHE_HITS, 1); /* a connection hit too: user space adds them */
+	label = fc->mode_label;
+	return forward(ctx, st, c, b, label >> 24, 14, ip_len, h[1], 0, label & 0x000fffff, fc->vip,
+		       fc->backend, 0);
+}
+
 SEC("xdp")
 int maglev_fast(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
-	__u32 zero = 0, bytes = end - data, *slot, reason;
+	__u32 zero = 0, *slot;
 	struct conn_val *conn;
 	struct counters *st = counters();
 	struct flow_cached *fc = 0;
@@ -743,11 +864,14 @@ int maglev_fast(struct xdp_md *ctx)
 	__u64 hash = 0;
 	int hashed = 0;
 	__u32 now, tick, seen = 0;
-	int tcp, syn, closing, cacheable, live, new_conn = 0;
+	int tcp, syn, closing, cacheable, live, ret, new_conn = 0;
 
 	c = bpf_map_lookup_elem(&cfg, &zero);
 	if (!c)
 		return hand_over(ctx, st, STAT_NOT_FAST, 0);
+	ret = cached_v4(ctx, c, st);
+	if (ret >= 0)
+		return ret;
 	p.key.pad[0] = 0;
 	p.key.pad[1] = 0;
 	p.key.pad[2] = 0;
@@ -893,30 +1017,7 @@ int maglev_fast(struct xdp_md *ctx)
 	}
 
 send:
-	if (mode == MODE_L2DSR) {
-		__u8 *d = data;
-
-		/* Only the MAC addresses change. */
-		if ((void *)(d + 12) > end)
-			return hand_over(ctx, st, STAT_NOT_FAST, 1);
-		copy_mac(d, b->mac);
-		copy_mac(d + 6, c->mac);
-		reason = STAT_MAX;
-	} else {
-		reason = encap_gre(ctx, &p, b, c, hash);
-	}
-	if (reason == STAT_ADJUST_FAILED) {
-		/* The frame may be half rewritten: nothing sane can be handed on. */
-		add(st, reason, 1);
-		return XDP_DROP;
-	}
-	if (reason != STAT_MAX)
-		return hand_over(ctx, st, reason, 1);
-	add(st, STAT_FWD_PACKETS, 1);
-	add(st, STAT_FWD_BYTES, bytes);
-	count(&vip_traffic, vid, bytes, new_conn);
-	count(&backend_traffic, bid, bytes, new_conn);
-	return XDP_TX;
+	return forward(ctx, st, c, b, mode, p.l3, p.ip_len, p.tos, p.v6, hash, vid, bid, new_conn);
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";
