@@ -18,10 +18,11 @@
  * (they may belong to a connection that began under an older table, which only user space keeps).
  *
  * Maps, all but the connection map, the flow cache and the counters in two generations (the low bit of
- * cfg[0].active names the one packets see, as in xsk_filter): user space writes a whole new state (VIPs, backends, tables) under the
+ * cfg.active names the one packets see, as in xsk_filter): user space writes a whole new state (VIPs, backends, tables) under the
  * other generation, then switches with one array write, then deletes the old generation's entries. Every
  * packet sees one complete state, never a mix.
- *   cfg       ARRAY[1]: hash seed, MTU, the port's MAC, the active generation.
+ *   cfg       (global, section .data.cfg: a one-entry array map) hash seed, MTU, the port's MAC, the
+ *             active generation, timeouts, flood limit, backend_slots size.
  *   vips      HASH (addr, proto, gen, port) -> where the VIP's table is, its size, mode and flags. IPv4 as
  *             ::ffff:a.b.c.d, port in network order, 0 for a VIP of all ports (the fallback lookup).
  *   backend_slots
@@ -55,10 +56,14 @@
  *             epoch (cfg.active, which every configuration write advances) and the change count are
  *             those it was made under; the first packet of each tick takes the whole way and renews
  *             the connection entry's timeout and LRU place. A hit costs no hash-map lookup: parse,
- *             one cache line, the backend array, rewrite, counters.
- *   changes   ARRAY[2]: [0] connection entries this program replaced (a SYN moving a reused or
- *             expired 5-tuple), [1] writes and deletes of user space; a change ends every CPU's cached
- *             decisions, so a flow whose entry moves on one CPU moves on all.
+ *             one cache line, the backend array, rewrite, counters. An untagged IPv4 frame is first
+ *             checked against the cache on registers (cached_v4), before any key is built.
+ *   conn_changes, user_changes
+ *             (globals, sections .data.conn_changes and .data.user_changes) connection entries this
+ *             program replaced (a SYN moving a reused or expired 5-tuple), and writes and deletes of
+ *             user space; a change ends every CPU's cached decisions, so a flow whose entry moves on one
+ *             CPU moves on all. Two sections, so that user space's write of its count never overwrites
+ *             the program's atomic adds.
  * Time is CLOCK_MONOTONIC (bpf_ktime_get_coarse_ns, which user space reads as CLOCK_MONOTONIC_COARSE) in
  * seconds, computed without a division (see clock_secs); cne::bpf::fast::clock_secs is the same function.
  */
@@ -186,7 +191,7 @@ struct flow_cached {
 	struct conn_key key;
 	__u32 epoch; /* cfg.active when made */
 	__u32 tick; /* jiffies >> CACHE_TICK_SHIFT when made; it holds in that tick only */
-	__u32 changes; /* changes[0] + changes[1] when made */
+	__u32 changes; /* conn_changes + user_changes when made */
 	__u32 backend;
 	__u32 vip; /* VIP id */
 	__u32 mode_label; /* the VIP's mode << 24 | the flow hash's low 20 bits (IPv6 outer flow label) */
@@ -217,12 +222,11 @@ struct {
 	__type(value, __u32);
 } fallback SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct fast_cfg);
-} cfg SEC(".maps");
+/* Globals, each in a section (and so a one-entry array map) of its own: a packet reads them without a map
+ * lookup, and user space writes each whole without touching the others. */
+struct fast_cfg cfg SEC(".data.cfg");
+__u32 conn_changes SEC(".data.conn_changes"); /* advanced by this program */
+__u32 user_changes SEC(".data.user_changes"); /* advanced by user space */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -277,12 +281,6 @@ struct {
 	__type(value, struct flow_cached);
 } flow_cache SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 2);
-	__type(key, __u32);
-	__type(value, __u32);
-} changes SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -737,19 +735,13 @@ static __always_inline int same_key(const struct conn_key *a, const struct conn_
 	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4])) == 0;
 }
 
-/* The sum of the two change counters: changes[0] counts connection entries this program replaced (a SYN
- * that re-picks a reused 5-tuple), changes[1] writes and deletes of user space. Read before the
+/* The sum of the two change counters: conn_changes counts connection entries this program replaced (a
+ * SYN that re-picks a reused 5-tuple), user_changes writes and deletes of user space. Read before the
  * connection map, so a cached decision made from an entry older than a change carries an older sum (x86
  * keeps stores in order and loads in order; the counter is written after the entry). */
 static __always_inline __u32 change_count(void)
 {
-	__u32 k0 = 0, k1 = 1;
-	__u32 *a = bpf_map_lookup_elem(&changes, &k0);
-	__u32 *b = bpf_map_lookup_elem(&changes, &k1);
-
-	if (!a || !b)
-		return 0;
-	return *(volatile __u32 *)a + *(volatile __u32 *)b;
+	return *(volatile __u32 *)&conn_changes + *(volatile __u32 *)&user_changes;
 }
 
 /* Sends the frame (its IP datagram at l3, ip_len bytes, TOS tos, IPv6 if v6) to backend b (id bid) of VIP
@@ -787,14 +779,6 @@ static __always_inline int forward(struct xdp_md *ctx, struct counters *st, cons
 	return XDP_TX;
 }
 
-/* Whether a flow-cache entry holds in this tick, under state epoch `epoch`. */
-static __always_inline int cache_live(const struct flow_cached *fc, __u32 epoch)
-{
-	__u32 tick = (__u32)(bpf_jiffies64() >> CACHE_TICK_SHIFT); /* inlined: a load of jiffies */
-
-	return *(volatile __u32 *)&fc->tick == tick && fc->epoch == epoch && fc->changes == change_count();
-}
-
 /* The common case of the common case: an untagged IPv4 frame of a flow whose decision this CPU's flow
  * cache holds. The checks of parse() and the cache's are made on registers; no connection key is built
  * and no map but the cache, the backend array and the counters is read. Returns -1 when the frame is
@@ -804,33 +788,36 @@ static __always_inline int cached_v4(struct xdp_md *ctx, const struct fast_cfg *
 	__u8 *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	__u8 *h = data + 14, *l4 = data + 34;
-	__u32 ip_len, epoch, cidx, ports, saddr, daddr, label;
+	__u32 ip_len, epoch, cidx, ports, saddr, daddr, label, seen;
 	const __u8 *k;
 	struct flow_cached *fc;
 	struct backend *b;
 	int flags;
 	__u8 proto;
 
-	if ((void *)(data + 34) > end || ld16(data + 12) != bpf_htons(ETH_P_IP))
+	if ((void *)(data + 38) > end || ld16(data + 12) != bpf_htons(ETH_P_IP))
 		return -1;
-	ip_len = v4_len(h, (void *)end - (void *)h);
-	if (!ip_len)
-		return -1;
-	proto = h[9];
-	flags = check_l4(proto, l4, end, ip_len - 20);
-	/* A packet that may change its connection's entry takes the whole way (UDP has no flags). */
-	if (flags < 0 || (flags & (TCP_SYN | TCP_FIN | TCP_RST)))
-		return -1;
+	/* The cache entry first: its line is on the way while the headers are checked. */
 	saddr = ld32(h + 12);
 	daddr = ld32(h + 16);
 	ports = ld32(l4);
+	proto = h[9];
 	cidx = bpf_get_smp_processor_id() * FLOW_CACHE_ENTRIES +
 	       cache_slot(saddr ^ V4_MAPPED_WORD, daddr ^ V4_MAPPED_WORD, ports, proto);
 	fc = bpf_map_lookup_elem(&flow_cache, &cidx);
 	if (!fc)
 		return -1;
+	seen = *(volatile __u32 *)&fc->tick;
+	ip_len = v4_len(h, (void *)end - (void *)h);
+	if (!ip_len)
+		return -1;
+	flags = check_l4(proto, l4, end, ip_len - 20);
+	/* A packet that may change its connection's entry takes the whole way (UDP has no flags). */
+	if (flags < 0 || (flags & (TCP_SYN | TCP_FIN | TCP_RST)))
+		return -1;
 	epoch = *(volatile __u32 *)&c->active;
-	if (!cache_live(fc, epoch))
+	if (seen != (__u32)(bpf_jiffies64() >> CACHE_TICK_SHIFT) || fc->epoch != epoch ||
+	    fc->changes != change_count())
 		return -1;
 	/* The key as parse() writes it: ::ffff:saddr, ::ffff:daddr, the ports, the protocol, zero pad. */
 	k = (const __u8 *)&fc->key;
@@ -866,9 +853,7 @@ int maglev_fast(struct xdp_md *ctx)
 	__u32 now, tick, seen = 0;
 	int tcp, syn, closing, cacheable, live, ret, new_conn = 0;
 
-	c = bpf_map_lookup_elem(&cfg, &zero);
-	if (!c)
-		return hand_over(ctx, st, STAT_NOT_FAST, 0);
+	c = &cfg;
 	ret = cached_v4(ctx, c, st);
 	if (ret >= 0)
 		return ret;
@@ -992,12 +977,8 @@ int maglev_fast(struct xdp_md *ctx)
 			bpf_map_update_elem(&conns, &p.key, &rec, BPF_ANY);
 			add(st, STAT_CONN_NEW, 1);
 			/* An entry replaced: decisions other CPUs cached from it no longer hold. */
-			if (conn) {
-				__u32 *n = bpf_map_lookup_elem(&changes, &zero);
-
-				if (n)
-					__sync_fetch_and_add(n, 1);
-			}
+			if (conn)
+				__sync_fetch_and_add(&conn_changes, 1);
 		} else {
 			add(st, STAT_CONN_LIMITED, 1);
 			fc = 0; /* nothing recorded: the next packet asks the table again */

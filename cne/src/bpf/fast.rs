@@ -407,7 +407,7 @@ pub struct FastProgram {
     vip_traffic: Map<u32, FastTraffic>,
     backend_traffic: Map<u32, FastTraffic>,
     stats: Map<u32, [u64; STATS]>,
-    /// `changes[1]`: advanced after every write to the connection map, so that no CPU's flow cache keeps a
+    /// `user_changes`: advanced after every write to the connection map, so that no CPU's flow cache keeps a
     /// decision made from the entries before it.
     changes: Map<u32, u32>,
     user_changes: std::sync::Mutex<u32>,
@@ -424,7 +424,7 @@ impl FastProgram {
             &[
                 c"xsks_map",
                 c"fallback",
-                c"cfg",
+                c".data.cfg",
                 c"vips",
                 c"backend_slots",
                 c"backends",
@@ -433,7 +433,7 @@ impl FastProgram {
                 c"vip_traffic",
                 c"backend_traffic",
                 c"stats",
-                c"changes",
+                c".data.user_changes",
             ],
             &[
                 (c"tables", MapSize::Entries(limits.table_entries.max(1))),
@@ -464,7 +464,7 @@ impl FastProgram {
             vip_traffic: Map::checked("vip_traffic", next("vip_traffic")?)?,
             backend_traffic: Map::checked("backend_traffic", next("backend_traffic")?)?,
             stats: Map::checked("stats", next("stats")?)?,
-            changes: Map::checked("changes", next("changes")?)?,
+            changes: Map::checked("user_changes", next("user_changes")?)?,
             user_changes: std::sync::Mutex::new(0),
             prog: loaded.prog,
         })
@@ -526,7 +526,7 @@ impl FastProgram {
         self.cfg.update(&0, &value)
     }
 
-    /// Advances `changes[1]` after a write to the connection map (the program reads the counter before
+    /// Advances `user_changes` after a write to the connection map (the program reads the counter before
     /// the map, so what it caches from older entries carries the older count).
     fn conns_changed(&self) -> Result<(), XdpError> {
         let mut n = self
@@ -534,7 +534,7 @@ impl FastProgram {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         *n = n.wrapping_add(1);
-        self.changes.update(&1, &*n)
+        self.changes.update(&0, &*n)
     }
 
     /// Writes the VIP `(addr, proto, port)` (`port` 0: all ports) of generation `gen`.
