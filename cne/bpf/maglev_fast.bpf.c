@@ -782,8 +782,10 @@ static __always_inline int forward(struct xdp_md *ctx, struct counters *st, cons
 /* The common case of the common case: an untagged IPv4 frame of a flow whose decision this CPU's flow
  * cache holds. The checks of parse() and the cache's are made on registers; no connection key is built
  * and no map but the cache, the backend array and the counters is read. Returns -1 when the frame is
- * anything else; the whole way then decides it as this would have. */
-static __always_inline int cached_v4(struct xdp_md *ctx, const struct fast_cfg *c, struct counters *st)
+ * anything else; the whole way then decides it as this would have, and for a frame the cache may hold
+ * (one without SYN, FIN or RST) it finds the flow's slot in *slot. */
+static __always_inline int cached_v4(struct xdp_md *ctx, const struct fast_cfg *c, struct counters *st,
+				     struct flow_cached **slot)
 {
 	__u8 *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
@@ -815,6 +817,7 @@ static __always_inline int cached_v4(struct xdp_md *ctx, const struct fast_cfg *
 	/* A packet that may change its connection's entry takes the whole way (UDP has no flags). */
 	if (flags < 0 || (flags & (TCP_SYN | TCP_FIN | TCP_RST)))
 		return -1;
+	*slot = fc;
 	epoch = *(volatile __u32 *)&c->active;
 	if (seen != (__u32)(bpf_jiffies64() >> CACHE_TICK_SHIFT) || fc->epoch != epoch ||
 	    fc->changes != change_count())
@@ -854,7 +857,7 @@ int maglev_fast(struct xdp_md *ctx)
 	int tcp, syn, closing, cacheable, live, ret, new_conn = 0;
 
 	c = &cfg;
-	ret = cached_v4(ctx, c, st);
+	ret = cached_v4(ctx, c, st, &fc);
 	if (ret >= 0)
 		return ret;
 	p.key.pad[0] = 0;
@@ -876,10 +879,15 @@ int maglev_fast(struct xdp_md *ctx)
 	 * expire up to a second (one tick across a second's end) before it would without the cache. The
 	 * entry is read first, so that its cache line is on the way while the rest is gathered. */
 	if (cacheable) {
-		cidx = bpf_get_smp_processor_id() * FLOW_CACHE_ENTRIES + cache_index(&p.key);
-		fc = bpf_map_lookup_elem(&flow_cache, &cidx);
+		/* The slot, unless cached_v4 found it already. */
+		if (!fc) {
+			cidx = bpf_get_smp_processor_id() * FLOW_CACHE_ENTRIES + cache_index(&p.key);
+			fc = bpf_map_lookup_elem(&flow_cache, &cidx);
+		}
 		if (fc)
 			seen = *(volatile __u32 *)&fc->tick;
+	} else {
+		fc = 0;
 	}
 	tick = (__u32)(bpf_jiffies64() >> CACHE_TICK_SHIFT); /* inlined: a load of jiffies */
 	chg = change_count();
