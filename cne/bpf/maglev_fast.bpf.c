@@ -879,15 +879,13 @@ int maglev_fast(struct xdp_md *ctx)
 	 * expire up to a second (one tick across a second's end) before it would without the cache. The
 	 * entry is read first, so that its cache line is on the way while the rest is gathered. */
 	if (cacheable) {
-		/* The slot, unless cached_v4 found it already. */
+		/* The slot, unless cached_v4 found it already (it does only for a cacheable frame). */
 		if (!fc) {
 			cidx = bpf_get_smp_processor_id() * FLOW_CACHE_ENTRIES + cache_index(&p.key);
 			fc = bpf_map_lookup_elem(&flow_cache, &cidx);
 		}
 		if (fc)
 			seen = *(volatile __u32 *)&fc->tick;
-	} else {
-		fc = 0;
 	}
 	tick = (__u32)(bpf_jiffies64() >> CACHE_TICK_SHIFT); /* inlined: a load of jiffies */
 	chg = change_count();
