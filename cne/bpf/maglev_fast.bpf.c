@@ -842,7 +842,7 @@ int maglev_fast(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
-	__u32 zero = 0, *slot;
+	__u32 *slot;
 	struct conn_val *conn;
 	struct counters *st = counters();
 	struct flow_cached *fc = 0;

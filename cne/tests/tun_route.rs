@@ -264,6 +264,17 @@ fn addresses_are_added_to_the_tun_and_deleted() {
         route::add_address(tun.ifindex(), VIP6.into(), 128).expect("IPv6 address");
         // Adding again is no error.
         route::add_address(tun.ifindex(), VIP4.into(), 32).expect("IPv4 address again");
+        assert!(tun.is_up().expect("flags"));
+        // Ensuring tells whether it added.
+        let ensure = |a: IpAddr, len| route::ensure_address(tun.ifindex(), a, len).expect("ensure");
+        assert!(!ensure(VIP4.into(), 32));
+        assert!(ensure(Ipv4Addr::new(198, 18, 100, 2).into(), 32));
+        assert!(!ensure(Ipv4Addr::new(198, 18, 100, 2).into(), 32));
+        // The IPv4 local route comes with the address, and goes once.
+        assert!(route::del_local_route(tun.ifindex(), VIP4.into()).expect("local route"));
+        assert!(!route::del_local_route(tun.ifindex(), VIP4.into()).expect("no local route"));
+        route::del_address(tun.ifindex(), Ipv4Addr::new(198, 18, 100, 2).into(), 32)
+            .expect("deleting the second address");
         tun
     });
     let shown = lab.ip(&["addr", "show", "dev", TUN]);

@@ -9,10 +9,13 @@
 //! a graceful stop removes every address first and keeps serving for the drain period before the
 //! workers stop. The addresses are not local to the host: their routes in the kernel's `local` table
 //! are deleted, so the host neither answers for them nor takes packets to them as its own (VIP traffic
-//! is the data plane's), and health probes to the VIP still leave for the backends.
+//! is the data plane's), and health probes to the VIP still leave for the backends. What someone
+//! undoes behind the process's back (the device brought down, which flushes its IPv6 addresses and
+//! puts IPv4 local routes back) [`Announcer::sweep`] puts back.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use cne::sys::route;
@@ -30,6 +33,12 @@ pub const DEFAULT_DRAIN_MS: u32 = 5000;
 pub const MAX_DRAIN_MS: u32 = 3_600_000;
 /// MTU of the device (it carries no traffic: it only holds addresses).
 const MTU: u32 = 1500;
+/// Longest wait for the kernel to put in the local route of an IPv6 address just added (it does so
+/// from a work queue, in well under a millisecond on an idle host), to delete it.
+const LOCAL_ROUTE_WAIT: Duration = Duration::from_millis(500);
+/// Time between two checks that the kernel has not put the local routes of the announced addresses
+/// back (it does when the device comes up again).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// `maglev.announce`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -87,6 +96,7 @@ impl AnnounceSection {
 pub struct Announcer {
     tun: Tun,
     addrs: BTreeSet<IpAddr>,
+    swept: Instant,
 }
 
 impl Announcer {
@@ -99,6 +109,7 @@ impl Announcer {
         Ok(Announcer {
             tun,
             addrs: BTreeSet::new(),
+            swept: Instant::now(),
         })
     }
 
@@ -122,7 +133,7 @@ impl Announcer {
             // route, the host's own packets to the VIP (health probes through the data path) are
             // routed like anyone's instead of being delivered here.
             let added = route::add_address(ifindex, a, host_prefix(a))
-                .and_then(|()| route::del_local_route(ifindex, a));
+                .and_then(|()| hide(ifindex, a, LOCAL_ROUTE_WAIT));
             match added {
                 Ok(()) => {
                     self.addrs.insert(a);
@@ -142,6 +153,60 @@ impl Announcer {
         }
         changes
     }
+
+    /// Puts back what was undone behind the process's back, at most once per [`SWEEP_EVERY`]: the
+    /// device brought down (it brings it up), announced addresses gone from it (the kernel flushes
+    /// IPv6 addresses when the device goes down), local routes the kernel put back (it does for
+    /// IPv4 addresses when the device comes up). Each repair is logged as a warning; returns the
+    /// addresses repaired. Call it every loop.
+    pub fn sweep(&mut self) -> Vec<IpAddr> {
+        if self.swept.elapsed() < SWEEP_EVERY {
+            return Vec::new();
+        }
+        self.swept = Instant::now();
+        let name = self.tun.name();
+        match self.tun.is_up() {
+            Ok(true) => {}
+            Ok(false) => match self.tun.set_up(MTU) {
+                Ok(()) => log::warn!("announce: {name} was down; brought it up"),
+                Err(e) => log::error!("announce: bringing {name} up again: {e}"),
+            },
+            Err(e) => log::error!("announce: {e}"),
+        }
+        let ifindex = self.tun.ifindex();
+        let mut repaired = Vec::new();
+        for &a in &self.addrs {
+            let repair = route::ensure_address(ifindex, a, host_prefix(a)).and_then(|added| {
+                if added {
+                    hide(ifindex, a, LOCAL_ROUTE_WAIT)?;
+                    log::warn!("announce: {a} was gone from {name}; added it again");
+                    Ok(true)
+                } else if route::del_local_route(ifindex, a)? {
+                    log::warn!("announce: the kernel put the local route of {a} back; deleted it");
+                    Ok(true)
+                } else {
+                    Ok(false)
+                }
+            });
+            match repair {
+                Ok(true) => repaired.push(a),
+                Ok(false) => {}
+                Err(e) => log::error!("announce: keeping {a} on {name}: {e}"),
+            }
+        }
+        repaired
+    }
+}
+
+/// Deletes the local route of `addr`, just added to the device `ifindex`: at once for IPv4, whose
+/// route comes with the address; for IPv6, as soon as the kernel has put it in, waiting `wait` at
+/// most ([`Announcer::sweep`] deletes one that comes later).
+fn hide(ifindex: u32, addr: IpAddr, wait: Duration) -> Result<(), route::RouteError> {
+    let deadline = Instant::now() + wait;
+    while !route::del_local_route(ifindex, addr)? && addr.is_ipv6() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
 }
 
 fn host_prefix(a: IpAddr) -> u8 {
@@ -173,5 +238,83 @@ mod tests {
             assert_eq!(i[0].0, "maglev.announce.interface", "{bad:?}");
         }
         assert!(serde_json::from_str::<AnnounceSection>(r#"{"intreface": "x"}"#).is_err());
+    }
+
+    const DEV: &str = "nfmvt0";
+
+    /// The `local` routes of `ip -n NS route show table local dev DEV`, both families.
+    fn local_routes(ns: &lab::Netns) -> Vec<String> {
+        ["-4", "-6"]
+            .iter()
+            .flat_map(|f| {
+                ns.ip(&[f, "route", "show", "table", "local", "dev", DEV])
+                    .expect("ip route show")
+                    .lines()
+                    .filter(|l| l.starts_with("local "))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// The announced addresses on the device, as `ip addr show` has them.
+    fn on_device(ns: &lab::Netns, want: &BTreeSet<IpAddr>) -> BTreeSet<IpAddr> {
+        let shown = ns.ip(&["addr", "show", "dev", DEV]).expect("ip addr show");
+        want.iter()
+            .filter(|a| shown.contains(&format!(" {a}/")))
+            .copied()
+            .collect()
+    }
+
+    /// Addresses go on the device without their local routes (the IPv6 ones, which the kernel puts in
+    /// later, included), and what someone undoes behind the process's back (the device brought down:
+    /// IPv6 addresses flushed, IPv4 local routes back when it comes up) the sweep puts back.
+    #[test]
+    #[ignore = "needs root"]
+    fn announced_addresses_are_not_local_and_repaired_when_undone() {
+        lab::require_root();
+        let ns = lab::Netns::new("an").expect("namespace");
+        let want: BTreeSet<IpAddr> = (1..=4u8)
+            .map(|i| IpAddr::from([198, 18, 100, i]))
+            .chain((1..=8u16).map(|i| IpAddr::from([0x2001, 2, 0, 0, 0, 0, 0, 0x100 + i])))
+            .collect();
+        let section = AnnounceSection {
+            interface: DEV.into(),
+            drain: default_drain(),
+            require_healthy: true,
+        };
+        let w = want.clone();
+        let mut ann = ns.run(move || {
+            let mut ann = Announcer::open(&section).expect("announcer");
+            let changes = ann.update(&w);
+            assert_eq!(changes.len(), w.len(), "{changes:?}");
+            ann
+        });
+        assert_eq!(local_routes(&ns), Vec::<String>::new());
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(local_routes(&ns), Vec::<String>::new(), "came back later");
+        assert_eq!(on_device(&ns, &want), want);
+
+        ns.ip(&["link", "set", DEV, "down"]).expect("down");
+        assert!(on_device(&ns, &want).len() < want.len(), "nothing undone");
+        std::thread::sleep(SWEEP_EVERY);
+        let repaired: BTreeSet<IpAddr>;
+        (ann, repaired) = ns.run(move || {
+            let r = ann.sweep();
+            (ann, r.into_iter().collect())
+        });
+        assert_eq!(repaired, want);
+        assert!(ns
+            .ip(&["link", "show", DEV])
+            .expect("ip link")
+            .contains(",UP"));
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(local_routes(&ns), Vec::<String>::new());
+        assert_eq!(on_device(&ns, &want), want);
+
+        // Nothing to repair: nothing done, and not before the next period.
+        std::thread::sleep(SWEEP_EVERY);
+        let repaired = ns.run(move || ann.sweep());
+        assert_eq!(repaired, Vec::<IpAddr>::new());
     }
 }

@@ -401,6 +401,9 @@ impl Runtime {
     /// ready (workers reporting, interfaces up, claims programmed) and, with `require_healthy`, the VIP
     /// has a healthy backend. Nothing while draining. Cheap when nothing changes: call it every loop.
     fn announce(&mut self) {
+        if let Some(announcer) = self.announcer.as_mut() {
+            announcer.sweep();
+        }
         let Some(announcer) = &self.announcer else {
             return;
         };

@@ -137,16 +137,17 @@ fn request(msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
 /// `r` with "not found" (`ENOENT`, `ESRCH`, `ENODEV`, `EADDRNOTAVAIL`) taken as done.
 fn ignore_missing(r: io::Result<()>) -> io::Result<()> {
     match r {
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::ENOENT | libc::ESRCH | libc::ENODEV | libc::EADDRNOTAVAIL)
-            ) =>
-        {
-            Ok(())
-        }
+        Err(e) if is_missing(&e) => Ok(()),
         r => r,
     }
+}
+
+/// Whether `e` says "not found" (`ENOENT`, `ESRCH`, `ENODEV`, `EADDRNOTAVAIL`).
+fn is_missing(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOENT | libc::ESRCH | libc::ENODEV | libc::EADDRNOTAVAIL)
+    )
 }
 
 /// A policy rule `fwmark MARK lookup TABLE` at `priority`.
@@ -380,10 +381,24 @@ fn check_prefix(addr: IpAddr, prefix_len: u8, op: &str) -> Result<(), RouteError
 /// Adds `addr/prefix_len` to the device `ifindex` (`ip addr replace`: adding an address the device
 /// already has is no error). IPv6 addresses skip duplicate address detection. Needs `CAP_NET_ADMIN`.
 pub fn add_address(ifindex: u32, addr: IpAddr, prefix_len: u8) -> Result<(), RouteError> {
+    new_address(ifindex, addr, prefix_len, NLM_F_CREATE | NLM_F_REPLACE)
+}
+
+/// Adds `addr/prefix_len` to the device `ifindex` unless it has it already; returns whether it was
+/// added. IPv6 addresses skip duplicate address detection. Needs `CAP_NET_ADMIN`.
+pub fn ensure_address(ifindex: u32, addr: IpAddr, prefix_len: u8) -> Result<bool, RouteError> {
+    match new_address(ifindex, addr, prefix_len, NLM_F_CREATE | NLM_F_EXCL) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn new_address(ifindex: u32, addr: IpAddr, prefix_len: u8, flags: u16) -> Result<(), RouteError> {
     check_prefix(addr, prefix_len, "adding")?;
     request(
         RouteNetlinkMessage::NewAddress(address_message(ifindex, addr, prefix_len)),
-        NLM_F_CREATE | NLM_F_REPLACE,
+        flags,
     )
     .map_err(|source| RouteError::Netlink {
         op: format!("adding the address {addr}/{prefix_len} to device #{ifindex}"),
@@ -411,9 +426,14 @@ const TABLE_LOCAL: u8 = 255;
 /// Deletes the route the kernel put in its `local` table for the address `addr` of the device
 /// `ifindex`, so the address stays on the device (a routing daemon can export it) but the host no
 /// longer takes packets to it as its own: they are routed by the other rules and tables (for
-/// nf-maglev, its probes to the VIP reach the backends). A route already gone is no error. Needs
-/// `CAP_NET_ADMIN`.
-pub fn del_local_route(ifindex: u32, addr: IpAddr) -> Result<(), RouteError> {
+/// nf-maglev, its probes to the VIP reach the backends). Returns whether there was one to delete: a
+/// route not there is no error. Needs `CAP_NET_ADMIN`.
+///
+/// The kernel puts an IPv6 address's local route in later than the address (from its address
+/// configuration work, once duplicate address detection is done or skipped), and puts the local
+/// routes of every address back when the device comes up again: a caller that must keep them away
+/// deletes again until this returns `true`, and again later.
+pub fn del_local_route(ifindex: u32, addr: IpAddr) -> Result<bool, RouteError> {
     let mut msg = RouteMessage::default();
     msg.header.address_family = Family::of(addr).address_family();
     msg.header.destination_prefix_length = if addr.is_ipv4() { 32 } else { 128 };
@@ -425,12 +445,14 @@ pub fn del_local_route(ifindex: u32, addr: IpAddr) -> Result<(), RouteError> {
         RouteAttribute::Table(u32::from(TABLE_LOCAL)),
         RouteAttribute::Oif(ifindex),
     ];
-    ignore_missing(request(RouteNetlinkMessage::DelRoute(msg), 0)).map_err(|source| {
-        RouteError::Netlink {
+    match request(RouteNetlinkMessage::DelRoute(msg), 0) {
+        Ok(()) => Ok(true),
+        Err(e) if is_missing(&e) => Ok(false),
+        Err(source) => Err(RouteError::Netlink {
             op: format!("deleting the local route of {addr} on device #{ifindex}"),
             source,
-        }
-    })
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -170,11 +170,7 @@ impl Tun {
             }
             _ => {}
         }
-        // SAFETY: plain socket creation; `cvt_fd` owns the new descriptor.
-        let sock = cvt_fd(unsafe {
-            libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0)
-        })
-        .map_err(|e| fail("socket(AF_INET, SOCK_DGRAM)", e))?;
+        let sock = self.ioctl_socket()?;
         let mtu = c_int::try_from(mtu).map_err(|_| {
             fail(
                 "ioctl(SIOCSIFMTU)",
@@ -185,17 +181,44 @@ impl Tun {
         // SAFETY: SIOCSIFMTU reads the ifreq (name and MTU), which outlives the call.
         let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCSIFMTU, &mut ifr) };
         cvt(rc).map_err(|e| fail("ioctl(SIOCSIFMTU)", e))?;
-        let mut ifr = IfreqInt::new(&self.name, 0);
-        // SAFETY: SIOCGIFFLAGS reads the name and writes the flags into the ifreq, which outlives the
-        // call.
-        let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCGIFFLAGS, &mut ifr) };
-        cvt(rc).map_err(|e| fail("ioctl(SIOCGIFFLAGS)", e))?;
+        let mut ifr = self.flags(&sock)?;
         #[allow(clippy::cast_possible_truncation, reason = "IFF_UP is 1")]
         ifr.set_flags(ifr.flags() | libc::IFF_UP as c_short);
         // SAFETY: SIOCSIFFLAGS reads the ifreq (name and flags), which outlives the call.
         let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCSIFFLAGS, &mut ifr) };
         cvt(rc).map_err(|e| fail("ioctl(SIOCSIFFLAGS)", e))?;
         Ok(())
+    }
+
+    /// Whether the link is up (`IFF_UP`): someone may have brought it down since [`Tun::set_up`].
+    pub fn is_up(&self) -> Result<bool, TunError> {
+        let ifr = self.flags(&self.ioctl_socket()?)?;
+        Ok(i32::from(ifr.flags()) & libc::IFF_UP != 0)
+    }
+
+    /// A socket for the device ioctls.
+    fn ioctl_socket(&self) -> Result<OwnedFd, TunError> {
+        // SAFETY: plain socket creation; `cvt_fd` owns the new descriptor.
+        cvt_fd(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })
+            .map_err(|source| TunError::Call {
+                call: "socket(AF_INET, SOCK_DGRAM)",
+                name: self.name.clone(),
+                source,
+            })
+    }
+
+    /// The device's flags, in an ifreq ready for `SIOCSIFFLAGS`.
+    fn flags(&self, sock: &OwnedFd) -> Result<IfreqInt, TunError> {
+        let mut ifr = IfreqInt::new(&self.name, 0);
+        // SAFETY: SIOCGIFFLAGS reads the name and writes the flags into the ifreq, which outlives the
+        // call.
+        let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCGIFFLAGS, &mut ifr) };
+        cvt(rc).map_err(|source| TunError::Call {
+            call: "ioctl(SIOCGIFFLAGS)",
+            name: self.name.clone(),
+            source,
+        })?;
+        Ok(ifr)
     }
 
     /// Waits until a packet is waiting or `timeout` passes (`None`: no limit). `Ok(false)` on timeout or
