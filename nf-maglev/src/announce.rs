@@ -154,7 +154,7 @@ impl Announcer {
         changes
     }
 
-    /// Puts back what was undone behind the process's back, at most once per [`SWEEP_EVERY`]: the
+    /// Puts back what was undone behind the process's back, at most once a second: the
     /// device brought down (it brings it up), announced addresses gone from it (the kernel flushes
     /// IPv6 addresses when the device goes down), local routes the kernel put back (it does for
     /// IPv4 addresses when the device comes up). Each repair is logged as a warning; returns the
