@@ -334,6 +334,11 @@ const VIP_ANNOUNCED: Def = gauge(
     "1 while the VIP's address is on the announcement device (maglev.announce), else 0.",
     VIP,
 );
+const ANNOUNCE_REPAIRS: Def = counter(
+    "nf_maglev_announce_repairs_total",
+    "Announced addresses put back on the announcement device, or whose local route was deleted again, after something else undid them (the device brought down, for one).",
+    NONE,
+);
 const CHECKER_CPU: Def = counter(
     "nf_maglev_health_checker_cpu_seconds_total",
     "CPU time of the health checker's thread (probes, and the data path for probes).",
@@ -389,6 +394,7 @@ const ALL: &[&Def] = &[
     &VIP_FAIL_OPEN,
     &CHECKER_CPU,
     &VIP_ANNOUNCED,
+    &ANNOUNCE_REPAIRS,
     &REBUILDS,
     &RELOADS,
     &GENERATION,
@@ -470,6 +476,8 @@ pub(crate) struct ControlStats {
     pub(crate) ready: std::collections::BTreeSet<String>,
     /// The announced VIP addresses; `None` without announcement.
     pub(crate) announced: Option<std::collections::BTreeSet<std::net::IpAddr>>,
+    /// Announced addresses put back after something else undid them.
+    pub(crate) announce_repairs: u64,
     /// XDP fast path counters per netdev (with `data_path: xdp`), read just before each scrape.
     pub(crate) fast: Vec<(String, cne::bpf::fast::FastStats)>,
     /// What the fast paths forwarded, counted like a worker counts it.
@@ -628,6 +636,7 @@ impl Collector for LbCollector {
             (&GRE_FRAGMENTED, counters.gre_fragmented),
             (&GRE_FRAGMENTS, counters.gre_fragments),
             (&REBUILDS, control.rebuilds),
+            (&ANNOUNCE_REPAIRS, control.announce_repairs),
         ] {
             let mut f = Family::new(def);
             f.add(&[], v as f64);
@@ -868,6 +877,7 @@ mod tests {
         }]));
         let control_stats = Arc::new(Mutex::new(ControlStats {
             announced: Some(std::collections::BTreeSet::new()),
+            announce_repairs: 4,
             ready: std::collections::BTreeSet::new(),
             rebuilds: c.rebuilds(),
             reloads_applied: 1,
@@ -957,6 +967,7 @@ mod tests {
             ("nf_maglev_backend_table_share", &wa[..], 1.0),
             ("nf_maglev_backend_table_share", &wb[..], 0.0),
             ("nf_maglev_table_rebuilds_total", &[][..], 1.0),
+            ("nf_maglev_announce_repairs_total", &[][..], 4.0),
             (
                 "nf_maglev_admin_connections_total",
                 &[("result", "evicted")][..],

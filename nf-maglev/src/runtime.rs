@@ -402,7 +402,12 @@ impl Runtime {
     /// has a healthy backend. Nothing while draining. Cheap when nothing changes: call it every loop.
     fn announce(&mut self) {
         if let Some(announcer) = self.announcer.as_mut() {
-            announcer.sweep();
+            let repaired = announcer.sweep().len() as u64;
+            if repaired > 0 {
+                if let Ok(mut s) = self.stats.lock() {
+                    s.announce_repairs += repaired;
+                }
+            }
         }
         let Some(announcer) = &self.announcer else {
             return;
@@ -709,6 +714,7 @@ impl Api for Runtime {
                 "interface": a.interface(),
                 "addresses": a.addresses().iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "draining": self.draining,
+                "repairs": s.announce_repairs,
             })
         });
         let fast: Vec<Value> = s

@@ -227,6 +227,16 @@ impl RoutedLab {
             .is_ok_and(|l| l.iter().any(|n| n == VIP_DEV))
     }
 
+    /// Brings device [`VIP_DEV`] of load balancer `i` down behind nf-maglev's back (`ip link set ...
+    /// down`, as an operator or a network manager might): the kernel flushes its IPv6 addresses.
+    pub fn vip_dev_down(&self, i: usize) -> Result<()> {
+        self.lbs[i]
+            .host
+            .ns
+            .ip(&["link", "set", VIP_DEV, "down"])
+            .map(drop)
+    }
+
     /// The client's traffic: new connections, datagrams, held connections and streams to the VIPs.
     pub fn traffic(&self) -> Traffic<'_> {
         Traffic {
