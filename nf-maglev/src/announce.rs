@@ -10,8 +10,8 @@
 //! workers stop. The addresses are not local to the host: their routes in the kernel's `local` table
 //! are deleted, so the host neither answers for them nor takes packets to them as its own (VIP traffic
 //! is the data plane's), and health probes to the VIP still leave for the backends. What someone
-//! undoes behind the process's back (the device brought down, which flushes its IPv6 addresses and
-//! puts IPv4 local routes back) [`Announcer::sweep`] puts back.
+//! undoes behind the process's back (the device deleted, or brought down, which flushes its IPv6
+//! addresses and puts IPv4 local routes back) [`Announcer::sweep`] puts back.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -154,17 +154,30 @@ impl Announcer {
         changes
     }
 
-    /// Puts back what was undone behind the process's back, at most once a second: the
-    /// device brought down (it brings it up), announced addresses gone from it (the kernel flushes
-    /// IPv6 addresses when the device goes down), local routes the kernel put back (it does for
-    /// IPv4 addresses when the device comes up). Each repair is logged as a warning; returns the
-    /// addresses repaired. Call it every loop.
+    /// Puts back what was undone behind the process's back, at most once a second: the device
+    /// deleted (it creates it again) or brought down (it brings it up), announced addresses gone from
+    /// it (the kernel flushes IPv6 addresses when the device goes down), local routes the kernel put
+    /// back (it does for IPv4 addresses when the device comes up). Each repair is logged as a
+    /// warning; returns the addresses repaired. Call it every loop.
     pub fn sweep(&mut self) -> Vec<IpAddr> {
         if self.swept.elapsed() < SWEEP_EVERY {
             return Vec::new();
         }
         self.swept = Instant::now();
-        let name = self.tun.name();
+        let name = self.tun.name().to_owned();
+        if !self.tun.exists() {
+            let again = Tun::create(&name).and_then(|tun| tun.set_up(MTU).map(|()| tun));
+            match again {
+                Ok(tun) => {
+                    self.tun = tun;
+                    log::warn!("announce: {name} was deleted; created it again");
+                }
+                Err(e) => {
+                    log::error!("announce: creating {name} again: {e}");
+                    return Vec::new();
+                }
+            }
+        }
         match self.tun.is_up() {
             Ok(true) => {}
             Ok(false) => match self.tun.set_up(MTU) {
@@ -257,9 +270,10 @@ mod tests {
             .collect()
     }
 
-    /// The announced addresses on the device, as `ip addr show` has them.
+    /// The announced addresses in the namespace (on the device: it has nothing else), as `ip addr
+    /// show` has them.
     fn on_device(ns: &lab::Netns, want: &BTreeSet<IpAddr>) -> BTreeSet<IpAddr> {
-        let shown = ns.ip(&["addr", "show", "dev", DEV]).expect("ip addr show");
+        let shown = ns.ip(&["addr", "show"]).expect("ip addr show");
         want.iter()
             .filter(|a| shown.contains(&format!(" {a}/")))
             .copied()
@@ -268,10 +282,11 @@ mod tests {
 
     /// Addresses go on the device without their local routes (the IPv6 ones, which the kernel puts in
     /// later, included), and what someone undoes behind the process's back (the device brought down:
-    /// IPv6 addresses flushed, IPv4 local routes back when it comes up) the sweep puts back.
+    /// IPv6 addresses flushed, IPv4 local routes back when it comes up; the device deleted) the sweep
+    /// puts back.
     #[test]
     #[ignore = "needs root"]
-    fn announced_addresses_are_not_local_and_repaired_when_undone() {
+    fn announced_addresses_are_not_local_and_put_back_when_undone() {
         lab::require_root();
         let ns = lab::Netns::new("an").expect("namespace");
         let want: BTreeSet<IpAddr> = (1..=4u8)
@@ -295,26 +310,38 @@ mod tests {
         assert_eq!(local_routes(&ns), Vec::<String>::new(), "came back later");
         assert_eq!(on_device(&ns, &want), want);
 
-        ns.ip(&["link", "set", DEV, "down"]).expect("down");
-        assert!(on_device(&ns, &want).len() < want.len(), "nothing undone");
-        std::thread::sleep(SWEEP_EVERY);
-        let repaired: BTreeSet<IpAddr>;
-        (ann, repaired) = ns.run(move || {
-            let r = ann.sweep();
-            (ann, r.into_iter().collect())
-        });
-        assert_eq!(repaired, want);
-        assert!(ns
-            .ip(&["link", "show", DEV])
-            .expect("ip link")
-            .contains(",UP"));
-        std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(local_routes(&ns), Vec::<String>::new());
-        assert_eq!(on_device(&ns, &want), want);
-
-        // Nothing to repair: nothing done, and not before the next period.
-        std::thread::sleep(SWEEP_EVERY);
-        let repaired = ns.run(move || ann.sweep());
-        assert_eq!(repaired, Vec::<IpAddr>::new());
+        // Each undone: the next sweep puts back every address, without local routes, the device up;
+        // with nothing undone it does nothing.
+        for undo in [
+            &["link", "set", DEV, "down"][..],
+            &["link", "del", DEV],
+            &[],
+        ] {
+            if !undo.is_empty() {
+                ns.ip(undo).expect("undoing");
+                assert!(
+                    on_device(&ns, &want).len() < want.len(),
+                    "{undo:?} undid nothing"
+                );
+            }
+            std::thread::sleep(SWEEP_EVERY);
+            let repaired: BTreeSet<IpAddr>;
+            (ann, repaired) = ns.run(move || {
+                let r = ann.sweep();
+                (ann, r.into_iter().collect())
+            });
+            let expected = if undo.is_empty() {
+                BTreeSet::new()
+            } else {
+                want.clone()
+            };
+            assert_eq!(repaired, expected, "{undo:?}");
+            let link = ns.ip(&["link", "show", DEV]).expect("ip link");
+            assert!(link.contains(",UP"), "{undo:?}: {link}");
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(local_routes(&ns), Vec::<String>::new(), "{undo:?}");
+            assert_eq!(on_device(&ns, &want), want, "{undo:?}");
+        }
+        drop(ann);
     }
 }

@@ -190,6 +190,12 @@ impl Tun {
         Ok(())
     }
 
+    /// Whether the device is still there under its name: someone may have deleted it (`ip link del`),
+    /// which leaves the descriptor open but attached to nothing.
+    pub fn exists(&self) -> bool {
+        super::netdev::ifindex(&self.name) == Some(self.ifindex)
+    }
+
     /// Whether the link is up (`IFF_UP`): someone may have brought it down since [`Tun::set_up`].
     pub fn is_up(&self) -> Result<bool, TunError> {
         let ifr = self.flags(&self.ioctl_socket()?)?;

@@ -237,6 +237,11 @@ impl RoutedLab {
             .map(drop)
     }
 
+    /// Deletes device [`VIP_DEV`] of load balancer `i` behind nf-maglev's back (`ip link del`).
+    pub fn vip_dev_delete(&self, i: usize) -> Result<()> {
+        self.lbs[i].host.ns.ip(&["link", "del", VIP_DEV]).map(drop)
+    }
+
     /// The client's traffic: new connections, datagrams, held connections and streams to the VIPs.
     pub fn traffic(&self) -> Traffic<'_> {
         Traffic {
