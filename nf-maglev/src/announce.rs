@@ -36,8 +36,8 @@ const MTU: u32 = 1500;
 /// Longest wait for the kernel to put in the local route of an IPv6 address just added (it does so
 /// from a work queue, in well under a millisecond on an idle host), to delete it.
 const LOCAL_ROUTE_WAIT: Duration = Duration::from_millis(500);
-/// Time between two checks that the kernel has not put the local routes of the announced addresses
-/// back (it does when the device comes up again).
+/// Time between two checks of the device, its addresses and their local routes
+/// ([`Announcer::sweep`]).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// `maglev.announce`.
