@@ -57,7 +57,7 @@
  *             those it was made under; the first packet of each tick takes the whole way and renews
  *             the connection entry's timeout and LRU place. A hit costs no hash-map lookup: parse,
  *             one cache line, the backend array, rewrite, counters. An untagged IPv4 frame is first
- *             checked against the cache on registers (cached_v4), before any key is built.
+ *             checked against the cache on its own bytes (cached_v4), before any key is built.
  *   conn_changes, user_changes
  *             (globals, sections .data.conn_changes and .data.user_changes) connection entries this
  *             program replaced (a SYN moving a reused or expired 5-tuple), and writes and deletes of
@@ -185,6 +185,13 @@ struct conn_val {
 	__u8 pad[3];
 };
 
+/* Where a packet goes: its backend, the VIP it came for (ids) and how it is sent. */
+struct decision {
+	__u32 backend;
+	__u32 vip; /* VIP id */
+	__u32 mode_label; /* the VIP's mode << 24 | the flow hash's low 20 bits (IPv6 outer flow label) */
+};
+
 /* A decision of this CPU in one tick, under one state epoch and one count of connection-map changes:
  * what the connection map and the VIP gave a packet of this flow that was no SYN, FIN or RST. */
 struct flow_cached {
@@ -192,9 +199,7 @@ struct flow_cached {
 	__u32 epoch; /* cfg.active when made */
 	__u32 tick; /* jiffies >> CACHE_TICK_SHIFT when made; it holds in that tick only */
 	__u32 changes; /* conn_changes + user_changes when made */
-	__u32 backend;
-	__u32 vip; /* VIP id */
-	__u32 mode_label; /* the VIP's mode << 24 | the flow hash's low 20 bits (IPv6 outer flow label) */
+	struct decision d;
 };
 
 struct flood {
@@ -473,9 +478,9 @@ static __always_inline void copy_mac(void *d, const void *s)
 }
 
 /* Hands a frame the fast path does not forward to the slow path, unchanged. */
-static __always_inline int hand_over(struct xdp_md *ctx, struct counters *st, __u32 reason, int vip)
+static __always_inline int hand_over(struct xdp_md *ctx, __u32 reason, int vip)
 {
-	add(st, reason, 1);
+	add(counters(), reason, 1);
 	bpf_tail_call(ctx, &fallback, 0);
 	/* No fallback program: VIP traffic to the AF_XDP socket of this queue, the rest to the kernel. */
 	if (vip)
@@ -488,7 +493,6 @@ struct pkt {
 	struct conn_key key;
 	__u32 l3; /* offset of the IP header: 14 or 18 */
 	__u32 ip_len; /* length of the IP datagram */
-	__u8 tos; /* IPv4 TOS or IPv6 traffic class */
 	__u8 tcp_flags;
 	__u8 v6;
 };
@@ -577,7 +581,6 @@ static __always_inline int parse(struct pkt *p, void *data, void *end)
 		if (!p->ip_len)
 			return 0;
 		p->v6 = 0;
-		p->tos = ip->tos;
 		p->key.src[0] = 0;
 		p->key.src[1] = 0;
 		p->key.src[2] = V4_MAPPED_WORD;
@@ -601,7 +604,6 @@ static __always_inline int parse(struct pkt *p, void *data, void *end)
 		if (p->ip_len > len - p->l3)
 			return 0;
 		p->v6 = 1;
-		p->tos = (h[0] << 4) | (h[1] >> 4);
 		__builtin_memcpy(p->key.src, &ip6->saddr, 16); /* both 4-byte aligned types: word copies */
 		__builtin_memcpy(p->key.dst, &ip6->daddr, 16);
 		/* An IPv4-mapped destination in an IPv6 packet is no IPv4 VIP: the keys would collide. */
@@ -638,14 +640,17 @@ static __always_inline int write_l2(void *data, void *end, __u32 l3, __u32 old, 
 	return 1;
 }
 
-/* GRE encapsulation in front of the IP datagram, as nf-maglev's `write_gre_headers`. Returns the stat
- * index of the reason to hand over, or STAT_MAX when the frame is ready to send. */
-static __always_inline __u32 encap_gre(struct xdp_md *ctx, __u32 l3, __u32 ip_len, __u8 tos, __u8 v6,
-				       const struct backend *b, const struct fast_cfg *c, __u64 hash)
+/* GRE encapsulation in front of the IP datagram, as nf-maglev's `write_gre_headers`. `ip_len`: the
+ * datagram's length, `label`: the decision's mode_label (its low 20 bits are an IPv6 outer header's flow
+ * label). The datagram's TOS and length are read again behind the new headers, so that nothing of the
+ * packet needs to be kept across the helper calls. Returns the stat index of the reason to hand over, or
+ * STAT_MAX when the frame is ready to send. */
+static __always_inline __u32 encap_gre(struct xdp_md *ctx, __u32 l3, __u32 ip_len, __u8 v6,
+				       const struct backend *b, const struct fast_cfg *c, __u32 label)
 {
 	__u32 overhead, outer_len, frame_len;
 	void *data, *end;
-	__u8 *h;
+	__u8 *h, *in, tos;
 	__be16 type, inner;
 
 	if (b->outer == OUTER_V4)
@@ -656,7 +661,6 @@ static __always_inline __u32 encap_gre(struct xdp_md *ctx, __u32 l3, __u32 ip_le
 		return STAT_NO_OUTER;
 	if (ip_len + overhead > c->mtu)
 		return STAT_TOO_BIG;
-	outer_len = ip_len + overhead;
 	/* Ethernet padding of short frames is not part of the datagram: the new frame ends with it. */
 	frame_len = (long)ctx->data_end - (long)ctx->data;
 	if (frame_len > l3 + ip_len &&
@@ -666,7 +670,19 @@ static __always_inline __u32 encap_gre(struct xdp_md *ctx, __u32 l3, __u32 ip_le
 		return STAT_ADJUST_FAILED;
 	data = (void *)(long)ctx->data;
 	end = (void *)(long)ctx->data_end;
-	inner = v6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP);
+	h = data + (l3 == 18 ? 18 : 14);
+	in = h + overhead;
+	if ((void *)(in + 6) > end)
+		return STAT_ADJUST_FAILED;
+	if (v6) {
+		tos = (in[0] << 4) | (in[1] >> 4);
+		outer_len = 40 + bpf_ntohs(ld16(in + 4)) + overhead;
+		inner = bpf_htons(ETH_P_IPV6);
+	} else {
+		tos = in[1];
+		outer_len = bpf_ntohs(ld16(in + 2)) + overhead;
+		inner = bpf_htons(ETH_P_IP);
+	}
 	if (b->outer == OUTER_V4) {
 		__u32 s = b->sum + tos + outer_len;
 		__u16 len16 = bpf_htons(outer_len), csum;
@@ -674,7 +690,6 @@ static __always_inline __u32 encap_gre(struct xdp_md *ctx, __u32 l3, __u32 ip_le
 		type = bpf_htons(ETH_P_IP);
 		if (!write_l2(data, end, l3, 24, b->mac, c->mac, type))
 			return STAT_ADJUST_FAILED;
-		h = data + (l3 == 18 ? 18 : 14);
 		if ((void *)(h + 24) > end)
 			return STAT_ADJUST_FAILED;
 		s = (s & 0xffff) + (s >> 16);
@@ -689,14 +704,13 @@ static __always_inline __u32 encap_gre(struct xdp_md *ctx, __u32 l3, __u32 ip_le
 		st16(h + 20, 0);
 		st16(h + 22, inner);
 	} else {
-		__u32 first = (6u << 28) | ((__u32)tos << 20) | ((__u32)hash & 0x000fffff);
+		__u32 first = (6u << 28) | ((__u32)tos << 20) | (label & 0x000fffff);
 		__u16 plen = bpf_htons(outer_len - 40);
 
 		first = bpf_htonl(first);
 		type = bpf_htons(ETH_P_IPV6);
 		if (!write_l2(data, end, l3, 44, b->mac, c->mac, type))
 			return STAT_ADJUST_FAILED;
-		h = data + (l3 == 18 ? 18 : 14);
 		if ((void *)(h + 44) > end)
 			return STAT_ADJUST_FAILED;
 		st32(h, first);
@@ -744,128 +758,134 @@ static __always_inline __u32 change_count(void)
 	return *(volatile __u32 *)&conn_changes + *(volatile __u32 *)&user_changes;
 }
 
-/* Sends the frame (its IP datagram at l3, ip_len bytes, TOS tos, IPv6 if v6) to backend b (id bid) of VIP
- * vid in `mode`, and counts it: one packet of a new connection if new_conn. `hash`: the flow hash, of
- * which an IPv6 outer header carries the low 20 bits. */
-static __always_inline int forward(struct xdp_md *ctx, struct counters *st, const struct fast_cfg *c,
-				   const struct backend *b, __u32 mode, __u32 l3, __u32 ip_len, __u8 tos,
-				   __u8 v6, __u64 hash, __u32 vid, __u32 bid, int new_conn)
+/* Sends the frame (its IP datagram at l3, ip_len bytes, IPv6 if v6) as decision d says (to backend b, in
+ * its mode), and counts it: one packet of a new connection if new_conn, one hit of the flow cache if
+ * cache_hit. Reads d only after the helper calls (it is a map value or on the stack: stable), so that the
+ * decision takes no register across them. */
+static __always_inline int forward(struct xdp_md *ctx, const struct fast_cfg *c, const struct backend *b,
+				   const struct decision *d, __u32 l3, __u32 ip_len, __u8 v6, int new_conn,
+				   int cache_hit)
 {
 	__u8 *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	__u32 bytes = (void *)end - (void *)data, reason;
+	struct counters *st;
 
-	if (mode == MODE_L2DSR) {
+	if ((d->mode_label >> 24) == MODE_L2DSR) {
 		/* Only the MAC addresses change. */
 		if ((void *)(data + 12) > end)
-			return hand_over(ctx, st, STAT_NOT_FAST, 1);
+			return hand_over(ctx, STAT_NOT_FAST, 1);
 		copy_mac(data, b->mac);
 		copy_mac(data + 6, c->mac);
 		reason = STAT_MAX;
 	} else {
-		reason = encap_gre(ctx, l3, ip_len, tos, v6, b, c, hash);
+		reason = encap_gre(ctx, l3, ip_len, v6, b, c, d->mode_label);
 	}
 	if (reason == STAT_ADJUST_FAILED) {
 		/* The frame may be half rewritten: nothing sane can be handed on. */
-		add(st, reason, 1);
+		add(counters(), reason, 1);
 		return XDP_DROP;
 	}
 	if (reason != STAT_MAX)
-		return hand_over(ctx, st, reason, 1);
+		return hand_over(ctx, reason, 1);
+	st = counters();
+	if (cache_hit)
+		add(st, STAT_CACHE_HITS, 1); /* a connection hit too: user space adds them */
 	add(st, STAT_FWD_PACKETS, 1);
 	add(st, STAT_FWD_BYTES, bytes);
-	count(&vip_traffic, vid, bytes, new_conn);
-	count(&backend_traffic, bid, bytes, new_conn);
+	count(&vip_traffic, d->vip, bytes, new_conn);
+	count(&backend_traffic, d->backend, bytes, new_conn);
 	return XDP_TX;
 }
 
 /* The common case of the common case: an untagged IPv4 frame of a flow whose decision this CPU's flow
- * cache holds. The checks of parse() and the cache's are made on registers; no connection key is built
- * and no map but the cache, the backend array and the counters is read. Returns -1 when the frame is
- * anything else; the whole way then decides it as this would have, and for a frame the cache may hold
- * (one without SYN, FIN or RST) it finds the flow's slot in *slot. */
-static __always_inline int cached_v4(struct xdp_md *ctx, const struct fast_cfg *c, struct counters *st,
-				     struct flow_cached **slot)
+ * cache holds. The checks of parse() and the cache's are made on the frame's bytes, read again after each
+ * helper call rather than kept across it; no connection key is built and no map but the cache, the
+ * backend array and the counters is read. Returns -1 when the frame is anything else: the whole way then
+ * decides it as this would have. */
+static __always_inline int cached_v4(struct xdp_md *ctx, const struct fast_cfg *c)
 {
 	__u8 *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	__u8 *h = data + 14, *l4 = data + 34;
-	__u32 ip_len, epoch, cidx, ports, saddr, daddr, label, seen;
+	__u32 ip_len, epoch, cidx, tick, seen;
 	const __u8 *k;
 	struct flow_cached *fc;
 	struct backend *b;
 	int flags;
-	__u8 proto;
 
 	if ((void *)(data + 38) > end || ld16(data + 12) != bpf_htons(ETH_P_IP))
 		return -1;
-	/* The cache entry first: its line is on the way while the headers are checked. */
-	saddr = ld32(h + 12);
-	daddr = ld32(h + 16);
-	ports = ld32(l4);
-	proto = h[9];
+	tick = (__u32)(bpf_jiffies64() >> CACHE_TICK_SHIFT); /* inlined: a load of jiffies */
 	cidx = bpf_get_smp_processor_id() * FLOW_CACHE_ENTRIES +
-	       cache_slot(saddr ^ V4_MAPPED_WORD, daddr ^ V4_MAPPED_WORD, ports, proto);
+	       cache_slot(ld32(h + 12) ^ V4_MAPPED_WORD, ld32(h + 16) ^ V4_MAPPED_WORD, ld32(l4), h[9]);
 	fc = bpf_map_lookup_elem(&flow_cache, &cidx);
 	if (!fc)
 		return -1;
+	/* The cache entry first: its line is on the way while the headers are checked. */
 	seen = *(volatile __u32 *)&fc->tick;
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	h = data + 14;
+	l4 = data + 34;
+	if ((void *)(data + 38) > end)
+		return -1;
 	ip_len = v4_len(h, (void *)end - (void *)h);
 	if (!ip_len)
 		return -1;
-	flags = check_l4(proto, l4, end, ip_len - 20);
+	flags = check_l4(h[9], l4, end, ip_len - 20);
 	/* A packet that may change its connection's entry takes the whole way (UDP has no flags). */
 	if (flags < 0 || (flags & (TCP_SYN | TCP_FIN | TCP_RST)))
 		return -1;
-	*slot = fc;
 	epoch = *(volatile __u32 *)&c->active;
-	if (seen != (__u32)(bpf_jiffies64() >> CACHE_TICK_SHIFT) || fc->epoch != epoch ||
-	    fc->changes != change_count())
+	if (seen != tick || fc->epoch != epoch || fc->changes != change_count())
 		return -1;
 	/* The key as parse() writes it: ::ffff:saddr, ::ffff:daddr, the ports, the protocol, zero pad. */
 	k = (const __u8 *)&fc->key;
-	if ((ld64(k) | ld64(k + 16)) != 0 || ld64(k + 8) != (V4_MAPPED_WORD | (__u64)saddr << 32) ||
-	    ld64(k + 24) != (V4_MAPPED_WORD | (__u64)daddr << 32) ||
-	    ld64(k + 32) != (ports | (__u64)proto << 32))
+	if ((ld64(k) | ld64(k + 16)) != 0 ||
+	    ld64(k + 8) != (V4_MAPPED_WORD | (__u64)ld32(h + 12) << 32) ||
+	    ld64(k + 24) != (V4_MAPPED_WORD | (__u64)ld32(h + 16) << 32) ||
+	    ld64(k + 32) != (ld32(l4) | (__u64)h[9] << 32))
 		return -1;
-	b = backend_of(c, fc->backend, epoch & 1);
+	b = backend_of(c, fc->d.backend, epoch & 1);
 	if (!b)
 		return -1;
-	add(st, STAT_CACHE_HITS, 1); /* a connection hit too: user space adds them */
-	label = fc->mode_label;
-	return forward(ctx, st, c, b, label >> 24, 14, ip_len, h[1], 0, label & 0x000fffff, fc->vip,
-		       fc->backend, 0);
+	return forward(ctx, c, b, &fc->d, 14, ip_len, 0, 0, 1);
 }
 
 SEC("xdp")
 int maglev_fast(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
+	void *data, *end;
 	__u32 *slot;
 	struct conn_val *conn;
-	struct counters *st = counters();
+	struct counters *st;
+	int cache_hit = 0;
 	struct flow_cached *fc = 0;
 	__u32 epoch, gen, bid, vid, mode, chg, cidx;
 	struct pkt p;
 	struct fast_cfg *c;
 	struct vip_info *vip;
 	struct backend *b = 0;
+	struct decision dec;
 	__u64 hash = 0;
 	int hashed = 0;
 	__u32 now, tick, seen = 0;
 	int tcp, syn, closing, cacheable, live, ret, new_conn = 0;
 
 	c = &cfg;
-	ret = cached_v4(ctx, c, st, &fc);
+	ret = cached_v4(ctx, c);
 	if (ret >= 0)
 		return ret;
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
 	p.key.pad[0] = 0;
 	p.key.pad[1] = 0;
 	p.key.pad[2] = 0;
 	if (!parse(&p, data, end))
-		return hand_over(ctx, st, STAT_NOT_FAST, 0);
+		return hand_over(ctx, STAT_NOT_FAST, 0);
 
+	st = counters();
 	epoch = *(volatile __u32 *)&c->active;
 	gen = epoch & 1;
 	tcp = p.key.proto == IPPROTO_TCP;
@@ -879,11 +899,8 @@ int maglev_fast(struct xdp_md *ctx)
 	 * expire up to a second (one tick across a second's end) before it would without the cache. The
 	 * entry is read first, so that its cache line is on the way while the rest is gathered. */
 	if (cacheable) {
-		/* The slot, unless cached_v4 found it already (it does only for a cacheable frame). */
-		if (!fc) {
-			cidx = bpf_get_smp_processor_id() * FLOW_CACHE_ENTRIES + cache_index(&p.key);
-			fc = bpf_map_lookup_elem(&flow_cache, &cidx);
-		}
+		cidx = bpf_get_smp_processor_id() * FLOW_CACHE_ENTRIES + cache_index(&p.key);
+		fc = bpf_map_lookup_elem(&flow_cache, &cidx);
 		if (fc)
 			seen = *(volatile __u32 *)&fc->tick;
 	}
@@ -894,13 +911,10 @@ int maglev_fast(struct xdp_md *ctx)
 	 * miss writes no cache line). */
 	live = fc && seen == tick && fc->epoch == epoch && fc->changes == chg;
 	if (live && same_key(&fc->key, &p.key)) {
-		bid = fc->backend;
-		b = backend_of(c, bid, gen);
+		b = backend_of(c, fc->d.backend, gen);
 		if (b) {
-			vid = fc->vip;
-			mode = fc->mode_label >> 24;
-			hash = fc->mode_label & 0x000fffff;
-			add(st, STAT_CACHE_HITS, 1); /* a connection hit too: user space adds them */
+			dec = fc->d;
+			cache_hit = 1;
 			goto send;
 		}
 	}
@@ -919,7 +933,7 @@ int maglev_fast(struct xdp_md *ctx)
 		}
 	}
 	if (!vip)
-		return hand_over(ctx, st, STAT_NO_VIP, 0);
+		return hand_over(ctx, STAT_NO_VIP, 0);
 	vid = vip->id;
 	mode = vip->mode;
 	now = clock_secs(bpf_ktime_get_coarse_ns());
@@ -949,29 +963,29 @@ int maglev_fast(struct xdp_md *ctx)
 		}
 	} else if (tcp && !syn && (vip->flags & VIP_HAS_PAST)) {
 		/* Perhaps a connection that began under an older table: user space keeps those. */
-		return hand_over(ctx, st, STAT_PAST, 1);
+		return hand_over(ctx, STAT_PAST, 1);
 	}
 	if (!b) {
 		__u32 idx;
 
 		if (!(vip->flags & VIP_HAS_TABLE) || vip->size == 0)
-			return hand_over(ctx, st, STAT_NO_TABLE, 1);
+			return hand_over(ctx, STAT_NO_TABLE, 1);
 		/* Only a flow without a connection needs its hash for the table (a hit skips it). */
 		hash = flow_hash(c->seed, &p.key);
 		hashed = 1;
 		idx = vip->base + (__u32)(((hash >> 32) * vip->size) >> 32);
 		slot = bpf_map_lookup_elem(&tables, &idx);
 		if (!slot)
-			return hand_over(ctx, st, STAT_NO_BACKEND, 1);
+			return hand_over(ctx, STAT_NO_BACKEND, 1);
 		bid = *slot;
 		b = backend_of(c, bid, gen);
 		if (!b)
-			return hand_over(ctx, st, STAT_NO_BACKEND, 1);
+			return hand_over(ctx, STAT_NO_BACKEND, 1);
 		if (mode == MODE_GRE && (b->outer == OUTER_NONE))
-			return hand_over(ctx, st, STAT_NO_OUTER, 1);
+			return hand_over(ctx, STAT_NO_OUTER, 1);
 		if (mode == MODE_GRE &&
 		    p.ip_len + (b->outer == OUTER_V6 ? 44 : 24) > c->mtu)
-			return hand_over(ctx, st, STAT_TOO_BIG, 1);
+			return hand_over(ctx, STAT_TOO_BIG, 1);
 		new_conn = 1;
 		if (may_record(c, now)) {
 			struct conn_val rec = {};
@@ -993,18 +1007,19 @@ int maglev_fast(struct xdp_md *ctx)
 	/* The IPv6 outer header's flow label carries the hash's low bits. */
 	if (!hashed && mode == MODE_GRE && b->outer == OUTER_V6)
 		hash = flow_hash(c->seed, &p.key);
+	dec.backend = bid;
+	dec.vip = vid;
+	dec.mode_label = (mode << 24) | ((__u32)hash & 0x000fffff);
 	if (fc && !live) {
 		__builtin_memcpy(&fc->key, &p.key, sizeof(p.key));
 		fc->epoch = epoch;
 		fc->tick = tick;
 		fc->changes = chg;
-		fc->backend = bid;
-		fc->vip = vid;
-		fc->mode_label = (mode << 24) | ((__u32)hash & 0x000fffff);
+		fc->d = dec;
 	}
 
 send:
-	return forward(ctx, st, c, b, mode, p.l3, p.ip_len, p.tos, p.v6, hash, vid, bid, new_conn);
+	return forward(ctx, c, b, &dec, p.l3, p.ip_len, p.v6, new_conn, cache_hit);
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";
