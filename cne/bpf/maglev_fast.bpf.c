@@ -128,7 +128,7 @@ enum {
 	STAT_CONN_NEW = 11,
 	STAT_CONN_EXPIRED = 12, /* an entry found past its timeout */
 	STAT_CONN_LIMITED = 13, /* a new flow not recorded by the flood guard */
-	STAT_CACHE_HITS = 14, /* connection hits decided by the flow cache */
+	STAT_CACHE_HITS = 14, /* packets sent as the flow cache decided (counted when sent) */
 	STAT_MAX = 15,
 };
 

@@ -345,7 +345,8 @@ pub struct FastStats {
     /// New flows not recorded because of the flood guard.
     pub conn_limited: u64,
     /// Connection hits decided by a CPU's flow cache, without the VIP and connection lookups (part of
-    /// `conn_hits`).
+    /// `conn_hits`), counted once the frame is sent: a cached flow's packet handed on (too big for the
+    /// tunnel) counts under its reason only.
     pub cache_hits: u64,
 }
 
